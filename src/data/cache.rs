@@ -1,0 +1,250 @@
+//! The preprocessed cache: one folder per (data set, preprocessing), holding
+//! `images.f16` (`[slice][channel][row][col]`, little-endian half floats), `masks.u8`
+//! (`[slice][row][col]`) and `index.json`. Both binary files are memory-mapped on load.
+//!
+//! A cache is built in a temporary sibling folder and renamed into place, so a crash or a bad
+//! input never leaves a half-written cache behind. The index records a fingerprint of the input
+//! files (path, size, modification time): a changed input invalidates the cache.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::{PatientInfo, SkippedPatient};
+use super::{DataError, Preprocessing};
+
+/// Bumped whenever the layout of the cache files changes; older caches are rebuilt.
+pub const CACHE_FORMAT_VERSION: u32 = 1;
+
+pub const IMAGES_FILE: &str = "images.f16";
+pub const MASKS_FILE: &str = "masks.u8";
+pub const INDEX_FILE: &str = "index.json";
+
+/// How a load met its cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum CacheStatus {
+    /// Read from an up-to-date cache.
+    Hit,
+    /// No cache existed; built one.
+    Built,
+    /// A cache existed but was stale or damaged (the reason); rebuilt.
+    Rebuilt(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheIndex {
+    pub format_version: u32,
+    pub root: PathBuf,
+    pub preprocessing: Preprocessing,
+    pub inputs_fingerprint: String,
+    pub channels: usize,
+    /// Side of the square slices.
+    pub size: usize,
+    pub slices: usize,
+    pub patients: Vec<PatientInfo>,
+    pub skipped: Vec<SkippedPatient>,
+}
+
+impl CacheIndex {
+    pub fn image_elems_per_slice(&self) -> usize {
+        self.channels * self.size * self.size
+    }
+    pub fn mask_elems_per_slice(&self) -> usize {
+        self.size * self.size
+    }
+}
+
+/// The folder for a data set + preprocessing under `cache_root`.
+pub fn cache_dir_for(cache_root: &Path, root: &Path, prep: &Preprocessing) -> PathBuf {
+    let canon = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let key = format!(
+        "{}\n{}",
+        canon.display(),
+        serde_json::to_string(prep).expect("preprocessing serialises")
+    );
+    let name: String = canon
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(40)
+        .collect();
+    cache_root.join(format!(
+        "{name}-{:016x}",
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    ))
+}
+
+/// Reads and checks an existing cache's index. `Ok(None)`: there is none.
+/// `Err(reason)`: there is one, but it cannot be used (the reason says why).
+pub fn read_index(dir: &Path) -> Result<Option<CacheIndex>, String> {
+    let path = dir.join(INDEX_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let index: CacheIndex =
+        serde_json::from_str(&text).map_err(|e| format!("damaged index ({e})"))?;
+    if index.format_version != CACHE_FORMAT_VERSION {
+        return Err(format!(
+            "cache format {} (this version writes {CACHE_FORMAT_VERSION})",
+            index.format_version
+        ));
+    }
+    let want = [
+        (IMAGES_FILE, index.slices * index.image_elems_per_slice() * 2),
+        (MASKS_FILE, index.slices * index.mask_elems_per_slice()),
+    ];
+    for (file, bytes) in want {
+        let len = fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0);
+        if len != bytes as u64 {
+            return Err(format!("{file} has {len} bytes, {bytes} expected"));
+        }
+    }
+    Ok(Some(index))
+}
+
+/// A cache under construction, in a temporary folder next to its final place.
+pub struct CacheBuilder {
+    tmp: PathBuf,
+    dest: PathBuf,
+    pub images: File,
+    pub masks: File,
+    done: bool,
+}
+
+impl CacheBuilder {
+    pub fn create(dest: &Path) -> Result<Self, DataError> {
+        let parent = dest.parent().expect("cache dir has a parent");
+        fs::create_dir_all(parent).map_err(|e| DataError::cache(parent, e))?;
+        remove_stale_siblings(dest);
+        let tmp = sibling(dest, &format!("tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(|e| DataError::cache(&tmp, e))?;
+        let open = |name: &str| {
+            File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(tmp.join(name))
+                .map_err(|e| DataError::cache(tmp.join(name), e))
+        };
+        Ok(CacheBuilder {
+            images: open(IMAGES_FILE)?,
+            masks: open(MASKS_FILE)?,
+            tmp: tmp.clone(),
+            dest: dest.to_path_buf(),
+            done: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Writes `images` and `masks` at slice offset `first_slice`.
+    pub fn write_at(
+        &self,
+        index_shape: (usize, usize),
+        first_slice: usize,
+        images: &[u8],
+        masks: &[u8],
+    ) -> std::io::Result<()> {
+        let (img_elems, mask_elems) = index_shape;
+        self.images
+            .write_all_at(images, (first_slice * img_elems * 2) as u64)?;
+        self.masks
+            .write_all_at(masks, (first_slice * mask_elems) as u64)
+    }
+
+    /// Moves slices `[from, from + n)` down to `to` (used when a patient failed mid-load and was
+    /// skipped, to keep the files contiguous).
+    pub fn move_slices(
+        &self,
+        index_shape: (usize, usize),
+        from: usize,
+        to: usize,
+        n: usize,
+    ) -> std::io::Result<()> {
+        for (file, elem_bytes) in [(&self.images, index_shape.0 * 2), (&self.masks, index_shape.1)] {
+            let mut buf = vec![0u8; elem_bytes];
+            for s in 0..n {
+                file.read_exact_at(&mut buf, ((from + s) * elem_bytes) as u64)?;
+                file.write_all_at(&buf, ((to + s) * elem_bytes) as u64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes the files, syncs everything, writes the index and renames the folder into place.
+    pub fn finish(mut self, index: &CacheIndex) -> Result<PathBuf, DataError> {
+        let err = |e: std::io::Error| DataError::cache(&self.tmp, e);
+        self.images
+            .set_len((index.slices * index.image_elems_per_slice() * 2) as u64)
+            .map_err(err)?;
+        self.masks
+            .set_len((index.slices * index.mask_elems_per_slice()) as u64)
+            .map_err(err)?;
+        self.images.sync_all().map_err(err)?;
+        self.masks.sync_all().map_err(err)?;
+        let mut f = File::create(self.tmp.join(INDEX_FILE)).map_err(err)?;
+        f.write_all(&serde_json::to_vec_pretty(index).expect("index serialises"))
+            .map_err(err)?;
+        f.sync_all().map_err(err)?;
+        File::open(&self.tmp).and_then(|d| d.sync_all()).map_err(err)?;
+        // Swap: the old cache (if any) is moved aside first, since a folder cannot be renamed
+        // over a non-empty one.
+        let old = sibling(&self.dest, &format!("old-{}", std::process::id()));
+        if self.dest.exists() {
+            fs::rename(&self.dest, &old).map_err(|e| DataError::cache(&self.dest, e))?;
+        }
+        fs::rename(&self.tmp, &self.dest).map_err(|e| DataError::cache(&self.dest, e))?;
+        let _ = fs::remove_dir_all(&old);
+        if let Some(parent) = self.dest.parent() {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+        self.done = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for CacheBuilder {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn sibling(dest: &Path, tag: &str) -> PathBuf {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    dest.with_file_name(format!("{name}.{tag}"))
+}
+
+/// Removes leftovers of builds that died (a killed process cannot clean up after itself).
+fn remove_stale_siblings(dest: &Path) {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(tag) = n.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = tag.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive || pid == Some(std::process::id()) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Loading a data set: discovery → (cache hit | parallel decode + preprocess + cache build) →
+//! memory-mapped slices.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use half::f16;
+use indicatif::{ProgressBar, ProgressStyle};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::cache::{self, CacheBuilder, CacheIndex, CacheStatus, CACHE_FORMAT_VERSION};
+use super::layout::{discover, PatientFiles};
+use super::preprocess::{preprocess, PatientStats};
+use super::volume::{read_dims, read_seg, read_volume};
+use super::{DataError, Preprocessing};
+
+/// One loaded patient, as recorded in the cache index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientInfo {
+    pub id: String,
+    pub site: String,
+    pub grade: Option<String>,
+    /// Index of this patient's first slice in the data set.
+    pub first_slice: usize,
+    pub slices: usize,
+    /// Original (x, y, z) size and voxel size in mm.
+    pub dims: [usize; 3],
+    pub voxel_mm: [f32; 3],
+    pub stats: PatientStats,
+    /// xxh3 of this patient's cached image and mask bytes, for `--verify`.
+    pub checksum: String,
+}
+
+impl PatientInfo {
+    pub fn slice_range(&self) -> std::ops::Range<usize> {
+        self.first_slice..self.first_slice + self.slices
+    }
+    /// Whole-tumour volume in millilitres.
+    pub fn tumour_ml(&self) -> f64 {
+        let v: f32 = self.voxel_mm.iter().product();
+        self.stats.tumour_voxels as f64 * v as f64 / 1000.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedPatient {
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub preprocessing: Preprocessing,
+    /// Folder holding the caches of all data sets.
+    pub cache_root: PathBuf,
+    /// Load the good patients and list the bad ones, instead of failing on the first.
+    pub skip_bad: bool,
+    /// Ignore an existing cache and build it again.
+    pub rebuild: bool,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+    /// Worker threads for decoding; `None`: one per core.
+    pub threads: Option<usize>,
+}
+
+impl LoadOptions {
+    pub fn new(cache_root: impl Into<PathBuf>) -> Self {
+        LoadOptions {
+            preprocessing: Preprocessing::default(),
+            cache_root: cache_root.into(),
+            skip_bad: false,
+            rebuild: false,
+            progress: false,
+            threads: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub status: CacheStatus,
+    pub seconds: f64,
+    pub cache_dir: PathBuf,
+}
+
+/// A preprocessed data set: patients × slices, each slice `channels × size × size` half floats
+/// and a `size × size` whole-tumour mask, memory-mapped from the cache.
+pub struct Dataset {
+    index: CacheIndex,
+    images: Mmap,
+    masks: Mmap,
+    cache_dir: PathBuf,
+}
+
+impl Dataset {
+    /// Loads `root`, from the cache when it is up to date.
+    pub fn load(root: &Path, opts: &LoadOptions) -> Result<(Dataset, LoadReport), DataError> {
+        let start = Instant::now();
+        opts.preprocessing.validate()?;
+        let layout = discover(root)?;
+        let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
+        let dir = cache::cache_dir_for(&opts.cache_root, root, &opts.preprocessing);
+
+        let mut status = CacheStatus::Built;
+        if !opts.rebuild {
+            match cache::read_index(&dir) {
+                Ok(Some(index)) if index.inputs_fingerprint == fingerprint => {
+                    refuse_skipped(&index.skipped, opts.skip_bad)?;
+                    let ds = Dataset::open(&dir, index)?;
+                    let report = LoadReport {
+                        status: CacheStatus::Hit,
+                        seconds: start.elapsed().as_secs_f64(),
+                        cache_dir: dir,
+                    };
+                    return Ok((ds, report));
+                }
+                Ok(Some(_)) => status = CacheStatus::Rebuilt("input files changed".into()),
+                Ok(None) => {}
+                Err(reason) => status = CacheStatus::Rebuilt(reason),
+            }
+        } else if dir.exists() {
+            status = CacheStatus::Rebuilt("rebuild requested".into());
+        }
+
+        let build = || build_cache(root, &layout.patients, opts, &dir, fingerprint.clone());
+        let index = match opts.threads {
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+                .map_err(|e| DataError::Config(format!("cannot start {n} threads: {e}")))?
+                .install(build)?,
+            None => build()?,
+        };
+        let ds = Dataset::open(&dir, index)?;
+        let report = LoadReport {
+            status,
+            seconds: start.elapsed().as_secs_f64(),
+            cache_dir: dir,
+        };
+        Ok((ds, report))
+    }
+
+    fn open(dir: &Path, index: CacheIndex) -> Result<Dataset, DataError> {
+        let map = |name: &str| -> Result<Mmap, DataError> {
+            let path = dir.join(name);
+            let file = std::fs::File::open(&path).map_err(|e| DataError::cache(&path, e))?;
+            // SAFETY: cache files are written once into a temporary folder and renamed into
+            // place; they are never modified afterwards, only replaced by a new folder.
+            unsafe { Mmap::map(&file) }.map_err(|e| DataError::cache(&path, e))
+        };
+        Ok(Dataset {
+            images: map(cache::IMAGES_FILE)?,
+            masks: map(cache::MASKS_FILE)?,
+            index,
+            cache_dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.index.root
+    }
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.index.preprocessing
+    }
+    pub fn patients(&self) -> &[PatientInfo] {
+        &self.index.patients
+    }
+    pub fn skipped(&self) -> &[SkippedPatient] {
+        &self.index.skipped
+    }
+    pub fn num_slices(&self) -> usize {
+        self.index.slices
+    }
+    pub fn channels(&self) -> usize {
+        self.index.channels
+    }
+    /// Side of the square slices.
+    pub fn size(&self) -> usize {
+        self.index.size
+    }
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+    pub fn cache_bytes(&self) -> u64 {
+        (self.images.len() + self.masks.len()) as u64
+    }
+    /// All slices' images, `[slice][channel][row][col]`.
+    pub fn images(&self) -> &[f16] {
+        bytemuck::cast_slice(&self.images[..])
+    }
+    /// All slices' whole-tumour masks, `[slice][row][col]`.
+    pub fn masks(&self) -> &[u8] {
+        &self.masks[..]
+    }
+    pub fn image(&self, slice: usize) -> &[f16] {
+        let n = self.index.image_elems_per_slice();
+        &self.images()[slice * n..(slice + 1) * n]
+    }
+    pub fn mask(&self, slice: usize) -> &[u8] {
+        let n = self.index.mask_elems_per_slice();
+        &self.masks[slice * n..(slice + 1) * n]
+    }
+    /// The patient a slice belongs to.
+    pub fn patient_of(&self, slice: usize) -> &PatientInfo {
+        let i = self
+            .index
+            .patients
+            .partition_point(|p| p.first_slice + p.slices <= slice);
+        &self.index.patients[i]
+    }
+
+    /// Recomputes every patient's checksum over the cached bytes (reads the whole cache).
+    pub fn verify(&self) -> Result<(), DataError> {
+        let (ni, nm) = (
+            self.index.image_elems_per_slice() * 2,
+            self.index.mask_elems_per_slice(),
+        );
+        self.index.patients.par_iter().try_for_each(|p| {
+            let r = p.slice_range();
+            let sum = checksum(&self.images[r.start * ni..r.end * ni], &self.masks[r.start * nm..r.end * nm]);
+            if sum == p.checksum {
+                Ok(())
+            } else {
+                Err(DataError::cache(
+                    &self.cache_dir,
+                    format!("patient {}: cached data does not match its checksum; rebuild with --rebuild-cache", p.id),
+                ))
+            }
+        })
+    }
+}
+
+fn refuse_skipped(skipped: &[SkippedPatient], skip_bad: bool) -> Result<(), DataError> {
+    match skipped.first() {
+        Some(s) if !skip_bad => Err(DataError::Config(format!(
+            "{} (and {} more bad patients; --skip-bad loads the rest)",
+            s.reason,
+            skipped.len() - 1
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn checksum(images: &[u8], masks: &[u8]) -> String {
+    let mut h = Xxh3::new();
+    h.update(images);
+    h.update(masks);
+    format!("{:016x}", h.digest())
+}
+
+/// Fingerprint of the inputs a load reads: any added, removed or rewritten file changes it.
+fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing) -> String {
+    let mut h = Xxh3::new();
+    h.update(&CACHE_FORMAT_VERSION.to_le_bytes());
+    for p in patients {
+        h.update(p.id.as_bytes());
+        h.update(p.site.as_bytes());
+        h.update(p.grade.as_deref().unwrap_or("-").as_bytes());
+        let files = prep
+            .modalities
+            .iter()
+            .map(|m| p.images.get(m))
+            .chain([p.seg.as_ref()]);
+        for f in files {
+            match f.and_then(|f| std::fs::metadata(f).ok().map(|m| (f, m))) {
+                Some((f, m)) => {
+                    h.update(f.as_os_str().as_encoded_bytes());
+                    h.update(&m.len().to_le_bytes());
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    h.update(&mtime.to_le_bytes());
+                }
+                None => h.update(b"<missing>"),
+            }
+        }
+    }
+    format!("{:016x}", h.digest())
+}
+
+/// What phase 1 learns about a patient from the headers.
+struct Planned<'a> {
+    files: &'a PatientFiles,
+    dims: [usize; 3],
+    voxel_mm: [f32; 3],
+}
+
+/// Phase 1: every requested file exists, has a readable 3D header, and all share one shape.
+fn plan_patient<'a>(p: &'a PatientFiles, prep: &Preprocessing) -> Result<Planned<'a>, DataError> {
+    let mut first: Option<([usize; 3], [f32; 3], &Path)> = None;
+    let files = prep
+        .modalities
+        .iter()
+        .map(|m| (m.suffix(), p.images.get(m)))
+        .chain([("seg", p.seg.as_ref())]);
+    for (suffix, path) in files {
+        let Some(path) = path else {
+            return Err(DataError::file(
+                &p.id,
+                p.expected_path(suffix),
+                format!("missing {suffix} file"),
+            ));
+        };
+        let (dims, vox) = read_dims(&p.id, path)?;
+        match first {
+            None => first = Some((dims, vox, path)),
+            Some((d, _, other)) if d != dims => {
+                return Err(DataError::file(
+                    &p.id,
+                    path,
+                    format!(
+                        "shape {dims:?} differs from {:?} of {}",
+                        d,
+                        other.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let (dims, voxel_mm, _) = first.expect("at least one file");
+    Ok(Planned {
+        files: p,
+        dims,
+        voxel_mm,
+    })
+}
+
+fn build_cache(
+    root: &Path,
+    patients: &[PatientFiles],
+    opts: &LoadOptions,
+    dir: &Path,
+    fingerprint: String,
+) -> Result<CacheIndex, DataError> {
+    let prep = &opts.preprocessing;
+    let mut skipped = Vec::new();
+    let mut planned = Vec::new();
+    let plans: Vec<_> = patients.par_iter().map(|p| plan_patient(p, prep)).collect();
+    for (p, plan) in patients.iter().zip(plans) {
+        match plan {
+            Ok(plan) if plan.dims[2] > prep.drop_first + prep.drop_last => planned.push(plan),
+            Ok(plan) => {
+                let e = DataError::Patient {
+                    patient: p.id.clone(),
+                    msg: format!(
+                        "{} slices leave none after dropping {} + {}",
+                        plan.dims[2], prep.drop_first, prep.drop_last
+                    ),
+                };
+                if !opts.skip_bad {
+                    return Err(e);
+                }
+                skipped.push(SkippedPatient { id: p.id.clone(), reason: e.to_string() });
+            }
+            Err(e) if opts.skip_bad => skipped.push(SkippedPatient {
+                id: p.id.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    if planned.is_empty() {
+        return Err(DataError::Folder {
+            path: root.to_path_buf(),
+            msg: format!("no patient could be loaded ({} skipped)", skipped.len()),
+        });
+    }
+    let max_side = planned
+        .iter()
+        .map(|p| p.dims[0].max(p.dims[1]))
+        .max()
+        .unwrap_or(0);
+    let geom = prep.geometry(max_side)?;
+    let (channels, size) = (prep.modalities.len(), geom.size());
+    let shape = (channels * size * size, size * size);
+    let mut offsets = Vec::with_capacity(planned.len());
+    let mut total = 0;
+    for p in &planned {
+        offsets.push(total);
+        total += prep.kept_slices(p.dims[2]).len();
+    }
+
+    let builder = CacheBuilder::create(dir)?;
+    let progress = if opts.progress {
+        ProgressBar::new(planned.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template(
+            "loading {bar:30.cyan/blue} {pos}/{len} patients  {elapsed_precise} (eta {eta})  {msg}",
+        )
+        .expect("valid template"),
+    );
+    // Without --skip-bad the first failure stops the workers from starting new patients.
+    let abort = AtomicBool::new(false);
+    let results: Vec<Option<Result<PatientInfo, DataError>>> = planned
+        .par_iter()
+        .zip(offsets.par_iter())
+        .map(|(plan, &first_slice)| {
+            if abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            let r = load_patient(plan, prep, geom, first_slice, &builder, shape);
+            progress.inc(1);
+            if r.is_err() {
+                progress.set_message(format!("bad: {}", plan.files.id));
+                abort.store(!opts.skip_bad, Ordering::Relaxed);
+            }
+            Some(r)
+        })
+        .collect();
+    progress.finish_and_clear();
+    if abort.load(Ordering::Relaxed) {
+        // The first failing patient in folder order; `builder` removes the temporary folder.
+        let err = results.into_iter().flatten().find_map(|r| r.err());
+        return Err(err.expect("abort is set only on an error"));
+    }
+
+    // Keep the files contiguous when patients failed during decoding (only with skip_bad).
+    let mut infos = Vec::with_capacity(planned.len());
+    let mut write_pos = 0;
+    for (plan, result) in planned.iter().zip(results) {
+        match result.expect("no abort without an error") {
+            Ok(mut info) => {
+                if info.first_slice != write_pos {
+                    builder
+                        .move_slices(shape, info.first_slice, write_pos, info.slices)
+                        .map_err(|e| DataError::cache(builder.path(), e))?;
+                    info.first_slice = write_pos;
+                }
+                write_pos += info.slices;
+                infos.push(info);
+            }
+            Err(e) => skipped.push(SkippedPatient {
+                id: plan.files.id.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    if infos.is_empty() {
+        return Err(DataError::Folder {
+            path: root.to_path_buf(),
+            msg: format!("no patient could be loaded ({} skipped)", skipped.len()),
+        });
+    }
+    let order: Vec<&str> = patients.iter().map(|p| p.id.as_str()).collect();
+    skipped.sort_by_key(|s| order.iter().position(|id| *id == s.id));
+    let index = CacheIndex {
+        format_version: CACHE_FORMAT_VERSION,
+        root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
+        preprocessing: prep.clone(),
+        inputs_fingerprint: fingerprint,
+        channels,
+        size,
+        slices: write_pos,
+        patients: infos,
+        skipped,
+    };
+    builder.finish(&index)?;
+    Ok(index)
+}
+
+/// Phase 2 for one patient: decode, validate, preprocess, write into the cache.
+fn load_patient(
+    plan: &Planned,
+    prep: &Preprocessing,
+    geom: super::preprocess::Geometry,
+    first_slice: usize,
+    builder: &CacheBuilder,
+    shape: (usize, usize),
+) -> Result<PatientInfo, DataError> {
+    let p = plan.files;
+    let mut volumes = Vec::with_capacity(prep.modalities.len());
+    for m in &prep.modalities {
+        let path = &p.images[m];
+        let v = read_volume(&p.id, path)?;
+        if v.dims != plan.dims {
+            return Err(DataError::file(&p.id, path, format!("shape {:?} differs from its header's {:?}", v.dims, plan.dims)));
+        }
+        volumes.push(v);
+    }
+    let seg_path = p.seg.as_ref().expect("checked in phase 1");
+    let (seg, labels) = read_seg(&p.id, seg_path)?;
+    if seg.dims != plan.dims {
+        return Err(DataError::file(&p.id, seg_path, format!("shape {:?} differs from the images' {:?}", seg.dims, plan.dims)));
+    }
+    let out = preprocess(&p.id, prep, geom, &volumes, &labels)?;
+    drop(volumes);
+    let image_bytes: &[u8] = bytemuck::cast_slice(&out.images);
+    builder
+        .write_at(shape, first_slice, image_bytes, &out.masks)
+        .map_err(|e| DataError::cache(builder.path(), e))?;
+    Ok(PatientInfo {
+        id: p.id.clone(),
+        site: p.site.clone(),
+        grade: p.grade.clone(),
+        first_slice,
+        slices: out.slices,
+        dims: plan.dims,
+        voxel_mm: plan.voxel_mm,
+        stats: out.stats,
+        checksum: checksum(image_bytes, &out.masks),
+    })
+}

@@ -1,0 +1,20 @@
+//! The data layer: discovery of BraTS folders, NIfTI reading with validation, preprocessing,
+//! and the memory-mapped cache that later loads read instead of the NIfTI files.
+
+mod cache;
+mod dataset;
+mod error;
+mod layout;
+mod modality;
+mod preprocess;
+mod summary;
+mod volume;
+
+pub use cache::{CacheStatus, CACHE_FORMAT_VERSION};
+pub use dataset::{Dataset, LoadOptions, LoadReport, PatientInfo, SkippedPatient};
+pub use error::DataError;
+pub use layout::{discover, site_from_id, DatasetLayout, PatientFiles};
+pub use modality::{parse_modalities, Modality};
+pub use preprocess::Preprocessing;
+pub use summary::Summary;
+pub use volume::{read_seg, read_volume, Volume};

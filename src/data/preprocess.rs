@@ -1,0 +1,361 @@
+//! The paper's preprocessing, configurable: z-score per patient and modality over brain voxels
+//! (background stays 0), drop the first and last slices (155 → 150), zero-pad in-plane to a
+//! square (240 → 256), and an optional down-sampling factor for CPU runs.
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use super::{DataError, Modality, Volume};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Channels, in this order.
+    pub modalities: Vec<Modality>,
+    /// Axial slices dropped at the bottom and the top (BraTS: 2 + 3, so 155 → 150).
+    pub drop_first: usize,
+    pub drop_last: usize,
+    /// In-plane size after zero padding; `None`: the next multiple of 32 (240 → 256, as in the
+    /// paper; 64 → 64).
+    pub pad_to: Option<usize>,
+    /// In-plane down-sampling factor (1, 2 or 4): images by block mean, masks by majority.
+    pub downsample: usize,
+    /// Z-score each modality over the brain (non-zero voxels).
+    pub zscore: bool,
+}
+
+impl Default for Preprocessing {
+    fn default() -> Self {
+        Preprocessing {
+            modalities: Modality::ALL.to_vec(),
+            drop_first: 2,
+            drop_last: 3,
+            pad_to: None,
+            downsample: 1,
+            zscore: true,
+        }
+    }
+}
+
+/// What the preprocessing does to volumes of a given in-plane size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Padded square side, before down-sampling.
+    pub padded: usize,
+    pub factor: usize,
+}
+
+impl Geometry {
+    /// Side of the output slices.
+    pub fn size(&self) -> usize {
+        self.padded / self.factor
+    }
+}
+
+impl Preprocessing {
+    pub fn validate(&self) -> Result<(), DataError> {
+        if self.modalities.is_empty() {
+            return Err(DataError::Config("no modality selected".into()));
+        }
+        if ![1, 2, 4].contains(&self.downsample) {
+            return Err(DataError::Config(format!(
+                "down-sampling factor {} is not supported (use 1, 2 or 4)",
+                self.downsample
+            )));
+        }
+        Ok(())
+    }
+
+    /// The output geometry for a data set whose largest in-plane side is `max_side`.
+    pub fn geometry(&self, max_side: usize) -> Result<Geometry, DataError> {
+        let padded = match self.pad_to {
+            Some(p) if p < max_side => {
+                return Err(DataError::Config(format!(
+                    "--pad-to {p} is smaller than the volumes' in-plane size {max_side}"
+                )))
+            }
+            Some(p) => p,
+            None => max_side.div_ceil(32) * 32,
+        };
+        if padded % self.downsample != 0 {
+            return Err(DataError::Config(format!(
+                "padded size {padded} is not divisible by the down-sampling factor {}",
+                self.downsample
+            )));
+        }
+        Ok(Geometry {
+            padded,
+            factor: self.downsample,
+        })
+    }
+
+    /// Axial slices kept for a volume with `z` slices: `drop_first .. z - drop_last`.
+    pub fn kept_slices(&self, z: usize) -> std::ops::Range<usize> {
+        let end = z.saturating_sub(self.drop_last);
+        self.drop_first.min(end)..end
+    }
+}
+
+/// Per-patient statistics gathered while preprocessing (on the original volumes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PatientStats {
+    pub brain_voxels: u64,
+    pub tumour_voxels: u64,
+    /// Voxels of label 1 (necrotic / non-enhancing core), 2 (edema), 4 (enhancing).
+    pub label_voxels: [u64; 3],
+    /// Kept slices with any tumour (before down-sampling).
+    pub tumour_slices: usize,
+}
+
+/// One patient after preprocessing: `images` is `[slice][channel][row][col]`, `masks`
+/// `[slice][row][col]` with 1 for whole tumour (labels 1, 2, 4).
+pub struct Prepared {
+    pub slices: usize,
+    pub images: Vec<f16>,
+    pub masks: Vec<u8>,
+    pub stats: PatientStats,
+}
+
+/// Z-score statistics of one modality over its non-zero voxels.
+fn brain_mean_std(data: &[f32]) -> Option<(f32, f32, u64)> {
+    let (mut n, mut sum, mut sq) = (0u64, 0f64, 0f64);
+    for &v in data {
+        if v != 0.0 {
+            n += 1;
+            sum += v as f64;
+            sq += (v as f64) * (v as f64);
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    let mean = sum / n as f64;
+    let var = (sq / n as f64 - mean * mean).max(0.0);
+    Some((mean as f32, var.sqrt() as f32, n))
+}
+
+/// Preprocesses one patient. `volumes` are in `prep.modalities` order, all of `labels`' shape.
+pub fn preprocess(
+    patient: &str,
+    prep: &Preprocessing,
+    geom: Geometry,
+    volumes: &[Volume],
+    labels: &[u8],
+) -> Result<Prepared, DataError> {
+    let dims = volumes[0].dims;
+    let [nx, ny, nz] = dims;
+    let plane = nx * ny;
+    let kept = prep.kept_slices(nz);
+    if kept.is_empty() {
+        return Err(DataError::Patient {
+            patient: patient.into(),
+            msg: format!(
+                "{nz} slices leave none after dropping {} + {}",
+                prep.drop_first, prep.drop_last
+            ),
+        });
+    }
+    let mut norm = Vec::with_capacity(volumes.len());
+    let mut brain_voxels = 0;
+    for (m, vol) in prep.modalities.iter().zip(volumes) {
+        let Some((mean, std, n)) = brain_mean_std(&vol.data) else {
+            return Err(DataError::Patient {
+                patient: patient.into(),
+                msg: format!("empty brain: every {m} voxel is 0"),
+            });
+        };
+        brain_voxels = brain_voxels.max(n);
+        if prep.zscore {
+            if !(std > 0.0) {
+                return Err(DataError::Patient {
+                    patient: patient.into(),
+                    msg: format!("{m} is constant ({mean}) over the brain; cannot z-score"),
+                });
+            }
+            norm.push((mean, 1.0 / std));
+        } else {
+            norm.push((0.0, 1.0));
+        }
+    }
+
+    let mut stats = PatientStats {
+        brain_voxels,
+        ..Default::default()
+    };
+    for &l in labels {
+        match l {
+            1 => stats.label_voxels[0] += 1,
+            2 => stats.label_voxels[1] += 1,
+            4 => stats.label_voxels[2] += 1,
+            _ => {}
+        }
+    }
+    stats.tumour_voxels = stats.label_voxels.iter().sum();
+
+    let (p, f) = (geom.padded, geom.factor);
+    let side = geom.size();
+    let (off_x, off_y) = ((p - nx) / 2, (p - ny) / 2);
+    let c = volumes.len();
+    let slices = kept.len();
+    let mut images = vec![f16::ZERO; slices * c * side * side];
+    let mut masks = vec![0u8; slices * side * side];
+    let mut padded = vec![0f32; p * p];
+    let mut out = vec![0f32; side * side];
+    let inv_area = 1.0 / (f * f) as f32;
+
+    for (s, z) in kept.enumerate() {
+        for (ch, (vol, &(mean, inv_std))) in volumes.iter().zip(&norm).enumerate() {
+            padded.fill(0.0);
+            let src = &vol.data[z * plane..(z + 1) * plane];
+            for y in 0..ny {
+                let row = &src[y * nx..(y + 1) * nx];
+                let dst = &mut padded[(y + off_y) * p + off_x..(y + off_y) * p + off_x + nx];
+                for (d, &v) in dst.iter_mut().zip(row) {
+                    *d = if v != 0.0 { (v - mean) * inv_std } else { 0.0 };
+                }
+            }
+            let plane_out: &[f32] = if f == 1 {
+                &padded
+            } else {
+                block_mean(&padded, p, f, &mut out, inv_area);
+                &out
+            };
+            let base = (s * c + ch) * side * side;
+            half::slice::HalfFloatSliceExt::convert_from_f32_slice(
+                &mut images[base..base + side * side],
+                plane_out,
+            );
+        }
+        let lab = &labels[z * plane..(z + 1) * plane];
+        if lab.iter().any(|&l| l != 0) {
+            stats.tumour_slices += 1;
+        }
+        let mask = &mut masks[s * side * side..(s + 1) * side * side];
+        for oy in 0..side {
+            for ox in 0..side {
+                let mut count = 0;
+                for dy in 0..f {
+                    for dx in 0..f {
+                        let (py, px) = (oy * f + dy, ox * f + dx);
+                        if py >= off_y && py < off_y + ny && px >= off_x && px < off_x + nx {
+                            count += (lab[(py - off_y) * nx + (px - off_x)] != 0) as usize;
+                        }
+                    }
+                }
+                // Majority vote; a tie counts as tumour so small lesions survive.
+                mask[oy * side + ox] = (2 * count >= f * f && count > 0) as u8;
+            }
+        }
+    }
+    Ok(Prepared {
+        slices,
+        images,
+        masks,
+        stats,
+    })
+}
+
+fn block_mean(src: &[f32], p: usize, f: usize, out: &mut [f32], inv_area: f32) {
+    let side = p / f;
+    out.fill(0.0);
+    for y in 0..p {
+        let orow = &mut out[(y / f) * side..(y / f + 1) * side];
+        for (x, &v) in src[y * p..(y + 1) * p].iter().enumerate() {
+            orow[x / f] += v;
+        }
+    }
+    out.iter_mut().for_each(|v| *v *= inv_area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(dims: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume {
+        let mut data = vec![0.0; dims[0] * dims[1] * dims[2]];
+        for z in 0..dims[2] {
+            for y in 0..dims[1] {
+                for x in 0..dims[0] {
+                    data[(z * dims[1] + y) * dims[0] + x] = f(x, y, z);
+                }
+            }
+        }
+        Volume {
+            dims,
+            pixdim: [1.0; 3],
+            data,
+        }
+    }
+
+    #[test]
+    fn zscore_pads_and_keeps_background_zero() {
+        let prep = Preprocessing {
+            modalities: vec![Modality::Flair],
+            drop_first: 1,
+            drop_last: 1,
+            ..Default::default()
+        };
+        let dims = [20, 10, 5];
+        let v = vol(dims, |x, _, _| if x < 10 { 0.0 } else { (x % 2) as f32 * 2.0 + 1.0 });
+        let labels = vec![0u8; 1000];
+        let geom = prep.geometry(20).unwrap();
+        assert_eq!(geom.size(), 32);
+        let out = preprocess("p", &prep, geom, &[v], &labels).unwrap();
+        assert_eq!(out.slices, 3);
+        let img: Vec<f32> = out.images[..32 * 32].iter().map(|v| v.to_f32()).collect();
+        // Brain values alternate 1 and 3: z-scored to -1 and +1; background and padding 0.
+        let (ox, oy) = (6, 11);
+        assert_eq!(img[oy * 32 + ox], 0.0);
+        assert!((img[oy * 32 + ox + 10] + 1.0).abs() < 1e-3);
+        assert!((img[oy * 32 + ox + 11] - 1.0).abs() < 1e-3);
+        assert_eq!(img[0], 0.0);
+    }
+
+    #[test]
+    fn downsampling_averages_images_and_votes_masks() {
+        let prep = Preprocessing {
+            modalities: vec![Modality::T1],
+            drop_first: 0,
+            drop_last: 0,
+            pad_to: Some(4),
+            downsample: 2,
+            ..Default::default()
+        };
+        let v = vol([4, 4, 1], |x, y, _| 1.0 + (x + 4 * y) as f32);
+        let mut labels = vec![0u8; 16];
+        labels[0] = 1; // 1 of 4 in the first block: background
+        labels[2] = 2;
+        labels[3] = 4; // 2 of 4 in the second block: tumour
+        let geom = prep.geometry(4).unwrap();
+        let out = preprocess("p", &prep, geom, &[v], &labels).unwrap();
+        assert_eq!(out.masks, vec![0, 1, 0, 0]);
+        assert_eq!(out.stats.label_voxels, [1, 1, 1]);
+        assert_eq!(out.stats.tumour_voxels, 3);
+        assert_eq!(out.images.len(), 4);
+    }
+
+    #[test]
+    fn empty_brain_and_constant_brain_are_errors() {
+        let prep = Preprocessing {
+            modalities: vec![Modality::T2],
+            drop_first: 0,
+            drop_last: 0,
+            ..Default::default()
+        };
+        let geom = prep.geometry(4).unwrap();
+        let empty = vol([4, 4, 2], |_, _, _| 0.0);
+        let e = preprocess("P7", &prep, geom, &[empty], &[0; 32]).err().unwrap();
+        assert!(e.to_string().contains("P7") && e.to_string().contains("empty brain"), "{e}");
+        let flat = vol([4, 4, 2], |_, _, _| 5.0);
+        let e = preprocess("P7", &prep, geom, &[flat], &[0; 32]).err().unwrap();
+        assert!(e.to_string().contains("constant"), "{e}");
+    }
+
+    #[test]
+    fn geometry_defaults_match_the_paper() {
+        let prep = Preprocessing::default();
+        assert_eq!(prep.geometry(240).unwrap().size(), 256);
+        assert_eq!(prep.kept_slices(155).len(), 150);
+        assert!(Preprocessing { pad_to: Some(200), ..prep.clone() }.geometry(240).is_err());
+        assert!(Preprocessing { downsample: 3, ..prep }.validate().is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! `suggestive`: gradient-guided suggestive annotation for brain-tumour MRI segmentation.
+//!
+//! The library holds the engine pieces; `main.rs` is the command line on top of it.
+//! - [`data`]: BraTS-layout NIfTI folders → preprocessed, memory-mapped slice cache.
+//! - [`phantom`]: a synthetic BraTS-like data set, the embedded default.
+//! - [`preview`]: one slice as an image, printed inline in the terminal.
+//! - [`torch_info`]: what libtorch this binary runs on.
+
+pub mod data;
+pub mod paths;
+pub mod phantom;
+pub mod preview;
+pub mod torch_info;

@@ -1,0 +1,399 @@
+//! The `suggestive` command line. Each subcommand is a thin layer over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use suggestive::data::{parse_modalities, Dataset, LoadOptions, Modality, Preprocessing, Summary};
+use suggestive::phantom::{self, PhantomConfig, PhantomLayout};
+use suggestive::preview::{self, Protocol};
+use suggestive::{paths, torch_info};
+
+#[derive(Parser)]
+#[command(
+    name = "suggestive",
+    version,
+    about = "Gradient-guided suggestive annotation for brain-tumour MRI segmentation",
+    long_about = "Gradient-guided suggestive annotation for brain-tumour MRI segmentation.\n\n\
+        Reads BraTS-layout NIfTI folders, generates a synthetic BraTS-like phantom (the embedded \
+        default data), and previews slices in the terminal."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a BraTS folder (through the preprocessed cache) and print a summary.
+    Dataset(DatasetArgs),
+    /// Write a synthetic BraTS-layout data set (four modalities, segmentation, name_mapping.csv).
+    Phantom(PhantomArgs),
+    /// Print one slice of a volume inline in the terminal, with the tumour outline.
+    Preview(PreviewArgs),
+    /// Show the libtorch this binary runs on (CUDA, cuDNN, threads) and where data is kept.
+    Info {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The demo on the embedded default data: generate the phantom if missing, load it, summarise
+    /// it and preview a case.
+    Demo {
+        /// Where the demo phantom lives (default: the data folder, see `suggestive info`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct PrepArgs {
+    /// Channels, in order: any of flair,t1,t1ce,t2.
+    #[arg(long, default_value = "flair,t1,t1ce,t2")]
+    modalities: String,
+    /// In-plane down-sampling factor for CPU runs: 1, 2 or 4.
+    #[arg(long, default_value_t = 1)]
+    downsample: usize,
+    /// Zero-pad slices to this square size (default: next multiple of 32; 240 → 256).
+    #[arg(long)]
+    pad_to: Option<usize>,
+    /// Axial slices dropped at the bottom.
+    #[arg(long, default_value_t = 2)]
+    drop_first: usize,
+    /// Axial slices dropped at the top.
+    #[arg(long, default_value_t = 3)]
+    drop_last: usize,
+    /// Keep raw intensities instead of z-scoring each modality over the brain.
+    #[arg(long)]
+    no_zscore: bool,
+}
+
+impl PrepArgs {
+    fn preprocessing(&self) -> Result<Preprocessing> {
+        Ok(Preprocessing {
+            modalities: parse_modalities(&self.modalities)?,
+            drop_first: self.drop_first,
+            drop_last: self.drop_last,
+            pad_to: self.pad_to,
+            downsample: self.downsample,
+            zscore: !self.no_zscore,
+        })
+    }
+}
+
+#[derive(Args)]
+struct DatasetArgs {
+    /// BraTS folder: [HGG|LGG/]<ID>/<ID>_{flair,t1,t1ce,t2,seg}.nii[.gz]
+    dir: PathBuf,
+    #[command(flatten)]
+    prep: PrepArgs,
+    /// Load the good patients and list the bad ones instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Build the cache again even if it is up to date.
+    #[arg(long)]
+    rebuild_cache: bool,
+    /// Folder for preprocessed caches [env: SUGGESTIVE_CACHE_DIR; default ~/.cache/suggestive/datasets]
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Decoding threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Re-read the whole cache and check it against its checksums.
+    #[arg(long)]
+    verify: bool,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PhantomArgs {
+    /// Output folder (created; an existing phantom there is overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of patients, split evenly over CBICA and TCIA (or must match --sites).
+    #[arg(long)]
+    patients: Option<usize>,
+    /// Patients per site, e.g. CBICA=20,TCIA=20. Sites differ in acquisition.
+    #[arg(long)]
+    sites: Option<String>,
+    /// Volume size X,Y,Z in voxels (BraTS: 240,240,155; tests: 64,64,24).
+    #[arg(long, default_value = "240,240,155")]
+    shape: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder layout: brats2019 (HGG/LGG folders, site in the ID) or brats2020 (flat, site and
+    /// grade only in name_mapping.csv).
+    #[arg(long, value_enum, default_value_t = PhantomLayout::Brats2019)]
+    layout: PhantomLayout,
+    /// Share of hard cases (small, low-contrast, multifocal, near the ventricles).
+    #[arg(long, default_value_t = 0.25)]
+    hard_fraction: f64,
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    /// A patient folder or a NIfTI volume.
+    target: PathBuf,
+    /// Axial slice (default: the one with the most tumour).
+    #[arg(long)]
+    slice: Option<usize>,
+    #[arg(long, default_value = "flair")]
+    modality: String,
+    /// Require the tumour outline (an error when no segmentation is found). By default it is
+    /// drawn whenever a segmentation exists.
+    #[arg(long, conflicts_with = "no_overlay")]
+    overlay: bool,
+    /// Do not draw the tumour outline.
+    #[arg(long)]
+    no_overlay: bool,
+    /// Width in terminal cells.
+    #[arg(long, default_value_t = 60)]
+    width: u32,
+    /// Terminal graphics protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Auto)]
+    protocol: Protocol,
+    /// Also save the preview as a PNG file.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dataset(a) => cmd_dataset(a),
+        Command::Phantom(a) => cmd_phantom(a),
+        Command::Preview(a) => cmd_preview(a),
+        Command::Info { json } => cmd_info(json),
+        Command::Demo { data } => cmd_demo(data),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadReport)> {
+    let opts = LoadOptions {
+        preprocessing: a.prep.preprocessing()?,
+        cache_root: a.cache_dir.clone().unwrap_or_else(paths::dataset_cache_root),
+        skip_bad: a.skip_bad,
+        rebuild: a.rebuild_cache,
+        progress: stderr_is_terminal() && !a.json,
+        threads: a.threads,
+    };
+    Ok(Dataset::load(&a.dir, &opts)?)
+}
+
+fn cmd_dataset(a: DatasetArgs) -> Result<()> {
+    let (ds, report) = load_dataset(&a)?;
+    let verified = if a.verify {
+        let t = std::time::Instant::now();
+        ds.verify()?;
+        Some(t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    let summary = Summary::new(&ds, &report);
+    if a.json {
+        let mut v = serde_json::to_value(&summary)?;
+        if let Some(s) = verified {
+            v["verify_seconds"] = s.into();
+        }
+        v["peak_rss_bytes"] = peak_rss_bytes().into();
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        print!("{}", summary.to_text());
+        if let Some(s) = verified {
+            println!("verify    all {} patients match their checksums ({s:.2} s)", ds.patients().len());
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), for the benchmark.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn phantom_config(a: &PhantomArgs) -> Result<PhantomConfig> {
+    let sites = match (&a.sites, a.patients) {
+        (Some(s), n) => {
+            let sites = phantom::parse_sites(s)?;
+            let total: usize = sites.iter().map(|(_, c)| c).sum();
+            if let Some(n) = n.filter(|&n| n != total) {
+                bail!("--patients {n} does not match --sites {s} ({total} patients)");
+            }
+            sites
+        }
+        (None, Some(0)) => bail!("--patients must be at least 1"),
+        (None, Some(n)) => vec![("CBICA".into(), n - n / 2), ("TCIA".into(), n / 2)],
+        (None, None) => PhantomConfig::default().sites,
+    };
+    if !(0.0..=1.0).contains(&a.hard_fraction) {
+        bail!("--hard-fraction {} must be between 0 and 1", a.hard_fraction);
+    }
+    Ok(PhantomConfig {
+        sites,
+        shape: phantom::parse_shape(&a.shape)?,
+        seed: a.seed,
+        layout: a.layout,
+        hard_fraction: a.hard_fraction,
+        ..Default::default()
+    })
+}
+
+fn run_phantom(cfg: &PhantomConfig, out: &Path) -> Result<()> {
+    let n: usize = cfg.sites.iter().map(|(_, c)| c).sum();
+    let bar = if stderr_is_terminal() { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("phantom {bar:30.cyan/blue} {pos}/{len} patients  {elapsed_precise} (eta {eta})").expect("valid template"));
+    let cases = phantom::generate(cfg, out, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let hard = cases.iter().filter(|c| c.hardness != phantom::Hardness::Normal).count();
+    let sites: Vec<String> = cfg.sites.iter().map(|(s, c)| format!("{s} {c}")).collect();
+    let [x, y, z] = cfg.shape;
+    eprintln!(
+        "wrote {n} patients ({}; {hard} hard cases) of {x}×{y}×{z} to {}",
+        sites.join(", "),
+        out.display()
+    );
+    Ok(())
+}
+
+fn cmd_phantom(a: PhantomArgs) -> Result<()> {
+    let cfg = phantom_config(&a)?;
+    run_phantom(&cfg, &a.out)
+}
+
+fn cmd_preview(a: PreviewArgs) -> Result<()> {
+    let modality = Modality::parse(&a.modality)
+        .with_context(|| format!("unknown modality '{}' (flair, t1, t1ce, t2)", a.modality))?;
+    let src = preview::load(&a.target, modality)?;
+    if a.overlay && src.labels.is_none() {
+        bail!("{}: --overlay asked for, but no segmentation (<ID>_seg.nii.gz) was found beside it", a.target.display());
+    }
+    let nz = src.image.dims[2];
+    let z = match a.slice {
+        Some(z) if z >= nz => bail!("--slice {z} is out of range: the volume has {nz} slices (0..{})", nz - 1),
+        Some(z) => z,
+        None => preview::default_slice(src.image.dims, src.labels.as_deref()),
+    };
+    let labels = if a.no_overlay { None } else { src.labels.as_deref() };
+    let img = preview::render_slice(&src.image, labels, z);
+    if let Some(path) = &a.save {
+        img.save(path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let plane = src.image.dims[0] * src.image.dims[1];
+    let tumour = src.labels.as_ref().map(|l| l[z * plane..(z + 1) * plane].iter().filter(|&&v| v != 0).count());
+    println!(
+        "{}  slice {z} of {nz}{}",
+        src.name,
+        tumour.map(|t| format!(", {t} tumour voxels")).unwrap_or_default()
+    );
+    preview::print(&img, a.width, a.protocol)
+}
+
+fn cmd_info(json: bool) -> Result<()> {
+    let t = torch_info::torch_info();
+    let cache = paths::dataset_cache_root();
+    let data = paths::data_dir();
+    if json {
+        let mut v = serde_json::to_value(&t)?;
+        v["version"] = env!("CARGO_PKG_VERSION").into();
+        v["dataset_cache"] = cache.display().to_string().into();
+        v["data_dir"] = data.display().to_string().into();
+        println!("{v}");
+    } else {
+        println!("suggestive {}", env!("CARGO_PKG_VERSION"));
+        println!("libtorch   {}", t.libtorch_lib);
+        println!(
+            "cuda       {}",
+            if t.cuda_available { format!("{} device(s), cuDNN {}", t.cuda_devices, t.cudnn_available) } else { "not available (CPU only)".into() }
+        );
+        println!("threads    {}", t.threads);
+        println!("smoke test {}", if t.smoke_test { "ok" } else { "FAILED" });
+        println!("caches     {}", cache.display());
+        println!("data       {}", data.display());
+    }
+    if !t.smoke_test {
+        bail!("libtorch computed a wrong matrix product");
+    }
+    Ok(())
+}
+
+/// The demo phantom: small enough for CPU runs, large enough to be interesting.
+fn demo_config() -> PhantomConfig {
+    PhantomConfig {
+        shape: [96, 96, 48],
+        seed: 2020,
+        ..Default::default()
+    }
+}
+
+fn cmd_demo(data: Option<PathBuf>) -> Result<()> {
+    let dir = data.unwrap_or_else(|| paths::data_dir().join("demo-phantom"));
+    if !dir.join(phantom::MANIFEST).exists() {
+        eprintln!("generating the demo phantom in {}", dir.display());
+        run_phantom(&demo_config(), &dir)?;
+    }
+    let args = DatasetArgs {
+        dir: dir.clone(),
+        prep: PrepArgs {
+            modalities: "flair,t1,t1ce,t2".into(),
+            downsample: 1,
+            pad_to: None,
+            drop_first: 2,
+            drop_last: 3,
+            no_zscore: false,
+        },
+        skip_bad: false,
+        rebuild_cache: false,
+        cache_dir: None,
+        threads: None,
+        verify: false,
+        json: false,
+    };
+    let (ds, report) = load_dataset(&args)?;
+    print!("{}", Summary::new(&ds, &report).to_text());
+    // Preview the case with the largest tumour.
+    let p = ds
+        .patients()
+        .iter()
+        .max_by(|a, b| a.tumour_ml().total_cmp(&b.tumour_ml()))
+        .context("empty data set")?;
+    let pdir = match &p.grade {
+        Some(g) if dir.join(g).join(&p.id).is_dir() => dir.join(g).join(&p.id),
+        _ => dir.join(&p.id),
+    };
+    println!();
+    cmd_preview(PreviewArgs {
+        target: pdir,
+        slice: None,
+        modality: "flair".into(),
+        overlay: false,
+        no_overlay: false,
+        width: 48,
+        protocol: Protocol::Auto,
+        save: None,
+    })
+}

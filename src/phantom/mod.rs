@@ -1,0 +1,228 @@
+//! The phantom generator: a synthetic BraTS-layout data set, the embedded default of
+//! `suggestive`. Same seed, same bytes.
+//!
+//! Each case has brain anatomy (CSF, grey and white matter, deep grey nuclei, ventricles), one or
+//! more tumours with necrotic core, enhancing rim and edema (or a non-enhancing core for low
+//! grade), sizes from small to large, a minority of hard cases (small, low-contrast, multifocal,
+//! next to the ventricles), and vessel-like enhancing distractors. Sites differ in acquisition
+//! (see [`site`]), so a model trained on one site loses accuracy on the other.
+
+mod case;
+mod noise;
+pub mod site;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ndarray::{Array3, ShapeBuilder};
+use nifti::writer::WriterOptions;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+pub use case::{CaseSpec, Hardness};
+use site::Acquisition;
+
+/// Folder layout to write, as the BraTS releases did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum PhantomLayout {
+    /// `HGG|LGG/BraTS19_<SITE>_<N>_1/…`: grade and site in the path.
+    Brats2019,
+    /// `BraTS20_Training_<N>/…` with grade and site only in name_mapping.csv.
+    Brats2020,
+}
+
+#[derive(Debug, Clone)]
+pub struct PhantomConfig {
+    /// (site, patients) in order.
+    pub sites: Vec<(String, usize)>,
+    /// (x, y, z) voxels.
+    pub shape: [usize; 3],
+    pub seed: u64,
+    pub layout: PhantomLayout,
+    pub hard_fraction: f64,
+    pub hgg_fraction: f64,
+}
+
+impl Default for PhantomConfig {
+    fn default() -> Self {
+        PhantomConfig {
+            sites: vec![("CBICA".into(), 20), ("TCIA".into(), 20)],
+            shape: [240, 240, 155],
+            seed: 0,
+            layout: PhantomLayout::Brats2019,
+            hard_fraction: 0.25,
+            hgg_fraction: 0.75,
+        }
+    }
+}
+
+/// `CBICA=20,TCIA=20` → sites.
+pub fn parse_sites(s: &str) -> Result<Vec<(String, usize)>> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, n) = part
+            .split_once('=')
+            .with_context(|| format!("site '{part}' should look like NAME=COUNT, e.g. CBICA=20"))?;
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            bail!("site name '{name}' must be letters and digits (it becomes part of patient IDs)");
+        }
+        let n: usize = n
+            .trim()
+            .parse()
+            .with_context(|| format!("patient count '{}' of site {name} is not a number", n.trim()))?;
+        if out.iter().any(|(s, _)| s == name) {
+            bail!("site {name} given twice");
+        }
+        out.push((name.to_string(), n));
+    }
+    if out.iter().map(|(_, n)| n).sum::<usize>() == 0 {
+        bail!("no patients: give at least one site with a count above 0");
+    }
+    Ok(out)
+}
+
+/// `240,240,155` → shape.
+pub fn parse_shape(s: &str) -> Result<[usize; 3]> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("shape '{s}' should be three numbers X,Y,Z, e.g. 240,240,155"))?;
+    match v[..] {
+        [x, y, z] if x >= 16 && y >= 16 && z >= 8 && x <= 1024 && y <= 1024 && z <= 1024 => Ok([x, y, z]),
+        [_, _, _] => bail!("shape {s} out of range: X and Y from 16 to 1024, Z from 8 to 1024"),
+        _ => bail!("shape '{s}' should be three numbers X,Y,Z, e.g. 240,240,155"),
+    }
+}
+
+/// One case's entry in phantom.json.
+#[derive(Serialize)]
+struct ManifestCase<'a> {
+    #[serde(flatten)]
+    spec: &'a CaseSpec,
+    path: String,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    generator: &'static str,
+    seed: u64,
+    shape: [usize; 3],
+    layout: PhantomLayout,
+    sites: Vec<(&'a str, Acquisition)>,
+    cases: Vec<ManifestCase<'a>>,
+}
+
+pub const MANIFEST: &str = "phantom.json";
+
+/// Draws the cases (cheap; no voxels yet).
+pub fn draw_cases(cfg: &PhantomConfig) -> Vec<CaseSpec> {
+    let mut cases = Vec::new();
+    let mut n = 0u64;
+    for (site, count) in &cfg.sites {
+        for _ in 0..*count {
+            n += 1;
+            let id = match cfg.layout {
+                PhantomLayout::Brats2019 => {
+                    // TCIA IDs carry a collection number, as in BraTS: BraTS19_TCIA01_…
+                    let tag = if site == "TCIA" { "01" } else { "" };
+                    format!("BraTS19_{site}{tag}_P{n:03}_1")
+                }
+                PhantomLayout::Brats2020 => format!("BraTS20_Training_{n:03}"),
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            rng.set_stream(n);
+            cases.push(CaseSpec::draw(id, site.clone(), &mut rng, cfg.hard_fraction, cfg.hgg_fraction));
+        }
+    }
+    cases
+}
+
+fn case_dir(cfg: &PhantomConfig, c: &CaseSpec) -> PathBuf {
+    match cfg.layout {
+        PhantomLayout::Brats2019 => PathBuf::from(c.grade).join(&c.id),
+        PhantomLayout::Brats2020 => PathBuf::from(&c.id),
+    }
+}
+
+/// Writes the data set into `out` (created if needed). `progress` is called after each case.
+pub fn generate(cfg: &PhantomConfig, out: &Path, progress: &(dyn Fn() + Sync)) -> Result<Vec<CaseSpec>> {
+    if out.exists() {
+        let non_empty = fs::read_dir(out)
+            .with_context(|| format!("cannot read {}", out.display()))?
+            .next()
+            .is_some();
+        if non_empty && !out.join(MANIFEST).exists() {
+            bail!(
+                "{} is not empty and holds no phantom ({MANIFEST}); choose an empty or new folder",
+                out.display()
+            );
+        }
+    }
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cases = draw_cases(cfg);
+    cases.par_iter().try_for_each(|c| -> Result<()> {
+        let dir = out.join(case_dir(cfg, c));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let r = case::render(c, cfg.shape, &Acquisition::for_site(&c.site));
+        let [x, y, z] = cfg.shape;
+        for (suffix, data) in ["flair", "t1", "t1ce", "t2"].iter().zip(r.images) {
+            let a = Array3::from_shape_vec((x, y, z).f(), data).expect("shape matches");
+            write_nifti(&dir, &c.id, suffix, &a)?;
+        }
+        let a = Array3::from_shape_vec((x, y, z).f(), r.seg).expect("shape matches");
+        write_nifti(&dir, &c.id, "seg", &a)?;
+        progress();
+        Ok(())
+    })?;
+
+    let mut csv = String::from(match cfg.layout {
+        PhantomLayout::Brats2019 => "Grade,BraTS_2019_subject_ID\n",
+        PhantomLayout::Brats2020 => "Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\n",
+    });
+    for (i, c) in cases.iter().enumerate() {
+        match cfg.layout {
+            PhantomLayout::Brats2019 => csv += &format!("{},{}\n", c.grade, c.id),
+            PhantomLayout::Brats2020 => {
+                let tag = if c.site == "TCIA" { "01" } else { "" };
+                csv += &format!("{},BraTS19_{}{tag}_P{:03}_1,{}\n", c.grade, c.site, i + 1, c.id)
+            }
+        }
+    }
+    write_atomic(&out.join("name_mapping.csv"), csv.as_bytes())?;
+    let manifest = Manifest {
+        generator: concat!("suggestive ", env!("CARGO_PKG_VERSION")),
+        seed: cfg.seed,
+        shape: cfg.shape,
+        layout: cfg.layout,
+        sites: cfg.sites.iter().map(|(s, _)| (s.as_str(), Acquisition::for_site(s))).collect(),
+        cases: cases
+            .iter()
+            .map(|c| ManifestCase {
+                spec: c,
+                path: case_dir(cfg, c).display().to_string(),
+            })
+            .collect(),
+    };
+    write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(cases)
+}
+
+fn write_nifti<T: nifti::DataElement + bytemuck::Pod>(dir: &Path, id: &str, suffix: &str, a: &Array3<T>) -> Result<()> {
+    let path = dir.join(format!("{id}_{suffix}.nii.gz"));
+    let tmp = dir.join(format!(".tmp-{id}_{suffix}.nii.gz"));
+    WriterOptions::new(&tmp)
+        .write_nifti(a)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

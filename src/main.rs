@@ -188,7 +188,10 @@ fn stderr_is_terminal() -> bool {
 fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadReport)> {
     let opts = LoadOptions {
         preprocessing: a.prep.preprocessing()?,
-        cache_root: a.cache_dir.clone().unwrap_or_else(paths::dataset_cache_root),
+        cache_root: a
+            .cache_dir
+            .clone()
+            .unwrap_or_else(paths::dataset_cache_root),
         skip_bad: a.skip_bad,
         rebuild: a.rebuild_cache,
         progress: stderr_is_terminal() && !a.json,
@@ -217,7 +220,10 @@ fn cmd_dataset(a: DatasetArgs) -> Result<()> {
     } else {
         print!("{}", summary.to_text());
         if let Some(s) = verified {
-            println!("verify    all {} patients match their checksums ({s:.2} s)", ds.patients().len());
+            println!(
+                "verify    all {} patients match their checksums ({s:.2} s)",
+                ds.patients().len()
+            );
         }
     }
     Ok(())
@@ -251,7 +257,10 @@ fn phantom_config(a: &PhantomArgs) -> Result<PhantomConfig> {
         (None, None) => PhantomConfig::default().sites,
     };
     if !(0.0..=1.0).contains(&a.hard_fraction) {
-        bail!("--hard-fraction {} must be between 0 and 1", a.hard_fraction);
+        bail!(
+            "--hard-fraction {} must be between 0 and 1",
+            a.hard_fraction
+        );
     }
     Ok(PhantomConfig {
         sites,
@@ -265,11 +274,23 @@ fn phantom_config(a: &PhantomArgs) -> Result<PhantomConfig> {
 
 fn run_phantom(cfg: &PhantomConfig, out: &Path) -> Result<()> {
     let n: usize = cfg.sites.iter().map(|(_, c)| c).sum();
-    let bar = if stderr_is_terminal() { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("phantom {bar:30.cyan/blue} {pos}/{len} patients  {elapsed_precise} (eta {eta})").expect("valid template"));
+    let bar = if stderr_is_terminal() {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "phantom {bar:30.cyan/blue} {pos}/{len} patients  {elapsed_precise} (eta {eta})",
+        )
+        .expect("valid template"),
+    );
     let cases = phantom::generate(cfg, out, &|| bar.inc(1))?;
     bar.finish_and_clear();
-    let hard = cases.iter().filter(|c| c.hardness != phantom::Hardness::Normal).count();
+    let hard = cases
+        .iter()
+        .filter(|c| c.hardness != phantom::Hardness::Normal)
+        .count();
     let sites: Vec<String> = cfg.sites.iter().map(|(s, c)| format!("{s} {c}")).collect();
     let [x, y, z] = cfg.shape;
     eprintln!(
@@ -290,25 +311,43 @@ fn cmd_preview(a: PreviewArgs) -> Result<()> {
         .with_context(|| format!("unknown modality '{}' (flair, t1, t1ce, t2)", a.modality))?;
     let src = preview::load(&a.target, modality)?;
     if a.overlay && src.labels.is_none() {
-        bail!("{}: --overlay asked for, but no segmentation (<ID>_seg.nii.gz) was found beside it", a.target.display());
+        bail!(
+            "{}: --overlay asked for, but no segmentation (<ID>_seg.nii.gz) was found beside it",
+            a.target.display()
+        );
     }
     let nz = src.image.dims[2];
     let z = match a.slice {
-        Some(z) if z >= nz => bail!("--slice {z} is out of range: the volume has {nz} slices (0..{})", nz - 1),
+        Some(z) if z >= nz => bail!(
+            "--slice {z} is out of range: the volume has {nz} slices (0..{})",
+            nz - 1
+        ),
         Some(z) => z,
         None => preview::default_slice(src.image.dims, src.labels.as_deref()),
     };
-    let labels = if a.no_overlay { None } else { src.labels.as_deref() };
+    let labels = if a.no_overlay {
+        None
+    } else {
+        src.labels.as_deref()
+    };
     let img = preview::render_slice(&src.image, labels, z);
     if let Some(path) = &a.save {
-        img.save(path).with_context(|| format!("cannot write {}", path.display()))?;
+        img.save(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let plane = src.image.dims[0] * src.image.dims[1];
-    let tumour = src.labels.as_ref().map(|l| l[z * plane..(z + 1) * plane].iter().filter(|&&v| v != 0).count());
+    let tumour = src.labels.as_ref().map(|l| {
+        l[z * plane..(z + 1) * plane]
+            .iter()
+            .filter(|&&v| v != 0)
+            .count()
+    });
     println!(
         "{}  slice {z} of {nz}{}",
         src.name,
-        tumour.map(|t| format!(", {t} tumour voxels")).unwrap_or_default()
+        tumour
+            .map(|t| format!(", {t} tumour voxels"))
+            .unwrap_or_default()
     );
     preview::print(&img, a.width, a.protocol)
 }
@@ -328,7 +367,11 @@ fn cmd_info(json: bool) -> Result<()> {
         println!("libtorch   {}", t.libtorch_lib);
         println!(
             "cuda       {}",
-            if t.cuda_available { format!("{} device(s), cuDNN {}", t.cuda_devices, t.cudnn_available) } else { "not available (CPU only)".into() }
+            if t.cuda_available {
+                format!("{} device(s), cuDNN {}", t.cuda_devices, t.cudnn_available)
+            } else {
+                "not available (CPU only)".into()
+            }
         );
         println!("threads    {}", t.threads);
         println!("smoke test {}", if t.smoke_test { "ok" } else { "FAILED" });

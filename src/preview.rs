@@ -19,7 +19,11 @@ pub struct PreviewSource {
 /// segmentation is `<ID>_seg.nii[.gz]` beside it.
 pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
     let (image_path, seg_path, id) = if target.is_dir() {
-        let id = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let id = target
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let find = |suffix: &str| -> Option<PathBuf> {
             ["nii.gz", "nii"]
                 .iter()
@@ -27,11 +31,19 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
                 .find(|p| p.is_file())
         };
         let image = find(modality.suffix()).with_context(|| {
-            format!("{}: no {id}_{}.nii[.gz] in this folder", target.display(), modality.suffix())
+            format!(
+                "{}: no {id}_{}.nii[.gz] in this folder",
+                target.display(),
+                modality.suffix()
+            )
         })?;
         (image, find("seg"), id)
     } else if target.is_file() {
-        let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = target
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
         let (id, seg) = match stem.rsplit_once('_') {
             Some((id, _)) => {
@@ -52,14 +64,27 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
         Some(p) => {
             let (seg, labels) = read_seg(&id, &p)?;
             if seg.dims != image.dims {
-                bail!("{}: shape {:?} differs from the image's {:?}", p.display(), seg.dims, image.dims);
+                bail!(
+                    "{}: shape {:?} differs from the image's {:?}",
+                    p.display(),
+                    seg.dims,
+                    image.dims
+                );
             }
             Some(labels)
         }
         None => None,
     };
-    let kind = image_path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    Ok(PreviewSource { name: kind, image, labels })
+    let kind = image_path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    Ok(PreviewSource {
+        name: kind,
+        image,
+        labels,
+    })
 }
 
 /// The axial slice with the most tumour, or the middle one without a segmentation.
@@ -68,7 +93,15 @@ pub fn default_slice(dims: [usize; 3], labels: Option<&[u8]>) -> usize {
     labels
         .and_then(|l| {
             (0..dims[2])
-                .map(|z| (l[z * plane..(z + 1) * plane].iter().filter(|&&v| v != 0).count(), z))
+                .map(|z| {
+                    (
+                        l[z * plane..(z + 1) * plane]
+                            .iter()
+                            .filter(|&&v| v != 0)
+                            .count(),
+                        z,
+                    )
+                })
                 .filter(|(n, _)| *n > 0)
                 .max_by_key(|&(n, z)| (n, std::cmp::Reverse(z)))
                 .map(|(_, z)| z)
@@ -79,7 +112,13 @@ pub fn default_slice(dims: [usize; 3], labels: Option<&[u8]>) -> usize {
 /// Intensity window: 1st and 99th percentile of the brain (non-zero) voxels.
 fn window(v: &Volume) -> (f32, f32) {
     let step = (v.data.len() / 200_000).max(1);
-    let mut s: Vec<f32> = v.data.iter().step_by(step).copied().filter(|&x| x != 0.0).collect();
+    let mut s: Vec<f32> = v
+        .data
+        .iter()
+        .step_by(step)
+        .copied()
+        .filter(|&x| x != 0.0)
+        .collect();
     if s.is_empty() {
         return (0.0, 1.0);
     }
@@ -102,7 +141,13 @@ pub fn render_slice(v: &Volume, labels: Option<&[u8]>, z: usize) -> RgbImage {
     });
     if let Some(l) = labels {
         let m = &l[z * nx * ny..(z + 1) * nx * ny];
-        let at = |x: isize, y: isize| x >= 0 && y >= 0 && (x as usize) < nx && (y as usize) < ny && m[y as usize * nx + x as usize] != 0;
+        let at = |x: isize, y: isize| {
+            x >= 0
+                && y >= 0
+                && (x as usize) < nx
+                && (y as usize) < ny
+                && m[y as usize * nx + x as usize] != 0
+        };
         for y in 0..ny as isize {
             for x in 0..nx as isize {
                 if at(x, y) && !(at(x - 1, y) && at(x + 1, y) && at(x, y - 1) && at(x, y + 1)) {
@@ -137,6 +182,7 @@ pub fn print(img: &RgbImage, width_cells: u32, protocol: Protocol) -> Result<()>
         use_sixel: matches!(protocol, Protocol::Auto | Protocol::Sixel),
         ..Default::default()
     };
-    viuer::print(&image::DynamicImage::ImageRgb8(img.clone()), &cfg).context("cannot print the image")?;
+    viuer::print(&image::DynamicImage::ImageRgb8(img.clone()), &cfg)
+        .context("cannot print the image")?;
     Ok(())
 }

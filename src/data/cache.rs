@@ -71,7 +71,13 @@ pub fn cache_dir_for(cache_root: &Path, root: &Path, prep: &Preprocessing) -> Pa
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "dataset".into())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     cache_root.join(format!(
@@ -98,7 +104,10 @@ pub fn read_index(dir: &Path) -> Result<Option<CacheIndex>, String> {
         ));
     }
     let want = [
-        (IMAGES_FILE, index.slices * index.image_elems_per_slice() * 2),
+        (
+            IMAGES_FILE,
+            index.slices * index.image_elems_per_slice() * 2,
+        ),
         (MASKS_FILE, index.slices * index.mask_elems_per_slice()),
     ];
     for (file, bytes) in want {
@@ -172,7 +181,10 @@ impl CacheBuilder {
         to: usize,
         n: usize,
     ) -> std::io::Result<()> {
-        for (file, elem_bytes) in [(&self.images, index_shape.0 * 2), (&self.masks, index_shape.1)] {
+        for (file, elem_bytes) in [
+            (&self.images, index_shape.0 * 2),
+            (&self.masks, index_shape.1),
+        ] {
             let mut buf = vec![0u8; elem_bytes];
             for s in 0..n {
                 file.read_exact_at(&mut buf, ((from + s) * elem_bytes) as u64)?;
@@ -197,7 +209,9 @@ impl CacheBuilder {
         f.write_all(&serde_json::to_vec_pretty(index).expect("index serialises"))
             .map_err(err)?;
         f.sync_all().map_err(err)?;
-        File::open(&self.tmp).and_then(|d| d.sync_all()).map_err(err)?;
+        File::open(&self.tmp)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         // Swap: the old cache (if any) is moved aside first, since a folder cannot be renamed
         // over a non-empty one.
         let old = sibling(&self.dest, &format!("old-{}", std::process::id()));

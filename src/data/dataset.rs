@@ -358,7 +358,10 @@ fn build_cache(
                 if !opts.skip_bad {
                     return Err(e);
                 }
-                skipped.push(SkippedPatient { id: p.id.clone(), reason: e.to_string() });
+                skipped.push(SkippedPatient {
+                    id: p.id.clone(),
+                    reason: e.to_string(),
+                });
             }
             Err(e) if opts.skip_bad => skipped.push(SkippedPatient {
                 id: p.id.clone(),
@@ -484,14 +487,28 @@ fn load_patient(
         let path = &p.images[m];
         let v = read_volume(&p.id, path)?;
         if v.dims != plan.dims {
-            return Err(DataError::file(&p.id, path, format!("shape {:?} differs from its header's {:?}", v.dims, plan.dims)));
+            return Err(DataError::file(
+                &p.id,
+                path,
+                format!(
+                    "shape {:?} differs from its header's {:?}",
+                    v.dims, plan.dims
+                ),
+            ));
         }
         volumes.push(v);
     }
     let seg_path = p.seg.as_ref().expect("checked in phase 1");
     let (seg, labels) = read_seg(&p.id, seg_path)?;
     if seg.dims != plan.dims {
-        return Err(DataError::file(&p.id, seg_path, format!("shape {:?} differs from the images' {:?}", seg.dims, plan.dims)));
+        return Err(DataError::file(
+            &p.id,
+            seg_path,
+            format!(
+                "shape {:?} differs from the images' {:?}",
+                seg.dims, plan.dims
+            ),
+        ));
     }
     let out = preprocess(&p.id, prep, geom, &volumes, &labels)?;
     drop(volumes);

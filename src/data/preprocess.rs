@@ -295,7 +295,13 @@ mod tests {
             ..Default::default()
         };
         let dims = [20, 10, 5];
-        let v = vol(dims, |x, _, _| if x < 10 { 0.0 } else { (x % 2) as f32 * 2.0 + 1.0 });
+        let v = vol(dims, |x, _, _| {
+            if x < 10 {
+                0.0
+            } else {
+                (x % 2) as f32 * 2.0 + 1.0
+            }
+        });
         let labels = vec![0u8; 1000];
         let geom = prep.geometry(20).unwrap();
         assert_eq!(geom.size(), 32);
@@ -343,10 +349,17 @@ mod tests {
         };
         let geom = prep.geometry(4).unwrap();
         let empty = vol([4, 4, 2], |_, _, _| 0.0);
-        let e = preprocess("P7", &prep, geom, &[empty], &[0; 32]).err().unwrap();
-        assert!(e.to_string().contains("P7") && e.to_string().contains("empty brain"), "{e}");
+        let e = preprocess("P7", &prep, geom, &[empty], &[0; 32])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("P7") && e.to_string().contains("empty brain"),
+            "{e}"
+        );
         let flat = vol([4, 4, 2], |_, _, _| 5.0);
-        let e = preprocess("P7", &prep, geom, &[flat], &[0; 32]).err().unwrap();
+        let e = preprocess("P7", &prep, geom, &[flat], &[0; 32])
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("constant"), "{e}");
     }
 
@@ -355,7 +368,17 @@ mod tests {
         let prep = Preprocessing::default();
         assert_eq!(prep.geometry(240).unwrap().size(), 256);
         assert_eq!(prep.kept_slices(155).len(), 150);
-        assert!(Preprocessing { pad_to: Some(200), ..prep.clone() }.geometry(240).is_err());
-        assert!(Preprocessing { downsample: 3, ..prep }.validate().is_err());
+        assert!(Preprocessing {
+            pad_to: Some(200),
+            ..prep.clone()
+        }
+        .geometry(240)
+        .is_err());
+        assert!(Preprocessing {
+            downsample: 3,
+            ..prep
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -127,10 +127,15 @@ impl Summary {
         let _ = writeln!(s, "sites     {}", counts(&self.sites));
         let _ = writeln!(s, "grades    {}", counts(&self.grades));
         let [c, h, w] = self.slice_shape;
+        let shapes: Vec<String> = self
+            .volume_shapes
+            .iter()
+            .map(|(k, v)| format!("{k} ({v})"))
+            .collect();
         let _ = writeln!(
             s,
             "shape     {} → {c} × {h} × {w} per slice ({})",
-            counts(&self.volume_shapes),
+            shapes.join(", "),
             mods.join(",")
         );
         let p = &self.preprocessing;

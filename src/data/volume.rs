@@ -32,7 +32,9 @@ fn describe(e: NiftiError) -> String {
             "truncated file: the data ends before the volume does".into()
         }
         NiftiError::Io(io) if io.kind() == ErrorKind::NotFound => "file not found".into(),
-        NiftiError::Io(io) if io.kind() == ErrorKind::InvalidInput || io.kind() == ErrorKind::InvalidData => {
+        NiftiError::Io(io)
+            if io.kind() == ErrorKind::InvalidInput || io.kind() == ErrorKind::InvalidData =>
+        {
             format!("corrupt compressed data ({io})")
         }
         NiftiError::Io(io) => format!("cannot read: {io}"),
@@ -60,16 +62,18 @@ pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
         )));
     }
     let dims = [dim[0] as usize, dim[1] as usize, dim[2] as usize];
-    let array = volume
-        .into_ndarray::<f32>()
-        .map_err(|e| err(describe(e)))?;
+    let array = volume.into_ndarray::<f32>().map_err(|e| err(describe(e)))?;
     // nifti returns Fortran order: the memory order is [z][y][x], which is what we want.
     let data = match array.as_slice_memory_order() {
         Some(s) => s.to_vec(),
         None => return Err(err("unexpected memory layout".into())),
     };
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        let (x, y, z) = (i % dims[0], (i / dims[0]) % dims[1], i / (dims[0] * dims[1]));
+        let (x, y, z) = (
+            i % dims[0],
+            (i / dims[0]) % dims[1],
+            i / (dims[0] * dims[1]),
+        );
         return Err(err(format!(
             "non-finite voxel value {} at (x={x}, y={y}, z={z})",
             data[i]
@@ -93,7 +97,9 @@ pub fn read_seg(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataErr
             return Err(DataError::file(
                 patient,
                 path,
-                format!("segmentation label {v} at (x={x}, y={y}, z={z}); BraTS labels are 0, 1, 2, 4"),
+                format!(
+                    "segmentation label {v} at (x={x}, y={y}, z={z}); BraTS labels are 0, 1, 2, 4"
+                ),
             ));
         }
         labels.push(l as u8);

@@ -89,17 +89,31 @@ pub struct CaseSpec {
 const LATERAL_VENTRICLE_X: f32 = 0.10;
 
 impl CaseSpec {
-    pub fn draw(id: String, site: String, rng: &mut ChaCha8Rng, hard_fraction: f64, hgg_fraction: f64) -> CaseSpec {
+    pub fn draw(
+        id: String,
+        site: String,
+        rng: &mut ChaCha8Rng,
+        hard_fraction: f64,
+        hgg_fraction: f64,
+    ) -> CaseSpec {
         let high_grade = rng.random_bool(hgg_fraction);
         let hardness = if rng.random_bool(hard_fraction) {
-            [Hardness::Small, Hardness::LowContrast, Hardness::Multifocal, Hardness::NearVentricles]
-                [rng.random_range(0..4)]
+            [
+                Hardness::Small,
+                Hardness::LowContrast,
+                Hardness::Multifocal,
+                Hardness::NearVentricles,
+            ][rng.random_range(0..4)]
         } else {
             Hardness::Normal
         };
         let ventricle_scale = rng.random_range(0.8..1.5);
         let lesion = |rng: &mut ChaCha8Rng, size: f32| {
-            let aniso = [rng.random_range(0.75..1.25), rng.random_range(0.75..1.25), rng.random_range(0.75..1.25)];
+            let aniso = [
+                rng.random_range(0.75..1.25),
+                rng.random_range(0.75..1.25),
+                rng.random_range(0.75..1.25),
+            ];
             // Anywhere in the hemispheres' white matter, off the midline.
             let side = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
             let center = [
@@ -110,12 +124,21 @@ impl CaseSpec {
             Lesion {
                 center,
                 radius: aniso.map(|a| a * size),
-                edema: if high_grade { rng.random_range(1.3..2.1) } else { rng.random_range(1.15..1.6) },
-                rim: if high_grade { rng.random_range(0.3..0.55) } else { 0.0 },
+                edema: if high_grade {
+                    rng.random_range(1.3..2.1)
+                } else {
+                    rng.random_range(1.15..1.6)
+                },
+                rim: if high_grade {
+                    rng.random_range(0.3..0.55)
+                } else {
+                    0.0
+                },
             }
         };
         // Sizes from small to large: log-uniform core radius.
-        let size = |rng: &mut ChaCha8Rng, lo: f32, hi: f32| (rng.random_range(lo.ln()..hi.ln())).exp();
+        let size =
+            |rng: &mut ChaCha8Rng, lo: f32, hi: f32| (rng.random_range(lo.ln()..hi.ln())).exp();
         let mut lesions = Vec::new();
         match hardness {
             Hardness::Small => {
@@ -149,7 +172,11 @@ impl CaseSpec {
             id,
             site,
             grade: if high_grade { "HGG" } else { "LGG" },
-            contrast: if hardness == Hardness::LowContrast { rng.random_range(0.3..0.45) } else { rng.random_range(0.85..1.0) },
+            contrast: if hardness == Hardness::LowContrast {
+                rng.random_range(0.3..0.45)
+            } else {
+                rng.random_range(0.85..1.0)
+            },
             hardness,
             brain_radius: [0.30, 0.37, 0.42].map(|r| r * rng.random_range(0.92..1.06)),
             ventricle_scale,
@@ -210,7 +237,11 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
     let gyri = SmoothNoise::new(&mut rng, [14, 14, 10]);
     let sulci = SmoothNoise::new(&mut rng, [16, 16, 12]);
     let texture = SmoothNoise::new(&mut rng, [28, 28, 20]);
-    let lobes: Vec<SmoothNoise> = spec.lesions.iter().map(|_| SmoothNoise::new(&mut rng, [9, 9, 9])).collect();
+    let lobes: Vec<SmoothNoise> = spec
+        .lesions
+        .iter()
+        .map(|_| SmoothNoise::new(&mut rng, [9, 9, 9]))
+        .collect();
     let edema_shape = SmoothNoise::new(&mut rng, [7, 7, 7]);
     let vs = spec.ventricle_scale;
 
@@ -256,7 +287,11 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
                     if norm(d) < 1.0 {
                         t = Tissue::Csf;
                     }
-                    let d = [(u[0] - side * 0.19) / 0.10, (u[1] - 0.05) / 0.14, (u[2] + 0.02) / 0.12];
+                    let d = [
+                        (u[0] - side * 0.19) / 0.10,
+                        (u[1] - 0.05) / 0.14,
+                        (u[2] + 0.02) / 0.12,
+                    ];
                     if t == Tissue::White && norm(d) < 1.0 {
                         t = Tissue::DeepGrey;
                     }
@@ -271,9 +306,15 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
     let high = spec.high_grade();
     for (lesion, lobe) in spec.lesions.iter().zip(&lobes) {
         let reach = lesion.edema * 1.4;
-        let lo = g.voxel(std::array::from_fn(|a| lesion.center[a] - lesion.radius[a] * reach));
-        let hi = g.voxel(std::array::from_fn(|a| lesion.center[a] + lesion.radius[a] * reach));
-        let range = |a: usize| (lo[a].floor().max(0.0) as usize)..((hi[a].ceil() + 1.0).min(dims[a] as f32) as usize);
+        let lo = g.voxel(std::array::from_fn(|a| {
+            lesion.center[a] - lesion.radius[a] * reach
+        }));
+        let hi = g.voxel(std::array::from_fn(|a| {
+            lesion.center[a] + lesion.radius[a] * reach
+        }));
+        let range = |a: usize| {
+            (lo[a].floor().max(0.0) as usize)..((hi[a].ceil() + 1.0).min(dims[a] as f32) as usize)
+        };
         for z in range(2) {
             for y in range(1) {
                 for x in range(0) {
@@ -284,14 +325,27 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
                     }
                     let u = g.brain(x, y, z);
                     let qn = g.unit(x, y, z);
-                    let rel: [f32; 3] = std::array::from_fn(|a| (u[a] - lesion.center[a]) / lesion.radius[a]);
+                    let rel: [f32; 3] =
+                        std::array::from_fn(|a| (u[a] - lesion.center[a]) / lesion.radius[a]);
                     let d = norm(rel) * (1.0 + 0.3 * lobe.at(qn));
                     let label = if d < 1.0 {
-                        if !high || d < 1.0 - lesion.rim { 1 } else { 4 }
+                        if !high || d < 1.0 - lesion.rim {
+                            1
+                        } else {
+                            4
+                        }
                     } else {
                         let extent = lesion.edema * (1.0 + 0.25 * edema_shape.at(qn));
-                        let extent = if t == Tissue::Grey { 1.0 + (extent - 1.0) * 0.5 } else { extent };
-                        if d < extent { 2 } else { 0 }
+                        let extent = if t == Tissue::Grey {
+                            1.0 + (extent - 1.0) * 0.5
+                        } else {
+                            extent
+                        };
+                        if d < extent {
+                            2
+                        } else {
+                            0
+                        }
                     };
                     // Cores win over edema where lesions overlap.
                     if label != 0 && (seg[i] == 0 || seg[i] == 2) {
@@ -312,10 +366,22 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
     let vessel_radius = 0.016;
     for k in 0..spec.vessels + 2 {
         let blob = k >= spec.vessels;
-        let mut p = [rng.random_range(-0.55..0.55), rng.random_range(-0.6..0.6), rng.random_range(-0.4..0.5)];
-        let mut dir = [rng.random_range(-1.0f32..1.0), rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)];
+        let mut p = [
+            rng.random_range(-0.55..0.55),
+            rng.random_range(-0.6..0.6),
+            rng.random_range(-0.4..0.5),
+        ];
+        let mut dir = [
+            rng.random_range(-1.0f32..1.0),
+            rng.random_range(-1.0..1.0),
+            rng.random_range(-1.0..1.0),
+        ];
         let steps = if blob { 1 } else { rng.random_range(30..80) };
-        let r = if blob { rng.random_range(0.025..0.045) } else { vessel_radius * rng.random_range(0.7..1.4) };
+        let r = if blob {
+            rng.random_range(0.025..0.045)
+        } else {
+            vessel_radius * rng.random_range(0.7..1.4)
+        };
         for _ in 0..steps {
             paint_sphere(&g, &mut tissue, &seg, p, r);
             let dn = norm(dir).max(1e-6);
@@ -346,7 +412,7 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
                     let base = tissue_intensity(t)[m];
                     let mut v = if seg[i] != 0 {
                         let tumour = label_intensity(seg[i], high)[m];
-                        base + spec.contrast * (tumour - base)
+                        base + spec.contrast * acq.lesion_contrast * (tumour - base)
                     } else {
                         base
                     };
@@ -364,7 +430,11 @@ pub fn render(spec: &CaseSpec, dims: [usize; 3], acq: &Acquisition) -> Rendered 
         }
         for (o, (&v, &t)) in image.iter_mut().zip(float.iter().zip(&tissue)) {
             // Brain voxels are never 0: 0 means background to BraTS tools (and to our z-score).
-            *o = if t == Tissue::Background { 0 } else { (v * scale).round().clamp(1.0, 32767.0) as i16 };
+            *o = if t == Tissue::Background {
+                0
+            } else {
+                (v * scale).round().clamp(1.0, 32767.0) as i16
+            };
         }
     }
     Rendered { images, seg }
@@ -374,12 +444,15 @@ fn paint_sphere(g: &Geometry, tissue: &mut [Tissue], seg: &[u8], center: [f32; 3
     let [nx, ny, nz] = g.dims;
     let lo = g.voxel(std::array::from_fn(|a| center[a] - r));
     let hi = g.voxel(std::array::from_fn(|a| center[a] + r));
-    let range = |a: usize, n: usize| (lo[a].floor().max(0.0) as usize)..((hi[a].ceil() + 1.0).clamp(0.0, n as f32) as usize);
+    let range = |a: usize, n: usize| {
+        (lo[a].floor().max(0.0) as usize)..((hi[a].ceil() + 1.0).clamp(0.0, n as f32) as usize)
+    };
     for z in range(2, nz) {
         for y in range(1, ny) {
             for x in range(0, nx) {
                 let u = g.brain(x, y, z);
-                let d: [f32; 3] = std::array::from_fn(|a| (u[a] - center[a]) * g.radius[a] / g.radius[1]);
+                let d: [f32; 3] =
+                    std::array::from_fn(|a| (u[a] - center[a]) * g.radius[a] / g.radius[1]);
                 let i = (z * ny + y) * nx + x;
                 if norm(d) <= r && tissue[i] != Tissue::Background && seg[i] == 0 {
                     tissue[i] = Tissue::Vessel;

@@ -70,10 +70,12 @@ pub fn parse_sites(s: &str) -> Result<Vec<(String, usize)>> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
             bail!("site name '{name}' must be letters and digits (it becomes part of patient IDs)");
         }
-        let n: usize = n
-            .trim()
-            .parse()
-            .with_context(|| format!("patient count '{}' of site {name} is not a number", n.trim()))?;
+        let n: usize = n.trim().parse().with_context(|| {
+            format!(
+                "patient count '{}' of site {name} is not a number",
+                n.trim()
+            )
+        })?;
         if out.iter().any(|(s, _)| s == name) {
             bail!("site {name} given twice");
         }
@@ -93,7 +95,9 @@ pub fn parse_shape(s: &str) -> Result<[usize; 3]> {
         .collect::<Result<_, _>>()
         .with_context(|| format!("shape '{s}' should be three numbers X,Y,Z, e.g. 240,240,155"))?;
     match v[..] {
-        [x, y, z] if x >= 16 && y >= 16 && z >= 8 && x <= 1024 && y <= 1024 && z <= 1024 => Ok([x, y, z]),
+        [x, y, z] if x >= 16 && y >= 16 && z >= 8 && x <= 1024 && y <= 1024 && z <= 1024 => {
+            Ok([x, y, z])
+        }
         [_, _, _] => bail!("shape {s} out of range: X and Y from 16 to 1024, Z from 8 to 1024"),
         _ => bail!("shape '{s}' should be three numbers X,Y,Z, e.g. 240,240,155"),
     }
@@ -136,7 +140,13 @@ pub fn draw_cases(cfg: &PhantomConfig) -> Vec<CaseSpec> {
             };
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
             rng.set_stream(n);
-            cases.push(CaseSpec::draw(id, site.clone(), &mut rng, cfg.hard_fraction, cfg.hgg_fraction));
+            cases.push(CaseSpec::draw(
+                id,
+                site.clone(),
+                &mut rng,
+                cfg.hard_fraction,
+                cfg.hgg_fraction,
+            ));
         }
     }
     cases
@@ -150,7 +160,11 @@ fn case_dir(cfg: &PhantomConfig, c: &CaseSpec) -> PathBuf {
 }
 
 /// Writes the data set into `out` (created if needed). `progress` is called after each case.
-pub fn generate(cfg: &PhantomConfig, out: &Path, progress: &(dyn Fn() + Sync)) -> Result<Vec<CaseSpec>> {
+pub fn generate(
+    cfg: &PhantomConfig,
+    out: &Path,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<CaseSpec>> {
     if out.exists() {
         let non_empty = fs::read_dir(out)
             .with_context(|| format!("cannot read {}", out.display()))?
@@ -189,7 +203,13 @@ pub fn generate(cfg: &PhantomConfig, out: &Path, progress: &(dyn Fn() + Sync)) -
             PhantomLayout::Brats2019 => csv += &format!("{},{}\n", c.grade, c.id),
             PhantomLayout::Brats2020 => {
                 let tag = if c.site == "TCIA" { "01" } else { "" };
-                csv += &format!("{},BraTS19_{}{tag}_P{:03}_1,{}\n", c.grade, c.site, i + 1, c.id)
+                csv += &format!(
+                    "{},BraTS19_{}{tag}_P{:03}_1,{}\n",
+                    c.grade,
+                    c.site,
+                    i + 1,
+                    c.id
+                )
             }
         }
     }
@@ -199,7 +219,11 @@ pub fn generate(cfg: &PhantomConfig, out: &Path, progress: &(dyn Fn() + Sync)) -
         seed: cfg.seed,
         shape: cfg.shape,
         layout: cfg.layout,
-        sites: cfg.sites.iter().map(|(s, _)| (s.as_str(), Acquisition::for_site(s))).collect(),
+        sites: cfg
+            .sites
+            .iter()
+            .map(|(s, _)| (s.as_str(), Acquisition::for_site(s)))
+            .collect(),
         cases: cases
             .iter()
             .map(|c| ManifestCase {
@@ -212,7 +236,12 @@ pub fn generate(cfg: &PhantomConfig, out: &Path, progress: &(dyn Fn() + Sync)) -
     Ok(cases)
 }
 
-fn write_nifti<T: nifti::DataElement + bytemuck::Pod>(dir: &Path, id: &str, suffix: &str, a: &Array3<T>) -> Result<()> {
+fn write_nifti<T: nifti::DataElement + bytemuck::Pod>(
+    dir: &Path,
+    id: &str,
+    suffix: &str,
+    a: &Array3<T>,
+) -> Result<()> {
     let path = dir.join(format!("{id}_{suffix}.nii.gz"));
     let tmp = dir.join(format!(".tmp-{id}_{suffix}.nii.gz"));
     WriterOptions::new(&tmp)

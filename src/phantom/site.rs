@@ -16,6 +16,9 @@ pub struct Acquisition {
     pub gamma: [f32; 4],
     /// In-plane blur (lower effective resolution).
     pub blur: bool,
+    /// How far lesions stand out from the tissue around them (protocol-dependent, e.g. FLAIR's
+    /// inversion time): 1 = full contrast.
+    pub lesion_contrast: f32,
 }
 
 impl Acquisition {
@@ -27,6 +30,7 @@ impl Acquisition {
                 bias: 0.08,
                 gamma: [1.0; 4],
                 blur: false,
+                lesion_contrast: 1.0,
             },
             "TCIA" => Acquisition {
                 scale: 420.0,
@@ -34,6 +38,7 @@ impl Acquisition {
                 bias: 0.30,
                 gamma: [0.7, 1.3, 0.8, 0.75],
                 blur: true,
+                lesion_contrast: 0.7,
             },
             other => {
                 // Any other site gets its own fixed protocol, derived from its name.
@@ -43,8 +48,14 @@ impl Acquisition {
                     scale: 300.0 + 900.0 * u(0),
                     noise: 0.02 + 0.06 * u(1),
                     bias: 0.05 + 0.25 * u(2),
-                    gamma: [0.7 + 0.6 * u(3), 0.7 + 0.6 * u(4), 0.7 + 0.6 * u(5), 0.7 + 0.6 * u(6)],
+                    gamma: [
+                        0.7 + 0.6 * u(3),
+                        0.7 + 0.6 * u(4),
+                        0.7 + 0.6 * u(5),
+                        0.7 + 0.6 * u(6),
+                    ],
                     blur: u(7) > 0.5,
+                    lesion_contrast: 0.6 + 0.4 * ((h >> 60) as f32 / 15.0),
                 }
             }
         }

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: tiny phantoms and hand-written NIfTI volumes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array, IxDyn, ShapeBuilder};
+use nifti::writer::WriterOptions;
+use suggestive::data::{read_volume, LoadOptions};
+use suggestive::phantom::{self, PhantomConfig, PhantomLayout};
+
+pub const TINY: [usize; 3] = [64, 64, 24];
+
+/// A tiny phantom: `sites` like [("CBICA", 2), ("TCIA", 1)], 64×64×24.
+pub fn tiny_phantom(
+    dir: &Path,
+    sites: &[(&str, usize)],
+    layout: PhantomLayout,
+    seed: u64,
+) -> PathBuf {
+    let cfg = PhantomConfig {
+        sites: sites.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+        shape: TINY,
+        seed,
+        layout,
+        ..Default::default()
+    };
+    phantom::generate(&cfg, dir, &|| {}).expect("phantom");
+    dir.to_path_buf()
+}
+
+pub fn opts(cache: &Path) -> LoadOptions {
+    LoadOptions::new(cache)
+}
+
+/// Writes a volume given in `[z][y][x]` order (x fastest), with any number of dimensions.
+pub fn write_volume<T: nifti::DataElement + bytemuck::Pod>(
+    path: &Path,
+    dims: &[usize],
+    data: Vec<T>,
+) {
+    let a = Array::from_shape_vec(IxDyn(dims).f(), data).expect("shape");
+    WriterOptions::new(path)
+        .write_nifti(&a)
+        .expect("write nifti");
+}
+
+/// The file of `patient` (an ID) with `suffix` under `root`, wherever the layout put it.
+pub fn patient_file(root: &Path, patient: &str, suffix: &str) -> PathBuf {
+    for dir in [
+        root.join(patient),
+        root.join("HGG").join(patient),
+        root.join("LGG").join(patient),
+    ] {
+        let f = dir.join(format!("{patient}_{suffix}.nii.gz"));
+        if f.exists() {
+            return f;
+        }
+    }
+    panic!("no {suffix} file for {patient} under {}", root.display());
+}
+
+/// Reads a volume back as f32 `[z][y][x]`.
+pub fn read(path: &Path) -> (Vec<f32>, [usize; 3]) {
+    let v = read_volume("test", path).expect("read");
+    (v.data, v.dims)
+}
+
+/// Files and folders under `dir`, recursively (empty when it does not exist).
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path());
+            if e.path().is_dir() {
+                out.extend(tree(&e.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -3,6 +3,7 @@
 //! square (240 → 256), and an optional down-sampling factor for CPU runs.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 use super::{DataError, Modality, Volume};
@@ -115,15 +116,32 @@ pub struct Prepared {
     pub stats: PatientStats,
 }
 
-/// Z-score statistics of one modality over its non-zero voxels.
+/// Z-score statistics of one modality over its non-zero voxels. Zeros add nothing to the sums,
+/// so only the count needs the test; chunked f32 partial sums keep it vectorised and f64 totals
+/// keep it exact enough.
 fn brain_mean_std(data: &[f32]) -> Option<(f32, f32, u64)> {
     let (mut n, mut sum, mut sq) = (0u64, 0f64, 0f64);
-    for &v in data {
-        if v != 0.0 {
-            n += 1;
-            sum += v as f64;
-            sq += (v as f64) * (v as f64);
+    for chunk in data.chunks(4096) {
+        // Eight independent lanes: float addition is not associative, so the compiler only
+        // vectorises sums that are written in lanes.
+        let (mut c, mut s1, mut s2) = ([0u32; 8], [0f32; 8], [0f32; 8]);
+        let lanes = chunk.chunks_exact(8);
+        let rest = lanes.remainder();
+        for v8 in lanes {
+            for k in 0..8 {
+                c[k] += (v8[k] != 0.0) as u32;
+                s1[k] += v8[k];
+                s2[k] += v8[k] * v8[k];
+            }
         }
+        for &v in rest {
+            c[0] += (v != 0.0) as u32;
+            s1[0] += v;
+            s2[0] += v * v;
+        }
+        n += c.iter().map(|&x| x as u64).sum::<u64>();
+        sum += s1.iter().map(|&x| x as f64).sum::<f64>();
+        sq += s2.iter().map(|&x| x as f64).sum::<f64>();
     }
     if n == 0 {
         return None;
@@ -198,38 +216,55 @@ pub fn preprocess(
     let slices = kept.len();
     let mut images = vec![f16::ZERO; slices * c * side * side];
     let mut masks = vec![0u8; slices * side * side];
-    let mut padded = vec![0f32; p * p];
-    let mut out = vec![0f32; side * side];
+    // Work buffers of the down-sampling path only.
+    let (mut padded, mut out) = if f == 1 {
+        (Vec::new(), Vec::new())
+    } else {
+        (vec![0f32; p * p], vec![0f32; side * side])
+    };
     let inv_area = 1.0 / (f * f) as f32;
 
+    let mut row_buf = vec![0f32; nx];
     for (s, z) in kept.enumerate() {
         for (ch, (vol, &(mean, inv_std))) in volumes.iter().zip(&norm).enumerate() {
-            padded.fill(0.0);
             let src = &vol.data[z * plane..(z + 1) * plane];
-            for y in 0..ny {
-                let row = &src[y * nx..(y + 1) * nx];
-                let dst = &mut padded[(y + off_y) * p + off_x..(y + off_y) * p + off_x + nx];
-                for (d, &v) in dst.iter_mut().zip(row) {
+            let base = (s * c + ch) * side * side;
+            let normalise = |row: &[f32], out: &mut [f32]| {
+                for (d, &v) in out.iter_mut().zip(row) {
                     *d = if v != 0.0 { (v - mean) * inv_std } else { 0.0 };
                 }
-            }
-            let plane_out: &[f32] = if f == 1 {
-                &padded
-            } else {
-                block_mean(&padded, p, f, &mut out, inv_area);
-                &out
             };
-            let base = (s * c + ch) * side * side;
-            half::slice::HalfFloatSliceExt::convert_from_f32_slice(
-                &mut images[base..base + side * side],
-                plane_out,
-            );
+            if f == 1 {
+                // Straight into the (zero-initialised) output: padding is never written.
+                for y in 0..ny {
+                    normalise(&src[y * nx..(y + 1) * nx], &mut row_buf);
+                    let at = base + (y + off_y) * p + off_x;
+                    images[at..at + nx].convert_from_f32_slice(&row_buf);
+                }
+            } else {
+                padded.fill(0.0);
+                for y in 0..ny {
+                    let at = (y + off_y) * p + off_x;
+                    normalise(&src[y * nx..(y + 1) * nx], &mut padded[at..at + nx]);
+                }
+                block_mean(&padded, p, f, &mut out, inv_area);
+                images[base..base + side * side].convert_from_f32_slice(&out);
+            }
         }
         let lab = &labels[z * plane..(z + 1) * plane];
         if lab.iter().any(|&l| l != 0) {
             stats.tumour_slices += 1;
         }
         let mask = &mut masks[s * side * side..(s + 1) * side * side];
+        if f == 1 {
+            for y in 0..ny {
+                let at = (y + off_y) * p + off_x;
+                for (m, &l) in mask[at..at + nx].iter_mut().zip(&lab[y * nx..(y + 1) * nx]) {
+                    *m = (l != 0) as u8;
+                }
+            }
+            continue;
+        }
         for oy in 0..side {
             for ox in 0..side {
                 let mut count = 0;

@@ -1,9 +1,9 @@
 //! Reading one NIfTI volume, with the checks that catch broken BraTS files early.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 
-use nifti::{IntoNdArray, NiftiError, NiftiObject, NiftiVolume, ReaderOptions};
+use nifti::{Endianness, NiftiError, NiftiHeader, NiftiType};
 
 use super::DataError;
 
@@ -46,29 +46,99 @@ fn describe(e: NiftiError) -> String {
     }
 }
 
+/// Decodes a NIfTI-1 file in one pass: the whole file is read at once, the header parsed by the
+/// nifti crate, and the voxels inflated straight into one buffer (no intermediate copies; the
+/// gzip CRC is still checked by reading to the end of the stream).
+fn decode(path: &Path) -> Result<(NiftiHeader, Vec<u8>), NiftiError> {
+    let bytes = std::fs::read(path)?;
+    let gz = path.to_string_lossy().ends_with(".gz");
+    let read = |mut r: &mut dyn Read| -> Result<(NiftiHeader, Vec<u8>), NiftiError> {
+        let header = NiftiHeader::from_reader(&mut r)?;
+        // Extensions, if any, sit between the 348-byte header and the voxels.
+        let skip = (header.vox_offset as u64).saturating_sub(348);
+        std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink())?;
+        let n = header.dim()?.iter().map(|&d| d as usize).product::<usize>()
+            * (header.bitpix as usize / 8);
+        let mut raw = vec![0u8; n];
+        r.read_exact(&mut raw)?;
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        Ok((header, raw))
+    };
+    if gz {
+        read(&mut flate2::read::GzDecoder::new(&bytes[..]))
+    } else {
+        read(&mut &bytes[..])
+    }
+}
+
+/// Converts raw voxels of any NIfTI scalar type to f32, applying scl_slope / scl_inter.
+fn to_f32(h: &NiftiHeader, raw: &[u8]) -> Result<Vec<f32>, String> {
+    macro_rules! conv {
+        ($t:ty, $n:expr) => {{
+            let little = h.endianness == Endianness::Little;
+            raw.chunks_exact($n)
+                .map(|c| {
+                    let b: [u8; $n] = c.try_into().unwrap();
+                    (if little {
+                        <$t>::from_le_bytes(b)
+                    } else {
+                        <$t>::from_be_bytes(b)
+                    }) as f32
+                })
+                .collect::<Vec<f32>>()
+        }};
+    }
+    let mut v = match h.data_type().map_err(|e| e.to_string())? {
+        NiftiType::Uint8 => raw.iter().map(|&b| b as f32).collect(),
+        NiftiType::Int8 => raw.iter().map(|&b| b as i8 as f32).collect(),
+        NiftiType::Int16 => conv!(i16, 2),
+        NiftiType::Uint16 => conv!(u16, 2),
+        NiftiType::Int32 => conv!(i32, 4),
+        NiftiType::Uint32 => conv!(u32, 4),
+        NiftiType::Int64 => conv!(i64, 8),
+        NiftiType::Uint64 => conv!(u64, 8),
+        NiftiType::Float32 => conv!(f32, 4),
+        NiftiType::Float64 => conv!(f64, 8),
+        other => return Err(format!("unsupported voxel type {other:?}")),
+    };
+    let (slope, inter) = (h.scl_slope, h.scl_inter);
+    if slope != 0.0 && slope.is_finite() && inter.is_finite() && (slope != 1.0 || inter != 0.0) {
+        v.iter_mut().for_each(|x| *x = *x * slope + inter);
+    }
+    Ok(v)
+}
+
 /// Reads a volume as f32 (scl_slope / scl_inter applied). `patient` names the case in errors.
 pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
     let err = |msg: String| DataError::file(patient, path, msg);
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| err(describe(e)))?;
-    let header = obj.header().clone();
-    let volume = obj.into_volume();
-    let dim = volume.dim().to_vec();
+    let (header, raw) = decode(path).map_err(|e| err(describe(e)))?;
+    let dim: Vec<usize> = header
+        .dim()
+        .map_err(|e| err(describe(e)))?
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
     // A 3D volume, possibly written with trailing singleton dimensions (x, y, z, 1).
     if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) || dim[..3].contains(&0) {
         return Err(err(format!(
             "expected a 3D volume, found dimensions {dim:?}"
         )));
     }
-    let dims = [dim[0] as usize, dim[1] as usize, dim[2] as usize];
-    let array = volume.into_ndarray::<f32>().map_err(|e| err(describe(e)))?;
-    // nifti returns Fortran order: the memory order is [z][y][x], which is what we want.
-    let data = match array.as_slice_memory_order() {
-        Some(s) => s.to_vec(),
-        None => return Err(err("unexpected memory layout".into())),
+    let dims = [dim[0], dim[1], dim[2]];
+    // NIfTI stores x fastest, then y, then z: the [z][y][x] layout we want.
+    let data = to_f32(&header, &raw).map_err(err)?;
+    drop(raw);
+    let float = matches!(
+        header.data_type(),
+        Ok(NiftiType::Float32 | NiftiType::Float64)
+    );
+    // Only float files can hold NaN or Inf.
+    let bad = if float {
+        data.iter().position(|v| !v.is_finite())
+    } else {
+        None
     };
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = bad {
         let (x, y, z) = (
             i % dims[0],
             (i / dims[0]) % dims[1],
@@ -90,7 +160,12 @@ pub fn read_seg(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataErr
     let mut vol = read_volume(patient, path)?;
     let mut labels = Vec::with_capacity(vol.data.len());
     for (i, &v) in vol.data.iter().enumerate() {
-        let l = v.round();
+        // Exact label values are the rule; float segmentations may carry rounding noise.
+        let l = if v == 0.0 || v == 1.0 || v == 2.0 || v == 4.0 {
+            v
+        } else {
+            v.round()
+        };
         if (l - v).abs() > 1e-3 || !matches!(l as i32, 0 | 1 | 2 | 4) {
             let d = vol.dims;
             let (x, y, z) = (i % d[0], (i / d[0]) % d[1], i / (d[0] * d[1]));

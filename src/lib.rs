@@ -4,10 +4,14 @@
 //! - [`data`]: BraTS-layout NIfTI folders → preprocessed, memory-mapped slice cache.
 //! - [`phantom`]: a synthetic BraTS-like data set, the embedded default.
 //! - [`preview`]: one slice as an image, printed inline in the terminal.
+//! - [`engine`]: the networks, training, evaluation and the three suggestion strategies.
+//! - [`session`]: resumable experiment folders and the runner that executes them.
 //! - [`torch_info`]: what libtorch this binary runs on.
 
 pub mod data;
+pub mod engine;
 pub mod paths;
 pub mod phantom;
 pub mod preview;
+pub mod session;
 pub mod torch_info;

@@ -10,6 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use suggestive::data::{parse_modalities, Dataset, LoadOptions, Modality, Preprocessing, Summary};
 use suggestive::phantom::{self, PhantomConfig, PhantomLayout};
 use suggestive::preview::{self, Protocol};
+use suggestive::session::events::Event;
+use suggestive::session::run::{Control, Outcome, Runner};
+use suggestive::session::{self, Session};
 use suggestive::{paths, torch_info};
 
 #[derive(Parser)]
@@ -40,6 +43,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create a session from a preset (demo, brats-patient, brats-image, brats-transfer-patient,
+    /// brats-transfer-image, or a path to a session.toml).
+    New(NewArgs),
+    /// Run or resume a session headless; Ctrl-C stops at the next safe point.
+    Run(RunArgs),
+    /// Where a session stands, per arm and round.
+    Status(StatusArgs),
     /// The demo on the embedded default data: generate the phantom if missing, load it, summarise
     /// it and preview a case.
     Demo {
@@ -47,6 +57,56 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct SessionsDir {
+    /// Folder of named sessions [env: SUGGESTIVE_SESSIONS_DIR; default ~/.local/share/suggestive/sessions]
+    #[arg(long, global = true)]
+    sessions_dir: Option<PathBuf>,
+}
+
+impl SessionsDir {
+    fn resolve(&self, session: &str) -> PathBuf {
+        let dir = self.sessions_dir.clone().unwrap_or_else(session::default_sessions_dir);
+        session::resolve(session, &dir)
+    }
+}
+
+#[derive(Args)]
+struct NewArgs {
+    /// Session name (a folder in the sessions folder) or a path.
+    name: String,
+    #[arg(long, default_value = "demo")]
+    preset: String,
+    /// The BraTS folder (required by the brats-* presets).
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Override a setting, e.g. --set experiment.repeats=3 --set unet.norm=instance
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(flatten)]
+    dirs: SessionsDir,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Session name or path.
+    session: String,
+    /// One JSON event per line on stdout instead of progress output.
+    #[arg(long)]
+    jsonl: bool,
+    #[command(flatten)]
+    dirs: SessionsDir,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    session: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    dirs: SessionsDir,
 }
 
 #[derive(Args)]
@@ -169,6 +229,9 @@ fn main() -> ExitCode {
         Command::Phantom(a) => cmd_phantom(a),
         Command::Preview(a) => cmd_preview(a),
         Command::Info { json } => cmd_info(json),
+        Command::New(a) => cmd_new(a),
+        Command::Run(a) => cmd_run(a),
+        Command::Status(a) => cmd_status(a),
         Command::Demo { data } => cmd_demo(data),
     };
     match result {
@@ -384,20 +447,12 @@ fn cmd_info(json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The demo phantom: small enough for CPU runs, large enough to be interesting.
-fn demo_config() -> PhantomConfig {
-    PhantomConfig {
-        shape: [96, 96, 48],
-        seed: 2020,
-        ..Default::default()
-    }
-}
 
 fn cmd_demo(data: Option<PathBuf>) -> Result<()> {
     let dir = data.unwrap_or_else(|| paths::data_dir().join("demo-phantom"));
     if !dir.join(phantom::MANIFEST).exists() {
         eprintln!("generating the demo phantom in {}", dir.display());
-        run_phantom(&demo_config(), &dir)?;
+        run_phantom(&phantom::demo_config(), &dir)?;
     }
     let args = DatasetArgs {
         dir: dir.clone(),
@@ -439,4 +494,142 @@ fn cmd_demo(data: Option<PathBuf>) -> Result<()> {
         protocol: Protocol::Auto,
         save: None,
     })
+}
+
+fn cmd_new(a: NewArgs) -> Result<()> {
+    let mut cfg = session::preset(&a.preset)?;
+    if let Some(d) = &a.dataset {
+        if !d.is_dir() {
+            bail!("--dataset {}: no such folder", d.display());
+        }
+        cfg.dataset.path = d.canonicalize().unwrap_or_else(|_| d.clone());
+    }
+    if cfg.dataset.path.as_os_str().is_empty() {
+        bail!("preset {} needs --dataset DIR (a BraTS folder)", a.preset);
+    }
+    cfg.apply_overrides(&a.sets)?;
+    let dir = a.dirs.resolve(&a.name);
+    let s = Session::create(&dir, cfg)?;
+    let steps = session::plan::plan(&s.config).len();
+    println!("created session {} ({steps} steps) at {}", s.name(), dir.display());
+    println!("run it with: suggestive run {}", dir.display());
+    Ok(())
+}
+
+/// Human-readable progress for a headless run: a bar per training step on a terminal, plain
+/// lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn on(&mut self, ev: &Event) {
+        match ev {
+            Event::Started { session, device, steps_done, steps_total } => {
+                println!("session {session} on {device}: {steps_done}/{steps_total} steps done");
+            }
+            Event::StepStarted { index, total, description, .. } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                println!("[{}/{total}] {description}", index + 1);
+            }
+            Event::EpochDone { epoch, epochs, loss, .. } => {
+                if self.terminal {
+                    let b = self.bar.get_or_insert_with(|| {
+                        let b = ProgressBar::new(*epochs as u64);
+                        b.set_style(ProgressStyle::with_template("    epochs {bar:30.cyan/blue} {pos}/{len}  {msg}  (eta {eta})").expect("valid template"));
+                        b
+                    });
+                    b.set_position(*epoch as u64);
+                    b.set_message(format!("loss {loss:.4}"));
+                } else {
+                    println!("    epoch {epoch}/{epochs} loss {loss:.4}");
+                }
+            }
+            Event::PicksMade { arm, round, picks, fallbacks, tumour_picks, .. } => {
+                let names: Vec<String> = picks.iter().map(|p| match p.slice {
+                    Some(s) => format!("{}#{s}", p.patient),
+                    None => p.patient.clone(),
+                }).collect();
+                println!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", names.join(", "), tumour_picks);
+            }
+            Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
+                println!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
+            }
+            Event::Stopped { steps_done, steps_total } => println!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
+            Event::Finished { steps_total } => println!("finished: {steps_total} steps"),
+            Event::Error { message } => eprintln!("error in the run: {message}"),
+        }
+    }
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    let terminal = stderr_is_terminal() && !a.jsonl;
+    let mut runner = Runner::open(s, terminal)?;
+    let control = Control::default();
+    signal_hook::flag::register(signal_hook::consts::SIGINT, control.stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;
+    let outcome = if a.jsonl {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        runner.run(&control, &mut |ev| {
+            if let Ok(line) = serde_json::to_string(ev) {
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        })?
+    } else {
+        let mut p = Progress { bar: None, terminal };
+        runner.run(&control, &mut |ev| p.on(ev))?
+    };
+    if outcome == Outcome::Stopped {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn cmd_status(a: StatusArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    let plan = session::plan::plan(&s.config);
+    let holder = std::fs::read_to_string(dir.join("lock")).ok().and_then(|p| p.trim().parse::<u32>().ok()).filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let state = if s.state.done >= plan.len() {
+        "finished"
+    } else if holder.is_some() {
+        "running"
+    } else if s.state.done == 0 && s.state.partial_epochs == 0 {
+        "new"
+    } else {
+        "paused"
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "session": s.name(),
+            "state": state,
+            "steps_done": s.state.done,
+            "steps_total": plan.len(),
+            "next_step": plan.get(s.state.done).map(|st| st.describe()),
+            "partial_epochs": s.state.partial_epochs,
+            "device": s.state.device,
+            "results": s.state.results,
+            "picks": s.state.picks,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let e = &s.config.experiment;
+    println!("session   {} ({state}{})", s.name(), holder.map(|p| format!(", pid {p}")).unwrap_or_default());
+    println!("setting   {:?} / {:?} / {:?}, arms {}, {} repeat(s)", e.scenario, e.granularity, e.protocol, e.arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(","), e.repeats);
+    println!("progress  {}/{} steps{}", s.state.done, plan.len(), plan.get(s.state.done).map(|st| format!("; next: {}{}", st.describe(), if s.state.partial_epochs > 0 { format!(" (epoch {} done)", s.state.partial_epochs) } else { String::new() })).unwrap_or_default());
+    if !s.state.results.is_empty() {
+        println!("\n{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  test Dice", "repeat", "stage", "arm", "round", "annotated", "viewed");
+        for r in &s.state.results {
+            println!("{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  {:.3} ± {:.3}{}", r.repeat + 1, r.stage + 1, r.arm.name(), r.round, r.annotated, r.viewed, r.dice_mean, r.dice_sd, if r.collapsed { " collapsed" } else { "" });
+        }
+    }
+    Ok(())
 }

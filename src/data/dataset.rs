@@ -182,6 +182,10 @@ impl Dataset {
     pub fn size(&self) -> usize {
         self.index.size
     }
+    /// Fingerprint of the input files the cache was built from.
+    pub fn fingerprint(&self) -> &str {
+        &self.index.inputs_fingerprint
+    }
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
     }

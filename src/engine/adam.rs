@@ -1,0 +1,86 @@
+//! Adam, written out so that its moments can be checkpointed with the weights: a run killed
+//! mid-training resumes with the exact optimiser state (tch's optimiser state is not reachable).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use tch::{nn::VarStore, Kind, Tensor};
+
+pub struct Adam {
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    /// Trainable variables in a fixed order (sorted by name), with their moments.
+    params: Vec<(String, Tensor, Tensor, Tensor)>,
+    pub step: i64,
+}
+
+impl Adam {
+    pub fn new(vs: &VarStore, lr: f64) -> Adam {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars
+            .into_iter()
+            .map(|(n, t)| {
+                let m = t.zeros_like();
+                let v = t.zeros_like();
+                (n, t, m, v)
+            })
+            .collect();
+        Adam { lr, betas: (0.9, 0.999), eps: 1e-8, params, step: 0 }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p, _, _) in &mut self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// One update from the current gradients (as torch.optim.Adam, no weight decay).
+    pub fn step(&mut self) {
+        let _guard = tch::no_grad_guard();
+        self.step += 1;
+        let (b1, b2) = self.betas;
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        for (_, p, m, v) in &mut self.params {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+            let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+            let denom = (v.g_div_scalar(bc2)).sqrt() + self.eps;
+            let update = m.g_div_scalar(bc1) / denom * self.lr;
+            let _ = p.g_sub_(&update);
+        }
+    }
+
+    /// Moments and step count as safetensors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let step = Tensor::from_slice(&[self.step]);
+        let mut named: Vec<(String, &Tensor)> = vec![("step".into(), &step)];
+        for (n, _, m, v) in &self.params {
+            named.push((format!("m.{n}"), m));
+            named.push((format!("v.{n}"), v));
+        }
+        Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let tensors = Tensor::read_safetensors(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        self.step = map.get("step").context("optimiser state without a step")?.int64_value(&[0]);
+        let _guard = tch::no_grad_guard();
+        for (n, p, m, v) in &mut self.params {
+            for (prefix, dst) in [("m", &mut *m), ("v", &mut *v)] {
+                let src = map.get(&format!("{prefix}.{n}")).with_context(|| format!("optimiser state lacks {prefix}.{n}"))?;
+                dst.copy_(&src.to_kind(Kind::Float).to_device(p.device()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! The method itself, on tch: networks, training loops, evaluation, and the suggestion
+//! strategies. Nothing here knows about sessions or the UI.
+
+pub mod adam;
+pub mod batch;
+pub mod device;
+pub mod eval;
+pub mod nets;
+pub mod select;
+pub mod train;

@@ -1,0 +1,236 @@
+//! The two networks of the method, in tch: a 2D UNet (whole-tumour segmentation, one sigmoid
+//! output) and a VAE from residual blocks whose encoder mean is a slice's latent.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Per-layer normalisation of the UNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    Batch,
+    /// Per-sample (group norm with one group per channel). Note DESIGN.md: it makes the input
+    /// gradient of empty slices large; the gradient step masks it to the brain.
+    Instance,
+    Group,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UNetConfig {
+    /// Number of resolution levels (poolings).
+    pub depth: usize,
+    /// Channels of the first level; doubled at each level.
+    pub base: i64,
+    pub norm: Norm,
+}
+
+impl Default for UNetConfig {
+    /// The classic 2D UNet (Ronneberger et al.): 4 poolings, 64 channels at the top.
+    fn default() -> Self {
+        UNetConfig { depth: 4, base: 64, norm: Norm::Batch }
+    }
+}
+
+fn norm_layer(p: nn::Path, c: i64, norm: Norm) -> Box<dyn ModuleT> {
+    match norm {
+        Norm::Batch => Box::new(nn::batch_norm2d(p, c, Default::default())),
+        Norm::Instance => Box::new(nn::group_norm(p, c, c, Default::default())),
+        Norm::Group => Box::new(nn::group_norm(p, (c / 8).max(1), c, Default::default())),
+        Norm::None => Box::new(nn::func_t(|x, _| x.shallow_clone())),
+    }
+}
+
+/// conv3×3 → norm → ReLU, twice.
+fn double_conv(p: nn::Path, i: i64, o: i64, norm: Norm) -> nn::SequentialT {
+    let cfg = nn::ConvConfig { padding: 1, bias: norm == Norm::None, ..Default::default() };
+    nn::seq_t()
+        .add(nn::conv2d(&p / "c1", i, o, 3, cfg))
+        .add(Boxed(norm_layer(&p / "n1", o, norm)))
+        .add_fn(|x| x.relu())
+        .add(nn::conv2d(&p / "c2", o, o, 3, cfg))
+        .add(Boxed(norm_layer(&p / "n2", o, norm)))
+        .add_fn(|x| x.relu())
+}
+
+/// Lets a boxed layer go into a `SequentialT`.
+struct Boxed(Box<dyn ModuleT>);
+impl std::fmt::Debug for Boxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("norm")
+    }
+}
+impl ModuleT for Boxed {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.0.forward_t(xs, train)
+    }
+}
+
+#[derive(Debug)]
+pub struct UNet {
+    down: Vec<nn::SequentialT>,
+    bottom: nn::SequentialT,
+    up: Vec<(nn::ConvTranspose2D, nn::SequentialT)>,
+    head: nn::Conv2D,
+}
+
+impl UNet {
+    pub fn new(p: &nn::Path, in_channels: i64, cfg: &UNetConfig) -> UNet {
+        let w = |l: usize| cfg.base << l;
+        let down = (0..cfg.depth)
+            .map(|l| double_conv(p / format!("down{l}"), if l == 0 { in_channels } else { w(l - 1) }, w(l), cfg.norm))
+            .collect();
+        let bottom = double_conv(p / "bottom", w(cfg.depth.saturating_sub(1)).max(if cfg.depth == 0 { in_channels } else { 0 }), w(cfg.depth), cfg.norm);
+        let up = (0..cfg.depth)
+            .rev()
+            .map(|l| {
+                let t = nn::conv_transpose2d(p / format!("up{l}t"), w(l + 1), w(l), 2, nn::ConvTransposeConfig { stride: 2, ..Default::default() });
+                (t, double_conv(p / format!("up{l}"), 2 * w(l), w(l), cfg.norm))
+            })
+            .collect();
+        let head = nn::conv2d(p / "head", w(0), 1, 1, Default::default());
+        UNet { down, bottom, up, head }
+    }
+
+    /// Logits, shape (N, 1, H, W). H and W must be multiples of 2^depth.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut skips = Vec::with_capacity(self.down.len());
+        let mut h = x.shallow_clone();
+        for d in &self.down {
+            let s = d.forward_t(&h, train);
+            h = s.max_pool2d_default(2);
+            skips.push(s);
+        }
+        h = self.bottom.forward_t(&h, train);
+        for ((t, conv), s) in self.up.iter().zip(skips.iter().rev()) {
+            let u = h.apply(t);
+            h = conv.forward_t(&Tensor::cat(&[s, &u], 1), train);
+        }
+        h.apply(&self.head)
+    }
+}
+
+/// Soft Dice loss `1 − 2Σpy / (Σp + Σy)` over the whole batch, on sigmoid probabilities.
+/// (The paper writes −Dice; the gradient is the same.) ε keeps empty batches finite.
+pub fn dice_loss(logits: &Tensor, target: &Tensor) -> Tensor {
+    let p = logits.sigmoid();
+    let inter = (&p * target).sum(tch::Kind::Float);
+    let denom = p.sum(tch::Kind::Float) + target.sum(tch::Kind::Float);
+    1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeConfig {
+    /// Latent dimensions (the paper: 5).
+    pub latent: i64,
+    /// Channels after the first down-sampling; doubled at each of `levels`.
+    pub base: i64,
+    /// Stride-2 stages (each followed by a residual block).
+    pub levels: usize,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        VaeConfig { latent: 5, base: 32, levels: 4 }
+    }
+}
+
+/// x + conv(relu(conv(relu(x)))): the residual block of the VAE.
+#[derive(Debug)]
+struct ResBlock {
+    c1: nn::Conv2D,
+    c2: nn::Conv2D,
+}
+
+impl ResBlock {
+    fn new(p: nn::Path, c: i64) -> Self {
+        let cfg = nn::ConvConfig { padding: 1, ..Default::default() };
+        ResBlock { c1: nn::conv2d(&p / "c1", c, c, 3, cfg), c2: nn::conv2d(&p / "c2", c, c, 3, cfg) }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x + x.relu().apply(&self.c1).relu().apply(&self.c2)
+    }
+}
+
+#[derive(Debug)]
+pub struct Vae {
+    enc: Vec<(nn::Conv2D, ResBlock)>,
+    mu: nn::Linear,
+    logvar: nn::Linear,
+    dec_in: nn::Linear,
+    dec: Vec<(ResBlock, nn::ConvTranspose2D)>,
+    out: nn::Conv2D,
+    /// Channels and side at the bottleneck.
+    bottleneck: (i64, i64),
+}
+
+impl Vae {
+    /// `size` must be divisible by 2^levels.
+    pub fn new(p: &nn::Path, in_channels: i64, size: i64, cfg: &VaeConfig) -> Vae {
+        let w = |l: usize| cfg.base << l;
+        let down = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
+        let enc = (0..cfg.levels)
+            .map(|l| {
+                let i = if l == 0 { in_channels } else { w(l - 1) };
+                (nn::conv2d(p / format!("enc{l}"), i, w(l), 4, down), ResBlock::new(p / format!("encres{l}"), w(l)))
+            })
+            .collect();
+        let side = size >> cfg.levels;
+        let c = w(cfg.levels - 1);
+        let flat = c * side * side;
+        let up = nn::ConvTransposeConfig { stride: 2, padding: 1, ..Default::default() };
+        let dec = (0..cfg.levels)
+            .rev()
+            .map(|l| {
+                let o = if l == 0 { cfg.base } else { w(l - 1) };
+                (ResBlock::new(p / format!("decres{l}"), w(l)), nn::conv_transpose2d(p / format!("dec{l}"), w(l), o, 4, up))
+            })
+            .collect();
+        Vae {
+            enc,
+            mu: nn::linear(p / "mu", flat, cfg.latent, Default::default()),
+            logvar: nn::linear(p / "logvar", flat, cfg.latent, Default::default()),
+            dec_in: nn::linear(p / "dec_in", cfg.latent, flat, Default::default()),
+            dec,
+            out: nn::conv2d(p / "out", cfg.base, in_channels, 3, nn::ConvConfig { padding: 1, ..Default::default() }),
+            bottleneck: (c, side),
+        }
+    }
+
+    /// Encoder mean and log-variance, each (N, latent).
+    pub fn encode(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let mut h = x.shallow_clone();
+        for (conv, res) in &self.enc {
+            h = res.forward(&h.apply(conv).relu());
+        }
+        let h = h.relu().flatten(1, -1);
+        (h.apply(&self.mu), h.apply(&self.logvar))
+    }
+
+    pub fn decode(&self, z: &Tensor) -> Tensor {
+        let (c, side) = self.bottleneck;
+        let mut h = z.apply(&self.dec_in).view([-1, c, side, side]);
+        for (res, up) in &self.dec {
+            h = res.forward(&h).relu().apply(up);
+        }
+        h.relu().apply(&self.out)
+    }
+
+    /// Reconstruction and loss `MSE + kl_weight·KL`, with KL summed over latent dimensions and
+    /// scaled per input element like the MSE (the per-element ELBO).
+    pub fn loss(&self, x: &Tensor, kl_weight: f64) -> (Tensor, f64, f64) {
+        let (mu, logvar) = self.encode(x);
+        let eps = mu.randn_like();
+        let z = &mu + (&logvar * 0.5).exp() * eps;
+        let recon = self.decode(&z);
+        let mse = recon.mse_loss(x, tch::Reduction::Mean);
+        let kl = (&logvar + 1.0 - mu.square() - logvar.exp()).sum_dim_intlist(1, false, tch::Kind::Float).mean(tch::Kind::Float) * -0.5;
+        let per_element = (x.numel() / x.size()[0] as usize) as f64;
+        let loss = &mse + kl_weight * &kl / per_element;
+        let (m, k) = (mse.double_value(&[]), kl.double_value(&[]));
+        (loss, m, k)
+    }
+}

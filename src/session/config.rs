@@ -1,0 +1,265 @@
+//! `session.toml`: everything needed to reproduce a session. Written once from a preset (with
+//! `--set key=value` overrides) and read on every open; unknown keys are errors, so a typo never
+//! silently falls back to a default.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Modality, Preprocessing};
+use crate::engine::nets::{Norm, UNetConfig, VaeConfig};
+
+/// Bumped when the meaning of session files changes; other versions are refused, not guessed at.
+pub const SESSION_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    pub format_version: u32,
+    pub dataset: DatasetConfig,
+    pub experiment: ExperimentConfig,
+    pub unet: UNetTrain,
+    pub vae: VaeTrain,
+    pub selection: SelectionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// A BraTS folder; `demo` means the demo phantom in the data folder (generated if missing).
+    pub path: PathBuf,
+    pub modalities: Vec<Modality>,
+    pub downsample: usize,
+    #[serde(default)]
+    pub pad_to: Option<usize>,
+    pub drop_first: usize,
+    pub drop_last: usize,
+}
+
+impl DatasetConfig {
+    pub fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            modalities: self.modalities.clone(),
+            drop_first: self.drop_first,
+            drop_last: self.drop_last,
+            pad_to: self.pad_to,
+            downsample: self.downsample,
+            zscore: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Pool, training and test from all sites.
+    Scratch,
+    /// UNet pre-trained on the source site; VAE, pool and test from the target site.
+    Transfer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Patient,
+    Image,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// An initial random set shared by all arms, then `rounds` rounds of `per_round` picks.
+    Rounds,
+    /// The paper's: for each budget n, n/2 random then n/2 by each arm.
+    Budgets,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arm {
+    Random,
+    Proposed,
+    Oracle,
+}
+
+impl Arm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Random => "random",
+            Arm::Proposed => "proposed",
+            Arm::Oracle => "oracle",
+        }
+    }
+}
+
+impl std::fmt::Display for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    pub scenario: Scenario,
+    /// Transfer only: pre-training site and target site.
+    pub source_site: String,
+    pub target_site: String,
+    pub granularity: Granularity,
+    pub protocol: Protocol,
+    /// Rounds protocol: size of the shared initial random set (patients or slices).
+    pub initial: usize,
+    pub rounds: usize,
+    pub per_round: usize,
+    /// Budgets protocol: total annotation budgets n (n/2 random + n/2 picked).
+    pub budgets: Vec<usize>,
+    pub arms: Vec<Arm>,
+    pub repeats: usize,
+    pub seed: u64,
+    /// Share of patients held out for testing (per site in the transfer scenario: of the target).
+    pub test_fraction: f64,
+    /// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
+    pub device: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UNetTrain {
+    pub depth: usize,
+    pub base: i64,
+    pub norm: Norm,
+    pub lr: f64,
+    pub epochs_initial: usize,
+    pub epochs_per_round: usize,
+    /// Transfer only: epochs of pre-training on the source site.
+    pub epochs_pretrain: usize,
+    pub batch_size: usize,
+}
+
+impl UNetTrain {
+    pub fn net(&self) -> UNetConfig {
+        UNetConfig { depth: self.depth, base: self.base, norm: self.norm }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeTrain {
+    pub latent: i64,
+    pub base: i64,
+    pub levels: usize,
+    pub lr: f64,
+    pub epochs: usize,
+    pub kl_weight: f64,
+    pub batch_size: usize,
+}
+
+impl VaeTrain {
+    pub fn net(&self) -> VaeConfig {
+        VaeConfig { latent: self.latent, base: self.base, levels: self.levels }
+    }
+}
+
+/// How `z' − z` is computed (see DESIGN.md, "numerical care").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectionMethod {
+    /// float32 step; falls back to float64 when the step is below float32 resolution.
+    Auto,
+    Float32,
+    Float64,
+    /// (enc(x + h·g) − enc(x − h·g)) / 2h · α with a step h large enough to resolve.
+    CentralDifference,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionConfig {
+    /// Step length α of `x' = x + α ∂L/∂x`.
+    pub alpha: f64,
+    /// Half-angle of the search cone around `z' − z`, degrees.
+    pub cone_degrees: f64,
+    pub direction: DirectionMethod,
+}
+
+impl SessionConfig {
+    pub fn from_toml(text: &str, origin: &str) -> Result<SessionConfig> {
+        let cfg: SessionConfig = toml::from_str(text).with_context(|| format!("{origin}: not a valid session file"))?;
+        if cfg.format_version != SESSION_FORMAT_VERSION {
+            bail!(
+                "{origin}: session format version {} is not supported (this suggestive reads version {SESSION_FORMAT_VERSION})",
+                cfg.format_version
+            );
+        }
+        cfg.validate().with_context(|| origin.to_string())?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let e = &self.experiment;
+        if e.arms.is_empty() {
+            bail!("experiment.arms is empty");
+        }
+        if e.repeats == 0 {
+            bail!("experiment.repeats must be at least 1");
+        }
+        if !(0.0 < e.test_fraction && e.test_fraction < 1.0) {
+            bail!("experiment.test_fraction {} must be between 0 and 1", e.test_fraction);
+        }
+        match e.protocol {
+            Protocol::Rounds if e.initial == 0 || e.per_round == 0 || e.rounds == 0 => {
+                bail!("rounds protocol needs experiment.initial, rounds and per_round above 0")
+            }
+            Protocol::Budgets if e.budgets.is_empty() || e.budgets.iter().any(|&n| n < 2) => {
+                bail!("budgets protocol needs experiment.budgets, each at least 2")
+            }
+            _ => {}
+        }
+        if self.unet.batch_size == 0 || self.vae.batch_size == 0 {
+            bail!("batch sizes must be at least 1");
+        }
+        if !(0.0..180.0).contains(&self.selection.cone_degrees) {
+            bail!("selection.cone_degrees {} must be in [0, 180)", self.selection.cone_degrees);
+        }
+        if self.vae.latent < 1 || self.vae.levels == 0 || self.unet.depth == 0 {
+            bail!("vae.latent, vae.levels and unet.depth must be at least 1");
+        }
+        crate::engine::device::parse_device(&e.device)?;
+        Ok(())
+    }
+
+    /// Applies `key=value` overrides such as `experiment.repeats=3` or `unet.norm="instance"`.
+    /// The value is TOML; a bare word is taken as a string.
+    pub fn apply_overrides(&mut self, sets: &[String]) -> Result<()> {
+        let mut doc: toml::Table = toml::from_str(&self.to_toml())?;
+        for set in sets {
+            let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected key=value"))?;
+            let path: Vec<&str> = key.trim().split('.').collect();
+            let value = value.trim();
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let mut table = &mut doc;
+            for part in &path[..path.len() - 1] {
+                table = table
+                    .get_mut(*part)
+                    .and_then(|v| v.as_table_mut())
+                    .with_context(|| format!("--set {set}: no section '{part}'"))?;
+            }
+            let last = path[path.len() - 1];
+            if !table.contains_key(last) && !(last == "pad_to") {
+                bail!("--set {set}: unknown key '{key}'");
+            }
+            table.insert(last.to_string(), parsed);
+        }
+        let text = toml::to_string(&doc)?;
+        *self = SessionConfig::from_toml(&text, "--set")?;
+        Ok(())
+    }
+}

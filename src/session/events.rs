@@ -1,0 +1,44 @@
+//! What a running session tells the world: the same events feed `events.jsonl`, `run --jsonl`,
+//! the progress display and (later) the TUI.
+
+use serde::{Deserialize, Serialize};
+
+use super::config::Arm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Split,
+    Vae,
+    Latents,
+    Pretraining,
+    Training,
+    Gradient,
+    Search,
+    Evaluation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PickView {
+    /// Patient ID.
+    pub patient: String,
+    /// Image-wise: the slice (index within the patient's kept slices).
+    pub slice: Option<usize>,
+    pub distance: Option<f64>,
+    pub angle_deg: Option<f64>,
+    pub fallback: bool,
+    pub dice: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Started { session: String, device: String, steps_done: usize, steps_total: usize },
+    StepStarted { index: usize, total: usize, phase: Phase, arm: Option<Arm>, description: String },
+    EpochDone { index: usize, phase: Phase, arm: Option<Arm>, epoch: usize, epochs: usize, loss: f64 },
+    PicksMade { repeat: usize, stage: usize, arm: Arm, round: usize, picks: Vec<PickView>, fallbacks: usize, tumour_picks: usize },
+    Evaluated { repeat: usize, stage: usize, arm: Arm, round: usize, annotated: usize, viewed: usize, dice_mean: f64, dice_sd: f64, collapsed: bool },
+    Stopped { steps_done: usize, steps_total: usize },
+    Finished { steps_total: usize },
+    Error { message: String },
+}

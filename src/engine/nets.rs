@@ -82,7 +82,8 @@ impl UNet {
         let down = (0..cfg.depth)
             .map(|l| double_conv(p / format!("down{l}"), if l == 0 { in_channels } else { w(l - 1) }, w(l), cfg.norm))
             .collect();
-        let bottom = double_conv(p / "bottom", w(cfg.depth.saturating_sub(1)).max(if cfg.depth == 0 { in_channels } else { 0 }), w(cfg.depth), cfg.norm);
+        let bottom_in = if cfg.depth == 0 { in_channels } else { w(cfg.depth - 1) };
+        let bottom = double_conv(p / "bottom", bottom_in, w(cfg.depth), cfg.norm);
         let up = (0..cfg.depth)
             .rev()
             .map(|l| {
@@ -90,7 +91,13 @@ impl UNet {
                 (t, double_conv(p / format!("up{l}"), 2 * w(l), w(l), cfg.norm))
             })
             .collect();
-        let head = nn::conv2d(p / "head", w(0), 1, 1, Default::default());
+        let mut head = nn::conv2d(p / "head", w(0), 1, 1, Default::default());
+        // Start by predicting little tumour (sigmoid(-2) ≈ 0.12): soft Dice from an all-0.5 output
+        // spends its first epochs removing false positives, and small batches can then collapse.
+        if let Some(b) = head.bs.as_mut() {
+            let _g = tch::no_grad_guard();
+            let _ = b.fill_(-2.0);
+        }
         UNet { down, bottom, up, head }
     }
 

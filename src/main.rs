@@ -68,7 +68,10 @@ struct SessionsDir {
 
 impl SessionsDir {
     fn resolve(&self, session: &str) -> PathBuf {
-        let dir = self.sessions_dir.clone().unwrap_or_else(session::default_sessions_dir);
+        let dir = self
+            .sessions_dir
+            .clone()
+            .unwrap_or_else(session::default_sessions_dir);
         session::resolve(session, &dir)
     }
 }
@@ -447,7 +450,6 @@ fn cmd_info(json: bool) -> Result<()> {
     Ok(())
 }
 
-
 fn cmd_demo(data: Option<PathBuf>) -> Result<()> {
     let dir = data.unwrap_or_else(|| paths::data_dir().join("demo-phantom"));
     if !dir.join(phantom::MANIFEST).exists() {
@@ -511,7 +513,11 @@ fn cmd_new(a: NewArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.name);
     let s = Session::create(&dir, cfg)?;
     let steps = session::plan::plan(&s.config).len();
-    println!("created session {} ({steps} steps) at {}", s.name(), dir.display());
+    println!(
+        "created session {} ({steps} steps) at {}",
+        s.name(),
+        dir.display()
+    );
     println!("run it with: suggestive run {}", dir.display());
     Ok(())
 }
@@ -569,7 +575,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let terminal = stderr_is_terminal() && !a.jsonl;
-    let mut runner = Runner::open(s, terminal)?;
+    let mut runner = Runner::open(s, terminal, &paths::dataset_cache_root())?;
     let control = Control::default();
     signal_hook::flag::register(signal_hook::consts::SIGINT, control.stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;
@@ -583,7 +589,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             }
         })?
     } else {
-        let mut p = Progress { bar: None, terminal };
+        let mut p = Progress {
+            bar: None,
+            terminal,
+        };
         runner.run(&control, &mut |ev| p.on(ev))?
     };
     if outcome == Outcome::Stopped {
@@ -596,7 +605,10 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let plan = session::plan::plan(&s.config);
-    let holder = std::fs::read_to_string(dir.join("lock")).ok().and_then(|p| p.trim().parse::<u32>().ok()).filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let holder = std::fs::read_to_string(dir.join("lock"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
     let state = if s.state.done >= plan.len() {
         "finished"
     } else if holder.is_some() {
@@ -622,13 +634,57 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
         return Ok(());
     }
     let e = &s.config.experiment;
-    println!("session   {} ({state}{})", s.name(), holder.map(|p| format!(", pid {p}")).unwrap_or_default());
-    println!("setting   {:?} / {:?} / {:?}, arms {}, {} repeat(s)", e.scenario, e.granularity, e.protocol, e.arms.iter().map(|a| a.name()).collect::<Vec<_>>().join(","), e.repeats);
-    println!("progress  {}/{} steps{}", s.state.done, plan.len(), plan.get(s.state.done).map(|st| format!("; next: {}{}", st.describe(), if s.state.partial_epochs > 0 { format!(" (epoch {} done)", s.state.partial_epochs) } else { String::new() })).unwrap_or_default());
+    println!(
+        "session   {} ({state}{})",
+        s.name(),
+        holder.map(|p| format!(", pid {p}")).unwrap_or_default()
+    );
+    println!(
+        "setting   {:?} / {:?} / {:?}, arms {}, {} repeat(s)",
+        e.scenario,
+        e.granularity,
+        e.protocol,
+        e.arms
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        e.repeats
+    );
+    println!(
+        "progress  {}/{} steps{}",
+        s.state.done,
+        plan.len(),
+        plan.get(s.state.done)
+            .map(|st| format!(
+                "; next: {}{}",
+                st.describe(),
+                if s.state.partial_epochs > 0 {
+                    format!(" (epoch {} done)", s.state.partial_epochs)
+                } else {
+                    String::new()
+                }
+            ))
+            .unwrap_or_default()
+    );
     if !s.state.results.is_empty() {
-        println!("\n{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  test Dice", "repeat", "stage", "arm", "round", "annotated", "viewed");
+        println!(
+            "\n{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  test Dice",
+            "repeat", "stage", "arm", "round", "annotated", "viewed"
+        );
         for r in &s.state.results {
-            println!("{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  {:.3} ± {:.3}{}", r.repeat + 1, r.stage + 1, r.arm.name(), r.round, r.annotated, r.viewed, r.dice_mean, r.dice_sd, if r.collapsed { " collapsed" } else { "" });
+            println!(
+                "{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  {:.3} ± {:.3}{}",
+                r.repeat + 1,
+                r.stage + 1,
+                r.arm.name(),
+                r.round,
+                r.annotated,
+                r.viewed,
+                r.dice_mean,
+                r.dice_sd,
+                if r.collapsed { " collapsed" } else { "" }
+            );
         }
     }
     Ok(())

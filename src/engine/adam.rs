@@ -17,7 +17,11 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(vs: &VarStore, lr: f64) -> Adam {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = vars
             .into_iter()
@@ -27,7 +31,13 @@ impl Adam {
                 (n, t, m, v)
             })
             .collect();
-        Adam { lr, betas: (0.9, 0.999), eps: 1e-8, params, step: 0 }
+        Adam {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            params,
+            step: 0,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -67,17 +77,24 @@ impl Adam {
             named.push((format!("m.{n}"), m));
             named.push((format!("v.{n}"), v));
         }
-        Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let tensors = Tensor::read_safetensors(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let tensors = Tensor::read_safetensors(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-        self.step = map.get("step").context("optimiser state without a step")?.int64_value(&[0]);
+        self.step = map
+            .get("step")
+            .context("optimiser state without a step")?
+            .int64_value(&[0]);
         let _guard = tch::no_grad_guard();
         for (n, p, m, v) in &mut self.params {
             for (prefix, dst) in [("m", &mut *m), ("v", &mut *v)] {
-                let src = map.get(&format!("{prefix}.{n}")).with_context(|| format!("optimiser state lacks {prefix}.{n}"))?;
+                let src = map
+                    .get(&format!("{prefix}.{n}"))
+                    .with_context(|| format!("optimiser state lacks {prefix}.{n}"))?;
                 dst.copy_(&src.to_kind(Kind::Float).to_device(p.device()));
             }
         }

@@ -13,7 +13,9 @@ pub fn images(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
         ds.image(s).convert_to_f32_slice(chunk);
     }
     let s = ds.size() as i64;
-    Tensor::from_slice(&buf).view([slices.len() as i64, ds.channels() as i64, s, s]).to_device(device)
+    Tensor::from_slice(&buf)
+        .view([slices.len() as i64, ds.channels() as i64, s, s])
+        .to_device(device)
 }
 
 /// Masks `(N, 1, S, S)` as float32 on `device`.
@@ -24,5 +26,8 @@ pub fn masks(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
         buf.extend(ds.mask(s).iter().map(|&m| m as f32));
     }
     let s = ds.size() as i64;
-    Tensor::from_slice(&buf).view([slices.len() as i64, 1, s, s]).to_device(device).to_kind(Kind::Float)
+    Tensor::from_slice(&buf)
+        .view([slices.len() as i64, 1, s, s])
+        .to_device(device)
+        .to_kind(Kind::Float)
 }

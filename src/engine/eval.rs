@@ -26,33 +26,58 @@ impl Overlap {
 }
 
 /// Per-slice overlaps of the model's prediction (sigmoid > 0.5), in eval mode, batched.
-pub fn slice_overlaps(net: &UNet, ds: &Dataset, slices: &[usize], device: Device, batch: usize) -> Vec<Overlap> {
+pub fn slice_overlaps(
+    net: &UNet,
+    ds: &Dataset,
+    slices: &[usize],
+    device: Device,
+    batch: usize,
+) -> Vec<Overlap> {
     let _g = tch::no_grad_guard();
     let mut out = Vec::with_capacity(slices.len());
     for chunk in slices.chunks(batch.max(1)) {
         let x = batch::images(ds, chunk, device);
         let y = batch::masks(ds, chunk, device);
         let p = net.forward_t(&x, false).gt(0.0).to_kind(Kind::Float);
-        let sum = |t: &Tensor| -> Vec<i64> { Vec::try_from(t.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64).to_device(Device::Cpu)).unwrap_or_default() };
+        let sum = |t: &Tensor| -> Vec<i64> {
+            Vec::try_from(
+                t.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64)
+                    .to_device(Device::Cpu),
+            )
+            .unwrap_or_default()
+        };
         let (i, pr, tr) = (sum(&(&p * &y)), sum(&p), sum(&y));
         for k in 0..chunk.len() {
-            out.push(Overlap { inter: i[k] as u64, pred: pr[k] as u64, truth: tr[k] as u64 });
+            out.push(Overlap {
+                inter: i[k] as u64,
+                pred: pr[k] as u64,
+                truth: tr[k] as u64,
+            });
         }
     }
     out
 }
 
 /// 3D Dice of each patient (index into `ds.patients()`).
-pub fn patient_dice(net: &UNet, ds: &Dataset, patients: &[usize], device: Device, batch: usize) -> Vec<f64> {
+pub fn patient_dice(
+    net: &UNet,
+    ds: &Dataset,
+    patients: &[usize],
+    device: Device,
+    batch: usize,
+) -> Vec<f64> {
     patients
         .iter()
         .map(|&p| {
             let slices: Vec<usize> = ds.patients()[p].slice_range().collect();
-            let total = slice_overlaps(net, ds, &slices, device, batch).iter().fold(Overlap::default(), |a, o| Overlap {
-                inter: a.inter + o.inter,
-                pred: a.pred + o.pred,
-                truth: a.truth + o.truth,
-            });
+            let total = slice_overlaps(net, ds, &slices, device, batch).iter().fold(
+                Overlap::default(),
+                |a, o| Overlap {
+                    inter: a.inter + o.inter,
+                    pred: a.pred + o.pred,
+                    truth: a.truth + o.truth,
+                },
+            );
             total.dice()
         })
         .collect()
@@ -63,6 +88,10 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
         return (f64::NAN, f64::NAN);
     }
     let m = v.iter().sum::<f64>() / v.len() as f64;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }

@@ -30,7 +30,11 @@ pub struct UNetConfig {
 impl Default for UNetConfig {
     /// The classic 2D UNet (Ronneberger et al.): 4 poolings, 64 channels at the top.
     fn default() -> Self {
-        UNetConfig { depth: 4, base: 64, norm: Norm::Batch }
+        UNetConfig {
+            depth: 4,
+            base: 64,
+            norm: Norm::Batch,
+        }
     }
 }
 
@@ -45,7 +49,11 @@ fn norm_layer(p: nn::Path, c: i64, norm: Norm) -> Box<dyn ModuleT> {
 
 /// conv3×3 → norm → ReLU, twice.
 fn double_conv(p: nn::Path, i: i64, o: i64, norm: Norm) -> nn::SequentialT {
-    let cfg = nn::ConvConfig { padding: 1, bias: norm == Norm::None, ..Default::default() };
+    let cfg = nn::ConvConfig {
+        padding: 1,
+        bias: norm == Norm::None,
+        ..Default::default()
+    };
     nn::seq_t()
         .add(nn::conv2d(&p / "c1", i, o, 3, cfg))
         .add(Boxed(norm_layer(&p / "n1", o, norm)))
@@ -80,15 +88,38 @@ impl UNet {
     pub fn new(p: &nn::Path, in_channels: i64, cfg: &UNetConfig) -> UNet {
         let w = |l: usize| cfg.base << l;
         let down = (0..cfg.depth)
-            .map(|l| double_conv(p / format!("down{l}"), if l == 0 { in_channels } else { w(l - 1) }, w(l), cfg.norm))
+            .map(|l| {
+                double_conv(
+                    p / format!("down{l}"),
+                    if l == 0 { in_channels } else { w(l - 1) },
+                    w(l),
+                    cfg.norm,
+                )
+            })
             .collect();
-        let bottom_in = if cfg.depth == 0 { in_channels } else { w(cfg.depth - 1) };
+        let bottom_in = if cfg.depth == 0 {
+            in_channels
+        } else {
+            w(cfg.depth - 1)
+        };
         let bottom = double_conv(p / "bottom", bottom_in, w(cfg.depth), cfg.norm);
         let up = (0..cfg.depth)
             .rev()
             .map(|l| {
-                let t = nn::conv_transpose2d(p / format!("up{l}t"), w(l + 1), w(l), 2, nn::ConvTransposeConfig { stride: 2, ..Default::default() });
-                (t, double_conv(p / format!("up{l}"), 2 * w(l), w(l), cfg.norm))
+                let t = nn::conv_transpose2d(
+                    p / format!("up{l}t"),
+                    w(l + 1),
+                    w(l),
+                    2,
+                    nn::ConvTransposeConfig {
+                        stride: 2,
+                        ..Default::default()
+                    },
+                );
+                (
+                    t,
+                    double_conv(p / format!("up{l}"), 2 * w(l), w(l), cfg.norm),
+                )
             })
             .collect();
         let mut head = nn::conv2d(p / "head", w(0), 1, 1, Default::default());
@@ -98,7 +129,12 @@ impl UNet {
             let _g = tch::no_grad_guard();
             let _ = b.fill_(-2.0);
         }
-        UNet { down, bottom, up, head }
+        UNet {
+            down,
+            bottom,
+            up,
+            head,
+        }
     }
 
     /// Logits, shape (N, 1, H, W). H and W must be multiples of 2^depth.
@@ -123,8 +159,9 @@ impl UNet {
 /// (The paper writes −Dice; the gradient is the same.) ε keeps empty batches finite.
 pub fn dice_loss(logits: &Tensor, target: &Tensor) -> Tensor {
     let p = logits.sigmoid();
-    let inter = (&p * target).sum(tch::Kind::Float);
-    let denom = p.sum(tch::Kind::Float) + target.sum(tch::Kind::Float);
+    let kind = logits.kind(); // float64 stays float64 (the gradient-step tests rely on it)
+    let inter = (&p * target).sum(kind);
+    let denom = p.sum(kind) + target.sum(kind);
     1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
 }
 
@@ -141,7 +178,11 @@ pub struct VaeConfig {
 
 impl Default for VaeConfig {
     fn default() -> Self {
-        VaeConfig { latent: 5, base: 32, levels: 4 }
+        VaeConfig {
+            latent: 5,
+            base: 32,
+            levels: 4,
+        }
     }
 }
 
@@ -154,8 +195,14 @@ struct ResBlock {
 
 impl ResBlock {
     fn new(p: nn::Path, c: i64) -> Self {
-        let cfg = nn::ConvConfig { padding: 1, ..Default::default() };
-        ResBlock { c1: nn::conv2d(&p / "c1", c, c, 3, cfg), c2: nn::conv2d(&p / "c2", c, c, 3, cfg) }
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        ResBlock {
+            c1: nn::conv2d(&p / "c1", c, c, 3, cfg),
+            c2: nn::conv2d(&p / "c2", c, c, 3, cfg),
+        }
     }
     fn forward(&self, x: &Tensor) -> Tensor {
         x + x.relu().apply(&self.c1).relu().apply(&self.c2)
@@ -178,22 +225,36 @@ impl Vae {
     /// `size` must be divisible by 2^levels.
     pub fn new(p: &nn::Path, in_channels: i64, size: i64, cfg: &VaeConfig) -> Vae {
         let w = |l: usize| cfg.base << l;
-        let down = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
+        let down = nn::ConvConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
         let enc = (0..cfg.levels)
             .map(|l| {
                 let i = if l == 0 { in_channels } else { w(l - 1) };
-                (nn::conv2d(p / format!("enc{l}"), i, w(l), 4, down), ResBlock::new(p / format!("encres{l}"), w(l)))
+                (
+                    nn::conv2d(p / format!("enc{l}"), i, w(l), 4, down),
+                    ResBlock::new(p / format!("encres{l}"), w(l)),
+                )
             })
             .collect();
         let side = size >> cfg.levels;
         let c = w(cfg.levels - 1);
         let flat = c * side * side;
-        let up = nn::ConvTransposeConfig { stride: 2, padding: 1, ..Default::default() };
+        let up = nn::ConvTransposeConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
         let dec = (0..cfg.levels)
             .rev()
             .map(|l| {
                 let o = if l == 0 { cfg.base } else { w(l - 1) };
-                (ResBlock::new(p / format!("decres{l}"), w(l)), nn::conv_transpose2d(p / format!("dec{l}"), w(l), o, 4, up))
+                (
+                    ResBlock::new(p / format!("decres{l}"), w(l)),
+                    nn::conv_transpose2d(p / format!("dec{l}"), w(l), o, 4, up),
+                )
             })
             .collect();
         Vae {
@@ -202,7 +263,16 @@ impl Vae {
             logvar: nn::linear(p / "logvar", flat, cfg.latent, Default::default()),
             dec_in: nn::linear(p / "dec_in", cfg.latent, flat, Default::default()),
             dec,
-            out: nn::conv2d(p / "out", cfg.base, in_channels, 3, nn::ConvConfig { padding: 1, ..Default::default() }),
+            out: nn::conv2d(
+                p / "out",
+                cfg.base,
+                in_channels,
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            ),
             bottleneck: (c, side),
         }
     }
@@ -234,7 +304,10 @@ impl Vae {
         let z = &mu + (&logvar * 0.5).exp() * eps;
         let recon = self.decode(&z);
         let mse = recon.mse_loss(x, tch::Reduction::Mean);
-        let kl = (&logvar + 1.0 - mu.square() - logvar.exp()).sum_dim_intlist(1, false, tch::Kind::Float).mean(tch::Kind::Float) * -0.5;
+        let kl = (&logvar + 1.0 - mu.square() - logvar.exp())
+            .sum_dim_intlist(1, false, tch::Kind::Float)
+            .mean(tch::Kind::Float)
+            * -0.5;
         let per_element = (x.numel() / x.size()[0] as usize) as f64;
         let loss = &mse + kl_weight * &kl / per_element;
         let (m, k) = (mse.double_value(&[]), kl.double_value(&[]));

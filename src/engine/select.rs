@@ -36,7 +36,14 @@ pub struct Pick {
 
 impl Pick {
     fn plain(sample: usize) -> Pick {
-        Pick { sample, source: None, distance: None, angle_deg: None, fallback: false, score: None }
+        Pick {
+            sample,
+            source: None,
+            distance: None,
+            angle_deg: None,
+            fallback: false,
+            score: None,
+        }
     }
 }
 
@@ -51,11 +58,21 @@ pub fn pick_random(unlabelled: &[usize], k: usize, rng: &mut ChaCha8Rng) -> Vec<
 pub fn pick_oracle(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
     let mut s = scores.to_vec();
     s.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    s.into_iter().take(k).map(|(i, d)| Pick { score: Some(d), ..Pick::plain(i) }).collect()
+    s.into_iter()
+        .take(k)
+        .map(|(i, d)| Pick {
+            score: Some(d),
+            ..Pick::plain(i)
+        })
+        .collect()
 }
 
 fn dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Result of one cone search.
@@ -71,7 +88,13 @@ pub struct ConePick {
 /// Among `candidates` not in `taken`, the one nearest to `z' = z + d` inside the cone of
 /// half-angle θ around `d` (cos∠(z_j − z, d) ≥ cos θ); when the cone is empty (or `d` is 0),
 /// the nearest candidate to z' (a counted fallback). Ties go to the lower sample index.
-pub fn cone_search(z: &[f64], d: &[f64], candidates: &[(usize, Vec<f64>)], cos_theta: f64, taken: &HashSet<usize>) -> Option<ConePick> {
+pub fn cone_search(
+    z: &[f64],
+    d: &[f64],
+    candidates: &[(usize, Vec<f64>)],
+    cos_theta: f64,
+    taken: &HashSet<usize>,
+) -> Option<ConePick> {
     let zp: Vec<f64> = z.iter().zip(d).map(|(a, b)| a + b).collect();
     let dn = d.iter().map(|v| v * v).sum::<f64>().sqrt();
     let mut best_in: Option<(f64, usize, Option<f64>)> = None;
@@ -82,10 +105,17 @@ pub fn cone_search(z: &[f64], d: &[f64], candidates: &[(usize, Vec<f64>)], cos_t
         }
         let v: Vec<f64> = zj.iter().zip(z).map(|(a, b)| a - b).collect();
         let vn = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let cos = if dn > 0.0 && vn > 0.0 { Some(v.iter().zip(d).map(|(a, b)| a * b).sum::<f64>() / (vn * dn)) } else { None };
+        let cos = if dn > 0.0 && vn > 0.0 {
+            Some(v.iter().zip(d).map(|(a, b)| a * b).sum::<f64>() / (vn * dn))
+        } else {
+            None
+        };
         let angle = cos.map(|c| c.clamp(-1.0, 1.0).acos().to_degrees());
         let dd = dist(zj, &zp);
-        let better = |b: &Option<(f64, usize, Option<f64>)>| b.as_ref().is_none_or(|(bd, bj, _)| dd < *bd || (dd == *bd && j < bj));
+        let better = |b: &Option<(f64, usize, Option<f64>)>| {
+            b.as_ref()
+                .is_none_or(|(bd, bj, _)| dd < *bd || (dd == *bd && j < bj))
+        };
         if cos.is_some_and(|c| c >= cos_theta) && better(&best_in) {
             best_in = Some((dd, *j, angle));
         }
@@ -94,8 +124,18 @@ pub fn cone_search(z: &[f64], d: &[f64], candidates: &[(usize, Vec<f64>)], cos_t
         }
     }
     match (best_in, best_any) {
-        (Some((distance, sample, angle_deg)), _) => Some(ConePick { sample, distance, angle_deg, fallback: false }),
-        (None, Some((distance, sample, angle_deg))) => Some(ConePick { sample, distance, angle_deg, fallback: true }),
+        (Some((distance, sample, angle_deg)), _) => Some(ConePick {
+            sample,
+            distance,
+            angle_deg,
+            fallback: false,
+        }),
+        (None, Some((distance, sample, angle_deg))) => Some(ConePick {
+            sample,
+            distance,
+            angle_deg,
+            fallback: true,
+        }),
         _ => None,
     }
 }
@@ -110,7 +150,12 @@ pub struct Source {
 
 /// `k` distinct picks: the sources take turns (in the given order, cycling when k exceeds
 /// their number), each taking the best unpicked candidate of its cone.
-pub fn pick_proposed(sources: &[Source], candidates: &[(usize, Vec<f64>)], k: usize, cone_degrees: f64) -> Vec<Pick> {
+pub fn pick_proposed(
+    sources: &[Source],
+    candidates: &[(usize, Vec<f64>)],
+    k: usize,
+    cone_degrees: f64,
+) -> Vec<Pick> {
     let cos_theta = cone_degrees.to_radians().cos();
     let mut taken = HashSet::new();
     let mut picks = Vec::new();
@@ -125,7 +170,14 @@ pub fn pick_proposed(sources: &[Source], candidates: &[(usize, Vec<f64>)], k: us
             break; // no candidates left
         };
         taken.insert(c.sample);
-        picks.push(Pick { sample: c.sample, source: Some(s.sample), distance: Some(c.distance), angle_deg: c.angle_deg, fallback: c.fallback, score: None });
+        picks.push(Pick {
+            sample: c.sample,
+            source: Some(s.sample),
+            distance: Some(c.distance),
+            angle_deg: c.angle_deg,
+            fallback: c.fallback,
+            score: None,
+        });
     }
     picks
 }
@@ -167,7 +219,11 @@ pub fn gradient_direction(
     let grads = Tensor::run_backward(&[&loss], &[&x], false, false);
     let x = x.detach();
     // Only brain pixels move: background gradients of empty slices would dominate otherwise.
-    let brain = x.abs().sum_dim_intlist(1, true, Kind::Float).gt(0.0).to_kind(Kind::Float);
+    let brain = x
+        .abs()
+        .sum_dim_intlist(1, true, Kind::Float)
+        .gt(0.0)
+        .to_kind(Kind::Float);
     let g = (&grads[0] * &brain).detach();
     let _guard = tch::no_grad_guard();
     let xn = x.norm().double_value(&[]);
@@ -178,7 +234,14 @@ pub fn gradient_direction(
         DirectionMethod::Auto => DirectionMethod::Float32,
         m => m,
     };
-    let mean_latent = |t: Tensor| -> Vec<f64> { Vec::try_from(t.to_kind(Kind::Double).mean_dim(0, false, Kind::Double).to_device(Device::Cpu)).unwrap_or_default() };
+    let mean_latent = |t: Tensor| -> Vec<f64> {
+        Vec::try_from(
+            t.to_kind(Kind::Double)
+                .mean_dim(0, false, Kind::Double)
+                .to_device(Device::Cpu),
+        )
+        .unwrap_or_default()
+    };
     let direction = match method {
         DirectionMethod::Float32 | DirectionMethod::Auto => {
             let z = vae.encode(&x).0;
@@ -204,7 +267,13 @@ pub fn gradient_direction(
         }
     };
     let dz_norm = direction.iter().map(|v| v * v).sum::<f64>().sqrt();
-    Ok(GradientStep { loss: loss.double_value(&[]), rel_dx, dz_norm, method, direction })
+    Ok(GradientStep {
+        loss: loss.double_value(&[]),
+        rel_dx,
+        dz_norm,
+        method,
+        direction,
+    })
 }
 
 fn vae_latent(vae: &Vae, x: &Tensor) -> usize {
@@ -222,7 +291,14 @@ mod tests {
     #[test]
     fn cone_search_prefers_the_cone_over_nearer_samples_outside_it() {
         let c = cands(&[(1, [-0.1, 0.0]), (2, [1.0, 0.2]), (3, [0.0, 1.0])]);
-        let r = cone_search(&[0.0, 0.0], &[0.01, 0.0], &c, 45f64.to_radians().cos(), &HashSet::new()).unwrap();
+        let r = cone_search(
+            &[0.0, 0.0],
+            &[0.01, 0.0],
+            &c,
+            45f64.to_radians().cos(),
+            &HashSet::new(),
+        )
+        .unwrap();
         assert_eq!(r.sample, 2);
         assert!(!r.fallback);
         assert!(r.angle_deg.unwrap() < 12.0);
@@ -231,7 +307,14 @@ mod tests {
     #[test]
     fn empty_cone_falls_back_to_the_nearest_and_says_so() {
         let c = cands(&[(1, [-0.1, 0.0]), (3, [0.0, 1.0])]);
-        let r = cone_search(&[0.0, 0.0], &[0.01, 0.0], &c, 45f64.to_radians().cos(), &HashSet::new()).unwrap();
+        let r = cone_search(
+            &[0.0, 0.0],
+            &[0.01, 0.0],
+            &c,
+            45f64.to_radians().cos(),
+            &HashSet::new(),
+        )
+        .unwrap();
         assert_eq!((r.sample, r.fallback), (1, true));
         // A zero direction has no cone at all.
         let r = cone_search(&[0.0, 0.0], &[0.0, 0.0], &c, 0.5, &HashSet::new()).unwrap();
@@ -241,7 +324,11 @@ mod tests {
     #[test]
     fn ties_go_to_the_lower_index_and_nothing_is_picked_twice() {
         let c = cands(&[(7, [1.0, 1.0]), (4, [1.0, -1.0]), (9, [2.0, 0.0])]);
-        let src = |s| Source { sample: s, z: vec![0.0, 0.0], direction: vec![1.0, 0.0] };
+        let src = |s| Source {
+            sample: s,
+            z: vec![0.0, 0.0],
+            direction: vec![1.0, 0.0],
+        };
         let picks = pick_proposed(&[src(100), src(101)], &c, 3, 60.0);
         let got: Vec<usize> = picks.iter().map(|p| p.sample).collect();
         assert_eq!(got, [4, 7, 9]);

@@ -125,7 +125,11 @@ pub const MANIFEST: &str = "phantom.json";
 
 /// The demo phantom: CPU-sized, large enough to be interesting (40 patients, two sites).
 pub fn demo_config() -> PhantomConfig {
-    PhantomConfig { shape: [96, 96, 48], seed: 2020, ..Default::default() }
+    PhantomConfig {
+        shape: [96, 96, 48],
+        seed: 2020,
+        ..Default::default()
+    }
 }
 
 /// Draws the cases (cheap; no voxels yet).

@@ -139,7 +139,11 @@ pub struct UNetTrain {
 
 impl UNetTrain {
     pub fn net(&self) -> UNetConfig {
-        UNetConfig { depth: self.depth, base: self.base, norm: self.norm }
+        UNetConfig {
+            depth: self.depth,
+            base: self.base,
+            norm: self.norm,
+        }
     }
 }
 
@@ -157,7 +161,11 @@ pub struct VaeTrain {
 
 impl VaeTrain {
     pub fn net(&self) -> VaeConfig {
-        VaeConfig { latent: self.latent, base: self.base, levels: self.levels }
+        VaeConfig {
+            latent: self.latent,
+            base: self.base,
+            levels: self.levels,
+        }
     }
 }
 
@@ -185,7 +193,8 @@ pub struct SelectionConfig {
 
 impl SessionConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<SessionConfig> {
-        let cfg: SessionConfig = toml::from_str(text).with_context(|| format!("{origin}: not a valid session file"))?;
+        let cfg: SessionConfig =
+            toml::from_str(text).with_context(|| format!("{origin}: not a valid session file"))?;
         if cfg.format_version != SESSION_FORMAT_VERSION {
             bail!(
                 "{origin}: session format version {} is not supported (this suggestive reads version {SESSION_FORMAT_VERSION})",
@@ -209,7 +218,10 @@ impl SessionConfig {
             bail!("experiment.repeats must be at least 1");
         }
         if !(0.0 < e.test_fraction && e.test_fraction < 1.0) {
-            bail!("experiment.test_fraction {} must be between 0 and 1", e.test_fraction);
+            bail!(
+                "experiment.test_fraction {} must be between 0 and 1",
+                e.test_fraction
+            );
         }
         match e.protocol {
             Protocol::Rounds if e.initial == 0 || e.per_round == 0 || e.rounds == 0 => {
@@ -224,7 +236,10 @@ impl SessionConfig {
             bail!("batch sizes must be at least 1");
         }
         if !(0.0..180.0).contains(&self.selection.cone_degrees) {
-            bail!("selection.cone_degrees {} must be in [0, 180)", self.selection.cone_degrees);
+            bail!(
+                "selection.cone_degrees {} must be in [0, 180)",
+                self.selection.cone_degrees
+            );
         }
         if self.vae.latent < 1 || self.vae.levels == 0 || self.unet.depth == 0 {
             bail!("vae.latent, vae.levels and unet.depth must be at least 1");
@@ -238,7 +253,9 @@ impl SessionConfig {
     pub fn apply_overrides(&mut self, sets: &[String]) -> Result<()> {
         let mut doc: toml::Table = toml::from_str(&self.to_toml())?;
         for set in sets {
-            let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected key=value"))?;
+            let (key, value) = set
+                .split_once('=')
+                .with_context(|| format!("--set {set}: expected key=value"))?;
             let path: Vec<&str> = key.trim().split('.').collect();
             let value = value.trim();
             let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))

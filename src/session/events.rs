@@ -33,12 +33,55 @@ pub struct PickView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Started { session: String, device: String, steps_done: usize, steps_total: usize },
-    StepStarted { index: usize, total: usize, phase: Phase, arm: Option<Arm>, description: String },
-    EpochDone { index: usize, phase: Phase, arm: Option<Arm>, epoch: usize, epochs: usize, loss: f64 },
-    PicksMade { repeat: usize, stage: usize, arm: Arm, round: usize, picks: Vec<PickView>, fallbacks: usize, tumour_picks: usize },
-    Evaluated { repeat: usize, stage: usize, arm: Arm, round: usize, annotated: usize, viewed: usize, dice_mean: f64, dice_sd: f64, collapsed: bool },
-    Stopped { steps_done: usize, steps_total: usize },
-    Finished { steps_total: usize },
-    Error { message: String },
+    Started {
+        session: String,
+        device: String,
+        steps_done: usize,
+        steps_total: usize,
+    },
+    StepStarted {
+        index: usize,
+        total: usize,
+        phase: Phase,
+        arm: Option<Arm>,
+        description: String,
+    },
+    EpochDone {
+        index: usize,
+        phase: Phase,
+        arm: Option<Arm>,
+        epoch: usize,
+        epochs: usize,
+        loss: f64,
+    },
+    PicksMade {
+        repeat: usize,
+        stage: usize,
+        arm: Arm,
+        round: usize,
+        picks: Vec<PickView>,
+        fallbacks: usize,
+        tumour_picks: usize,
+    },
+    Evaluated {
+        repeat: usize,
+        stage: usize,
+        arm: Arm,
+        round: usize,
+        annotated: usize,
+        viewed: usize,
+        dice_mean: f64,
+        dice_sd: f64,
+        collapsed: bool,
+    },
+    Stopped {
+        steps_done: usize,
+        steps_total: usize,
+    },
+    Finished {
+        steps_total: usize,
+    },
+    Error {
+        message: String,
+    },
 }

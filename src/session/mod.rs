@@ -29,10 +29,22 @@ use state::{SessionState, STATE_FORMAT_VERSION};
 /// Presets shipped in the top-level `sessions/` folder, embedded so an installed binary has them.
 pub const PRESETS: [(&str, &str); 5] = [
     ("demo", include_str!("../../sessions/demo.toml")),
-    ("brats-patient", include_str!("../../sessions/brats-patient.toml")),
-    ("brats-image", include_str!("../../sessions/brats-image.toml")),
-    ("brats-transfer-patient", include_str!("../../sessions/brats-transfer-patient.toml")),
-    ("brats-transfer-image", include_str!("../../sessions/brats-transfer-image.toml")),
+    (
+        "brats-patient",
+        include_str!("../../sessions/brats-patient.toml"),
+    ),
+    (
+        "brats-image",
+        include_str!("../../sessions/brats-image.toml"),
+    ),
+    (
+        "brats-transfer-patient",
+        include_str!("../../sessions/brats-transfer-patient.toml"),
+    ),
+    (
+        "brats-transfer-image",
+        include_str!("../../sessions/brats-transfer-image.toml"),
+    ),
 ];
 
 pub fn preset(name: &str) -> Result<SessionConfig> {
@@ -41,16 +53,23 @@ pub fn preset(name: &str) -> Result<SessionConfig> {
     }
     let path = Path::new(name);
     if path.is_file() {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         return SessionConfig::from_toml(&text, &path.display().to_string());
     }
     let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-    bail!("unknown preset '{name}' (presets: {}; or a path to a session.toml)", names.join(", "))
+    bail!(
+        "unknown preset '{name}' (presets: {}; or a path to a session.toml)",
+        names.join(", ")
+    )
 }
 
 /// Default folder for sessions: `$SUGGESTIVE_SESSIONS_DIR` or `~/.local/share/suggestive/sessions`.
 pub fn default_sessions_dir() -> PathBuf {
-    std::env::var_os("SUGGESTIVE_SESSIONS_DIR").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| crate::paths::data_dir().join("sessions"))
+    std::env::var_os("SUGGESTIVE_SESSIONS_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::paths::data_dir().join("sessions"))
 }
 
 /// `SESSION` on the command line: a path when it contains a `/` or names an existing folder,
@@ -75,20 +94,39 @@ impl Session {
     pub fn create(dir: &Path, config: SessionConfig) -> Result<Session> {
         config.validate()?;
         if dir.exists() {
-            bail!("{} already exists; choose another name or delete it", dir.display());
+            bail!(
+                "{} already exists; choose another name or delete it",
+                dir.display()
+            );
         }
         let parent = dir.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
         // Build in a temporary folder and rename, so a half-created session never appears.
-        let tmp = parent.join(format!(".{}.creating-{}", dir.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+        let tmp = parent.join(format!(
+            ".{}.creating-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("checkpoints")).with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::create_dir_all(tmp.join("checkpoints"))
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         std::fs::create_dir_all(tmp.join("latents"))?;
-        let session = Session { dir: tmp.clone(), config, state: SessionState::default() };
-        store::write_atomic(&tmp.join("session.toml"), session.config.to_toml().as_bytes())?;
+        let session = Session {
+            dir: tmp.clone(),
+            config,
+            state: SessionState::default(),
+        };
+        store::write_atomic(
+            &tmp.join("session.toml"),
+            session.config.to_toml().as_bytes(),
+        )?;
         session.save_state()?;
         std::fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Session { dir: dir.to_path_buf(), ..session })
+        Ok(Session {
+            dir: dir.to_path_buf(),
+            ..session
+        })
     }
 
     /// Reads a session; refuses unknown versions and damaged files without touching anything.
@@ -97,27 +135,45 @@ impl Session {
             bail!("{} is not a session (no session.toml)", dir.display());
         }
         let cfg_path = dir.join("session.toml");
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("cannot read {}", cfg_path.display()))?;
         let config = SessionConfig::from_toml(&text, &cfg_path.display().to_string())?;
         let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("cannot read {}", state_path.display()))?;
         let version = serde_json::from_str::<serde_json::Value>(&text)
-            .with_context(|| format!("{}: damaged (not JSON); nothing was changed", state_path.display()))?
+            .with_context(|| {
+                format!(
+                    "{}: damaged (not JSON); nothing was changed",
+                    state_path.display()
+                )
+            })?
             .get("format_version")
             .and_then(|v| v.as_u64());
         if version != Some(STATE_FORMAT_VERSION as u64) {
             bail!("{}: state format version {:?} is not supported (this suggestive reads {STATE_FORMAT_VERSION}); nothing was changed", state_path.display(), version);
         }
-        let state: SessionState = serde_json::from_str(&text).with_context(|| format!("{}: damaged; nothing was changed", state_path.display()))?;
-        Ok(Session { dir: dir.to_path_buf(), config, state })
+        let state: SessionState = serde_json::from_str(&text)
+            .with_context(|| format!("{}: damaged; nothing was changed", state_path.display()))?;
+        Ok(Session {
+            dir: dir.to_path_buf(),
+            config,
+            state,
+        })
     }
 
     pub fn name(&self) -> String {
-        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub fn save_state(&self) -> Result<()> {
-        store::write_atomic(&self.dir.join("state.json"), &serde_json::to_vec_pretty(&self.state)?)
+        store::write_atomic(
+            &self.dir.join("state.json"),
+            &serde_json::to_vec_pretty(&self.state)?,
+        )
     }
 
     /// The data folder of the session (`demo`: the demo phantom, generated when missing).
@@ -133,11 +189,14 @@ impl Session {
         Ok(p.clone())
     }
 
-    pub fn load_dataset(&self, progress: bool) -> Result<Dataset> {
-        let mut opts = LoadOptions::new(crate::paths::dataset_cache_root());
+    /// Loads the session's data set through the preprocessed cache under `cache_root`.
+    pub fn load_dataset(&self, progress: bool, cache_root: &Path) -> Result<Dataset> {
+        let mut opts = LoadOptions::new(cache_root);
         opts.preprocessing = self.config.dataset.preprocessing();
         opts.progress = progress;
         let dir = self.dataset_dir()?;
-        Ok(Dataset::load(&dir, &opts).with_context(|| format!("session {}: data set {}", self.name(), dir.display()))?.0)
+        Ok(Dataset::load(&dir, &opts)
+            .with_context(|| format!("session {}: data set {}", self.name(), dir.display()))?
+            .0)
     }
 }

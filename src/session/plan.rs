@@ -18,8 +18,18 @@ pub struct Stage {
 pub fn stages(cfg: &SessionConfig) -> Vec<Stage> {
     let e = &cfg.experiment;
     match e.protocol {
-        Protocol::Rounds => vec![Stage { initial: e.initial, rounds: vec![e.per_round; e.rounds] }],
-        Protocol::Budgets => e.budgets.iter().map(|&n| Stage { initial: n / 2, rounds: vec![n - n / 2] }).collect(),
+        Protocol::Rounds => vec![Stage {
+            initial: e.initial,
+            rounds: vec![e.per_round; e.rounds],
+        }],
+        Protocol::Budgets => e
+            .budgets
+            .iter()
+            .map(|&n| Stage {
+                initial: n / 2,
+                rounds: vec![n - n / 2],
+            })
+            .collect(),
     }
 }
 
@@ -27,25 +37,51 @@ pub fn stages(cfg: &SessionConfig) -> Vec<Stage> {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
     /// Train/test split, pool and initial order (no training).
-    Split { repeat: usize },
-    Vae { repeat: usize },
+    Split {
+        repeat: usize,
+    },
+    Vae {
+        repeat: usize,
+    },
     /// Encode the pool with the VAE.
-    Latents { repeat: usize },
+    Latents {
+        repeat: usize,
+    },
     /// Transfer: pre-train the UNet on the source site.
-    Pretrain { repeat: usize },
+    Pretrain {
+        repeat: usize,
+    },
     /// Train the UNet on the stage's initial set (shared by all arms), then evaluate it.
-    Init { repeat: usize, stage: usize },
+    Init {
+        repeat: usize,
+        stage: usize,
+    },
     /// Pick samples for round `round` (1-based) of `arm`.
-    Select { repeat: usize, stage: usize, arm: Arm, round: usize },
+    Select {
+        repeat: usize,
+        stage: usize,
+        arm: Arm,
+        round: usize,
+    },
     /// Train on the enlarged set, then evaluate.
-    Train { repeat: usize, stage: usize, arm: Arm, round: usize },
+    Train {
+        repeat: usize,
+        stage: usize,
+        arm: Arm,
+        round: usize,
+    },
 }
 
 impl Step {
     pub fn repeat(&self) -> usize {
         match *self {
-            Step::Split { repeat } | Step::Vae { repeat } | Step::Latents { repeat } | Step::Pretrain { repeat } => repeat,
-            Step::Init { repeat, .. } | Step::Select { repeat, .. } | Step::Train { repeat, .. } => repeat,
+            Step::Split { repeat }
+            | Step::Vae { repeat }
+            | Step::Latents { repeat }
+            | Step::Pretrain { repeat } => repeat,
+            Step::Init { repeat, .. }
+            | Step::Select { repeat, .. }
+            | Step::Train { repeat, .. } => repeat,
         }
     }
 
@@ -57,8 +93,18 @@ impl Step {
             Step::Latents { repeat } => format!("r{repeat}-latents"),
             Step::Pretrain { repeat } => format!("r{repeat}-pretrain"),
             Step::Init { repeat, stage } => format!("r{repeat}-s{stage}-init"),
-            Step::Select { repeat, stage, arm, round } => format!("r{repeat}-s{stage}-{arm}-k{round}-select"),
-            Step::Train { repeat, stage, arm, round } => format!("r{repeat}-s{stage}-{arm}-k{round}"),
+            Step::Select {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => format!("r{repeat}-s{stage}-{arm}-k{round}-select"),
+            Step::Train {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => format!("r{repeat}-s{stage}-{arm}-k{round}"),
         }
     }
 
@@ -67,10 +113,32 @@ impl Step {
             Step::Split { repeat } => format!("repeat {}: split", repeat + 1),
             Step::Vae { repeat } => format!("repeat {}: VAE", repeat + 1),
             Step::Latents { repeat } => format!("repeat {}: latents", repeat + 1),
-            Step::Pretrain { repeat } => format!("repeat {}: pre-training on the source site", repeat + 1),
-            Step::Init { repeat, stage } => format!("repeat {}, stage {}: initial UNet", repeat + 1, stage + 1),
-            Step::Select { repeat, stage, arm, round } => format!("repeat {}, stage {}: {arm} picks, round {round}", repeat + 1, stage + 1),
-            Step::Train { repeat, stage, arm, round } => format!("repeat {}, stage {}: {arm} training, round {round}", repeat + 1, stage + 1),
+            Step::Pretrain { repeat } => {
+                format!("repeat {}: pre-training on the source site", repeat + 1)
+            }
+            Step::Init { repeat, stage } => {
+                format!("repeat {}, stage {}: initial UNet", repeat + 1, stage + 1)
+            }
+            Step::Select {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => format!(
+                "repeat {}, stage {}: {arm} picks, round {round}",
+                repeat + 1,
+                stage + 1
+            ),
+            Step::Train {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => format!(
+                "repeat {}, stage {}: {arm} training, round {round}",
+                repeat + 1,
+                stage + 1
+            ),
         }
     }
 }
@@ -90,8 +158,18 @@ pub fn plan(cfg: &SessionConfig) -> Vec<Step> {
             steps.push(Step::Init { repeat, stage });
             for round in 1..=st.rounds.len() {
                 for &arm in &cfg.experiment.arms {
-                    steps.push(Step::Select { repeat, stage, arm, round });
-                    steps.push(Step::Train { repeat, stage, arm, round });
+                    steps.push(Step::Select {
+                        repeat,
+                        stage,
+                        arm,
+                        round,
+                    });
+                    steps.push(Step::Train {
+                        repeat,
+                        stage,
+                        arm,
+                        round,
+                    });
                 }
             }
         }

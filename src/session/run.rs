@@ -27,7 +27,9 @@ use super::Session;
 use crate::data::Dataset;
 use crate::engine::adam::Adam;
 use crate::engine::nets::{UNet, Vae};
-use crate::engine::select::{gradient_direction, pick_oracle, pick_proposed, pick_random, Pick, Source};
+use crate::engine::select::{
+    gradient_direction, pick_oracle, pick_proposed, pick_random, Pick, Source,
+};
 use crate::engine::{batch, device, eval, train};
 
 /// Asks a running session to stop at its next safe point (the end of an epoch or step).
@@ -55,11 +57,15 @@ pub struct Runner {
 const EVAL_BATCH: usize = 32;
 
 impl Runner {
-    /// Takes the session's lock and loads its data set (through the cache).
-    pub fn open(session: Session, progress: bool) -> Result<Runner> {
+    /// Takes the session's lock and loads its data set (through the cache under `cache_root`).
+    pub fn open(session: Session, progress: bool, cache_root: &Path) -> Result<Runner> {
         let lock = Lock::acquire(&session.dir)?;
-        let ds = session.load_dataset(progress)?;
-        let stamp = DatasetStamp { fingerprint: ds.fingerprint().to_string(), patients: ds.patients().len(), slices: ds.num_slices() };
+        let ds = session.load_dataset(progress, cache_root)?;
+        let stamp = DatasetStamp {
+            fingerprint: ds.fingerprint().to_string(),
+            patients: ds.patients().len(),
+            slices: ds.num_slices(),
+        };
         match &session.state.dataset {
             Some(s) if *s != stamp => bail!(
                 "session {}: its data set changed since the session started ({} patients / {} slices then, {} / {} now); nothing was written",
@@ -75,7 +81,14 @@ impl Runner {
         device::check_device(device)?;
         let log = EventLog::open(&session.dir)?;
         let plan = plan(&session.config);
-        let mut r = Runner { session, _lock: lock, ds, device, log, plan };
+        let mut r = Runner {
+            session,
+            _lock: lock,
+            ds,
+            device,
+            log,
+            plan,
+        };
         if r.session.state.dataset.is_none() {
             r.session.state.dataset = Some(stamp);
         }
@@ -113,7 +126,13 @@ impl Runner {
         while self.session.state.done < total {
             if control.stop.load(Ordering::Relaxed) {
                 let done = self.session.state.done;
-                self.emit(Event::Stopped { steps_done: done, steps_total: total }, sink);
+                self.emit(
+                    Event::Stopped {
+                        steps_done: done,
+                        steps_total: total,
+                    },
+                    sink,
+                );
                 return Ok(Outcome::Stopped);
             }
             let index = self.session.state.done;
@@ -128,11 +147,22 @@ impl Runner {
                 }
                 Ok(false) => {
                     let done = self.session.state.done;
-                    self.emit(Event::Stopped { steps_done: done, steps_total: total }, sink);
+                    self.emit(
+                        Event::Stopped {
+                            steps_done: done,
+                            steps_total: total,
+                        },
+                        sink,
+                    );
                     return Ok(Outcome::Stopped);
                 }
                 Err(e) => {
-                    self.emit(Event::Error { message: format!("{e:#}") }, sink);
+                    self.emit(
+                        Event::Error {
+                            message: format!("{e:#}"),
+                        },
+                        sink,
+                    );
                     return Err(e);
                 }
             }
@@ -142,7 +172,10 @@ impl Runner {
     }
 
     fn ckpt(&self, key: &str, suffix: &str) -> PathBuf {
-        self.session.dir.join("checkpoints").join(format!("{key}{suffix}.safetensors"))
+        self.session
+            .dir
+            .join("checkpoints")
+            .join(format!("{key}{suffix}.safetensors"))
     }
 
     fn remove_partial(&self, step: &Step) {
@@ -152,13 +185,23 @@ impl Runner {
 
     /// Saves a var store atomically (the file name must end in .safetensors for tch).
     fn save_vs(vs: &VarStore, path: &Path) -> Result<()> {
-        let tmp = path.with_file_name(format!(".tmp-{}", path.file_name().unwrap_or_default().to_string_lossy()));
-        vs.save(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let tmp = path.with_file_name(format!(
+            ".tmp-{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        vs.save(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         commit_file(&tmp, path)
     }
 
     /// Returns Ok(false) when stopped before the step finished.
-    fn run_step(&mut self, index: usize, step: Step, control: &Control, sink: &mut dyn FnMut(&Event)) -> Result<bool> {
+    fn run_step(
+        &mut self,
+        index: usize,
+        step: Step,
+        control: &Control,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<bool> {
         let total = self.plan.len();
         let (phase, arm) = match step {
             Step::Split { .. } => (Phase::Split, None),
@@ -166,37 +209,77 @@ impl Runner {
             Step::Latents { .. } => (Phase::Latents, None),
             Step::Pretrain { .. } => (Phase::Pretraining, None),
             Step::Init { .. } => (Phase::Training, None),
-            Step::Select { arm, .. } => (if arm == Arm::Proposed { Phase::Gradient } else { Phase::Search }, Some(arm)),
+            Step::Select { arm, .. } => (
+                if arm == Arm::Proposed {
+                    Phase::Gradient
+                } else {
+                    Phase::Search
+                },
+                Some(arm),
+            ),
             Step::Train { arm, .. } => (Phase::Training, Some(arm)),
         };
-        self.emit(Event::StepStarted { index, total, phase, arm, description: step.describe() }, sink);
+        self.emit(
+            Event::StepStarted {
+                index,
+                total,
+                phase,
+                arm,
+                description: step.describe(),
+            },
+            sink,
+        );
         match step {
             Step::Split { repeat } => self.split(repeat).map(|_| true),
             Step::Vae { repeat } => self.train_vae(index, repeat, control, sink),
             Step::Latents { repeat } => self.latents(repeat).map(|_| true),
             Step::Pretrain { repeat } => {
-                let slices = self.patient_slices(&self.session.state.repeats[repeat].source.clone());
+                let slices =
+                    self.patient_slices(&self.session.state.repeats[repeat].source.clone());
                 let epochs = self.cfg().unet.epochs_pretrain;
-                self.train_unet(index, step, None, &slices, epochs, control, sink).map(|r| r.is_some())
+                self.train_unet(index, step, None, &slices, epochs, control, sink)
+                    .map(|r| r.is_some())
             }
             Step::Init { repeat, stage } => {
-                let from = (self.cfg().experiment.scenario == Scenario::Transfer).then(|| Step::Pretrain { repeat });
+                let from = (self.cfg().experiment.scenario == Scenario::Transfer)
+                    .then(|| Step::Pretrain { repeat });
                 let labelled = self.labelled(repeat, stage, None, 0);
                 let slices = self.sample_slices(repeat, &labelled);
                 let epochs = self.cfg().unet.epochs_initial;
-                let Some(net) = self.train_unet(index, step, from, &slices, epochs, control, sink)? else {
+                let Some(net) =
+                    self.train_unet(index, step, from, &slices, epochs, control, sink)?
+                else {
                     return Ok(false);
                 };
                 let arms = self.cfg().experiment.arms.clone();
                 self.evaluate(&net, repeat, stage, &arms, 0, sink)?;
                 Ok(true)
             }
-            Step::Select { repeat, stage, arm, round } => self.select(repeat, stage, arm, round, sink).map(|_| true),
-            Step::Train { repeat, stage, arm, round } => {
+            Step::Select {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => self.select(repeat, stage, arm, round, sink).map(|_| true),
+            Step::Train {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => {
                 let labelled = self.labelled(repeat, stage, Some(arm), round);
                 let slices = self.sample_slices(repeat, &labelled);
                 let epochs = self.cfg().unet.epochs_per_round;
-                let Some(net) = self.train_unet(index, step, Some(previous_model(repeat, stage, arm, round)), &slices, epochs, control, sink)? else {
+                let Some(net) = self.train_unet(
+                    index,
+                    step,
+                    Some(previous_model(repeat, stage, arm, round)),
+                    &slices,
+                    epochs,
+                    control,
+                    sink,
+                )?
+                else {
                     return Ok(false);
                 };
                 self.evaluate(&net, repeat, stage, &[arm], round, sink)?;
@@ -208,7 +291,10 @@ impl Runner {
     // ---- data of a repeat ------------------------------------------------------------------
 
     fn patient_slices(&self, patients: &[usize]) -> Vec<usize> {
-        patients.iter().flat_map(|&p| self.ds.patients()[p].slice_range()).collect()
+        patients
+            .iter()
+            .flat_map(|&p| self.ds.patients()[p].slice_range())
+            .collect()
     }
 
     /// Slices of the pool, in pool order (image-wise samples are indices into this).
@@ -227,7 +313,10 @@ impl Runner {
     fn sample_slices(&self, repeat: usize, samples: &[usize]) -> Vec<usize> {
         let rd = &self.session.state.repeats[repeat];
         match self.cfg().experiment.granularity {
-            Granularity::Patient => samples.iter().flat_map(|&s| self.ds.patients()[rd.train[s]].slice_range()).collect(),
+            Granularity::Patient => samples
+                .iter()
+                .flat_map(|&s| self.ds.patients()[rd.train[s]].slice_range())
+                .collect(),
             Granularity::Image => {
                 let pool = self.pool_slices(repeat);
                 samples.iter().map(|&s| pool[s]).collect()
@@ -241,7 +330,11 @@ impl Runner {
         let mut out: Vec<usize> = self.session.state.repeats[repeat].order[..st.initial].to_vec();
         if let Some(arm) = arm {
             for rec in &self.session.state.picks {
-                if rec.repeat == repeat && rec.stage == stage && rec.arm == arm && rec.round <= round {
+                if rec.repeat == repeat
+                    && rec.stage == stage
+                    && rec.arm == arm
+                    && rec.round <= round
+                {
                     out.extend(rec.picks.iter().map(|p| p.sample));
                 }
             }
@@ -254,7 +347,11 @@ impl Runner {
         let e = &cfg.experiment;
         let key = Step::Split { repeat }.key();
         let mut rng = ChaCha8Rng::seed_from_u64(seed_for(e.seed, &key, "split"));
-        let by_site = |site: &str| -> Vec<usize> { (0..self.ds.patients().len()).filter(|&i| self.ds.patients()[i].site == site).collect() };
+        let by_site = |site: &str| -> Vec<usize> {
+            (0..self.ds.patients().len())
+                .filter(|&i| self.ds.patients()[i].site == site)
+                .collect()
+        };
         let sites = || {
             let mut s: Vec<String> = self.ds.patients().iter().map(|p| p.site.clone()).collect();
             s.sort();
@@ -262,7 +359,10 @@ impl Runner {
             s.join(", ")
         };
         let (mut candidates, source) = match e.scenario {
-            Scenario::Scratch => ((0..self.ds.patients().len()).collect::<Vec<_>>(), Vec::new()),
+            Scenario::Scratch => (
+                (0..self.ds.patients().len()).collect::<Vec<_>>(),
+                Vec::new(),
+            ),
             Scenario::Transfer => {
                 let (t, s) = (by_site(&e.target_site), by_site(&e.source_site));
                 if t.is_empty() || s.is_empty() {
@@ -272,18 +372,34 @@ impl Runner {
             }
         };
         candidates.shuffle(&mut rng);
-        let n_test = ((candidates.len() as f64 * e.test_fraction).round() as usize).clamp(1, candidates.len().saturating_sub(1).max(1));
+        let n_test = ((candidates.len() as f64 * e.test_fraction).round() as usize)
+            .clamp(1, candidates.len().saturating_sub(1).max(1));
         if candidates.len() < 2 {
-            bail!("only {} patient(s) available: need at least 2 for a train/test split", candidates.len());
+            bail!(
+                "only {} patient(s) available: need at least 2 for a train/test split",
+                candidates.len()
+            );
         }
         let test = candidates[..n_test].to_vec();
         let mut train = candidates[n_test..].to_vec();
         train.sort();
-        let mut rd = RepeatData { train, test, source, order: Vec::new() };
-        self.session.state.repeats.resize(repeat + 1, RepeatData::default());
+        let mut rd = RepeatData {
+            train,
+            test,
+            source,
+            order: Vec::new(),
+        };
+        self.session
+            .state
+            .repeats
+            .resize(repeat + 1, RepeatData::default());
         self.session.state.repeats[repeat] = rd.clone();
         let pool = self.pool_size(repeat);
-        let need = stages(&cfg).iter().map(|s| s.initial + s.rounds.iter().sum::<usize>()).max().unwrap_or(0);
+        let need = stages(&cfg)
+            .iter()
+            .map(|s| s.initial + s.rounds.iter().sum::<usize>())
+            .max()
+            .unwrap_or(0);
         if need > pool {
             bail!("the protocol needs {need} samples per arm but the pool has {pool} ({} training patients, granularity {:?})", rd.train.len(), e.granularity);
         }
@@ -297,23 +413,46 @@ impl Runner {
     // ---- training --------------------------------------------------------------------------
 
     fn new_unet(&self, vs: &VarStore) -> UNet {
-        UNet::new(&vs.root(), self.ds.channels() as i64, &self.cfg().unet.net())
+        UNet::new(
+            &vs.root(),
+            self.ds.channels() as i64,
+            &self.cfg().unet.net(),
+        )
     }
 
     fn new_vae(&self, vs: &VarStore) -> Vae {
-        Vae::new(&vs.root(), self.ds.channels() as i64, self.ds.size() as i64, &self.cfg().vae.net())
+        Vae::new(
+            &vs.root(),
+            self.ds.channels() as i64,
+            self.ds.size() as i64,
+            &self.cfg().vae.net(),
+        )
     }
 
     /// Loads the final weights of `step` into `vs`.
     fn load_final(&self, vs: &mut VarStore, step: &Step) -> Result<()> {
         let path = self.ckpt(&step.key(), "");
-        vs.load(&path).with_context(|| format!("cannot load checkpoint {} (was the session folder changed by hand?)", path.display()))
+        vs.load(&path).with_context(|| {
+            format!(
+                "cannot load checkpoint {} (was the session folder changed by hand?)",
+                path.display()
+            )
+        })
     }
 
     /// Trains a UNet for `step` (from `from`'s weights, or a seeded initialisation), epoch by
     /// epoch with checkpoints. `None` when stopped.
     #[allow(clippy::too_many_arguments)]
-    fn train_unet(&mut self, index: usize, step: Step, from: Option<Step>, slices: &[usize], epochs: usize, control: &Control, sink: &mut dyn FnMut(&Event)) -> Result<Option<UNet>> {
+    fn train_unet(
+        &mut self,
+        index: usize,
+        step: Step,
+        from: Option<Step>,
+        slices: &[usize],
+        epochs: usize,
+        control: &Control,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<Option<UNet>> {
         let key = step.key();
         let seed = self.cfg().experiment.seed;
         tch::manual_seed(seed_for(seed, &key, "init") as i64);
@@ -322,7 +461,8 @@ impl Runner {
         let mut opt = Adam::new(&vs, self.cfg().unet.lr);
         let start = self.session.state.partial_epochs;
         if start > 0 {
-            vs.load(self.ckpt(&key, ".partial")).context("cannot load the partial checkpoint")?;
+            vs.load(self.ckpt(&key, ".partial"))
+                .context("cannot load the partial checkpoint")?;
             opt.load(&self.ckpt(&key, ".adam"))?;
         } else if let Some(from) = from {
             self.load_final(&mut vs, &from)?;
@@ -331,22 +471,60 @@ impl Runner {
             Step::Train { arm, .. } => Some(arm),
             _ => None,
         };
-        let phase = if matches!(step, Step::Pretrain { .. }) { Phase::Pretraining } else { Phase::Training };
+        let phase = if matches!(step, Step::Pretrain { .. }) {
+            Phase::Pretraining
+        } else {
+            Phase::Training
+        };
         let batch = self.cfg().unet.batch_size;
         let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
         // Disjoint borrows: the data set is read while the state and log are written.
-        let Runner { session, ds, log, device, .. } = self;
+        let Runner {
+            session,
+            ds,
+            log,
+            device,
+            ..
+        } = self;
         let mut after = |epoch: usize, loss: f64, opt: &Adam| -> Result<ControlFlow<()>> {
             Self::save_vs(&vs, &partial)?;
-            let tmp = adam.with_file_name(format!(".tmp-{}", adam.file_name().unwrap_or_default().to_string_lossy()));
+            let tmp = adam.with_file_name(format!(
+                ".tmp-{}",
+                adam.file_name().unwrap_or_default().to_string_lossy()
+            ));
             opt.save(&tmp)?;
             commit_file(&tmp, &adam)?;
             session.state.partial_epochs = epoch + 1;
             session.save_state()?;
-            emit_to(log, sink, Event::EpochDone { index, phase, arm, epoch: epoch + 1, epochs, loss });
-            Ok(if control.stop.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            emit_to(
+                log,
+                sink,
+                Event::EpochDone {
+                    index,
+                    phase,
+                    arm,
+                    epoch: epoch + 1,
+                    epochs,
+                    loss,
+                },
+            );
+            Ok(if control.stop.load(Ordering::Relaxed) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
         };
-        let reached = train::train_unet(&net, &mut opt, ds, slices, batch, *device, start..epochs, seed_for(seed, &key, "shuffle"), &mut after)?;
+        let reached = train::train_unet(
+            &net,
+            &mut opt,
+            ds,
+            slices,
+            batch,
+            *device,
+            start..epochs,
+            seed_for(seed, &key, "shuffle"),
+            &mut after,
+        )?;
         if reached < epochs {
             return Ok(None);
         }
@@ -366,12 +544,23 @@ fn previous_model(repeat: usize, stage: usize, arm: Arm, round: usize) -> Step {
     if round <= 1 {
         Step::Init { repeat, stage }
     } else {
-        Step::Train { repeat, stage, arm, round: round - 1 }
+        Step::Train {
+            repeat,
+            stage,
+            arm,
+            round: round - 1,
+        }
     }
 }
 
 impl Runner {
-    fn train_vae(&mut self, index: usize, repeat: usize, control: &Control, sink: &mut dyn FnMut(&Event)) -> Result<bool> {
+    fn train_vae(
+        &mut self,
+        index: usize,
+        repeat: usize,
+        control: &Control,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<bool> {
         let step = Step::Vae { repeat };
         let key = step.key();
         let seed = self.cfg().experiment.seed;
@@ -381,24 +570,64 @@ impl Runner {
         let mut opt = Adam::new(&vs, self.cfg().vae.lr);
         let start = self.session.state.partial_epochs;
         if start > 0 {
-            vs.load(self.ckpt(&key, ".partial")).context("cannot load the partial VAE checkpoint")?;
+            vs.load(self.ckpt(&key, ".partial"))
+                .context("cannot load the partial VAE checkpoint")?;
             opt.load(&self.ckpt(&key, ".adam"))?;
         }
         let slices = self.pool_slices(repeat);
-        let (epochs, batch, kl) = (self.cfg().vae.epochs, self.cfg().vae.batch_size, self.cfg().vae.kl_weight);
+        let (epochs, batch, kl) = (
+            self.cfg().vae.epochs,
+            self.cfg().vae.batch_size,
+            self.cfg().vae.kl_weight,
+        );
         let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
-        let Runner { session, ds, log, device, .. } = self;
+        let Runner {
+            session,
+            ds,
+            log,
+            device,
+            ..
+        } = self;
         let mut after = |epoch: usize, loss: f64, opt: &Adam| -> Result<ControlFlow<()>> {
             Self::save_vs(&vs, &partial)?;
-            let tmp = adam.with_file_name(format!(".tmp-{}", adam.file_name().unwrap_or_default().to_string_lossy()));
+            let tmp = adam.with_file_name(format!(
+                ".tmp-{}",
+                adam.file_name().unwrap_or_default().to_string_lossy()
+            ));
             opt.save(&tmp)?;
             commit_file(&tmp, &adam)?;
             session.state.partial_epochs = epoch + 1;
             session.save_state()?;
-            emit_to(log, sink, Event::EpochDone { index, phase: Phase::Vae, arm: None, epoch: epoch + 1, epochs, loss });
-            Ok(if control.stop.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            emit_to(
+                log,
+                sink,
+                Event::EpochDone {
+                    index,
+                    phase: Phase::Vae,
+                    arm: None,
+                    epoch: epoch + 1,
+                    epochs,
+                    loss,
+                },
+            );
+            Ok(if control.stop.load(Ordering::Relaxed) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
         };
-        let reached = train::train_vae(&net, &mut opt, ds, &slices, batch, kl, *device, start..epochs, seed_for(seed, &key, "shuffle"), &mut after)?;
+        let reached = train::train_vae(
+            &net,
+            &mut opt,
+            ds,
+            &slices,
+            batch,
+            kl,
+            *device,
+            start..epochs,
+            seed_for(seed, &key, "shuffle"),
+            &mut after,
+        )?;
         if reached < epochs {
             return Ok(false);
         }
@@ -414,7 +643,10 @@ impl Runner {
     }
 
     fn latents_path(&self, repeat: usize) -> PathBuf {
-        self.session.dir.join("latents").join(format!("r{repeat}.safetensors"))
+        self.session
+            .dir
+            .join("latents")
+            .join(format!("r{repeat}.safetensors"))
     }
 
     /// Encoder means of every pool slice, saved as `latents/r{repeat}.safetensors`.
@@ -431,15 +663,21 @@ impl Runner {
         let path = self.latents_path(repeat);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         let tmp = path.with_file_name(format!(".tmp-r{repeat}.safetensors"));
-        Tensor::write_safetensors(&[("z", &z)], &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        Tensor::write_safetensors(&[("z", &z)], &tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         commit_file(&tmp, &path)
     }
 
     /// Latent of every pool sample (image: the slice's; patient: the mean of its slices').
     pub fn sample_latents(&self, repeat: usize) -> Result<Vec<Vec<f64>>> {
         let path = self.latents_path(repeat);
-        let t = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let z = &t.iter().find(|(n, _)| n == "z").context("latents file without 'z'")?.1;
+        let t = Tensor::read_safetensors(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let z = &t
+            .iter()
+            .find(|(n, _)| n == "z")
+            .context("latents file without 'z'")?
+            .1;
         let dims = z.size();
         let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
         let rows: Vec<Vec<f64>> = flat.chunks(dims[1] as usize).map(|c| c.to_vec()).collect();
@@ -469,19 +707,33 @@ impl Runner {
         Ok((vs, net))
     }
 
-    fn select(&mut self, repeat: usize, stage: usize, arm: Arm, round: usize, sink: &mut dyn FnMut(&Event)) -> Result<()> {
+    fn select(
+        &mut self,
+        repeat: usize,
+        stage: usize,
+        arm: Arm,
+        round: usize,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<()> {
         let cfg = self.cfg().clone();
         let k = stages(&cfg)[stage].rounds[round - 1];
         let labelled = self.labelled(repeat, stage, Some(arm), round - 1);
         let taken: HashSet<usize> = labelled.iter().copied().collect();
         let pool = self.pool_size(repeat);
         let image = cfg.experiment.granularity == Granularity::Image;
-        let key = Step::Select { repeat, stage, arm, round }.key();
+        let key = Step::Select {
+            repeat,
+            stage,
+            arm,
+            round,
+        }
+        .key();
         let mut directions = None;
         let picks: Vec<Pick> = match arm {
             Arm::Random => {
                 let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
-                let mut rng = ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "random"));
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "random"));
                 pick_random(&unlabelled, k, &mut rng)
             }
             Arm::Oracle => {
@@ -492,9 +744,17 @@ impl Runner {
                     // so the oracle ranks the slices that contain tumour.
                     let slices = self.sample_slices(repeat, &unlabelled);
                     let ov = eval::slice_overlaps(&net, &self.ds, &slices, self.device, EVAL_BATCH);
-                    unlabelled.iter().zip(ov).filter(|(_, o)| o.truth > 0).map(|(&s, o)| (s, o.dice())).collect()
+                    unlabelled
+                        .iter()
+                        .zip(ov)
+                        .filter(|(_, o)| o.truth > 0)
+                        .map(|(&s, o)| (s, o.dice()))
+                        .collect()
                 } else {
-                    let patients: Vec<usize> = unlabelled.iter().map(|&s| self.session.state.repeats[repeat].train[s]).collect();
+                    let patients: Vec<usize> = unlabelled
+                        .iter()
+                        .map(|&s| self.session.state.repeats[repeat].train[s])
+                        .collect();
                     let d = eval::patient_dice(&net, &self.ds, &patients, self.device, EVAL_BATCH);
                     unlabelled.iter().copied().zip(d).collect()
                 };
@@ -512,16 +772,37 @@ impl Runner {
                 let mut steps = Vec::new();
                 for &s in &labelled {
                     let slices = self.sample_slices(repeat, &[s]);
-                    let g = gradient_direction(&unet, &vae, &vae64, &self.ds, &slices, cfg.selection.alpha, cfg.selection.direction, self.device)?;
+                    let g = gradient_direction(
+                        &unet,
+                        &vae,
+                        &vae64,
+                        &self.ds,
+                        &slices,
+                        cfg.selection.alpha,
+                        cfg.selection.direction,
+                        self.device,
+                    )?;
                     steps.push((s, g));
                 }
                 // The hardest labelled samples lead: highest loss first.
                 steps.sort_by(|a, b| b.1.loss.total_cmp(&a.1.loss).then(a.0.cmp(&b.0)));
-                let sources: Vec<Source> = steps.iter().map(|(s, g)| Source { sample: *s, z: latents[*s].clone(), direction: g.direction.clone() }).collect();
-                let candidates: Vec<(usize, Vec<f64>)> = (0..pool).filter(|s| !taken.contains(s)).map(|s| (s, latents[s].clone())).collect();
+                let sources: Vec<Source> = steps
+                    .iter()
+                    .map(|(s, g)| Source {
+                        sample: *s,
+                        z: latents[*s].clone(),
+                        direction: g.direction.clone(),
+                    })
+                    .collect();
+                let candidates: Vec<(usize, Vec<f64>)> = (0..pool)
+                    .filter(|s| !taken.contains(s))
+                    .map(|s| (s, latents[s].clone()))
+                    .collect();
                 let mut methods = BTreeMap::new();
                 for (_, g) in &steps {
-                    *methods.entry(format!("{:?}", g.method).to_lowercase()).or_insert(0) += 1;
+                    *methods
+                        .entry(format!("{:?}", g.method).to_lowercase())
+                        .or_insert(0) += 1;
                 }
                 let median = |mut v: Vec<f64>| {
                     v.sort_by(f64::total_cmp);
@@ -537,16 +818,43 @@ impl Runner {
             }
         };
         if picks.len() < k {
-            bail!("{arm} found only {} of {k} picks in round {round} (pool exhausted)", picks.len());
+            bail!(
+                "{arm} found only {} of {k} picks in round {round} (pool exhausted)",
+                picks.len()
+            );
         }
         let tumour_picks = picks
             .iter()
-            .filter(|p| self.sample_slices(repeat, &[p.sample]).iter().any(|&s| self.ds.mask(s).iter().any(|&m| m != 0)))
+            .filter(|p| {
+                self.sample_slices(repeat, &[p.sample])
+                    .iter()
+                    .any(|&s| self.ds.mask(s).iter().any(|&m| m != 0))
+            })
             .count();
         let fallbacks = picks.iter().filter(|p| p.fallback).count();
         let views = picks.iter().map(|p| self.pick_view(repeat, p)).collect();
-        self.session.state.picks.push(PickRecord { repeat, stage, arm, round, picks, fallbacks, tumour_picks, directions });
-        self.emit(Event::PicksMade { repeat, stage, arm, round, picks: views, fallbacks, tumour_picks }, sink);
+        self.session.state.picks.push(PickRecord {
+            repeat,
+            stage,
+            arm,
+            round,
+            picks,
+            fallbacks,
+            tumour_picks,
+            directions,
+        });
+        self.emit(
+            Event::PicksMade {
+                repeat,
+                stage,
+                arm,
+                round,
+                picks: views,
+                fallbacks,
+                tumour_picks,
+            },
+            sink,
+        );
         Ok(())
     }
 
@@ -561,7 +869,14 @@ impl Runner {
                 (info.id.clone(), Some(global - info.first_slice))
             }
         };
-        PickView { patient, slice, distance: p.distance, angle_deg: p.angle_deg, fallback: p.fallback, dice: p.score }
+        PickView {
+            patient,
+            slice,
+            distance: p.distance,
+            angle_deg: p.angle_deg,
+            fallback: p.fallback,
+            dice: p.score,
+        }
     }
 
     /// Slices an annotator looks at for `samples`: image-wise each slice with its two neighbours
@@ -583,14 +898,28 @@ impl Runner {
         seen.len()
     }
 
-    fn evaluate(&mut self, net: &UNet, repeat: usize, stage: usize, arms: &[Arm], round: usize, sink: &mut dyn FnMut(&Event)) -> Result<()> {
+    fn evaluate(
+        &mut self,
+        net: &UNet,
+        repeat: usize,
+        stage: usize,
+        arms: &[Arm],
+        round: usize,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<()> {
         let test = self.session.state.repeats[repeat].test.clone();
         let mut total_pred = 0;
         let mut dice = Vec::new();
         for &p in &test {
             let slices: Vec<usize> = self.ds.patients()[p].slice_range().collect();
             let ov = eval::slice_overlaps(net, &self.ds, &slices, self.device, EVAL_BATCH);
-            let o = ov.iter().fold(eval::Overlap::default(), |a, o| eval::Overlap { inter: a.inter + o.inter, pred: a.pred + o.pred, truth: a.truth + o.truth });
+            let o = ov
+                .iter()
+                .fold(eval::Overlap::default(), |a, o| eval::Overlap {
+                    inter: a.inter + o.inter,
+                    pred: a.pred + o.pred,
+                    truth: a.truth + o.truth,
+                });
             total_pred += o.pred;
             dice.push(o.dice());
         }
@@ -609,7 +938,17 @@ impl Runner {
                 dice: dice.clone(),
                 collapsed: total_pred == 0,
             };
-            let ev = Event::Evaluated { repeat, stage, arm, round, annotated: row.annotated, viewed: row.viewed, dice_mean: mean, dice_sd: sd, collapsed: row.collapsed };
+            let ev = Event::Evaluated {
+                repeat,
+                stage,
+                arm,
+                round,
+                annotated: row.annotated,
+                viewed: row.viewed,
+                dice_mean: mean,
+                dice_sd: sd,
+                collapsed: row.collapsed,
+            };
             self.session.state.results.push(row);
             self.emit(ev, sink);
         }

@@ -10,10 +10,16 @@ use anyhow::{bail, Context, Result};
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
     drop(f);
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     sync_dir(dir);
@@ -22,7 +28,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Moves an already written temporary file into place atomically.
 pub fn commit_file(tmp: &Path, path: &Path) -> Result<()> {
-    File::open(tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", tmp.display()))?;
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
     fs::rename(tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")));
     Ok(())
@@ -53,7 +61,10 @@ impl Lock {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let holder = fs::read_to_string(&path).unwrap_or_default();
                     match holder.trim().parse::<u32>() {
-                        Ok(pid) if pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists() => {
+                        Ok(pid)
+                            if pid != std::process::id()
+                                && Path::new(&format!("/proc/{pid}")).exists() =>
+                        {
                             bail!("session {} is being written by another process (pid {pid}); stop it first or wait", session.display())
                         }
                         // The holder is gone: a stale lock from a killed run.
@@ -62,7 +73,9 @@ impl Lock {
                         }
                     }
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                }
             }
         }
         bail!("cannot take the lock {}", path.display())
@@ -83,7 +96,11 @@ pub struct EventLog {
 impl EventLog {
     pub fn open(session: &Path) -> Result<EventLog> {
         let path = session.join("events.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(EventLog { file })
     }
 

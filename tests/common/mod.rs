@@ -79,3 +79,36 @@ pub fn tree(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A tiny session configuration on `data`: 32×32 slices, 2-level networks, 1–2 epochs, CPU.
+pub fn tiny_session_config(
+    data: &Path,
+    extra: &[&str],
+) -> suggestive::session::config::SessionConfig {
+    let mut cfg = suggestive::session::preset("demo").expect("demo preset");
+    cfg.dataset.path = data.to_path_buf();
+    let mut sets: Vec<String> = [
+        "experiment.device=\"cpu\"",
+        "experiment.repeats=1",
+        "experiment.initial=2",
+        "experiment.rounds=2",
+        "experiment.per_round=1",
+        "dataset.downsample=2",
+        "unet.depth=2",
+        "unet.base=4",
+        "unet.epochs_initial=2",
+        "unet.epochs_per_round=1",
+        "unet.epochs_pretrain=1",
+        "unet.batch_size=8",
+        "vae.levels=2",
+        "vae.base=4",
+        "vae.epochs=1",
+        "vae.batch_size=16",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    cfg.apply_overrides(&sets).expect("overrides");
+    cfg
+}

@@ -1,0 +1,380 @@
+//! Sessions through the real binary: SIGKILL and resume equals an uninterrupted run, the writer
+//! lock, and damaged or foreign session files refused without damage.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use suggestive::phantom::PhantomLayout;
+use suggestive::session::Session;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_suggestive"))
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let data = tiny_phantom(
+            &root.join("data"),
+            &[("CBICA", 4), ("TCIA", 4)],
+            PhantomLayout::Brats2019,
+            6,
+        );
+        Env {
+            _tmp: tmp,
+            root,
+            data,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = bin();
+        c.args(args)
+            .env("SUGGESTIVE_CACHE_DIR", self.root.join("cache"))
+            .env("SUGGESTIVE_DATA_DIR", self.root.join("share"))
+            .env("SUGGESTIVE_SESSIONS_DIR", self.root.join("sessions"));
+        c
+    }
+
+    /// A session with enough epochs per step that a kill lands mid-training.
+    fn session(&self, name: &str) -> PathBuf {
+        let cfg = tiny_session_config(
+            &self.data,
+            &[
+                "unet.epochs_initial=6",
+                "unet.epochs_per_round=4",
+                "vae.epochs=4",
+            ],
+        );
+        let dir = self.root.join("sessions").join(name);
+        Session::create(&dir, cfg).unwrap();
+        dir
+    }
+}
+
+fn events(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Starts `run`, waits until `ready` holds for the event log, then SIGKILLs it.
+fn kill_when(env: &Env, dir: &Path, ready: impl Fn(&[serde_json::Value]) -> bool) {
+    let mut child = env
+        .cmd(&["run", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if ready(&events(dir)) {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before the kill point");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "kill point never reached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+fn epochs_of(ev: &[serde_json::Value], phase: &str) -> usize {
+    ev.iter()
+        .filter(|e| e["event"] == "epoch_done" && e["phase"] == phase)
+        .count()
+}
+
+fn state(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
+    let env = Env::new();
+    let whole = env.session("whole");
+    let out = env.cmd(&["run", whole.to_str().unwrap()]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let broken = env.session("broken");
+    // Kill during the VAE, then during the shared initial UNet, then during an arm's round.
+    kill_when(&env, &broken, |e| epochs_of(e, "vae") >= 2);
+    kill_when(&env, &broken, |e| epochs_of(e, "training") >= 3);
+    kill_when(&env, &broken, |e| {
+        e.iter().filter(|x| x["event"] == "evaluated").count() >= 4
+            && epochs_of(e, "training") >= 6 + 4 + 2
+    });
+    let st = state(&broken);
+    assert!(
+        st["done"].as_u64().unwrap() < 16,
+        "the kills came too late to test anything"
+    );
+    let out = env
+        .cmd(&["run", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!broken.join("lock").exists());
+
+    let (a, b) = (state(&whole), state(&broken));
+    assert_eq!(a["done"], b["done"]);
+    assert_eq!(a["repeats"], b["repeats"], "splits differ");
+    assert_eq!(a["picks"], b["picks"], "picks differ after resume");
+    assert_eq!(a["results"], b["results"], "metrics differ after resume");
+    assert_eq!(b["partial_epochs"], 0);
+    let partial: Vec<_> = std::fs::read_dir(broken.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.contains("partial") || n.contains("adam") || n.starts_with('.')
+        })
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "leftover partial checkpoints: {partial:?}"
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
+    let env = Env::new();
+    let dir = env.session("locked");
+    // A live process holds the lock.
+    let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(dir.join("lock"), format!("{}\n", holder.id())).unwrap();
+    let out = env.cmd(&["run", "locked"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", holder.id())) && err.contains("another process"),
+        "{err}"
+    );
+    assert_eq!(state(&dir)["done"], 0);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // Its holder is gone: the lock is stale and the run proceeds.
+    let out = env.cmd(&["run", "locked"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&dir)["done"], 16);
+}
+
+/// Every file of a session folder, for before/after comparisons.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+fn assert_refused(env: &Env, dir: &Path, phrase: &str) {
+    let before = snapshot(dir);
+    for args in [
+        vec!["run", dir.to_str().unwrap()],
+        vec!["status", dir.to_str().unwrap()],
+    ] {
+        let out = env.cmd(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(phrase),
+            "{args:?}: '{phrase}' missing from: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(snapshot(dir) == before, "a refused session was modified");
+}
+
+#[test]
+fn damaged_foreign_and_moved_sessions_are_refused_without_damage() {
+    let env = Env::new();
+
+    let dir = env.session("garbled");
+    std::fs::write(
+        dir.join("state.json"),
+        "{ \"format_version\": 1, \"done\": ",
+    )
+    .unwrap();
+    assert_refused(&env, &dir, "damaged");
+
+    let dir = env.session("future");
+    let text = std::fs::read_to_string(dir.join("state.json"))
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(dir.join("state.json"), text).unwrap();
+    assert_refused(&env, &dir, "version Some(99)");
+
+    let dir = env.session("future-config");
+    let text = std::fs::read_to_string(dir.join("session.toml"))
+        .unwrap()
+        .replace("format_version = 1", "format_version = 7");
+    std::fs::write(dir.join("session.toml"), text).unwrap();
+    assert_refused(&env, &dir, "version 7");
+
+    let dir = env.session("typo");
+    let text = std::fs::read_to_string(dir.join("session.toml"))
+        .unwrap()
+        .replace("repeats = 1", "repeets = 1");
+    std::fs::write(dir.join("session.toml"), text).unwrap();
+    assert_refused(&env, &dir, "repeets");
+
+    assert_refused(&env, &env.root.join("data"), "not a session");
+
+    // The data set changes under a started session: refused, nothing written.
+    let dir = env.session("moved");
+    let mut c = env.cmd(&["run", dir.to_str().unwrap()]);
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    let f = patient_file(&env.data, "BraTS19_CBICA_P001_1", "t2");
+    let (d, dims) = read(&f);
+    write_volume(
+        &f,
+        &dims,
+        d.iter().map(|&v| (v * 1.1) as i16).collect::<Vec<_>>(),
+    );
+    let before = snapshot(&dir);
+    let out = env.cmd(&["run", dir.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("data set changed"), "{err}");
+    assert!(
+        snapshot(&dir) == before,
+        "session modified after a data-set change"
+    );
+}
+
+#[test]
+fn new_run_status_through_the_command_line() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["new", "cli", "--preset", "brats-patient"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --dataset"));
+    let out = env
+        .cmd(&["new", "cli", "--preset", "nope"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset 'nope'"));
+    let out = env
+        .cmd(&[
+            "new",
+            "cli",
+            "--preset",
+            "demo",
+            "--set",
+            "experiment.repeets=2",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key"));
+    let tiny = [
+        "--set",
+        "experiment.device=\"cpu\"",
+        "--set",
+        "experiment.repeats=1",
+        "--set",
+        "experiment.initial=2",
+        "--set",
+        "experiment.rounds=1",
+        "--set",
+        "experiment.per_round=1",
+        "--set",
+        "unet.depth=2",
+        "--set",
+        "unet.base=4",
+        "--set",
+        "unet.epochs_initial=1",
+        "--set",
+        "unet.epochs_per_round=1",
+        "--set",
+        "vae.levels=2",
+        "--set",
+        "vae.base=4",
+        "--set",
+        "vae.epochs=1",
+    ];
+    let mut args = vec![
+        "new",
+        "cli",
+        "--preset",
+        "brats-patient",
+        "--dataset",
+        env.data.to_str().unwrap(),
+        "--set",
+        "dataset.downsample=2",
+        "--set",
+        "experiment.protocol=\"rounds\"",
+    ];
+    args.extend(tiny);
+    let out = env.cmd(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.cmd(&args).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let out = env.cmd(&["status", "cli", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "new");
+    let out = env.cmd(&["run", "cli", "--jsonl"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON per line"))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for k in [
+        "started",
+        "step_started",
+        "epoch_done",
+        "picks_made",
+        "evaluated",
+        "finished",
+    ] {
+        assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
+    }
+    let out = env.cmd(&["status", "cli"]).output().unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("(finished)") && t.contains("proposed") && t.contains("oracle"),
+        "{t}"
+    );
+}

@@ -50,12 +50,18 @@ enum Command {
     Run(RunArgs),
     /// Where a session stands, per arm and round.
     Status(StatusArgs),
-    /// The demo on the embedded default data: generate the phantom if missing, load it, summarise
-    /// it and preview a case.
+    /// Results as CSV and JSON, and a plot of test Dice against the annotation budget.
+    Report(ReportArgs),
+    /// The suggested samples (patient, slice, context slices, distance, angle) as CSV or JSON.
+    Export(ExportArgs),
+    /// The demo on the embedded default data: generates the phantom if missing, creates (or
+    /// reopens) the `demo` session, runs it and writes its report.
     Demo {
-        /// Where the demo phantom lives (default: the data folder, see `suggestive info`).
+        /// Run without the interactive interface (the only mode until the TUI lands).
         #[arg(long)]
-        data: Option<PathBuf>,
+        headless: bool,
+        #[command(flatten)]
+        dirs: SessionsDir,
     },
 }
 
@@ -108,6 +114,31 @@ struct StatusArgs {
     session: String,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    dirs: SessionsDir,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    session: String,
+    /// Output folder (default: SESSION/report).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: SessionsDir,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    session: String,
+    #[arg(long, value_enum)]
+    arm: Option<session::config::Arm>,
+    /// Only this round (1-based).
+    #[arg(long)]
+    round: Option<usize>,
+    /// FILE.csv or FILE.json
+    #[arg(long)]
+    out: PathBuf,
     #[command(flatten)]
     dirs: SessionsDir,
 }
@@ -235,7 +266,9 @@ fn main() -> ExitCode {
         Command::New(a) => cmd_new(a),
         Command::Run(a) => cmd_run(a),
         Command::Status(a) => cmd_status(a),
-        Command::Demo { data } => cmd_demo(data),
+        Command::Report(a) => cmd_report(a),
+        Command::Export(a) => cmd_export(a),
+        Command::Demo { headless: _, dirs } => cmd_demo(dirs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -450,51 +483,26 @@ fn cmd_info(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_demo(data: Option<PathBuf>) -> Result<()> {
-    let dir = data.unwrap_or_else(|| paths::data_dir().join("demo-phantom"));
-    if !dir.join(phantom::MANIFEST).exists() {
-        eprintln!("generating the demo phantom in {}", dir.display());
-        run_phantom(&phantom::demo_config(), &dir)?;
+fn cmd_demo(dirs: SessionsDir) -> Result<()> {
+    let data = paths::data_dir().join("demo-phantom");
+    if !data.join(phantom::MANIFEST).exists() {
+        eprintln!("generating the demo phantom in {}", data.display());
+        run_phantom(&phantom::demo_config(), &data)?;
     }
-    let args = DatasetArgs {
-        dir: dir.clone(),
-        prep: PrepArgs {
-            modalities: "flair,t1,t1ce,t2".into(),
-            downsample: 1,
-            pad_to: None,
-            drop_first: 2,
-            drop_last: 3,
-            no_zscore: false,
-        },
-        skip_bad: false,
-        rebuild_cache: false,
-        cache_dir: None,
-        threads: None,
-        verify: false,
-        json: false,
-    };
-    let (ds, report) = load_dataset(&args)?;
-    print!("{}", Summary::new(&ds, &report).to_text());
-    // Preview the case with the largest tumour.
-    let p = ds
-        .patients()
-        .iter()
-        .max_by(|a, b| a.tumour_ml().total_cmp(&b.tumour_ml()))
-        .context("empty data set")?;
-    let pdir = match &p.grade {
-        Some(g) if dir.join(g).join(&p.id).is_dir() => dir.join(g).join(&p.id),
-        _ => dir.join(&p.id),
-    };
-    println!();
-    cmd_preview(PreviewArgs {
-        target: pdir,
-        slice: None,
-        modality: "flair".into(),
-        overlay: false,
-        no_overlay: false,
-        width: 48,
-        protocol: Protocol::Auto,
-        save: None,
+    let dir = dirs.resolve("demo");
+    if !dir.exists() {
+        let s = Session::create(&dir, session::preset("demo")?)?;
+        println!("created session {} at {}", s.name(), dir.display());
+    }
+    cmd_run(RunArgs {
+        session: dir.display().to_string(),
+        jsonl: false,
+        dirs: SessionsDir { sessions_dir: None },
+    })?;
+    cmd_report(ReportArgs {
+        session: dir.display().to_string(),
+        out: None,
+        dirs: SessionsDir { sessions_dir: None },
     })
 }
 
@@ -687,5 +695,42 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn cmd_report(a: ReportArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    if s.state.results.is_empty() {
+        bail!("session {} has no results yet; run it first", s.name());
+    }
+    let report = session::report::Report::new(&s.config, &s.state);
+    let out = a.out.unwrap_or_else(|| dir.join("report"));
+    let files = report.write(&s.config, &out)?;
+    print!("{}", report.markdown());
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    let ds = s.load_dataset(false, &paths::dataset_cache_root())?;
+    let rows = session::export::rows(&s, &ds, a.arm, a.round);
+    if rows.is_empty() {
+        bail!(
+            "session {} has no picks{}",
+            s.name(),
+            if a.arm.is_some() || a.round.is_some() {
+                " matching --arm/--round"
+            } else {
+                " yet"
+            }
+        );
+    }
+    session::export::write(&rows, &a.out)?;
+    println!("wrote {} picks to {}", rows.len(), a.out.display());
     Ok(())
 }

@@ -73,7 +73,7 @@ fn help_describes_every_command() {
             &["--slice", "--modality", "--overlay", "--protocol", "--save"],
         ),
         ("info", &["--json"]),
-        ("demo", &["--data"]),
+        ("demo", &["--headless", "--sessions-dir"]),
     ];
     for (cmd, flags) in expect {
         let out = run(&[cmd, "--help"], tmp.path());

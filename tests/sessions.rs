@@ -378,3 +378,111 @@ fn new_run_status_through_the_command_line() {
         "{t}"
     );
 }
+
+#[test]
+fn report_and_export_write_what_they_promise() {
+    let env = Env::new();
+    let cfg = tiny_session_config(
+        &env.data,
+        &[
+            "experiment.repeats=2",
+            "experiment.granularity=\"image\"",
+            "experiment.initial=6",
+            "experiment.per_round=3",
+        ],
+    );
+    let dir = env.root.join("sessions").join("rep");
+    Session::create(&dir, cfg).unwrap();
+    let out = env.cmd(&["report", "rep"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no results yet"));
+    let out = env.cmd(&["run", "rep"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rep = env.root.join("rep-report");
+    let out = env
+        .cmd(&["report", "rep", "--out", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| annotated slices | random | proposed | oracle |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| 6 (initial) |") && table.contains("| 12 |"),
+        "{table}"
+    );
+    let csv = std::fs::read_to_string(rep.join("results.csv")).unwrap();
+    // 2 repeats × 3 arms × (initial + 2 rounds) rows, plus the header.
+    assert_eq!(csv.lines().count(), 1 + 2 * 3 * 3, "{csv}");
+    assert!(csv.starts_with("arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["summary"].as_array().unwrap().len(), 3 * 3);
+    assert_eq!(json["paired"].as_array().unwrap().len(), 2);
+    assert_eq!(json["paired"][0]["repeats"], 2);
+    let png = image::open(rep.join("dice_vs_budget.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(png.dimensions(), (900, 560));
+    // The proposed arm's colour (Okabe–Ito blue) is on the plot.
+    assert!(png.pixels().any(|p| p.0 == [0, 114, 178]));
+    let svg = std::fs::read_to_string(rep.join("dice_vs_budget.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("proposed") && svg.contains("annotated slices"));
+
+    let file = env.root.join("picks.csv");
+    let out = env
+        .cmd(&[
+            "export",
+            "rep",
+            "--arm",
+            "proposed",
+            "--round",
+            "2",
+            "--out",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(&file).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2 * 3, "{csv}"); // 2 repeats × 3 picks
+    for r in rows {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!(f[0], "proposed");
+        assert!(f[5].starts_with("BraTS19_"), "{r}");
+        assert!(
+            !f[6].is_empty() && !f[7].is_empty(),
+            "slice and context expected: {r}"
+        );
+        assert!(f[8].parse::<f64>().is_ok(), "distance expected: {r}");
+    }
+    let json = env.root.join("picks.json");
+    let out = env
+        .cmd(&["export", "rep", "--out", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2 * 3 * 2 * 3); // repeats × arms × rounds × picks
+    let out = env
+        .cmd(&["export", "rep", "--out", "picks.txt"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".csv or .json"));
+}

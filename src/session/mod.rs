@@ -13,7 +13,10 @@
 
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod plan;
+pub mod pool;
+pub mod report;
 pub mod run;
 pub mod state;
 pub mod store;

@@ -19,8 +19,9 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Arm, Granularity, Scenario, SessionConfig};
-use super::events::{Event, Phase, PickView};
+use super::events::{Event, Phase};
 use super::plan::{plan, seed_for, stages, Step};
+use super::pool::Pool;
 use super::state::{DatasetStamp, DirectionSummary, PickRecord, RepeatData, ResultRow};
 use super::store::{commit_file, EventLog, Lock};
 use super::Session;
@@ -297,31 +298,20 @@ impl Runner {
             .collect()
     }
 
-    /// Slices of the pool, in pool order (image-wise samples are indices into this).
+    fn pool(&self, repeat: usize) -> Pool<'_> {
+        Pool::new(
+            &self.ds,
+            &self.session.state.repeats[repeat],
+            self.session.config.experiment.granularity,
+        )
+    }
+
     fn pool_slices(&self, repeat: usize) -> Vec<usize> {
-        self.patient_slices(&self.session.state.repeats[repeat].train)
+        self.pool(repeat).slices().to_vec()
     }
 
-    fn pool_size(&self, repeat: usize) -> usize {
-        match self.cfg().experiment.granularity {
-            Granularity::Patient => self.session.state.repeats[repeat].train.len(),
-            Granularity::Image => self.pool_slices(repeat).len(),
-        }
-    }
-
-    /// The slices of pool samples.
     fn sample_slices(&self, repeat: usize, samples: &[usize]) -> Vec<usize> {
-        let rd = &self.session.state.repeats[repeat];
-        match self.cfg().experiment.granularity {
-            Granularity::Patient => samples
-                .iter()
-                .flat_map(|&s| self.ds.patients()[rd.train[s]].slice_range())
-                .collect(),
-            Granularity::Image => {
-                let pool = self.pool_slices(repeat);
-                samples.iter().map(|&s| pool[s]).collect()
-            }
-        }
+        self.pool(repeat).sample_slices(samples)
     }
 
     /// Labelled samples of `arm` after `round` rounds (round 0: the shared initial set).
@@ -394,7 +384,7 @@ impl Runner {
             .repeats
             .resize(repeat + 1, RepeatData::default());
         self.session.state.repeats[repeat] = rd.clone();
-        let pool = self.pool_size(repeat);
+        let pool = self.pool(repeat).len();
         let need = stages(&cfg)
             .iter()
             .map(|s| s.initial + s.rounds.iter().sum::<usize>())
@@ -719,7 +709,7 @@ impl Runner {
         let k = stages(&cfg)[stage].rounds[round - 1];
         let labelled = self.labelled(repeat, stage, Some(arm), round - 1);
         let taken: HashSet<usize> = labelled.iter().copied().collect();
-        let pool = self.pool_size(repeat);
+        let pool = self.pool(repeat).len();
         let image = cfg.experiment.granularity == Granularity::Image;
         let key = Step::Select {
             repeat,
@@ -823,16 +813,10 @@ impl Runner {
                 picks.len()
             );
         }
-        let tumour_picks = picks
-            .iter()
-            .filter(|p| {
-                self.sample_slices(repeat, &[p.sample])
-                    .iter()
-                    .any(|&s| self.ds.mask(s).iter().any(|&m| m != 0))
-            })
-            .count();
+        let pool = self.pool(repeat);
+        let tumour_picks = picks.iter().filter(|p| pool.has_tumour(p.sample)).count();
         let fallbacks = picks.iter().filter(|p| p.fallback).count();
-        let views = picks.iter().map(|p| self.pick_view(repeat, p)).collect();
+        let views = picks.iter().map(|p| pool.pick_view(p)).collect();
         self.session.state.picks.push(PickRecord {
             repeat,
             stage,
@@ -856,46 +840,6 @@ impl Runner {
             sink,
         );
         Ok(())
-    }
-
-    /// A pick as a person reads it: patient ID and, image-wise, the slice within the patient.
-    pub fn pick_view(&self, repeat: usize, p: &Pick) -> PickView {
-        let rd = &self.session.state.repeats[repeat];
-        let (patient, slice) = match self.cfg().experiment.granularity {
-            Granularity::Patient => (self.ds.patients()[rd.train[p.sample]].id.clone(), None),
-            Granularity::Image => {
-                let global = self.pool_slices(repeat)[p.sample];
-                let info = self.ds.patient_of(global);
-                (info.id.clone(), Some(global - info.first_slice))
-            }
-        };
-        PickView {
-            patient,
-            slice,
-            distance: p.distance,
-            angle_deg: p.angle_deg,
-            fallback: p.fallback,
-            dice: p.score,
-        }
-    }
-
-    /// Slices an annotator looks at for `samples`: image-wise each slice with its two neighbours
-    /// (same patient), patient-wise every slice of each patient.
-    fn viewed(&self, repeat: usize, samples: &[usize]) -> usize {
-        let slices = self.sample_slices(repeat, samples);
-        if self.cfg().experiment.granularity == Granularity::Patient {
-            return slices.len();
-        }
-        let mut seen = HashSet::new();
-        for s in slices {
-            let r = self.ds.patient_of(s).slice_range();
-            for n in [s.wrapping_sub(1), s, s + 1] {
-                if r.contains(&n) {
-                    seen.insert(n);
-                }
-            }
-        }
-        seen.len()
     }
 
     fn evaluate(
@@ -932,7 +876,7 @@ impl Runner {
                 arm,
                 round,
                 annotated: labelled.len(),
-                viewed: self.viewed(repeat, &labelled),
+                viewed: self.pool(repeat).viewed(&labelled),
                 dice_mean: mean,
                 dice_sd: sd,
                 dice: dice.clone(),

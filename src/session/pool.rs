@@ -1,0 +1,125 @@
+//! The pool of a repeat: which slices make up each annotation sample (a patient, or one slice),
+//! and how a sample reads to a person.
+
+use std::collections::HashSet;
+
+use super::config::Granularity;
+use super::events::PickView;
+use super::state::RepeatData;
+use crate::data::Dataset;
+use crate::engine::select::Pick;
+
+pub struct Pool<'a> {
+    pub ds: &'a Dataset,
+    pub repeat: &'a RepeatData,
+    pub granularity: Granularity,
+    /// Slices of the training patients, in pool order (image-wise samples index this).
+    slices: Vec<usize>,
+}
+
+impl<'a> Pool<'a> {
+    pub fn new(ds: &'a Dataset, repeat: &'a RepeatData, granularity: Granularity) -> Pool<'a> {
+        let slices = repeat
+            .train
+            .iter()
+            .flat_map(|&p| ds.patients()[p].slice_range())
+            .collect();
+        Pool {
+            ds,
+            repeat,
+            granularity,
+            slices,
+        }
+    }
+
+    /// All slices of the pool.
+    pub fn slices(&self) -> &[usize] {
+        &self.slices
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match self.granularity {
+            Granularity::Patient => self.repeat.train.len(),
+            Granularity::Image => self.slices.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slices of some samples.
+    pub fn sample_slices(&self, samples: &[usize]) -> Vec<usize> {
+        match self.granularity {
+            Granularity::Patient => samples
+                .iter()
+                .flat_map(|&s| self.ds.patients()[self.repeat.train[s]].slice_range())
+                .collect(),
+            Granularity::Image => samples.iter().map(|&s| self.slices[s]).collect(),
+        }
+    }
+
+    /// Whether a sample contains tumour.
+    pub fn has_tumour(&self, sample: usize) -> bool {
+        self.sample_slices(&[sample])
+            .iter()
+            .any(|&s| self.ds.mask(s).iter().any(|&m| m != 0))
+    }
+
+    /// A pick as a person reads it: patient ID and, image-wise, the slice within the patient.
+    pub fn pick_view(&self, p: &Pick) -> PickView {
+        let (patient, slice) = match self.granularity {
+            Granularity::Patient => (
+                self.ds.patients()[self.repeat.train[p.sample]].id.clone(),
+                None,
+            ),
+            Granularity::Image => {
+                let global = self.slices[p.sample];
+                let info = self.ds.patient_of(global);
+                (info.id.clone(), Some(global - info.first_slice))
+            }
+        };
+        PickView {
+            patient,
+            slice,
+            distance: p.distance,
+            angle_deg: p.angle_deg,
+            fallback: p.fallback,
+            dice: p.score,
+        }
+    }
+
+    /// The context slices shown with an image-wise pick: its neighbours within the patient.
+    pub fn context(&self, sample: usize) -> Vec<usize> {
+        if self.granularity == Granularity::Patient {
+            return Vec::new();
+        }
+        let s = self.slices[sample];
+        let info = self.ds.patient_of(s);
+        [s.wrapping_sub(1), s + 1]
+            .into_iter()
+            .filter(|n| info.slice_range().contains(n))
+            .map(|n| n - info.first_slice)
+            .collect()
+    }
+
+    /// Slices an annotator looks at: image-wise each slice with its two neighbours (same
+    /// patient), patient-wise every slice of each patient.
+    pub fn viewed(&self, samples: &[usize]) -> usize {
+        let slices = self.sample_slices(samples);
+        if self.granularity == Granularity::Patient {
+            return slices.len();
+        }
+        let mut seen = HashSet::new();
+        for s in slices {
+            let r = self.ds.patient_of(s).slice_range();
+            for n in [s.wrapping_sub(1), s, s + 1] {
+                if r.contains(&n) {
+                    seen.insert(n);
+                }
+            }
+        }
+        seen.len()
+    }
+}

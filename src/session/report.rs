@@ -1,0 +1,366 @@
+//! `suggestive report`: results per arm, repeat and round as CSV and JSON, a summary over
+//! repeats, the paired difference proposed − random, and a plot of test Dice against the
+//! annotation budget (PNG and SVG).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::config::{Arm, Granularity, Protocol, SessionConfig};
+use super::state::SessionState;
+use crate::engine::eval::mean_sd;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub arm: Arm,
+    pub repeat: usize,
+    pub stage: usize,
+    pub round: usize,
+    pub annotated: usize,
+    pub viewed: usize,
+    pub dice_mean: f64,
+    pub dice_sd: f64,
+    pub collapsed: bool,
+}
+
+/// One arm at one budget, over repeats.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryRow {
+    pub arm: Arm,
+    pub stage: usize,
+    pub round: usize,
+    pub annotated: usize,
+    pub viewed: f64,
+    pub repeats: usize,
+    /// Mean over repeats of the per-repeat mean test Dice.
+    pub dice_mean: f64,
+    /// Sd over repeats (with one repeat: the sd over test patients).
+    pub dice_sd: f64,
+}
+
+/// proposed − random at one budget, paired by repeat (same split, initial set and VAE).
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    pub stage: usize,
+    pub round: usize,
+    pub annotated: usize,
+    pub repeats: usize,
+    pub mean_diff: f64,
+    pub sd_diff: f64,
+    pub proposed_wins: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub unit: &'static str,
+    pub rows: Vec<Row>,
+    pub summary: Vec<SummaryRow>,
+    pub paired: Vec<Paired>,
+}
+
+impl Report {
+    pub fn new(cfg: &SessionConfig, state: &SessionState) -> Report {
+        let rows: Vec<Row> = state
+            .results
+            .iter()
+            .map(|r| Row {
+                arm: r.arm,
+                repeat: r.repeat,
+                stage: r.stage,
+                round: r.round,
+                annotated: r.annotated,
+                viewed: r.viewed,
+                dice_mean: r.dice_mean,
+                dice_sd: r.dice_sd,
+                collapsed: r.collapsed,
+            })
+            .collect();
+        let mut groups: BTreeMap<(Arm, usize, usize), Vec<&Row>> = BTreeMap::new();
+        for r in &rows {
+            groups.entry((r.arm, r.stage, r.round)).or_default().push(r);
+        }
+        let summary = groups
+            .iter()
+            .map(|(&(arm, stage, round), rs)| {
+                let means: Vec<f64> = rs.iter().map(|r| r.dice_mean).collect();
+                let (m, sd) = mean_sd(&means);
+                SummaryRow {
+                    arm,
+                    stage,
+                    round,
+                    annotated: rs[0].annotated,
+                    viewed: rs.iter().map(|r| r.viewed as f64).sum::<f64>() / rs.len() as f64,
+                    repeats: rs.len(),
+                    dice_mean: m,
+                    dice_sd: if rs.len() > 1 { sd } else { rs[0].dice_sd },
+                }
+            })
+            .collect();
+        let mut paired = Vec::new();
+        let keys: Vec<(usize, usize)> = groups
+            .keys()
+            .filter(|k| k.0 == Arm::Proposed && k.2 > 0)
+            .map(|k| (k.1, k.2))
+            .collect();
+        for (stage, round) in keys {
+            let (Some(p), Some(r)) = (
+                groups.get(&(Arm::Proposed, stage, round)),
+                groups.get(&(Arm::Random, stage, round)),
+            ) else {
+                continue;
+            };
+            let diffs: Vec<f64> = p
+                .iter()
+                .filter_map(|a| {
+                    r.iter()
+                        .find(|b| b.repeat == a.repeat)
+                        .map(|b| a.dice_mean - b.dice_mean)
+                })
+                .collect();
+            if diffs.is_empty() {
+                continue;
+            }
+            let (m, sd) = mean_sd(&diffs);
+            paired.push(Paired {
+                stage,
+                round,
+                annotated: p[0].annotated,
+                repeats: diffs.len(),
+                mean_diff: m,
+                sd_diff: sd,
+                proposed_wins: diffs.iter().filter(|d| **d > 0.0).count(),
+            });
+        }
+        let unit = match cfg.experiment.granularity {
+            Granularity::Patient => "patients",
+            Granularity::Image => "slices",
+        };
+        Report {
+            unit,
+            rows,
+            summary,
+            paired,
+        }
+    }
+
+    pub fn csv(&self) -> String {
+        let mut s =
+            String::from("arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd,collapsed\n");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{:.6},{:.6},{}",
+                r.arm,
+                r.repeat + 1,
+                r.stage + 1,
+                r.round,
+                r.annotated,
+                r.viewed,
+                r.dice_mean,
+                r.dice_sd,
+                r.collapsed
+            );
+        }
+        s
+    }
+
+    /// The summary as a Markdown table: budgets down, arms across.
+    pub fn markdown(&self) -> String {
+        let arms: Vec<Arm> = {
+            let mut a: Vec<Arm> = self.summary.iter().map(|r| r.arm).collect();
+            a.sort();
+            a.dedup();
+            a
+        };
+        let mut budgets: Vec<(usize, usize, usize)> = self
+            .summary
+            .iter()
+            .map(|r| (r.stage, r.round, r.annotated))
+            .collect();
+        budgets.sort();
+        budgets.dedup();
+        let mut s = format!("| annotated {} |", self.unit);
+        for a in &arms {
+            let _ = write!(s, " {a} |");
+        }
+        s += " proposed − random (wins) |\n|---|";
+        s += &"---|".repeat(arms.len() + 1);
+        s += "\n";
+        for (stage, round, n) in budgets {
+            let _ = write!(s, "| {n}{} |", if round == 0 { " (initial)" } else { "" });
+            for a in &arms {
+                match self
+                    .summary
+                    .iter()
+                    .find(|r| r.arm == *a && r.stage == stage && r.round == round)
+                {
+                    Some(r) => {
+                        let _ = write!(s, " {:.3} ± {:.3} |", r.dice_mean, r.dice_sd);
+                    }
+                    None => s += " |",
+                }
+            }
+            match self
+                .paired
+                .iter()
+                .find(|p| p.stage == stage && p.round == round)
+            {
+                Some(p) => {
+                    let _ = writeln!(
+                        s,
+                        " {:+.3} ± {:.3} ({}/{}) |",
+                        p.mean_diff, p.sd_diff, p.proposed_wins, p.repeats
+                    );
+                }
+                None => s += " |\n",
+            }
+        }
+        s
+    }
+
+    /// Writes results.csv, results.json, dice_vs_budget.png and .svg into `out`.
+    pub fn write(&self, cfg: &SessionConfig, out: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let csv = out.join("results.csv");
+        super::store::write_atomic(&csv, self.csv().as_bytes())?;
+        let json = out.join("results.json");
+        super::store::write_atomic(&json, &serde_json::to_vec_pretty(self)?)?;
+        let png = out.join("dice_vs_budget.png");
+        let svg = out.join("dice_vs_budget.svg");
+        register_font();
+        let series = self.series(cfg);
+        draw(
+            BitMapBackend::new(&png, (900, 560)).into_drawing_area(),
+            &series,
+            self.unit,
+        )
+        .with_context(|| format!("cannot draw {}", png.display()))?;
+        draw(
+            SVGBackend::new(&svg, (900, 560)).into_drawing_area(),
+            &series,
+            self.unit,
+        )
+        .with_context(|| format!("cannot draw {}", svg.display()))?;
+        Ok(vec![csv, json, png, svg])
+    }
+
+    /// Per arm: (annotated, mean, sd) points in budget order. The budgets protocol plots each
+    /// budget's final point; the rounds protocol every round, the shared start included.
+    fn series(&self, cfg: &SessionConfig) -> Vec<(Arm, Vec<(f64, f64, f64)>)> {
+        let mut out: Vec<(Arm, Vec<(f64, f64, f64)>)> = Vec::new();
+        for &arm in &cfg.experiment.arms {
+            let mut pts: Vec<(f64, f64, f64)> = self
+                .summary
+                .iter()
+                .filter(|r| {
+                    r.arm == arm && (cfg.experiment.protocol == Protocol::Rounds || r.round > 0)
+                })
+                .map(|r| (r.annotated as f64, r.dice_mean, r.dice_sd))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            out.push((arm, pts));
+        }
+        out
+    }
+}
+
+/// Okabe–Ito colours, distinguishable with colour-vision deficiency.
+pub fn arm_colour(arm: Arm) -> RGBColor {
+    match arm {
+        Arm::Random => RGBColor(230, 159, 0),
+        Arm::Proposed => RGBColor(0, 114, 178),
+        Arm::Oracle => RGBColor(0, 158, 115),
+    }
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    series: &[(Arm, Vec<(f64, f64, f64)>)],
+    unit: &str,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(e)?;
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .collect();
+    let (x0, x1) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x0, x1) = if xs.is_empty() {
+        (0.0, 1.0)
+    } else if x0 == x1 {
+        (x0 - 1.0, x1 + 1.0)
+    } else {
+        (x0, x1)
+    };
+    let pad = (x1 - x0) * 0.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Test Dice against annotation budget", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x0 - pad)..(x1 + pad), 0.0..1.0)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("annotated {unit}"))
+        .y_desc("test Dice, mean ± sd")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(e)?;
+    for (arm, pts) in series {
+        let c = arm_colour(*arm);
+        if pts.is_empty() {
+            continue;
+        }
+        let mut band: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, (p.1 + p.2).min(1.0))).collect();
+        band.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(0.0))));
+        chart
+            .draw_series(std::iter::once(Polygon::new(band, c.mix(0.18))))
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                c.stroke_width(3),
+            ))
+            .map_err(e)?
+            .label(arm.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 16))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}

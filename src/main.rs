@@ -105,6 +105,9 @@ struct RunArgs {
     /// One JSON event per line on stdout instead of progress output.
     #[arg(long)]
     jsonl: bool,
+    /// cpu, cuda, cuda:N or auto; overrides the session's experiment.device for this run.
+    #[arg(long)]
+    device: Option<String>,
     #[command(flatten)]
     dirs: SessionsDir,
 }
@@ -497,6 +500,7 @@ fn cmd_demo(dirs: SessionsDir) -> Result<()> {
     cmd_run(RunArgs {
         session: dir.display().to_string(),
         jsonl: false,
+        device: None,
         dirs: SessionsDir { sessions_dir: None },
     })?;
     cmd_report(ReportArgs {
@@ -583,7 +587,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let terminal = stderr_is_terminal() && !a.jsonl;
-    let mut runner = Runner::open(s, terminal, &paths::dataset_cache_root())?;
+    let mut runner = Runner::open(
+        s,
+        terminal,
+        &paths::dataset_cache_root(),
+        a.device.as_deref(),
+    )?;
     let control = Control::default();
     signal_hook::flag::register(signal_hook::consts::SIGINT, control.stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;

@@ -30,7 +30,13 @@ fn run_to_end(tmp: &std::path::Path, extra: &[&str]) -> Session {
     let cfg = tiny_session_config(&data, extra);
     let dir = tmp.join(format!("s{}", extra.join("_").replace(['"', '=', '.'], "")));
     Session::create(&dir, cfg).unwrap();
-    let mut runner = Runner::open(Session::open(&dir).unwrap(), false, &tmp.join("cache")).unwrap();
+    let mut runner = Runner::open(
+        Session::open(&dir).unwrap(),
+        false,
+        &tmp.join("cache"),
+        None,
+    )
+    .unwrap();
     let mut events = Vec::new();
     let outcome = runner
         .run(&Control::default(), &mut |e| events.push(e.clone()))
@@ -49,7 +55,10 @@ fn check_records(s: &Session, per_round: usize) {
     let rounds = cfg.experiment.rounds;
     assert_eq!(s.state.results.len(), arms.len() * (rounds + 1));
     for r in &s.state.results {
-        assert!((0.0..=1.0).contains(&r.dice_mean), "{r:?}");
+        assert!(
+            (0.0..=1.0).contains(&r.dice_mean) && (0.0..=1.0).contains(&r.slice_dice_mean),
+            "{r:?}"
+        );
         assert_eq!(r.annotated, cfg.experiment.initial + r.round * per_round);
         assert!(r.viewed >= r.annotated);
     }

@@ -26,6 +26,7 @@ pub struct Row {
     pub viewed: usize,
     pub dice_mean: f64,
     pub dice_sd: f64,
+    pub slice_dice_mean: f64,
     pub collapsed: bool,
 }
 
@@ -78,6 +79,7 @@ impl Report {
                 viewed: r.viewed,
                 dice_mean: r.dice_mean,
                 dice_sd: r.dice_sd,
+                slice_dice_mean: r.slice_dice_mean,
                 collapsed: r.collapsed,
             })
             .collect();
@@ -155,7 +157,7 @@ impl Report {
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{:.6},{:.6},{}",
+                "{},{},{},{},{},{},{:.6},{:.6},{:.6},{}",
                 r.arm,
                 r.repeat + 1,
                 r.stage + 1,
@@ -164,6 +166,7 @@ impl Report {
                 r.viewed,
                 r.dice_mean,
                 r.dice_sd,
+                r.slice_dice_mean,
                 r.collapsed
             );
         }

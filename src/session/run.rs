@@ -59,7 +59,13 @@ const EVAL_BATCH: usize = 32;
 
 impl Runner {
     /// Takes the session's lock and loads its data set (through the cache under `cache_root`).
-    pub fn open(session: Session, progress: bool, cache_root: &Path) -> Result<Runner> {
+    /// `device` overrides the session's configured device for this run.
+    pub fn open(
+        session: Session,
+        progress: bool,
+        cache_root: &Path,
+        device: Option<&str>,
+    ) -> Result<Runner> {
         let lock = Lock::acquire(&session.dir)?;
         let ds = session.load_dataset(progress, cache_root)?;
         let stamp = DatasetStamp {
@@ -78,7 +84,7 @@ impl Runner {
             ),
             _ => {}
         }
-        let device = device::parse_device(&session.config.experiment.device)?;
+        let device = device::parse_device(device.unwrap_or(&session.config.experiment.device))?;
         device::check_device(device)?;
         let log = EventLog::open(&session.dir)?;
         let plan = plan(&session.config);
@@ -854,6 +860,7 @@ impl Runner {
         let test = self.session.state.repeats[repeat].test.clone();
         let mut total_pred = 0;
         let mut dice = Vec::new();
+        let mut slice_dice = Vec::new();
         for &p in &test {
             let slices: Vec<usize> = self.ds.patients()[p].slice_range().collect();
             let ov = eval::slice_overlaps(net, &self.ds, &slices, self.device, EVAL_BATCH);
@@ -866,8 +873,11 @@ impl Runner {
                 });
             total_pred += o.pred;
             dice.push(o.dice());
+            // Slice Dice only where there is tumour to find (it is degenerate elsewhere).
+            slice_dice.extend(ov.iter().filter(|o| o.truth > 0).map(|o| o.dice()));
         }
         let (mean, sd) = eval::mean_sd(&dice);
+        let slice_dice_mean = eval::mean_sd(&slice_dice).0;
         for &arm in arms {
             let labelled = self.labelled(repeat, stage, Some(arm), round);
             let row = ResultRow {
@@ -880,6 +890,7 @@ impl Runner {
                 dice_mean: mean,
                 dice_sd: sd,
                 dice: dice.clone(),
+                slice_dice_mean,
                 collapsed: total_pred == 0,
             };
             let ev = Event::Evaluated {

@@ -67,6 +67,9 @@ pub struct ResultRow {
     pub dice_sd: f64,
     /// Per test patient, in test-set order.
     pub dice: Vec<f64>,
+    /// Mean 2D Dice over the test slices that contain tumour.
+    #[serde(default)]
+    pub slice_dice_mean: f64,
     /// The model predicts no tumour anywhere on the test set (a collapsed run).
     pub collapsed: bool,
 }

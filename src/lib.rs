@@ -6,6 +6,7 @@
 //! - [`preview`]: one slice as an image, printed inline in the terminal.
 //! - [`engine`]: the networks, training, evaluation and the three suggestion strategies.
 //! - [`session`]: resumable experiment folders and the runner that executes them.
+//! - [`tui`]: the interactive terminal interface (session browser and live dashboard).
 //! - [`torch_info`]: what libtorch this binary runs on.
 
 pub mod data;
@@ -15,3 +16,4 @@ pub mod phantom;
 pub mod preview;
 pub mod session;
 pub mod torch_info;
+pub mod tui;

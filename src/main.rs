@@ -54,12 +54,17 @@ enum Command {
     Report(ReportArgs),
     /// The suggested samples (patient, slice, context slices, distance, angle) as CSV or JSON.
     Export(ExportArgs),
+    /// The interactive interface: a session browser, or SESSION's live dashboard.
+    Tui(TuiArgs),
     /// The demo on the embedded default data: generates the phantom if missing, creates (or
-    /// reopens) the `demo` session, runs it and writes its report.
+    /// reopens) the `demo` session and opens it in the TUI (`--headless`: runs it and writes its
+    /// report).
     Demo {
-        /// Run without the interactive interface (the only mode until the TUI lands).
+        /// Run and report without the interactive interface.
         #[arg(long)]
         headless: bool,
+        #[command(flatten)]
+        ui: UiArgs,
         #[command(flatten)]
         dirs: SessionsDir,
     },
@@ -117,6 +122,30 @@ struct StatusArgs {
     session: String,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    dirs: SessionsDir,
+}
+
+#[derive(Args)]
+struct UiArgs {
+    /// Colour theme: dark, light, high-contrast, colorblind, a user theme in
+    /// ~/.config/suggestive/themes, or a TOML file.
+    #[arg(long, default_value = "dark")]
+    theme: String,
+    /// How images are drawn: auto asks the terminal (kitty, sixel, iTerm2), else half-blocks.
+    #[arg(long, value_enum, default_value_t = suggestive::tui::ImageProtocol::Auto)]
+    images: suggestive::tui::ImageProtocol,
+    /// cpu, cuda, cuda:N or auto; overrides the session's device.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args)]
+struct TuiArgs {
+    /// Session name or path (without: the session browser).
+    session: Option<String>,
+    #[command(flatten)]
+    ui: UiArgs,
     #[command(flatten)]
     dirs: SessionsDir,
 }
@@ -271,7 +300,8 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd_status(a),
         Command::Report(a) => cmd_report(a),
         Command::Export(a) => cmd_export(a),
-        Command::Demo { headless: _, dirs } => cmd_demo(dirs),
+        Command::Tui(a) => cmd_tui(a),
+        Command::Demo { headless, ui, dirs } => cmd_demo(headless, ui, dirs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -486,7 +516,27 @@ fn cmd_info(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_demo(dirs: SessionsDir) -> Result<()> {
+fn cmd_tui(a: TuiArgs) -> Result<()> {
+    let sessions_dir = a
+        .dirs
+        .sessions_dir
+        .clone()
+        .unwrap_or_else(session::default_sessions_dir);
+    let session = a.session.as_deref().map(|s| a.dirs.resolve(s));
+    if let Some(s) = &session {
+        Session::open(s)?; // a clear error before the terminal is taken over
+    }
+    suggestive::tui::run(suggestive::tui::TuiOptions {
+        session,
+        sessions_dir,
+        cache_root: paths::dataset_cache_root(),
+        theme: a.ui.theme,
+        images: a.ui.images,
+        device: a.ui.device,
+    })
+}
+
+fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
     let data = paths::data_dir().join("demo-phantom");
     if !data.join(phantom::MANIFEST).exists() {
         eprintln!("generating the demo phantom in {}", data.display());
@@ -497,10 +547,17 @@ fn cmd_demo(dirs: SessionsDir) -> Result<()> {
         let s = Session::create(&dir, session::preset("demo")?)?;
         println!("created session {} at {}", s.name(), dir.display());
     }
+    if !headless {
+        return cmd_tui(TuiArgs {
+            session: Some(dir.display().to_string()),
+            ui,
+            dirs,
+        });
+    }
     cmd_run(RunArgs {
         session: dir.display().to_string(),
         jsonl: false,
-        device: None,
+        device: ui.device,
         dirs: SessionsDir { sessions_dir: None },
     })?;
     cmd_report(ReportArgs {

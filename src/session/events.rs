@@ -20,6 +20,9 @@ pub enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PickView {
+    /// Pool index of the picked sample, and of the labelled sample whose gradient led to it.
+    pub sample: usize,
+    pub source: Option<usize>,
     /// Patient ID.
     pub patient: String,
     /// Image-wise: the slice (index within the patient's kept slices).

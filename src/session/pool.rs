@@ -81,6 +81,8 @@ impl<'a> Pool<'a> {
             }
         };
         PickView {
+            sample: p.sample,
+            source: p.source,
             patient,
             slice,
             distance: p.distance,

@@ -107,6 +107,20 @@ impl Runner {
         &self.session
     }
 
+    pub fn dataset(&self) -> &Dataset {
+        &self.ds
+    }
+
+    /// The picks of a record as a person reads them.
+    pub fn views(&self, rec: &PickRecord) -> Vec<super::events::PickView> {
+        let pool = self.pool(rec.repeat);
+        rec.picks.iter().map(|p| pool.pick_view(p)).collect()
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     fn cfg(&self) -> &SessionConfig {
         &self.session.config
     }

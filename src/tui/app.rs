@@ -1,0 +1,518 @@
+//! The dashboard's state: built from session messages, changed by keys. No drawing and no I/O
+//! here, so scripted events can drive it in tests.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use image::RgbImage;
+
+use super::latent::{pca_axes, Projection};
+use super::worker::{Command, Message, PreviewReply, PreviewRequest};
+use crate::session::config::{Arm, SessionConfig};
+use crate::session::events::{Event, Phase, PickView};
+use crate::session::run::Outcome;
+use crate::session::state::{PickRecord, ResultRow, SessionState};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    Loading,
+    Paused,
+    Running,
+    Stopping,
+    Finished,
+    Failed(String),
+}
+
+impl RunState {
+    pub fn label(&self) -> &str {
+        match self {
+            RunState::Loading => "loading",
+            RunState::Paused => "paused",
+            RunState::Running => "running",
+            RunState::Stopping => "stopping at the next safe point",
+            RunState::Finished => "finished",
+            RunState::Failed(_) => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProgress {
+    pub index: usize,
+    pub phase: Phase,
+    pub arm: Option<Arm>,
+    pub description: String,
+    pub epoch: usize,
+    pub epochs: usize,
+    pub loss: Option<f64>,
+    pub started: Instant,
+}
+
+impl StepProgress {
+    /// Time left, from the mean epoch time so far.
+    pub fn eta(&self, now: Instant) -> Option<Duration> {
+        if self.epoch == 0 || self.epochs == 0 {
+            return None;
+        }
+        let per = now.duration_since(self.started).as_secs_f64() / self.epoch as f64;
+        Some(Duration::from_secs_f64(
+            per * (self.epochs - self.epoch) as f64,
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Overview,
+    Latent,
+    Preview,
+    Log,
+}
+
+pub struct Dashboard {
+    pub session: String,
+    pub config: Option<SessionConfig>,
+    pub device: String,
+    pub run: RunState,
+    pub steps_done: usize,
+    pub steps_total: usize,
+    pub step: Option<StepProgress>,
+    pub results: Vec<ResultRow>,
+    pub picks: Vec<(PickRecord, Vec<PickView>)>,
+    pub arm_index: usize,
+    pub pick_index: usize,
+    pub channel: usize,
+    pub latents: Option<(usize, Vec<Vec<f64>>)>,
+    /// The shared initial set of the repeat shown in the latent view.
+    pub initial: Vec<usize>,
+    pub projection: Option<Projection>,
+    pub zoom: f64,
+    pub pan: (f64, f64),
+    pub preview: Option<(PreviewRequest, RgbImage, String)>,
+    pub log: VecDeque<(bool, String)>,
+    pub help: bool,
+    pub tab: Tab,
+    pub quit: bool,
+    /// Set when the selection changed and a new preview should be asked for.
+    pub want_preview: bool,
+    pub want_latents: Option<usize>,
+    /// The full-data reference Dice, when known (shown as a line on the chart).
+    pub reference_dice: Option<f64>,
+}
+
+const LOG_LINES: usize = 200;
+
+impl Dashboard {
+    pub fn new(session: String) -> Dashboard {
+        Dashboard {
+            session,
+            config: None,
+            device: String::new(),
+            run: RunState::Loading,
+            steps_done: 0,
+            steps_total: 0,
+            step: None,
+            results: Vec::new(),
+            picks: Vec::new(),
+            arm_index: 0,
+            pick_index: 0,
+            channel: 0,
+            latents: None,
+            initial: Vec::new(),
+            projection: None,
+            zoom: 1.0,
+            pan: (0.0, 0.0),
+            preview: None,
+            log: VecDeque::new(),
+            help: false,
+            tab: Tab::Overview,
+            quit: false,
+            want_preview: false,
+            want_latents: None,
+            reference_dice: None,
+        }
+    }
+
+    pub fn log(&mut self, error: bool, line: impl Into<String>) {
+        self.log.push_back((error, line.into()));
+        while self.log.len() > LOG_LINES {
+            self.log.pop_front();
+        }
+    }
+
+    pub fn arms(&self) -> Vec<Arm> {
+        self.config
+            .as_ref()
+            .map(|c| c.experiment.arms.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn selected_arm(&self) -> Option<Arm> {
+        self.arms().get(self.arm_index).copied()
+    }
+
+    /// The latest pick record of the selected arm.
+    pub fn current_picks(&self) -> Option<&(PickRecord, Vec<PickView>)> {
+        let arm = self.selected_arm()?;
+        self.picks.iter().rev().find(|(r, _)| r.arm == arm)
+    }
+
+    /// "round k of R" of the latest evaluation.
+    pub fn round_label(&self) -> String {
+        let rounds = self.config.as_ref().map(|c| match c.experiment.protocol {
+            crate::session::config::Protocol::Rounds => c.experiment.rounds,
+            crate::session::config::Protocol::Budgets => 1,
+        });
+        let k = self.results.last().map(|r| r.round).unwrap_or(0);
+        match rounds {
+            Some(r) => format!("round {k} of {r}"),
+            None => String::new(),
+        }
+    }
+
+    pub fn on_message(&mut self, msg: Message) {
+        match msg {
+            Message::Loaded {
+                config,
+                state,
+                views,
+                device,
+                steps_total,
+            } => {
+                self.load_state(*config, *state, views);
+                self.device = device;
+                self.steps_total = steps_total;
+                self.run = if self.steps_done >= steps_total {
+                    RunState::Finished
+                } else {
+                    RunState::Paused
+                };
+                self.log(
+                    false,
+                    format!(
+                        "opened {} on {}: {}/{} steps done",
+                        self.session, self.device, self.steps_done, steps_total
+                    ),
+                );
+            }
+            Message::Event(e) => self.on_event(e),
+            Message::Idle(Outcome::Finished) => {
+                self.run = RunState::Finished;
+                self.step = None;
+            }
+            Message::Idle(Outcome::Stopped) => {
+                self.run = RunState::Paused;
+            }
+            Message::Failed(e) => {
+                self.log(true, format!("error: {e}"));
+                self.run = RunState::Failed(e);
+            }
+        }
+    }
+
+    fn load_state(
+        &mut self,
+        config: SessionConfig,
+        state: SessionState,
+        views: Vec<Vec<PickView>>,
+    ) {
+        self.steps_done = state.done;
+        self.results = state.results.clone();
+        self.picks = state.picks.into_iter().zip(views).collect();
+        self.config = Some(config);
+        if !state.repeats.is_empty() && state.done > 2 {
+            self.want_latents = Some(self.picks.last().map(|(r, _)| r.repeat).unwrap_or(0));
+        }
+        self.want_preview = self.current_picks().is_some();
+    }
+
+    pub fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Started {
+                steps_done,
+                steps_total,
+                device,
+                ..
+            } => {
+                self.steps_done = steps_done;
+                self.steps_total = steps_total;
+                self.device = device;
+            }
+            Event::StepStarted {
+                index,
+                phase,
+                arm,
+                description,
+                ..
+            } => {
+                self.steps_done = index;
+                self.log(false, description.clone());
+                self.step = Some(StepProgress {
+                    index,
+                    phase,
+                    arm,
+                    description,
+                    epoch: 0,
+                    epochs: 0,
+                    loss: None,
+                    started: Instant::now(),
+                });
+            }
+            Event::EpochDone {
+                epoch,
+                epochs,
+                loss,
+                ..
+            } => {
+                if let Some(s) = self.step.as_mut() {
+                    s.epoch = epoch;
+                    s.epochs = epochs;
+                    s.loss = Some(loss);
+                }
+            }
+            Event::PicksMade {
+                repeat,
+                stage,
+                arm,
+                round,
+                picks,
+                fallbacks,
+                tumour_picks,
+            } => {
+                let names: Vec<String> = picks
+                    .iter()
+                    .map(|p| {
+                        p.patient.clone() + &p.slice.map(|s| format!("#{s}")).unwrap_or_default()
+                    })
+                    .collect();
+                self.log(false, format!("{arm} round {round}: {} ({tumour_picks} with tumour, {fallbacks} fallbacks)", names.join(", ")));
+                let rec = PickRecord {
+                    repeat,
+                    stage,
+                    arm,
+                    round,
+                    picks: Vec::new(),
+                    fallbacks,
+                    tumour_picks,
+                    directions: None,
+                };
+                self.picks.push((rec, picks));
+                // Latents exist once picks are made; refresh the scatter and the preview.
+                if self
+                    .latents
+                    .as_ref()
+                    .map(|(r, _)| *r != repeat)
+                    .unwrap_or(true)
+                {
+                    self.want_latents = Some(repeat);
+                }
+                if Some(arm) == self.selected_arm() {
+                    self.pick_index = 0;
+                    self.want_preview = true;
+                }
+            }
+            Event::Evaluated {
+                repeat,
+                stage,
+                arm,
+                round,
+                annotated,
+                viewed,
+                dice_mean,
+                dice_sd,
+                collapsed,
+            } => {
+                self.log(false, format!("{arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if collapsed { " (collapsed)" } else { "" }));
+                self.results.push(ResultRow {
+                    repeat,
+                    stage,
+                    arm,
+                    round,
+                    annotated,
+                    viewed,
+                    dice_mean,
+                    dice_sd,
+                    dice: Vec::new(),
+                    slice_dice_mean: 0.0,
+                    collapsed,
+                });
+                // The VAE's latents exist by the first evaluation of a repeat.
+                if self
+                    .latents
+                    .as_ref()
+                    .map(|(r, _)| *r != repeat)
+                    .unwrap_or(true)
+                {
+                    self.want_latents = Some(repeat);
+                }
+            }
+            Event::Stopped { steps_done, .. } => {
+                self.steps_done = steps_done;
+                self.log(false, format!("paused after {steps_done} steps"));
+            }
+            Event::Finished { steps_total } => {
+                self.steps_done = steps_total;
+                self.log(false, "finished");
+            }
+            Event::Error { message } => self.log(true, format!("error: {message}")),
+        }
+    }
+
+    /// The full pick records may lack sample indices (picks from live events carry views only);
+    /// the preview request needs them, so it is built from the state the session saved.
+    pub fn on_preview(&mut self, reply: PreviewReply) {
+        match reply {
+            PreviewReply::Image {
+                request,
+                image,
+                caption,
+            } => self.preview = Some((request, image, caption)),
+            PreviewReply::Latents {
+                repeat,
+                latents,
+                initial,
+            } => {
+                self.initial = initial;
+                let (mean, axes) = pca_axes(&latents);
+                if self.projection.is_none()
+                    || matches!(self.projection, Some(Projection::Pca { .. }))
+                {
+                    self.projection = Some(Projection::Pca { mean, axes });
+                }
+                self.latents = Some((repeat, latents));
+            }
+            PreviewReply::Failed(e) => self.log(true, format!("preview: {e}")),
+        }
+    }
+
+    /// Handles a key; returns a command for the session worker, if any.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Command> {
+        if self.help {
+            self.help = false;
+            return None;
+        }
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('c') if ctrl => {
+                self.quit = true;
+                return Some(Command::Quit);
+            }
+            KeyCode::Char('q') | KeyCode::Esc => {
+                self.quit = true;
+                return Some(Command::Quit);
+            }
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Char('n') | KeyCode::Char(' ') if self.can_start() => {
+                self.run = RunState::Running;
+                return Some(Command::Step);
+            }
+            KeyCode::Char('r') if self.can_start() => {
+                self.run = RunState::Running;
+                return Some(Command::RunAll);
+            }
+            KeyCode::Char('p') if self.run == RunState::Running => {
+                self.run = RunState::Stopping;
+                return Some(Command::Pause);
+            }
+            KeyCode::Right | KeyCode::Char('l') => self.move_pick(1),
+            KeyCode::Left | KeyCode::Char('h') => self.move_pick(-1),
+            KeyCode::Tab | KeyCode::Char('a') => {
+                let n = self.arms().len().max(1);
+                self.arm_index = (self.arm_index + 1) % n;
+                self.pick_index = 0;
+                self.want_preview = true;
+            }
+            KeyCode::BackTab => {
+                let n = self.arms().len().max(1);
+                self.arm_index = (self.arm_index + n - 1) % n;
+                self.pick_index = 0;
+                self.want_preview = true;
+            }
+            KeyCode::Char('m') => {
+                let c = self
+                    .config
+                    .as_ref()
+                    .map(|c| c.dataset.modalities.len())
+                    .unwrap_or(1);
+                self.channel = (self.channel + 1) % c.max(1);
+                self.want_preview = true;
+            }
+            KeyCode::Char('d') => self.cycle_projection(),
+            KeyCode::Char('+') | KeyCode::Char('=') => self.zoom = (self.zoom * 1.5).min(50.0),
+            KeyCode::Char('-') => self.zoom = (self.zoom / 1.5).max(1.0),
+            KeyCode::Char('0') => {
+                self.zoom = 1.0;
+                self.pan = (0.0, 0.0);
+            }
+            KeyCode::Char('H') => self.pan.0 -= 0.1 / self.zoom,
+            KeyCode::Char('L') => self.pan.0 += 0.1 / self.zoom,
+            KeyCode::Char('K') => self.pan.1 += 0.1 / self.zoom,
+            KeyCode::Char('J') => self.pan.1 -= 0.1 / self.zoom,
+            KeyCode::Char('1') => self.tab = Tab::Overview,
+            KeyCode::Char('2') => self.tab = Tab::Latent,
+            KeyCode::Char('3') => self.tab = Tab::Preview,
+            KeyCode::Char('4') => self.tab = Tab::Log,
+            _ => {}
+        }
+        None
+    }
+
+    fn can_start(&self) -> bool {
+        matches!(self.run, RunState::Paused | RunState::Failed(_))
+    }
+
+    fn move_pick(&mut self, d: isize) {
+        let n = self.current_picks().map(|(_, v)| v.len()).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        self.pick_index = (self.pick_index as isize + d).rem_euclid(n as isize) as usize;
+        self.want_preview = true;
+    }
+
+    /// PCA → (z1, z2) → (z1, z3) … → PCA.
+    fn cycle_projection(&mut self) {
+        let Some((_, latents)) = &self.latents else {
+            return;
+        };
+        let d = latents.first().map(|v| v.len()).unwrap_or(0);
+        let pairs: Vec<(usize, usize)> = (0..d)
+            .flat_map(|a| (a + 1..d).map(move |b| (a, b)))
+            .collect();
+        self.projection = Some(match &self.projection {
+            Some(Projection::Pca { .. }) | None => match pairs.first() {
+                Some(&(a, b)) => Projection::Dims(a, b),
+                None => return,
+            },
+            Some(Projection::Dims(a, b)) => match pairs
+                .iter()
+                .position(|p| *p == (*a, *b))
+                .and_then(|i| pairs.get(i + 1))
+            {
+                Some(&(a, b)) => Projection::Dims(a, b),
+                None => {
+                    let (mean, axes) = pca_axes(latents);
+                    Projection::Pca { mean, axes }
+                }
+            },
+        });
+    }
+}
+
+impl Dashboard {
+    /// The preview the current selection asks for.
+    pub fn preview_request(&self) -> Option<PreviewRequest> {
+        let (rec, views) = self.current_picks()?;
+        let v = views.get(self.pick_index)?;
+        Some(PreviewRequest {
+            repeat: rec.repeat,
+            stage: rec.stage,
+            arm: rec.arm,
+            round: rec.round,
+            sample: v.sample,
+            source: v.source,
+            channel: self.channel,
+        })
+    }
+}

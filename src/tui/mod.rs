@@ -1,0 +1,236 @@
+//! The interactive terminal interface: a session browser and a live dashboard.
+//!
+//! Threads (as gitui and trippy do it): the UI thread owns the terminal and the `Dashboard`
+//! state; an input thread forwards terminal events; the session worker runs the engine; the
+//! preview worker renders images. All meet in one `select!` over channels; the UI redraws only
+//! after something happened (at most ~30 frames a second), and sleeps otherwise.
+
+pub mod app;
+pub mod browser;
+pub mod latent;
+pub mod theme;
+pub mod ui;
+pub mod worker;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use crossbeam_channel::{select, Receiver};
+use crossterm::event::{Event as TermEvent, KeyEventKind};
+use ratatui_image::picker::{Picker, ProtocolType};
+
+use app::{Dashboard, RunState};
+use browser::{Action, Browser};
+use theme::Theme;
+use ui::ImageState;
+use worker::{PreviewJob, SessionWorker};
+
+/// How images are drawn in the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageProtocol {
+    /// Ask the terminal (kitty, sixel, iTerm2), half-blocks when it answers nothing.
+    Auto,
+    Halfblocks,
+    Sixel,
+    Kitty,
+    Iterm2,
+}
+
+pub struct TuiOptions {
+    pub session: Option<PathBuf>,
+    pub sessions_dir: PathBuf,
+    pub cache_root: PathBuf,
+    pub theme: String,
+    pub images: ImageProtocol,
+    pub device: Option<String>,
+}
+
+const FRAME: Duration = Duration::from_millis(33);
+
+pub fn run(opts: TuiOptions) -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        bail!("`suggestive tui` needs a terminal, and stdout is not one; for scripts and batch jobs use `suggestive run SESSION` (add --jsonl for machine-readable events)");
+    }
+    let picker = make_picker(opts.images);
+    let (theme, theme_msg) = Theme::load(&opts.theme, theme::truecolor_terminal());
+    // ratatui::init enters raw mode and the alternate screen, and installs a panic hook that
+    // restores the terminal before the panic message is printed.
+    let mut terminal = ratatui::init();
+    let keys = spawn_input();
+    let result = (|| -> Result<()> {
+        let mut target = opts.session.clone();
+        let mut browser = Browser::new(opts.sessions_dir.clone());
+        browser.message = theme_msg.clone();
+        loop {
+            let dir = match target.take() {
+                Some(d) => d,
+                None => loop {
+                    terminal.draw(|f| browser.draw(f, &theme))?;
+                    match keys.recv() {
+                        Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
+                            match browser.on_key(k) {
+                                Some(Action::Open(d)) => break d,
+                                Some(Action::Quit) => return Ok(()),
+                                None => {}
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return Ok(()),
+                    }
+                },
+            };
+            let back_to_browser = dashboard(
+                &mut terminal,
+                &keys,
+                dir,
+                &opts,
+                &theme,
+                theme_msg.as_deref(),
+                &picker,
+            )?;
+            if !back_to_browser {
+                return Ok(());
+            }
+            browser.refresh();
+        }
+    })();
+    ratatui::restore();
+    result
+}
+
+fn make_picker(p: ImageProtocol) -> Picker {
+    let mut picker = match p {
+        ImageProtocol::Halfblocks => Picker::halfblocks(),
+        // Asking the terminal must happen before raw mode and the alternate screen.
+        _ => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+    };
+    match p {
+        ImageProtocol::Sixel => picker.set_protocol_type(ProtocolType::Sixel),
+        ImageProtocol::Kitty => picker.set_protocol_type(ProtocolType::Kitty),
+        ImageProtocol::Iterm2 => picker.set_protocol_type(ProtocolType::Iterm2),
+        _ => {}
+    }
+    picker
+}
+
+fn spawn_input() -> Receiver<TermEvent> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            while let Ok(ev) = crossterm::event::read() {
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn the input thread");
+    rx
+}
+
+/// Runs the dashboard of one session. Returns true to go back to the browser.
+fn dashboard(
+    terminal: &mut ratatui::DefaultTerminal,
+    keys: &Receiver<TermEvent>,
+    dir: PathBuf,
+    opts: &TuiOptions,
+    theme: &Theme,
+    theme_msg: Option<&str>,
+    picker: &Picker,
+) -> Result<bool> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (msg_tx, msgs) = crossbeam_channel::unbounded();
+    let mut worker = SessionWorker::start(
+        dir.clone(),
+        opts.cache_root.clone(),
+        opts.device.clone(),
+        msg_tx,
+    );
+    let (job_tx, jobs) = crossbeam_channel::unbounded();
+    let (reply_tx, replies) = crossbeam_channel::unbounded();
+    let _preview = worker::start_preview_worker(dir, opts.cache_root.clone(), jobs, reply_tx);
+    let mut app = Dashboard::new(name);
+    if let Some(m) = theme_msg {
+        app.log(true, m);
+    }
+    let mut img = ImageState::default();
+    let mut shown_preview = None;
+    let mut dirty = true;
+    let mut last_draw = Instant::now() - FRAME;
+    loop {
+        if let Some(r) = app.want_latents.take() {
+            let _ = job_tx.send(PreviewJob::Latents(r));
+        }
+        if std::mem::take(&mut app.want_preview) {
+            if let Some(req) = app.preview_request() {
+                let _ = job_tx.send(PreviewJob::Image(req));
+            }
+        }
+        if app.preview.as_ref().map(|p| &p.0) != shown_preview.as_ref() {
+            // Encoding for the terminal happens once per new image, not per frame.
+            shown_preview = app.preview.as_ref().map(|p| p.0.clone());
+            img.protocol = app.preview.as_ref().map(|(_, i, _)| {
+                picker.new_resize_protocol(image::DynamicImage::ImageRgb8(i.clone()))
+            });
+        }
+        if dirty && last_draw.elapsed() >= FRAME {
+            terminal.draw(|f| ui::draw(f, &app, theme, &mut img))?;
+            dirty = false;
+            last_draw = Instant::now();
+        }
+        if app.quit {
+            app.run = RunState::Stopping;
+            terminal.draw(|f| ui::draw(f, &app, theme, &mut img))?;
+            worker.shutdown();
+            return Ok(false);
+        }
+        // Sleep until something happens; wake for a pending redraw, and once a second while
+        // training so the ETA moves.
+        let timeout = if dirty {
+            FRAME.saturating_sub(last_draw.elapsed())
+        } else if app.run == RunState::Running {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(3600)
+        };
+        select! {
+            recv(keys) -> k => match k {
+                Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
+                    if let Some(cmd) = app.on_key(k) {
+                        worker.send(cmd);
+                    }
+                    dirty = true;
+                }
+                Ok(TermEvent::Resize(..)) => dirty = true,
+                Ok(_) => {}
+                Err(_) => app.quit = true,
+            },
+            recv(msgs) -> m => {
+                if let Ok(m) = m {
+                    app.on_message(m);
+                    // Drain what else is queued before drawing: events can come in bursts.
+                    for m in msgs.try_iter().take(256) {
+                        app.on_message(m);
+                    }
+                }
+                dirty = true;
+            },
+            recv(replies) -> r => {
+                if let Ok(r) = r {
+                    app.on_preview(r);
+                }
+                dirty = true;
+            },
+            default(timeout) => {
+                if app.run == RunState::Running {
+                    dirty = true;
+                }
+            },
+        }
+    }
+}

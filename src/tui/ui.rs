@@ -1,0 +1,697 @@
+//! Drawing the dashboard: one function per panel (trippy's style), from the `Dashboard` state.
+
+use std::time::Instant;
+
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::canvas::{Canvas, Line as CLine, Points};
+use ratatui::widgets::{
+    Axis, Block, Borders, Chart, Clear, Dataset, Gauge, GraphType, List, ListItem, Paragraph, Tabs,
+    Wrap,
+};
+use ratatui::Frame;
+use ratatui_image::protocol::StatefulProtocol;
+use ratatui_image::{Resize, StatefulImage};
+
+use super::app::{Dashboard, RunState, Tab};
+use super::theme::Theme;
+use crate::session::config::{Arm, Granularity};
+
+/// The rendered preview, kept between frames (encoding an image is the costly part).
+#[derive(Default)]
+pub struct ImageState {
+    pub protocol: Option<StatefulProtocol>,
+}
+
+fn block<'a>(title: &'a str, t: &Theme) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(Style::default().fg(t.border))
+        .title(Span::styled(
+            format!(" {title} "),
+            Style::default().fg(t.accent).add_modifier(Modifier::BOLD),
+        ))
+}
+
+/// Wide terminals get every panel at once; small ones (80×24) a tab per panel.
+pub fn is_wide(area: Rect) -> bool {
+    area.width >= 110 && area.height >= 32
+}
+
+pub fn draw(f: &mut Frame, app: &Dashboard, t: &Theme, img: &mut ImageState) {
+    let area = f.area();
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Length(1),
+            Constraint::Min(0),
+            Constraint::Length(1),
+        ])
+        .split(area);
+    header(f, rows[0], app, t);
+    footer(f, rows[2], app, t);
+    if is_wide(area) {
+        let body = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints([
+                Constraint::Percentage(40),
+                Constraint::Percentage(45),
+                Constraint::Percentage(15),
+            ])
+            .split(rows[1]);
+        let top = Layout::default()
+            .direction(Direction::Horizontal)
+            .constraints([Constraint::Percentage(35), Constraint::Percentage(65)])
+            .split(body[0]);
+        let mid = Layout::default()
+            .direction(Direction::Horizontal)
+            .constraints([Constraint::Percentage(45), Constraint::Percentage(55)])
+            .split(body[1]);
+        progress(f, top[0], app, t);
+        dice_chart(f, top[1], app, t);
+        scatter(f, mid[0], app, t);
+        preview(f, mid[1], app, t, img);
+        log(f, body[2], app, t);
+    } else {
+        let parts = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints([Constraint::Length(1), Constraint::Min(0)])
+            .split(rows[1]);
+        let titles = ["1 overview", "2 latent", "3 preview", "4 log"];
+        let sel = match app.tab {
+            Tab::Overview => 0,
+            Tab::Latent => 1,
+            Tab::Preview => 2,
+            Tab::Log => 3,
+        };
+        f.render_widget(
+            Tabs::new(titles)
+                .select(sel)
+                .style(Style::default().fg(t.dim))
+                .highlight_style(
+                    Style::default()
+                        .fg(t.highlight)
+                        .add_modifier(Modifier::BOLD),
+                ),
+            parts[0],
+        );
+        match app.tab {
+            Tab::Overview => {
+                let o = Layout::default()
+                    .direction(Direction::Vertical)
+                    .constraints([Constraint::Length(7), Constraint::Min(0)])
+                    .split(parts[1]);
+                progress(f, o[0], app, t);
+                dice_chart(f, o[1], app, t);
+            }
+            Tab::Latent => scatter(f, parts[1], app, t),
+            Tab::Preview => preview(f, parts[1], app, t, img),
+            Tab::Log => log(f, parts[1], app, t),
+        }
+    }
+    if app.help {
+        help(f, area, t);
+    }
+}
+
+fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let setting = app
+        .config
+        .as_ref()
+        .map(|c| {
+            format!(
+                "{:?} · {:?}",
+                c.experiment.scenario, c.experiment.granularity
+            )
+            .to_lowercase()
+        })
+        .unwrap_or_default();
+    let state_style = match app.run {
+        RunState::Failed(_) => Style::default().fg(t.error).add_modifier(Modifier::BOLD),
+        RunState::Running => Style::default()
+            .fg(t.highlight)
+            .add_modifier(Modifier::BOLD),
+        _ => Style::default().fg(t.text),
+    };
+    let line = Line::from(vec![
+        Span::styled(
+            " suggestive ",
+            Style::default().fg(t.accent).add_modifier(Modifier::BOLD),
+        ),
+        Span::styled(
+            format!("{} ", app.session),
+            Style::default().fg(t.text).add_modifier(Modifier::BOLD),
+        ),
+        Span::styled(
+            format!(
+                "· {setting} · {} · {} · ",
+                app.round_label(),
+                if app.device.is_empty() {
+                    "…"
+                } else {
+                    &app.device
+                }
+            ),
+            Style::default().fg(t.dim),
+        ),
+        Span::styled(app.run.label().to_string(), state_style),
+        Span::styled(
+            format!(
+                " · step {}/{}",
+                app.steps_done.min(app.steps_total),
+                app.steps_total
+            ),
+            Style::default().fg(t.dim),
+        ),
+    ]);
+    f.render_widget(Paragraph::new(line), area);
+}
+
+fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let keys = match app.run {
+        RunState::Running => "p pause · ←/→ picks · tab arm · m modality · ? help · q quit",
+        _ => {
+            "n next round · r run all · ←/→ picks · tab arm · m modality · d axes · ? help · q quit"
+        }
+    };
+    f.render_widget(
+        Paragraph::new(Span::styled(format!(" {keys}"), Style::default().fg(t.dim))),
+        area,
+    );
+}
+
+fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let b = block("Work in progress", t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let mut lines = Vec::new();
+    let ratio;
+    match &app.step {
+        Some(s) if app.run == RunState::Running || app.run == RunState::Stopping => {
+            let arm = s
+                .arm
+                .map(|a| a.name().to_string())
+                .unwrap_or_else(|| "shared".into());
+            lines.push(Line::from(vec![
+                Span::styled("arm   ", Style::default().fg(t.dim)),
+                Span::styled(
+                    arm,
+                    Style::default().fg(s.arm.map(|a| t.arm(a)).unwrap_or(t.text)),
+                ),
+            ]));
+            lines.push(Line::from(vec![
+                Span::styled("phase ", Style::default().fg(t.dim)),
+                Span::styled(
+                    format!("{:?}", s.phase).to_lowercase(),
+                    Style::default().fg(t.text),
+                ),
+            ]));
+            let loss = s
+                .loss
+                .map(|l| format!("{l:.4}"))
+                .unwrap_or_else(|| "–".into());
+            lines.push(Line::from(vec![
+                Span::styled("epoch ", Style::default().fg(t.dim)),
+                Span::styled(
+                    format!("{}/{}  loss {loss}", s.epoch, s.epochs),
+                    Style::default().fg(t.text),
+                ),
+            ]));
+            lines.push(Line::from(Span::styled(
+                s.description.clone(),
+                Style::default().fg(t.dim),
+            )));
+            ratio = if s.epochs > 0 {
+                s.epoch as f64 / s.epochs as f64
+            } else {
+                0.0
+            };
+        }
+        _ => {
+            let msg = match &app.run {
+                RunState::Loading => "loading the session and its data…".to_string(),
+                RunState::Finished => "all steps done. r: nothing left to run; q: quit".to_string(),
+                RunState::Failed(e) => format!("the worker stopped: {e}"),
+                _ => "paused. n: run the next round · r: run to the end".to_string(),
+            };
+            let style = if matches!(app.run, RunState::Failed(_)) {
+                Style::default().fg(t.error)
+            } else {
+                Style::default().fg(t.text)
+            };
+            lines.push(Line::from(Span::styled(msg, style)));
+            ratio = if app.steps_total > 0 {
+                app.steps_done as f64 / app.steps_total as f64
+            } else {
+                0.0
+            };
+        }
+    }
+    let h = inner.height.saturating_sub(1);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: true }),
+        Rect { height: h, ..inner },
+    );
+    if inner.height > 0 {
+        let eta = app
+            .step
+            .as_ref()
+            .and_then(|s| s.eta(Instant::now()))
+            .map(|d| format!(" · eta {}s", d.as_secs()))
+            .unwrap_or_default();
+        let label = format!("{:.0}%{eta}", ratio * 100.0);
+        let g = Gauge::default()
+            .gauge_style(Style::default().fg(t.gauge))
+            .ratio(ratio.clamp(0.0, 1.0))
+            .label(label);
+        f.render_widget(
+            g,
+            Rect {
+                y: inner.y + inner.height - 1,
+                height: 1,
+                ..inner
+            },
+        );
+    }
+}
+
+/// Per arm: (annotated, mean, sd) over repeats, in budget order.
+pub fn curves(app: &Dashboard) -> Vec<(Arm, Vec<(f64, f64, f64)>)> {
+    let mut out = Vec::new();
+    for arm in app.arms() {
+        let mut by_budget: std::collections::BTreeMap<(usize, usize), Vec<f64>> =
+            std::collections::BTreeMap::new();
+        for r in app.results.iter().filter(|r| r.arm == arm) {
+            by_budget
+                .entry((r.annotated, r.stage))
+                .or_default()
+                .push(r.dice_mean);
+        }
+        let pts = by_budget
+            .into_iter()
+            .map(|((n, _), v)| {
+                let (m, sd) = crate::engine::eval::mean_sd(&v);
+                (n as f64, m, if v.len() > 1 { sd } else { 0.0 })
+            })
+            .collect();
+        out.push((arm, pts));
+    }
+    out
+}
+
+fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let curves = curves(app);
+    let unit = match app.config.as_ref().map(|c| c.experiment.granularity) {
+        Some(Granularity::Image) => "slices",
+        _ => "patients",
+    };
+    let xs: Vec<f64> = curves
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .collect();
+    let (x0, x1) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x0, x1) = if xs.is_empty() {
+        (0.0, 1.0)
+    } else if x0 == x1 {
+        (x0 - 1.0, x1 + 1.0)
+    } else {
+        (x0, x1)
+    };
+    // Owned point lists: the mean line, and the spread over repeats as dotted lines.
+    let mut series: Vec<(Arm, Vec<(f64, f64)>, bool)> = Vec::new();
+    for (arm, pts) in &curves {
+        series.push((*arm, pts.iter().map(|p| (p.0, p.1)).collect(), true));
+        if pts.iter().any(|p| p.2 > 0.0) {
+            series.push((
+                *arm,
+                pts.iter().map(|p| (p.0, (p.1 + p.2).min(1.0))).collect(),
+                false,
+            ));
+            series.push((
+                *arm,
+                pts.iter().map(|p| (p.0, (p.1 - p.2).max(0.0))).collect(),
+                false,
+            ));
+        }
+    }
+    let reference: Vec<(f64, f64)> = app
+        .reference_dice
+        .map(|r| vec![(x0, r), (x1, r)])
+        .unwrap_or_default();
+    let mut datasets: Vec<Dataset> = series
+        .iter()
+        .map(|(arm, pts, main)| {
+            let d = Dataset::default()
+                .data(pts)
+                .graph_type(GraphType::Line)
+                .style(Style::default().fg(t.arm(*arm)));
+            if *main {
+                d.name(arm.name()).marker(Marker::Braille)
+            } else {
+                d.marker(Marker::Dot)
+            }
+        })
+        .collect();
+    if !reference.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("full data")
+                .data(&reference)
+                .graph_type(GraphType::Line)
+                .marker(Marker::Dot)
+                .style(Style::default().fg(t.dim)),
+        );
+    }
+    let chart = Chart::new(datasets)
+        .block(block("Test Dice vs annotation budget", t))
+        .x_axis(
+            Axis::default()
+                .title(Span::styled(
+                    format!("annotated {unit}"),
+                    Style::default().fg(t.dim),
+                ))
+                .bounds([x0, x1])
+                .labels(vec![
+                    Span::raw(format!("{x0:.0}")),
+                    Span::raw(format!("{x1:.0}")),
+                ])
+                .style(Style::default().fg(t.dim)),
+        )
+        .y_axis(
+            Axis::default()
+                .title(Span::styled("Dice", Style::default().fg(t.dim)))
+                .bounds([0.0, 1.0])
+                .labels(vec![Span::raw("0"), Span::raw("0.5"), Span::raw("1")])
+                .style(Style::default().fg(t.dim)),
+        )
+        .legend_position(Some(ratatui::widgets::LegendPosition::BottomRight))
+        .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)));
+    f.render_widget(chart, area);
+}
+
+fn scatter(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let title = format!(
+        "Latent space · {}",
+        app.projection
+            .as_ref()
+            .map(|p| p.label())
+            .unwrap_or_else(|| "PCA".into())
+    );
+    let b = block(&title, t);
+    let (Some((repeat, latents)), Some(proj)) = (&app.latents, &app.projection) else {
+        f.render_widget(
+            Paragraph::new(Span::styled(
+                "latents appear once the VAE is trained",
+                Style::default().fg(t.dim),
+            ))
+            .block(b),
+            area,
+        );
+        return;
+    };
+    let pts: Vec<(f64, f64)> = latents.iter().map(|z| proj.project(z)).collect();
+    let (mut xmin, mut xmax, mut ymin, mut ymax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN, f64::MAX, f64::MIN), |a, p| {
+            (a.0.min(p.0), a.1.max(p.0), a.2.min(p.1), a.3.max(p.1))
+        });
+    if pts.is_empty() {
+        (xmin, xmax, ymin, ymax) = (-1.0, 1.0, -1.0, 1.0);
+    }
+    let (cx, cy) = (
+        (xmin + xmax) / 2.0 + app.pan.0 * (xmax - xmin),
+        (ymin + ymax) / 2.0 + app.pan.1 * (ymax - ymin),
+    );
+    let (hw, hh) = (
+        ((xmax - xmin) / 2.0).max(1e-9) * 1.05 / app.zoom,
+        ((ymax - ymin) / 2.0).max(1e-9) * 1.05 / app.zoom,
+    );
+    let labelled = &app.initial;
+    let picks: Vec<(Arm, Vec<(usize, Option<usize>)>)> = app
+        .arms()
+        .into_iter()
+        .map(|a| {
+            (
+                a,
+                app.picks
+                    .iter()
+                    .filter(|(r, _)| r.arm == a && r.repeat == *repeat)
+                    .flat_map(|(_, v)| v.iter().map(|p| (p.sample, p.source)))
+                    .collect(),
+            )
+        })
+        .collect();
+    let selected = app
+        .current_picks()
+        .and_then(|(r, v)| v.get(app.pick_index).map(|p| (r.arm, p.clone())));
+    let cone = app
+        .config
+        .as_ref()
+        .map(|c| c.selection.cone_degrees)
+        .unwrap_or(45.0)
+        .to_radians();
+    let canvas = Canvas::default()
+        .block(b)
+        .marker(Marker::Braille)
+        .x_bounds([cx - hw, cx + hw])
+        .y_bounds([cy - hh, cy + hh])
+        .paint(|ctx| {
+            ctx.draw(&Points {
+                coords: &pts,
+                color: t.pool,
+            });
+            ctx.layer();
+            let lab: Vec<(f64, f64)> = labelled
+                .iter()
+                .filter_map(|&i| pts.get(i).copied())
+                .collect();
+            ctx.draw(&Points {
+                coords: &lab,
+                color: t.labelled,
+            });
+            for (arm, ps) in &picks {
+                let c: Vec<(f64, f64)> = ps
+                    .iter()
+                    .filter_map(|(i, _)| pts.get(*i).copied())
+                    .collect();
+                ctx.draw(&Points {
+                    coords: &c,
+                    color: t.arm(*arm),
+                });
+            }
+            if let Some((arm, p)) = &selected {
+                if let (Some(&to), Some(from)) = (
+                    pts.get(p.sample),
+                    p.source.and_then(|s| pts.get(s).copied()),
+                ) {
+                    // The gradient direction itself is tiny (α = 1e-4): draw the line from the
+                    // source to the pick and the search cone's edges around it.
+                    ctx.draw(&CLine {
+                        x1: from.0,
+                        y1: from.1,
+                        x2: to.0,
+                        y2: to.1,
+                        color: t.arm(*arm),
+                    });
+                    let (dx, dy) = (to.0 - from.0, to.1 - from.1);
+                    for s in [-1.0, 1.0] {
+                        let (sn, cs) = (s * cone).sin_cos();
+                        ctx.draw(&CLine {
+                            x1: from.0,
+                            y1: from.1,
+                            x2: from.0 + (dx * cs - dy * sn) * 1.5,
+                            y2: from.1 + (dx * sn + dy * cs) * 1.5,
+                            color: t.dim,
+                        });
+                    }
+                }
+                if let Some(&to) = pts.get(p.sample) {
+                    ctx.print(
+                        to.0,
+                        to.1,
+                        Span::styled("◆", Style::default().fg(t.highlight)),
+                    );
+                }
+            }
+        });
+    f.render_widget(canvas, area);
+}
+
+fn preview(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme, img: &mut ImageState) {
+    let modality = app
+        .config
+        .as_ref()
+        .and_then(|c| c.dataset.modalities.get(app.channel))
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let title = match (app.selected_arm(), app.current_picks()) {
+        (Some(arm), Some((rec, v))) if !v.is_empty() => format!(
+            "{arm} pick {}/{} · round {} · {modality}",
+            app.pick_index + 1,
+            v.len(),
+            rec.round
+        ),
+        (Some(arm), _) => format!("{arm}: no picks yet · {modality}"),
+        _ => "Preview".into(),
+    };
+    let b = block(&title, t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let Some((_, v)) = app.current_picks() else {
+        return;
+    };
+    let Some(p) = v.get(app.pick_index) else {
+        return;
+    };
+    let mut info = vec![Span::styled(
+        p.patient.clone(),
+        Style::default().fg(t.text).add_modifier(Modifier::BOLD),
+    )];
+    if let Some(s) = p.slice {
+        info.push(Span::styled(
+            format!(" slice {s}"),
+            Style::default().fg(t.text),
+        ));
+    }
+    if let Some(d) = p.distance {
+        info.push(Span::styled(
+            format!(" · dist {d:.3}"),
+            Style::default().fg(t.dim),
+        ));
+    }
+    if let Some(a) = p.angle_deg {
+        info.push(Span::styled(
+            format!(" · {a:.0}°"),
+            Style::default().fg(t.dim),
+        ));
+    }
+    if p.fallback {
+        info.push(Span::styled(
+            " · fallback",
+            Style::default().fg(t.highlight),
+        ));
+    }
+    if let Some(d) = p.dice {
+        info.push(Span::styled(
+            format!(" · Dice {d:.3}"),
+            Style::default().fg(t.dim),
+        ));
+    }
+    f.render_widget(
+        Paragraph::new(Line::from(info)),
+        Rect { height: 1, ..inner },
+    );
+    let caption = app
+        .preview
+        .as_ref()
+        .map(|(_, _, c)| c.clone())
+        .unwrap_or_default();
+    let legend = Line::from(vec![
+        Span::styled("red", Style::default().fg(t.error)),
+        Span::styled(" truth · ", Style::default().fg(t.dim)),
+        Span::styled("cyan", Style::default().fg(t.accent)),
+        Span::styled(
+            format!(" prediction  {caption}"),
+            Style::default().fg(t.dim),
+        ),
+    ]);
+    if inner.height >= 2 {
+        f.render_widget(
+            Paragraph::new(legend),
+            Rect {
+                y: inner.y + inner.height - 1,
+                height: 1,
+                ..inner
+            },
+        );
+    }
+    if inner.height > 3 {
+        let area = Rect {
+            y: inner.y + 1,
+            height: inner.height - 2,
+            ..inner
+        };
+        if let Some(proto) = img.protocol.as_mut() {
+            // Scale: slices are small (48–256 px); fill the panel, nearest-neighbour keeps pixels crisp.
+            f.render_stateful_widget(
+                StatefulImage::default().resize(Resize::Scale(None)),
+                area,
+                proto,
+            );
+        } else {
+            f.render_widget(
+                Paragraph::new(Span::styled("rendering…", Style::default().fg(t.dim))),
+                area,
+            );
+        }
+    }
+}
+
+fn log(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let h = area.height.saturating_sub(2) as usize;
+    let items: Vec<ListItem> = app
+        .log
+        .iter()
+        .rev()
+        .take(h)
+        .rev()
+        .map(|(err, l)| {
+            ListItem::new(Span::styled(
+                l.clone(),
+                Style::default().fg(if *err { t.error } else { t.text }),
+            ))
+        })
+        .collect();
+    f.render_widget(List::new(items).block(block("Events", t)), area);
+}
+
+pub const KEYS: [(&str, &str); 16] = [
+    ("n, space", "run the next round, then pause"),
+    ("r", "run to the end"),
+    ("p", "pause at the next safe point (end of an epoch)"),
+    ("←/→, h/l", "previous / next pick"),
+    ("tab, a / shift-tab", "next / previous arm"),
+    ("m", "next modality in the preview"),
+    ("d", "latent axes: PCA, then pairs of dimensions"),
+    ("+ / -", "zoom the latent view in / out"),
+    ("H J K L", "pan the latent view"),
+    ("0", "reset zoom and pan"),
+    (
+        "1 2 3 4",
+        "overview / latent / preview / log (small terminals)",
+    ),
+    ("?", "this help (any key closes it)"),
+    ("q, esc", "quit (training stops at the next safe point)"),
+    ("browser: ↑/↓, j/k", "choose a session"),
+    (
+        "browser: enter / c / x",
+        "open / create / delete (asks first)",
+    ),
+    ("ctrl-c", "quit"),
+];
+
+fn help(f: &mut Frame, area: Rect, t: &Theme) {
+    let w = area.width.min(72);
+    let h = (KEYS.len() as u16 + 2).min(area.height);
+    let r = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    let lines: Vec<Line> = KEYS
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:>22}  "), Style::default().fg(t.highlight)),
+                Span::styled(*v, Style::default().fg(t.text)),
+            ])
+        })
+        .collect();
+    f.render_widget(Clear, r);
+    f.render_widget(Paragraph::new(lines).block(block("Keys", t)), r);
+}

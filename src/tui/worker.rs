@@ -1,0 +1,472 @@
+//! Background threads of the TUI. The session worker owns the runner (libtorch tensors are not
+//! Sync, so models live on that thread) and reports plain data; the preview worker renders slice
+//! images and projects latents on request, latest request wins. The UI thread never waits.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use image::{Rgb, RgbImage};
+use tch::nn::VarStore;
+use tch::Kind;
+
+use crate::data::Dataset;
+use crate::engine::nets::UNet;
+use crate::engine::{batch, device};
+use crate::session::config::{Arm, SessionConfig};
+use crate::session::events::{Event, PickView};
+use crate::session::plan::Step;
+use crate::session::pool::Pool;
+use crate::session::run::{Control, Outcome, Runner};
+use crate::session::state::SessionState;
+use crate::session::Session;
+
+/// What the UI asks of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Run until the current round is done for every arm, then pause.
+    Step,
+    /// Run to the end.
+    RunAll,
+    /// Stop at the next safe point (end of an epoch).
+    Pause,
+    /// Stop at the next safe point and end the thread.
+    Quit,
+}
+
+/// What a session reports to the UI.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Loaded {
+        config: Box<SessionConfig>,
+        state: Box<SessionState>,
+        views: Vec<Vec<PickView>>,
+        device: String,
+        steps_total: usize,
+    },
+    Event(Event),
+    /// The run paused (round done, or asked to) or finished.
+    Idle(Outcome),
+    Failed(String),
+}
+
+pub struct SessionWorker {
+    pub commands: Sender<Command>,
+    pub control: Control,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl SessionWorker {
+    pub fn start(
+        dir: PathBuf,
+        cache_root: PathBuf,
+        device: Option<String>,
+        out: Sender<Message>,
+    ) -> SessionWorker {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let control = Control::default();
+        let c = control.clone();
+        let handle = std::thread::Builder::new()
+            .name("session".into())
+            .spawn(move || {
+                if let Err(e) = session_thread(&dir, &cache_root, device.as_deref(), &rx, &c, &out)
+                {
+                    let _ = out.send(Message::Failed(format!("{e:#}")));
+                }
+            })
+            .expect("spawn the session thread");
+        SessionWorker {
+            commands: tx,
+            control,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn send(&self, cmd: Command) {
+        if matches!(cmd, Command::Pause | Command::Quit) {
+            self.control.stop.store(true, Ordering::Relaxed);
+        }
+        let _ = self.commands.send(cmd);
+    }
+
+    /// Asks the thread to stop at its next safe point and waits for it.
+    pub fn shutdown(&mut self) {
+        self.send(Command::Quit);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SessionWorker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn session_thread(
+    dir: &std::path::Path,
+    cache_root: &std::path::Path,
+    device: Option<&str>,
+    rx: &Receiver<Command>,
+    control: &Control,
+    out: &Sender<Message>,
+) -> Result<()> {
+    let session = Session::open(dir)?;
+    let mut runner = Runner::open(session, false, cache_root, device)?;
+    let views = runner
+        .session()
+        .state
+        .picks
+        .iter()
+        .map(|r| runner.views(r))
+        .collect();
+    let steps_total = crate::session::plan::plan(&runner.session().config).len();
+    let _ = out.send(Message::Loaded {
+        config: Box::new(runner.session().config.clone()),
+        state: Box::new(runner.session().state.clone()),
+        views,
+        device: device::describe(runner.device()),
+        steps_total,
+    });
+    let last_arm: Option<Arm> = runner.session().config.experiment.arms.last().copied();
+    while let Ok(cmd) = rx.recv() {
+        let step_mode = match cmd {
+            Command::Quit => return Ok(()),
+            Command::Pause => continue,
+            Command::Step => true,
+            Command::RunAll => false,
+        };
+        control.stop.store(false, Ordering::Relaxed);
+        let stop = control.stop.clone();
+        let outcome = runner.run(control, &mut |ev| {
+            // A round is done when the last arm has been evaluated (round 0: the shared start).
+            if step_mode {
+                if let Event::Evaluated { arm, .. } = ev {
+                    if Some(*arm) == last_arm {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = out.send(Message::Event(ev.clone()));
+        });
+        match outcome {
+            Ok(o) => {
+                let _ = out.send(Message::Idle(o));
+            }
+            Err(e) => {
+                let _ = out.send(Message::Failed(format!("{e:#}")));
+            }
+        }
+        // A Quit that arrived while running ends the thread now.
+        while let Ok(cmd) = rx.try_recv() {
+            if cmd == Command::Quit {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A preview to render: a pick of an arm after a round, with the sample it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviewRequest {
+    pub repeat: usize,
+    pub stage: usize,
+    pub arm: Arm,
+    pub round: usize,
+    pub sample: usize,
+    pub source: Option<usize>,
+    /// Channel index into the session's modalities.
+    pub channel: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum PreviewReply {
+    Image {
+        request: PreviewRequest,
+        image: RgbImage,
+        caption: String,
+    },
+    /// Latents of every pool sample of a repeat (for the scatter).
+    Latents {
+        repeat: usize,
+        latents: Vec<Vec<f64>>,
+        initial: Vec<usize>,
+    },
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum PreviewJob {
+    Image(PreviewRequest),
+    Latents(usize),
+}
+
+/// Renders previews and loads latents off the UI thread. Requests pile up while it works; it
+/// serves the newest one of each kind.
+pub fn start_preview_worker(
+    dir: PathBuf,
+    cache_root: PathBuf,
+    jobs: Receiver<PreviewJob>,
+    out: Sender<PreviewReply>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("preview".into())
+        .spawn(move || {
+            let mut ctx: Option<(Session, Dataset)> = None;
+            while let Ok(first) = jobs.recv() {
+                let mut latest_image = None;
+                let mut latest_latents = None;
+                for job in std::iter::once(first).chain(jobs.try_iter()) {
+                    match job {
+                        PreviewJob::Image(r) => latest_image = Some(r),
+                        PreviewJob::Latents(r) => latest_latents = Some(r),
+                    }
+                }
+                let reply = (|| -> Result<Vec<PreviewReply>> {
+                    // Reopen the session for each batch of jobs: the runner keeps writing its state.
+                    let session = Session::open(&dir)?;
+                    if ctx
+                        .as_ref()
+                        .map(|(s, _)| s.config != session.config)
+                        .unwrap_or(true)
+                    {
+                        let ds = session.load_dataset(false, &cache_root)?;
+                        ctx = Some((Session::open(&dir)?, ds));
+                    }
+                    let (_, ds) = ctx.as_ref().expect("set above");
+                    let mut replies = Vec::new();
+                    if let Some(repeat) = latest_latents {
+                        let initial = crate::session::plan::stages(&session.config)
+                            .first()
+                            .map(|st| st.initial)
+                            .unwrap_or(0);
+                        let order = session
+                            .state
+                            .repeats
+                            .get(repeat)
+                            .map(|r| r.order.iter().take(initial).copied().collect())
+                            .unwrap_or_default();
+                        replies.push(PreviewReply::Latents {
+                            repeat,
+                            latents: sample_latents(&session, ds, repeat)?,
+                            initial: order,
+                        });
+                    }
+                    if let Some(req) = latest_image {
+                        let (image, caption) = render_preview(&session, ds, &req)?;
+                        replies.push(PreviewReply::Image {
+                            request: req,
+                            image,
+                            caption,
+                        });
+                    }
+                    Ok(replies)
+                })();
+                let replies =
+                    reply.unwrap_or_else(|e| vec![PreviewReply::Failed(format!("{e:#}"))]);
+                for r in replies {
+                    if out.send(r).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .expect("spawn the preview thread")
+}
+
+fn sample_latents(s: &Session, ds: &Dataset, repeat: usize) -> Result<Vec<Vec<f64>>> {
+    let path = s.dir.join("latents").join(format!("r{repeat}.safetensors"));
+    let t = tch::Tensor::read_safetensors(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let z = &t
+        .iter()
+        .find(|(n, _)| n == "z")
+        .context("latents without z")?
+        .1;
+    let d = z.size()[1] as usize;
+    let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
+    let rows: Vec<Vec<f64>> = flat.chunks(d).map(|c| c.to_vec()).collect();
+    let rd = s.state.repeats.get(repeat).context("no such repeat yet")?;
+    Ok(match s.config.experiment.granularity {
+        crate::session::config::Granularity::Image => rows,
+        crate::session::config::Granularity::Patient => {
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &p in &rd.train {
+                let n = ds.patients()[p].slices;
+                let mut m = vec![0.0; d];
+                for r in &rows[at..at + n] {
+                    m.iter_mut().zip(r).for_each(|(a, b)| *a += b / n as f64);
+                }
+                out.push(m);
+                at += n;
+            }
+            out
+        }
+    })
+}
+
+/// The slice to show for a sample: image-wise the slice itself; patient-wise its slice with the
+/// most tumour.
+fn display_slice(pool: &Pool, sample: usize) -> usize {
+    let slices = pool.sample_slices(&[sample]);
+    slices
+        .iter()
+        .copied()
+        .max_by_key(|&s| {
+            (
+                pool.ds.mask(s).iter().filter(|&&m| m != 0).count(),
+                std::cmp::Reverse(s),
+            )
+        })
+        .unwrap_or(slices[0])
+}
+
+/// The pick (with its context slices, image-wise) and its source, side by side: the chosen
+/// modality in grey, ground truth outlined in red, the arm's current prediction in cyan.
+fn render_preview(s: &Session, ds: &Dataset, req: &PreviewRequest) -> Result<(RgbImage, String)> {
+    let rd = s
+        .state
+        .repeats
+        .get(req.repeat)
+        .context("no such repeat yet")?;
+    let pool = Pool::new(ds, rd, s.config.experiment.granularity);
+    let centre = display_slice(&pool, req.sample);
+    let info = ds.patient_of(centre);
+    let mut tiles: Vec<usize> = Vec::new();
+    if s.config.experiment.granularity == crate::session::config::Granularity::Image {
+        for n in [centre.wrapping_sub(1), centre, centre + 1] {
+            if info.slice_range().contains(&n) {
+                tiles.push(n);
+            }
+        }
+    } else {
+        tiles.push(centre);
+    }
+    let source = req.source.map(|src| display_slice(&pool, src));
+    let all: Vec<usize> = tiles.iter().copied().chain(source).collect();
+    let pred = predict(s, ds, req, &all).ok();
+    let size = ds.size() as u32;
+    let gap = 2;
+    let mut img = RgbImage::new(all.len() as u32 * (size + gap) - gap, size);
+    for (k, &slice) in all.iter().enumerate() {
+        let x0 = k as u32 * (size + gap);
+        draw_slice(
+            &mut img,
+            x0,
+            ds,
+            slice,
+            req.channel,
+            pred.as_ref().map(|p| &p[k][..]),
+        );
+    }
+    let mut caption = format!("{} slice {}", info.id, centre - info.first_slice);
+    if tiles.len() > 1 {
+        caption += " (with context)";
+    }
+    if let Some(src) = source {
+        let si = ds.patient_of(src);
+        caption += &format!("  ← from {} slice {}", si.id, src - si.first_slice);
+    }
+    Ok((img, caption))
+}
+
+/// Thresholded predictions of the arm's latest model for `slices`.
+fn predict(
+    s: &Session,
+    ds: &Dataset,
+    req: &PreviewRequest,
+    slices: &[usize],
+) -> Result<Vec<Vec<u8>>> {
+    let trained = Step::Train {
+        repeat: req.repeat,
+        stage: req.stage,
+        arm: req.arm,
+        round: req.round,
+    };
+    let ckpt = |step: Step| {
+        s.dir
+            .join("checkpoints")
+            .join(format!("{}.safetensors", step.key()))
+    };
+    let latest = ckpt(trained);
+    let path = if latest.exists() {
+        latest
+    } else if req.round <= 1 {
+        ckpt(Step::Init {
+            repeat: req.repeat,
+            stage: req.stage,
+        })
+    } else {
+        ckpt(Step::Train {
+            repeat: req.repeat,
+            stage: req.stage,
+            arm: req.arm,
+            round: req.round - 1,
+        })
+    };
+    let dev = tch::Device::Cpu;
+    let mut vs = VarStore::new(dev);
+    let net = UNet::new(&vs.root(), ds.channels() as i64, &s.config.unet.net());
+    vs.load(&path)
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    let _g = tch::no_grad_guard();
+    let x = batch::images(ds, slices, dev);
+    let p = net
+        .forward_t(&x, false)
+        .gt(0.0)
+        .to_kind(Kind::Uint8)
+        .reshape([slices.len() as i64, -1]);
+    let flat: Vec<u8> = Vec::try_from(p.reshape([-1]))?;
+    Ok(flat
+        .chunks(ds.size() * ds.size())
+        .map(|c| c.to_vec())
+        .collect())
+}
+
+fn draw_slice(
+    img: &mut RgbImage,
+    x0: u32,
+    ds: &Dataset,
+    slice: usize,
+    channel: usize,
+    pred: Option<&[u8]>,
+) {
+    let n = ds.size();
+    let plane = &ds.image(slice)[channel.min(ds.channels() - 1) * n * n..][..n * n];
+    let vals: Vec<f32> = plane.iter().map(|v| v.to_f32()).collect();
+    let (lo, hi) = (-2.0f32, 3.0f32); // z-scored intensities
+    for y in 0..n {
+        for x in 0..n {
+            let g = (((vals[y * n + x] - lo) / (hi - lo)).clamp(0.0, 1.0) * 255.0) as u8;
+            img.put_pixel(x0 + x as u32, y as u32, Rgb([g, g, g]));
+        }
+    }
+    let outline = |m: &dyn Fn(usize, usize) -> bool, colour: Rgb<u8>, img: &mut RgbImage| {
+        for y in 0..n {
+            for x in 0..n {
+                if m(x, y)
+                    && !(x > 0
+                        && m(x - 1, y)
+                        && x + 1 < n
+                        && m(x + 1, y)
+                        && y > 0
+                        && m(x, y - 1)
+                        && y + 1 < n
+                        && m(x, y + 1))
+                {
+                    img.put_pixel(x0 + x as u32, y as u32, colour);
+                }
+            }
+        }
+    };
+    let truth = ds.mask(slice);
+    if let Some(p) = pred {
+        outline(&|x, y| p[y * n + x] != 0, Rgb([0, 220, 255]), img);
+    }
+    outline(&|x, y| truth[y * n + x] != 0, crate::preview::OUTLINE, img);
+}

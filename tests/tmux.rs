@@ -1,0 +1,157 @@
+//! The real binary in a real terminal (tmux): open a session in the TUI, step through the shared
+//! start and one round, read the screen (Dice values and picks appear), quit, and find the
+//! terminal restored and the session unlocked.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use suggestive::phantom::PhantomLayout;
+use suggestive::session::Session;
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is needed for this test (apt-get install tmux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn screen(name: &str) -> String {
+    tmux(&["capture-pane", "-t", name, "-p"])
+}
+
+fn wait_for(name: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let s = screen(name);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "timed out waiting for {what}; screen:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Kill(String);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.0]);
+    }
+}
+
+#[test]
+fn tui_steps_a_round_in_a_real_terminal_and_restores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tiny_phantom(
+        &root.join("data"),
+        &[("CBICA", 4), ("TCIA", 4)],
+        PhantomLayout::Brats2019,
+        6,
+    );
+    let cfg = tiny_session_config(&data, &["experiment.rounds=1"]);
+    let dir = root.join("sessions/live");
+    Session::create(&dir, cfg).unwrap();
+
+    let name = format!("suggestive-test-{}", std::process::id());
+    let env = |k: &str, v: &Path| format!("{k}={}", v.display());
+    let cmd = format!(
+        "env {} {} {} {} tui live --images halfblocks; echo EXIT:$?; sleep 60",
+        env("SUGGESTIVE_SESSIONS_DIR", &root.join("sessions")),
+        env("SUGGESTIVE_CACHE_DIR", &root.join("cache")),
+        env("SUGGESTIVE_DATA_DIR", &root.join("share")),
+        env!("CARGO_BIN_EXE_suggestive"),
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &name,
+        "-x",
+        "160",
+        "-y",
+        "48",
+        &cmd,
+    ]);
+    let _kill = Kill(name.clone());
+
+    let s = wait_for(&name, "the dashboard", |s| {
+        s.contains("paused") && s.contains("Work in progress")
+    });
+    assert!(
+        s.contains("suggestive live") && s.contains("step 0/"),
+        "{s}"
+    );
+
+    // n: the split, the VAE, the latents and the shared initial UNet, then a pause.
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "the shared start", |s| {
+        s.contains("paused after") && s.contains("oracle round 0")
+    });
+    assert!(s.contains("test Dice 0."), "{s}");
+
+    // n again: round 1 of every arm: picks and Dice appear.
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "round 1", |s| {
+        s.contains("oracle round 1: 3 annotated")
+    });
+    assert!(s.contains("finished"), "{s}");
+    let picks = s
+        .lines()
+        .filter(|l| l.contains("round 1: BraTS19_"))
+        .count();
+    assert!(picks >= 1, "no picks on screen:\n{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.contains("oracle round 1: 3 annotated, test Dice 0.")),
+        "{s}"
+    );
+    assert!(
+        s.contains("pick 1/1"),
+        "the preview panel shows the selected pick:\n{s}"
+    );
+
+    // ? shows the key map; any key closes it.
+    tmux(&["send-keys", "-t", &name, "?"]);
+    wait_for(&name, "the help", |s| {
+        s.contains("run the next round, then pause")
+    });
+    tmux(&["send-keys", "-t", &name, "x"]);
+    wait_for(&name, "the help to close", |s| {
+        !s.contains("run the next round, then pause")
+    });
+
+    // q: the TUI ends, the alternate screen is gone, the shell line is back.
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+    assert!(
+        !s.contains("Work in progress"),
+        "the dashboard is still on screen after quitting:\n{s}"
+    );
+    assert!(!dir.join("lock").exists(), "the session is still locked");
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(st["results"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn tui_refuses_a_non_terminal_and_points_to_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["tui"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs a terminal") && err.contains("suggestive run"),
+        "{err}"
+    );
+}

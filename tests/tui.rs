@@ -1,0 +1,372 @@
+//! The TUI without a terminal: the dashboard driven by scripted engine events (no training),
+//! rendered on ratatui's TestBackend and compared with insta snapshots at 80×24 and 160×48; the
+//! browser; key handling.
+
+mod common;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use suggestive::session::config::Arm;
+use suggestive::session::events::{Event, Phase, PickView};
+use suggestive::session::run::Outcome;
+use suggestive::session::state::SessionState;
+use suggestive::tui::app::{Dashboard, RunState, Tab};
+use suggestive::tui::browser::Browser;
+use suggestive::tui::theme::Theme;
+use suggestive::tui::ui::{self, ImageState};
+use suggestive::tui::worker::{Command, Message, PreviewReply};
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn view(patient: &str, sample: usize, source: Option<usize>, distance: Option<f64>) -> PickView {
+    PickView {
+        sample,
+        source,
+        patient: patient.into(),
+        slice: None,
+        distance,
+        angle_deg: distance.map(|_| 21.0),
+        fallback: false,
+        dice: None,
+    }
+}
+
+/// A dashboard part-way through round 1 of the demo preset: the shared start evaluated, every
+/// arm's picks made, random and proposed evaluated, oracle training.
+fn mid_round() -> Dashboard {
+    let mut app = Dashboard::new("demo".into());
+    let config = suggestive::session::preset("demo").unwrap();
+    app.on_message(Message::Loaded {
+        config: Box::new(config),
+        state: Box::new(SessionState::default()),
+        views: Vec::new(),
+        device: "CPU".into(),
+        steps_total: 32,
+    });
+    app.run = RunState::Running;
+    let events = vec![
+        Event::Started {
+            session: "demo".into(),
+            device: "CPU".into(),
+            steps_done: 0,
+            steps_total: 32,
+        },
+        Event::StepStarted {
+            index: 3,
+            total: 32,
+            phase: Phase::Training,
+            arm: None,
+            description: "repeat 1, stage 1: initial UNet".into(),
+        },
+        Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Random,
+            round: 0,
+            annotated: 4,
+            viewed: 172,
+            dice_mean: 0.52,
+            dice_sd: 0.09,
+            collapsed: false,
+        },
+        Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Proposed,
+            round: 0,
+            annotated: 4,
+            viewed: 172,
+            dice_mean: 0.52,
+            dice_sd: 0.09,
+            collapsed: false,
+        },
+        Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Oracle,
+            round: 0,
+            annotated: 4,
+            viewed: 172,
+            dice_mean: 0.52,
+            dice_sd: 0.09,
+            collapsed: false,
+        },
+        Event::PicksMade {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Random,
+            round: 1,
+            picks: vec![
+                view("BraTS19_CBICA_P006_1", 5, None, None),
+                view("BraTS19_TCIA01_P036_1", 20, None, None),
+            ],
+            fallbacks: 0,
+            tumour_picks: 2,
+        },
+        Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Random,
+            round: 1,
+            annotated: 6,
+            viewed: 258,
+            dice_mean: 0.60,
+            dice_sd: 0.18,
+            collapsed: false,
+        },
+        Event::PicksMade {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Proposed,
+            round: 1,
+            picks: vec![
+                view("BraTS19_CBICA_P012_1", 9, Some(1), Some(0.42)),
+                view("BraTS19_TCIA01_P025_1", 17, Some(3), Some(0.57)),
+            ],
+            fallbacks: 1,
+            tumour_picks: 2,
+        },
+        Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Proposed,
+            round: 1,
+            annotated: 6,
+            viewed: 258,
+            dice_mean: 0.65,
+            dice_sd: 0.03,
+            collapsed: false,
+        },
+        Event::PicksMade {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Oracle,
+            round: 1,
+            picks: vec![view("BraTS19_TCIA01_P032_1", 22, None, None)],
+            fallbacks: 0,
+            tumour_picks: 1,
+        },
+        Event::StepStarted {
+            index: 9,
+            total: 32,
+            phase: Phase::Training,
+            arm: Some(Arm::Oracle),
+            description: "repeat 1, stage 1: oracle training, round 1".into(),
+        },
+        Event::EpochDone {
+            index: 9,
+            phase: Phase::Training,
+            arm: Some(Arm::Oracle),
+            epoch: 4,
+            epochs: 10,
+            loss: 0.6261,
+        },
+    ];
+    for e in events {
+        app.on_message(Message::Event(e));
+    }
+    // A latent cloud: 30 pool samples on a spiral; the initial set and the picks highlighted.
+    let latents: Vec<Vec<f64>> = (0..30)
+        .map(|i| {
+            let t = i as f64 * 0.4;
+            vec![
+                t.cos() * (1.0 + t * 0.1),
+                t.sin() * (1.0 + t * 0.1),
+                0.1 * t,
+                0.0,
+                0.05 * (i % 3) as f64,
+            ]
+        })
+        .collect();
+    app.on_preview(PreviewReply::Latents {
+        repeat: 0,
+        latents,
+        initial: vec![1, 3, 7, 11],
+    });
+    app.arm_index = 1; // proposed
+    app
+}
+
+fn render(app: &Dashboard, w: u16, h: u16) -> String {
+    let theme = Theme::default_theme(false);
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    let mut img = ImageState::default();
+    term.draw(|f| ui::draw(f, app, &theme, &mut img)).unwrap();
+    // The ETA depends on the clock; everything else is deterministic.
+    let text = format!("{}", term.backend());
+    regex_lite_eta(&text)
+}
+
+fn regex_lite_eta(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("eta ") {
+        out.push_str(&rest[..i + 4]);
+        let tail = &rest[i + 4..];
+        let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
+        out.push('N');
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn dashboard_mid_round_wide() {
+    let text = render(&mid_round(), 160, 48);
+    assert!(
+        text.contains("oracle training, round 1") && text.contains("epoch 4/10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("BraTS19_CBICA_P012_1"),
+        "the selected proposed pick is shown"
+    );
+    insta::assert_snapshot!("dashboard_160x48", text);
+}
+
+#[test]
+fn dashboard_mid_round_small_uses_tabs() {
+    let mut app = mid_round();
+    let text = render(&app, 80, 24);
+    assert!(
+        text.contains("1 overview") && text.contains("Work in progress"),
+        "{text}"
+    );
+    insta::assert_snapshot!("dashboard_80x24_overview", text);
+    app.on_key(key(KeyCode::Char('2')));
+    assert_eq!(app.tab, Tab::Latent);
+    insta::assert_snapshot!("dashboard_80x24_latent", render(&app, 80, 24));
+    app.on_key(key(KeyCode::Char('3')));
+    let text = render(&app, 80, 24);
+    assert!(text.contains("proposed pick 1/2"), "{text}");
+    insta::assert_snapshot!("dashboard_80x24_preview", text);
+}
+
+#[test]
+fn help_overlay_lists_every_key() {
+    let mut app = mid_round();
+    app.on_key(key(KeyCode::Char('?')));
+    assert!(app.help);
+    let text = render(&app, 160, 48);
+    for (k, _) in ui::KEYS {
+        assert!(text.contains(k), "help lacks {k}");
+    }
+    insta::assert_snapshot!("help_160x48", text);
+    insta::assert_snapshot!("help_80x24", render(&app, 80, 24));
+    app.on_key(key(KeyCode::Char('x')));
+    assert!(!app.help, "any key closes the help");
+}
+
+#[test]
+fn worker_errors_are_shown_not_crashed_on() {
+    let mut app = mid_round();
+    app.on_message(Message::Failed(
+        "cannot load checkpoint r0-s0-init.safetensors".into(),
+    ));
+    assert!(matches!(app.run, RunState::Failed(_)));
+    let text = render(&app, 160, 48);
+    assert!(
+        text.contains("error") && text.contains("cannot load checkpoint"),
+        "{text}"
+    );
+    insta::assert_snapshot!("error_160x48", text);
+    insta::assert_snapshot!("error_80x24", render(&app, 80, 24));
+    // After an error the user may try again.
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), Some(Command::Step));
+}
+
+#[test]
+fn keys_drive_the_session_and_the_selection() {
+    let mut app = mid_round();
+    app.run = RunState::Paused;
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), Some(Command::Step));
+    assert_eq!(app.run, RunState::Running);
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('n'))),
+        None,
+        "no second start while running"
+    );
+    assert_eq!(app.on_key(key(KeyCode::Char('p'))), Some(Command::Pause));
+    assert_eq!(app.run, RunState::Stopping);
+    app.on_message(Message::Idle(Outcome::Stopped));
+    assert_eq!(app.run, RunState::Paused);
+    assert_eq!(app.on_key(key(KeyCode::Char('r'))), Some(Command::RunAll));
+
+    // Picks: proposed has two; → cycles, tab moves to the oracle.
+    assert_eq!(app.pick_index, 0);
+    app.on_key(key(KeyCode::Right));
+    assert_eq!(app.pick_index, 1);
+    app.on_key(key(KeyCode::Char('l')));
+    assert_eq!(app.pick_index, 0);
+    app.on_key(key(KeyCode::Tab));
+    assert_eq!(app.selected_arm(), Some(Arm::Oracle));
+    let req = app.preview_request().unwrap();
+    assert_eq!((req.arm, req.sample, req.round), (Arm::Oracle, 22, 1));
+    app.on_key(key(KeyCode::Char('m')));
+    assert_eq!(app.preview_request().unwrap().channel, 1);
+
+    // Latent axes: PCA → z1×z2 → z1×z3 …
+    app.on_key(key(KeyCode::Char('d')));
+    assert!(render(&app, 160, 48).contains("z1 × z2"));
+    app.on_key(key(KeyCode::Char('+')));
+    assert!(app.zoom > 1.0);
+
+    assert_eq!(app.on_key(key(KeyCode::Char('q'))), Some(Command::Quit));
+    assert!(app.quit);
+}
+
+#[test]
+fn browser_lists_sessions_with_their_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    let cfg = suggestive::session::preset("demo").unwrap();
+    suggestive::session::Session::create(&dir.join("alpha"), cfg.clone()).unwrap();
+    suggestive::session::Session::create(&dir.join("beta"), cfg).unwrap();
+    std::fs::write(dir.join("beta/state.json"), "garbage").unwrap();
+    let mut b = Browser::new(dir.clone());
+    assert_eq!(b.entries.len(), 2);
+    assert_eq!(b.entries[0].state, "new");
+    assert_eq!(b.entries[1].state, "broken");
+    let theme = Theme::default_theme(false);
+    let mut term = Terminal::new(TestBackend::new(100, 20)).unwrap();
+    term.draw(|f| b.draw(f, &theme)).unwrap();
+    let text = format!("{}", term.backend());
+    insta::with_settings!({ filters => vec![(regex_escape(&dir.display().to_string()).as_str(), "[SESSIONS]")] }, {
+        insta::assert_snapshot!("browser_100x20", text);
+    });
+    // Delete asks first; 'n' keeps, 'y' deletes.
+    b.on_key(key(KeyCode::Char('x')));
+    b.on_key(key(KeyCode::Char('n')));
+    assert_eq!(b.entries.len(), 2);
+    b.on_key(key(KeyCode::Down));
+    b.on_key(key(KeyCode::Char('x')));
+    b.on_key(key(KeyCode::Char('y')));
+    assert_eq!(b.entries.len(), 1);
+    assert!(!dir.join("beta").exists());
+    // Create from the form: a name is required.
+    b.on_key(key(KeyCode::Char('c')));
+    b.on_key(key(KeyCode::Enter));
+    assert!(matches!(&b.mode, suggestive::tui::browser::Mode::Create(f) if f.message.is_some()));
+    for c in "gamma".chars() {
+        b.on_key(key(KeyCode::Char(c)));
+    }
+    b.on_key(key(KeyCode::Enter));
+    assert!(dir.join("gamma/session.toml").exists());
+    assert_eq!(b.entries.len(), 2);
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -160,7 +160,8 @@ fn nearest_256(r: u8, g: u8, b: u8) -> u8 {
     let cube = 16 + 36 * ri + 6 * gi + bi;
     let d_cube = sq(LEVELS[ri], r) + sq(LEVELS[gi], g) + sq(LEVELS[bi], b);
     let grey_level = ((r as u32 + g as u32 + b as u32) / 3) as u8;
-    let gi2 = ((grey_level.saturating_sub(8)) as u32 * 24 / 247).min(23) as u8;
+    // The grey ramp runs 8, 18, …, 238: the nearest step.
+    let gi2 = ((grey_level as i32 - 8 + 5) / 10).clamp(0, 23) as u8;
     let gv = 8 + 10 * gi2;
     let d_grey = sq(gv, r) + sq(gv, g) + sq(gv, b);
     if d_grey < d_cube {

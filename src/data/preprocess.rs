@@ -183,7 +183,8 @@ pub fn preprocess(
         };
         brain_voxels = brain_voxels.max(n);
         if prep.zscore {
-            if !(std > 0.0) {
+            // Also catches a NaN std.
+            if std.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 return Err(DataError::Patient {
                     patient: patient.into(),
                     msg: format!("{m} is constant ({mean}) over the brain; cannot z-score"),

@@ -282,7 +282,8 @@ impl SessionConfig {
                     .with_context(|| format!("--set {set}: no section '{part}'"))?;
             }
             let last = path[path.len() - 1];
-            if !table.contains_key(last) && !(last == "pad_to") {
+            // pad_to is optional, so absent from a config that does not set it.
+            if !table.contains_key(last) && last != "pad_to" {
                 bail!("--set {set}: unknown key '{key}'");
             }
             table.insert(last.to_string(), parsed);

@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::config::{Arm, Granularity, Protocol, SessionConfig};
-use super::state::SessionState;
+use super::state::{ResultRow, SessionState};
 use crate::engine::eval::mean_sd;
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,8 +67,11 @@ pub struct Report {
 
 impl Report {
     pub fn new(cfg: &SessionConfig, state: &SessionState) -> Report {
-        let rows: Vec<Row> = state
-            .results
+        Report::from_results(cfg, &state.results)
+    }
+
+    pub fn from_results(cfg: &SessionConfig, results: &[ResultRow]) -> Report {
+        let rows: Vec<Row> = results
             .iter()
             .map(|r| Row {
                 arm: r.arm,
@@ -255,8 +258,8 @@ impl Report {
 
     /// Per arm: (annotated, mean, sd) points in budget order. The budgets protocol plots each
     /// budget's final point; the rounds protocol every round, the shared start included.
-    fn series(&self, cfg: &SessionConfig) -> Vec<(Arm, Vec<(f64, f64, f64)>)> {
-        let mut out: Vec<(Arm, Vec<(f64, f64, f64)>)> = Vec::new();
+    pub fn series(&self, cfg: &SessionConfig) -> Vec<Curve> {
+        let mut out: Vec<Curve> = Vec::new();
         for &arm in &cfg.experiment.arms {
             let mut pts: Vec<(f64, f64, f64)> = self
                 .summary
@@ -272,6 +275,9 @@ impl Report {
         out
     }
 }
+
+/// One arm's curve: (annotated, mean Dice, sd) points in budget order.
+pub type Curve = (Arm, Vec<(f64, f64, f64)>);
 
 /// Okabe–Ito colours, distinguishable with colour-vision deficiency.
 pub fn arm_colour(arm: Arm) -> RGBColor {
@@ -295,7 +301,7 @@ fn register_font() {
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    series: &[(Arm, Vec<(f64, f64, f64)>)],
+    series: &[Curve],
     unit: &str,
 ) -> Result<()>
 where

@@ -263,7 +263,7 @@ impl Runner {
             }
             Step::Init { repeat, stage } => {
                 let from = (self.cfg().experiment.scenario == Scenario::Transfer)
-                    .then(|| Step::Pretrain { repeat });
+                    .then_some(Step::Pretrain { repeat });
                 let labelled = self.labelled(repeat, stage, None, 0);
                 let slices = self.sample_slices(repeat, &labelled);
                 let epochs = self.cfg().unet.epochs_initial;

@@ -18,6 +18,7 @@ use ratatui_image::{Resize, StatefulImage};
 use super::app::{Dashboard, RunState, Tab};
 use super::theme::Theme;
 use crate::session::config::{Arm, Granularity};
+use crate::session::report::{Curve, Report};
 
 /// The rendered preview, kept between frames (encoding an image is the costly part).
 #[derive(Default)]
@@ -277,28 +278,12 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     }
 }
 
-/// Per arm: (annotated, mean, sd) over repeats, in budget order.
-pub fn curves(app: &Dashboard) -> Vec<(Arm, Vec<(f64, f64, f64)>)> {
-    let mut out = Vec::new();
-    for arm in app.arms() {
-        let mut by_budget: std::collections::BTreeMap<(usize, usize), Vec<f64>> =
-            std::collections::BTreeMap::new();
-        for r in app.results.iter().filter(|r| r.arm == arm) {
-            by_budget
-                .entry((r.annotated, r.stage))
-                .or_default()
-                .push(r.dice_mean);
-        }
-        let pts = by_budget
-            .into_iter()
-            .map(|((n, _), v)| {
-                let (m, sd) = crate::engine::eval::mean_sd(&v);
-                (n as f64, m, if v.len() > 1 { sd } else { 0.0 })
-            })
-            .collect();
-        out.push((arm, pts));
+/// The curves of the report (mean over repeats, ± sd), from the results so far.
+pub fn curves(app: &Dashboard) -> Vec<Curve> {
+    match &app.config {
+        Some(cfg) => Report::from_results(cfg, &app.results).series(cfg),
+        None => Vec::new(),
     }
-    out
 }
 
 fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {

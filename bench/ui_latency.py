@@ -36,6 +36,15 @@ def main():
                 if time.perf_counter() - t0 > limit:
                     raise SystemExit(f"timed out waiting for {what}:\n{s}")
         wait(lambda s: "paused" in s, "the dashboard (the demo phantom is generated on first use)")
+        # Idle cost: CPU time the paused dashboard uses over 10 s (it should sleep).
+        pid = int(tmux("list-panes", "-t", name, "-F", "#{pane_pid}").split()[0])
+        def cpu_seconds():
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        time.sleep(2)
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        time.sleep(10)
+        idle_cpu = (cpu_seconds() - c0) / (time.perf_counter() - t0)
         tmux("send-keys", "-t", name, "r")
         wait(lambda s: "epoch" in s and "running" in s, "training to start")
         help_line = "run the next round, then pause"
@@ -52,7 +61,8 @@ def main():
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
     lat.sort()
     print(json.dumps({"samples": len(lat), "median_ms": statistics.median(lat),
-                      "p95_ms": lat[int(len(lat) * 0.95) - 1], "max_ms": lat[-1], "training_during": busy}))
+                      "p95_ms": lat[int(len(lat) * 0.95) - 1], "max_ms": lat[-1], "training_during": busy,
+                      "idle_cpu_percent": 100 * idle_cpu}))
 
 
 if __name__ == "__main__":

@@ -332,11 +332,20 @@ fn browser_lists_sessions_with_their_state() {
     assert_eq!(b.entries[0].state, "new");
     assert_eq!(b.entries[1].state, "broken");
     let theme = Theme::default_theme(false);
-    let mut term = Terminal::new(TestBackend::new(100, 20)).unwrap();
-    term.draw(|f| b.draw(f, &theme)).unwrap();
-    let text = format!("{}", term.backend());
-    insta::with_settings!({ filters => vec![(regex_escape(&dir.display().to_string()).as_str(), "[SESSIONS]")] }, {
-        insta::assert_snapshot!("browser_100x20", text);
+    let shot = |b: &Browser, w: u16, h: u16| {
+        let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+        term.draw(|f| b.draw(f, &theme)).unwrap();
+        format!("{}", term.backend())
+    };
+    let text = shot(&b, 160, 48);
+    assert!(text.contains("alpha") && text.contains("broken"), "{text}");
+    let dir_text = dir.display().to_string();
+    insta::with_settings!({ filters => vec![(regex_escape(&dir_text).as_str(), "[SESSIONS]")] }, {
+        insta::assert_snapshot!("browser_160x48", text);
+        insta::assert_snapshot!("browser_80x24", shot(&b, 80, 24));
+        b.on_key(key(KeyCode::Char('c')));
+        insta::assert_snapshot!("browser_create_form_80x24", shot(&b, 80, 24));
+        b.on_key(key(KeyCode::Esc));
     });
     // Delete asks first; 'n' keeps, 'y' deletes.
     b.on_key(key(KeyCode::Char('x')));

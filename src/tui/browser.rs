@@ -91,7 +91,8 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
                 dataset: String::new(),
                 setting: String::new(),
                 progress: String::new(),
-                last_dice: format!("{e:#}"),
+                // The reason relative to the session folder: "state.json: damaged …".
+                last_dice: format!("{e:#}").replace(&format!("{}/", d.display()), ""),
                 state: "broken".into(),
             }),
         }

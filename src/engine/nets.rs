@@ -299,8 +299,18 @@ impl Vae {
     /// Reconstruction and loss `MSE + kl_weight·KL`, with KL summed over latent dimensions and
     /// scaled per input element like the MSE (the per-element ELBO).
     pub fn loss(&self, x: &Tensor, kl_weight: f64) -> (Tensor, f64, f64) {
+        let eps = Tensor::randn([x.size()[0], self.latent()], (x.kind(), x.device()));
+        self.loss_with(x, kl_weight, &eps)
+    }
+
+    /// Latent dimensions.
+    pub fn latent(&self) -> i64 {
+        self.mu.ws.size()[0]
+    }
+
+    /// The loss with given reparameterisation noise (benchmarks compare it across frameworks).
+    pub fn loss_with(&self, x: &Tensor, kl_weight: f64, eps: &Tensor) -> (Tensor, f64, f64) {
         let (mu, logvar) = self.encode(x);
-        let eps = mu.randn_like();
         let z = &mu + (&logvar * 0.5).exp() * eps;
         let recon = self.decode(&z);
         let mse = recon.mse_loss(x, tch::Reduction::Mean);

@@ -1,0 +1,114 @@
+//! Training throughput of suggestive's networks (driven by bench/train_bench.py, compared with
+//! bench/reference.py in the same run). Writes the initial weights and one fixed batch as
+//! safetensors so the reference computes the same losses on the same numbers, then times
+//! forward + backward + Adam steps of the UNet and the VAE, and the gradient-to-input + encode
+//! step of the selection, in windows after warm-up. Prints one JSON object.
+//!
+//! Arguments: OUT_DIR SIZE BATCH UNET_DEPTH UNET_BASE VAE_LEVELS VAE_BASE DEVICE STEPS WINDOWS
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use suggestive::engine::adam::Adam;
+use suggestive::engine::device::parse_device;
+use suggestive::engine::nets::{dice_loss, Norm, UNet, UNetConfig, Vae, VaeConfig};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn sync(d: Device) {
+    if let Device::Cuda(n) = d {
+        tch::Cuda::synchronize(n as i64);
+    }
+}
+
+/// Median slices per second over `windows` windows of `steps` calls of `f`, after 3 warm-ups.
+fn time(d: Device, batch: usize, steps: usize, windows: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    sync(d);
+    let mut rates = Vec::new();
+    for _ in 0..windows {
+        let t = Instant::now();
+        for _ in 0..steps {
+            f();
+        }
+        sync(d);
+        rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
+    }
+    median(rates)
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let num = |i: usize| a[i].parse::<i64>().expect("numeric argument");
+    let out = PathBuf::from(&a[0]);
+    let (size, batch) = (num(1), num(2));
+    let unet_cfg = UNetConfig { depth: num(3) as usize, base: num(4), norm: Norm::Batch };
+    let vae_cfg = VaeConfig { latent: 5, base: num(6), levels: num(5) as usize };
+    let device = parse_device(&a[7]).expect("device");
+    let (steps, windows) = (num(8) as usize, num(9) as usize);
+    std::fs::create_dir_all(&out).unwrap();
+    if let Device::Cuda(_) = device {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+
+    tch::manual_seed(0);
+    let x = Tensor::randn([batch, 4, size, size], (Kind::Float, Device::Cpu));
+    let y = x.narrow(1, 0, 1).gt(0.8).to_kind(Kind::Float);
+    let eps = Tensor::randn([batch, vae_cfg.latent], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("x", &x), ("y", &y), ("eps", &eps)], out.join("batch.safetensors")).unwrap();
+    let (x, y, eps) = (x.to_device(device), y.to_device(device), eps.to_device(device));
+
+    let vs_u = VarStore::new(device);
+    let unet = UNet::new(&vs_u.root(), 4, &unet_cfg);
+    vs_u.save(out.join("unet.safetensors")).unwrap();
+    let vs_v = VarStore::new(device);
+    let vae = Vae::new(&vs_v.root(), 4, size, &vae_cfg);
+    vs_v.save(out.join("vae.safetensors")).unwrap();
+
+    // Same-computation checks: losses on the saved weights and batch, before any step
+    // (the UNet in training mode, as in its first training step; the VAE with the saved noise).
+    let unet_loss = dice_loss(&unet.forward_t(&x, true), &y).double_value(&[]);
+    let vae_loss = vae.loss_with(&x, 1.0, &eps).0.double_value(&[]);
+    // The selection step's input gradient, eval mode, checked by its norm.
+    let xg = x.copy().set_requires_grad(true);
+    let l = dice_loss(&unet.forward_t(&xg, false), &y);
+    let grad_norm = Tensor::run_backward(&[&l], &[&xg], false, false)[0].norm().double_value(&[]);
+    // Those forward passes in training mode moved the running statistics: restore them.
+    let mut vs_u = vs_u;
+    vs_u.load(out.join("unet.safetensors")).unwrap();
+
+    let mut opt = Adam::new(&vs_u, 1e-3);
+    let unet_rate = time(device, batch as usize, steps, windows, || {
+        opt.zero_grad();
+        let loss = dice_loss(&unet.forward_t(&x, true), &y);
+        loss.backward();
+        opt.step();
+    });
+    let mut opt_v = Adam::new(&vs_v, 1e-4);
+    let vae_rate = time(device, batch as usize, steps, windows, || {
+        opt_v.zero_grad();
+        let (loss, _, _) = vae.loss(&x, 1.0);
+        loss.backward();
+        opt_v.step();
+    });
+    let select_rate = time(device, batch as usize, steps, windows, || {
+        let xg = x.copy().set_requires_grad(true);
+        let l = dice_loss(&unet.forward_t(&xg, false), &y);
+        let g = Tensor::run_backward(&[&l], &[&xg], false, false).remove(0);
+        let _guard = tch::no_grad_guard();
+        let z = vae.encode(&x).0;
+        let zp = vae.encode(&(&x + g * 1e-4)).0;
+        let _ = (zp - z).sum(Kind::Float).double_value(&[]);
+    });
+    println!(
+        "{{\"unet_loss\": {unet_loss}, \"vae_loss\": {vae_loss}, \"grad_norm\": {grad_norm}, \"unet_slices_per_s\": {unet_rate}, \"vae_slices_per_s\": {vae_rate}, \"select_slices_per_s\": {select_rate}, \"threads\": {}}}",
+        tch::get_num_threads()
+    );
+}

@@ -10,7 +10,27 @@ import time
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+
+DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+def load_file(path):
+    """A safetensors file (8-byte header length, JSON header, raw little-endian data): read
+    directly, so the reference needs nothing beyond torch (GPU servers without a network)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    data = memoryview(raw)[8 + n :]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        t = torch.frombuffer(bytearray(data[a:b]), dtype=DTYPES[info["dtype"]]) if b > a else torch.empty(0, dtype=DTYPES[info["dtype"]])
+        out[name] = t.reshape(info["shape"]).clone()
+    return out
 
 
 def double_conv(p, pre, x, train):

@@ -11,6 +11,7 @@ rm -rf .gpu && mkdir -p .gpu
 cp target/release/suggestive .gpu/
 exe=$(find target/release/deps -maxdepth 1 -type f -executable -name 'train_bench-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
 cp "$exe" .gpu/train_bench
+strip --strip-debug .gpu/suggestive .gpu/train_bench   # the device carry limit is 64 MiB
 cp bench/reference.py bench/gpu/run.sh .gpu/
 readelf -d .gpu/suggestive | grep -q 'libtorch_cuda.so' || { echo "libtorch_cuda.so is not NEEDED: the binary would not see the GPU" >&2; exit 1; }
 du -sh .gpu

@@ -45,12 +45,23 @@ fn time(d: Device, batch: usize, steps: usize, windows: usize, mut f: impl FnMut
 }
 
 fn main() {
-    let a: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let a: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let num = |i: usize| a[i].parse::<i64>().expect("numeric argument");
     let out = PathBuf::from(&a[0]);
     let (size, batch) = (num(1), num(2));
-    let unet_cfg = UNetConfig { depth: num(3) as usize, base: num(4), norm: Norm::Batch };
-    let vae_cfg = VaeConfig { latent: 5, base: num(6), levels: num(5) as usize };
+    let unet_cfg = UNetConfig {
+        depth: num(3) as usize,
+        base: num(4),
+        norm: Norm::Batch,
+    };
+    let vae_cfg = VaeConfig {
+        latent: 5,
+        base: num(6),
+        levels: num(5) as usize,
+    };
     let device = parse_device(&a[7]).expect("device");
     let (steps, windows) = (num(8) as usize, num(9) as usize);
     std::fs::create_dir_all(&out).unwrap();
@@ -62,8 +73,16 @@ fn main() {
     let x = Tensor::randn([batch, 4, size, size], (Kind::Float, Device::Cpu));
     let y = x.narrow(1, 0, 1).gt(0.8).to_kind(Kind::Float);
     let eps = Tensor::randn([batch, vae_cfg.latent], (Kind::Float, Device::Cpu));
-    Tensor::write_safetensors(&[("x", &x), ("y", &y), ("eps", &eps)], out.join("batch.safetensors")).unwrap();
-    let (x, y, eps) = (x.to_device(device), y.to_device(device), eps.to_device(device));
+    Tensor::write_safetensors(
+        &[("x", &x), ("y", &y), ("eps", &eps)],
+        out.join("batch.safetensors"),
+    )
+    .unwrap();
+    let (x, y, eps) = (
+        x.to_device(device),
+        y.to_device(device),
+        eps.to_device(device),
+    );
 
     let vs_u = VarStore::new(device);
     let unet = UNet::new(&vs_u.root(), 4, &unet_cfg);
@@ -79,7 +98,9 @@ fn main() {
     // The selection step's input gradient, eval mode, checked by its norm.
     let xg = x.copy().set_requires_grad(true);
     let l = dice_loss(&unet.forward_t(&xg, false), &y);
-    let grad_norm = Tensor::run_backward(&[&l], &[&xg], false, false)[0].norm().double_value(&[]);
+    let grad_norm = Tensor::run_backward(&[&l], &[&xg], false, false)[0]
+        .norm()
+        .double_value(&[]);
     // Those forward passes in training mode moved the running statistics: restore them.
     let mut vs_u = vs_u;
     vs_u.load(out.join("unet.safetensors")).unwrap();

@@ -115,7 +115,9 @@ mod tests {
     #[test]
     fn matches_the_adam_formula() {
         let vs = VarStore::new(Device::Cpu);
-        let p = vs.root().var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let p = vs
+            .root()
+            .var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0]));
         let mut opt = Adam::new(&vs, 0.1);
         let (mut want, mut m, mut v) = ([1.0f64, -2.0], [0.0f64; 2], [0.0f64; 2]);
         for t in 1..=3 {
@@ -126,13 +128,19 @@ mod tests {
                 let g = 2.0 * want[i];
                 m[i] = 0.9 * m[i] + 0.1 * g;
                 v[i] = 0.999 * v[i] + 0.001 * g * g;
-                let (mh, vh) = (m[i] / (1.0 - 0.9f64.powi(t)), v[i] / (1.0 - 0.999f64.powi(t)));
+                let (mh, vh) = (
+                    m[i] / (1.0 - 0.9f64.powi(t)),
+                    v[i] / (1.0 - 0.999f64.powi(t)),
+                );
                 want[i] -= 0.1 * mh / (vh.sqrt() + 1e-8);
             }
         }
         let got: Vec<f32> = Vec::try_from(&p).unwrap();
         for i in 0..2 {
-            assert!((got[i] as f64 - want[i]).abs() < 1e-5, "{got:?} vs {want:?}");
+            assert!(
+                (got[i] as f64 - want[i]).abs() < 1e-5,
+                "{got:?} vs {want:?}"
+            );
         }
         // Saved and loaded moments continue identically.
         let dir = tempfile::tempdir().unwrap();

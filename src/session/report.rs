@@ -279,6 +279,19 @@ impl Report {
 /// One arm's curve: (annotated, mean Dice, sd) points in budget order.
 pub type Curve = (Arm, Vec<(f64, f64, f64)>);
 
+/// The annotation budgets the curves span (a unit range around a single budget).
+pub fn budget_range(series: &[Curve]) -> (f64, f64) {
+    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    if x0 > x1 {
+        (0.0, 1.0)
+    } else if x0 == x1 {
+        (x0 - 1.0, x1 + 1.0)
+    } else {
+        (x0, x1)
+    }
+}
+
 /// Okabe–Ito colours, distinguishable with colour-vision deficiency.
 pub fn arm_colour(arm: Arm) -> RGBColor {
     match arm {
@@ -309,20 +322,7 @@ where
 {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
     root.fill(&WHITE).map_err(e)?;
-    let xs: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.0))
-        .collect();
-    let (x0, x1) = xs
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    let (x0, x1) = if xs.is_empty() {
-        (0.0, 1.0)
-    } else if x0 == x1 {
-        (x0 - 1.0, x1 + 1.0)
-    } else {
-        (x0, x1)
-    };
+    let (x0, x1) = budget_range(series);
     let pad = (x1 - x0) * 0.05;
     let mut chart = ChartBuilder::on(&root)
         .caption("Test Dice against annotation budget", ("sans-serif", 24))

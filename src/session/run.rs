@@ -496,33 +496,16 @@ impl Runner {
             device,
             ..
         } = self;
-        let mut after = |epoch: usize, loss: f64, opt: &Adam| -> Result<ControlFlow<()>> {
-            Self::save_vs(&vs, &partial)?;
-            let tmp = adam.with_file_name(format!(
-                ".tmp-{}",
-                adam.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            opt.save(&tmp)?;
-            commit_file(&tmp, &adam)?;
-            session.state.partial_epochs = epoch + 1;
-            session.save_state()?;
-            emit_to(
-                log,
-                sink,
-                Event::EpochDone {
-                    index,
-                    phase,
-                    arm,
-                    epoch: epoch + 1,
-                    epochs,
-                    loss,
-                },
-            );
-            Ok(if control.stop.load(Ordering::Relaxed) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
+        let ck = EpochCheckpoint {
+            partial,
+            adam,
+            index,
+            phase,
+            arm,
+            epochs,
+        };
+        let mut after = |epoch: usize, loss: f64, opt: &Adam| {
+            ck.save(session, log, sink, control, &vs, opt, epoch, loss)
         };
         let reached = train::train_unet(
             &net,
@@ -540,6 +523,60 @@ impl Runner {
         }
         Self::save_vs(&vs, &self.ckpt(&key, ""))?;
         Ok(Some(net))
+    }
+}
+
+/// What happens after every training epoch: weights and optimiser moments to the step's partial
+/// checkpoint (atomically), then the epoch into state.json, then the event; `Break` when a stop
+/// was asked for. The order makes a kill at any point resumable.
+struct EpochCheckpoint {
+    partial: PathBuf,
+    adam: PathBuf,
+    index: usize,
+    phase: Phase,
+    arm: Option<Arm>,
+    epochs: usize,
+}
+
+impl EpochCheckpoint {
+    #[allow(clippy::too_many_arguments)]
+    fn save(
+        &self,
+        session: &mut Session,
+        log: &mut EventLog,
+        sink: &mut dyn FnMut(&Event),
+        control: &Control,
+        vs: &VarStore,
+        opt: &Adam,
+        epoch: usize,
+        loss: f64,
+    ) -> Result<ControlFlow<()>> {
+        Runner::save_vs(vs, &self.partial)?;
+        let tmp = self.adam.with_file_name(format!(
+            ".tmp-{}",
+            self.adam.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        opt.save(&tmp)?;
+        commit_file(&tmp, &self.adam)?;
+        session.state.partial_epochs = epoch + 1;
+        session.save_state()?;
+        emit_to(
+            log,
+            sink,
+            Event::EpochDone {
+                index: self.index,
+                phase: self.phase,
+                arm: self.arm,
+                epoch: epoch + 1,
+                epochs: self.epochs,
+                loss,
+            },
+        );
+        Ok(if control.stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
     }
 }
 
@@ -598,33 +635,16 @@ impl Runner {
             device,
             ..
         } = self;
-        let mut after = |epoch: usize, loss: f64, opt: &Adam| -> Result<ControlFlow<()>> {
-            Self::save_vs(&vs, &partial)?;
-            let tmp = adam.with_file_name(format!(
-                ".tmp-{}",
-                adam.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            opt.save(&tmp)?;
-            commit_file(&tmp, &adam)?;
-            session.state.partial_epochs = epoch + 1;
-            session.save_state()?;
-            emit_to(
-                log,
-                sink,
-                Event::EpochDone {
-                    index,
-                    phase: Phase::Vae,
-                    arm: None,
-                    epoch: epoch + 1,
-                    epochs,
-                    loss,
-                },
-            );
-            Ok(if control.stop.load(Ordering::Relaxed) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
+        let ck = EpochCheckpoint {
+            partial,
+            adam,
+            index,
+            phase: Phase::Vae,
+            arm: None,
+            epochs,
+        };
+        let mut after = |epoch: usize, loss: f64, opt: &Adam| {
+            ck.save(session, log, sink, control, &vs, opt, epoch, loss)
         };
         let reached = train::train_vae(
             &net,

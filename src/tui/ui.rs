@@ -18,7 +18,7 @@ use ratatui_image::{Resize, StatefulImage};
 use super::app::{Dashboard, RunState, Tab};
 use super::theme::Theme;
 use crate::session::config::{Arm, Granularity};
-use crate::session::report::{Curve, Report};
+use crate::session::report::{budget_range, Curve, Report};
 
 /// The rendered preview, kept between frames (encoding an image is the costly part).
 #[derive(Default)]
@@ -292,20 +292,7 @@ fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
         Some(Granularity::Image) => "slices",
         _ => "patients",
     };
-    let xs: Vec<f64> = curves
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.0))
-        .collect();
-    let (x0, x1) = xs
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    let (x0, x1) = if xs.is_empty() {
-        (0.0, 1.0)
-    } else if x0 == x1 {
-        (x0 - 1.0, x1 + 1.0)
-    } else {
-        (x0, x1)
-    };
+    let (x0, x1) = budget_range(&curves);
     // Owned point lists: the mean line, and the spread over repeats as dotted lines.
     let mut series: Vec<(Arm, Vec<(f64, f64)>, bool)> = Vec::new();
     for (arm, pts) in &curves {

@@ -770,10 +770,14 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
     if s.state.results.is_empty() {
         bail!("session {} has no results yet; run it first", s.name());
     }
-    let report = session::report::Report::new(&s.config, &s.state);
+    let report =
+        session::report::Report::new(&s.config, &s.state).with_timings(&dir.join("events.jsonl"));
     let out = a.out.unwrap_or_else(|| dir.join("report"));
     let files = report.write(&s.config, &out)?;
     print!("{}", report.markdown());
+    if !report.timings.is_empty() {
+        print!("\n{}", report.timings_text());
+    }
     for f in files {
         println!("wrote {}", f.display());
     }

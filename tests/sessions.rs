@@ -430,6 +430,19 @@ fn report_and_export_write_what_they_promise() {
     assert_eq!(json["summary"].as_array().unwrap().len(), 3 * 3);
     assert_eq!(json["paired"].as_array().unwrap().len(), 2);
     assert_eq!(json["paired"][0]["repeats"], 2);
+    for k in [
+        "vae",
+        "latents",
+        "training: shared initial UNet",
+        "selection: proposed",
+        "training + evaluation: oracle",
+    ] {
+        assert!(
+            json["timings"][k].as_f64().is_some_and(|t| t > 0.0),
+            "no time for {k}: {}",
+            json["timings"]
+        );
+    }
     let png = image::open(rep.join("dice_vs_budget.png"))
         .unwrap()
         .to_rgb8();

@@ -60,6 +60,8 @@ pub struct Paired {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub unit: &'static str,
+    /// Where the wall time went, by kind of step (from events.jsonl), seconds.
+    pub timings: BTreeMap<String, f64>,
     pub rows: Vec<Row>,
     pub summary: Vec<SummaryRow>,
     pub paired: Vec<Paired>,
@@ -151,7 +153,58 @@ impl Report {
             rows,
             summary,
             paired,
+            timings: BTreeMap::new(),
         }
+    }
+
+    /// Adds the time breakdown from a session's event log: each step lasts from its
+    /// `step_started` to the next step, stop, finish or error; steps are grouped by what they do
+    /// (VAE, latents, pre-training, the shared initial UNet, and per arm: selection and training
+    /// with its evaluation).
+    pub fn with_timings(mut self, events: &Path) -> Report {
+        let Ok(text) = std::fs::read_to_string(events) else {
+            return self;
+        };
+        let mut open: Option<(String, f64)> = None;
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let (Some(kind), Some(t)) = (v["event"].as_str(), v["time"].as_f64()) else {
+                continue;
+            };
+            if matches!(kind, "step_started" | "stopped" | "finished" | "error") {
+                if let Some((label, t0)) = open.take() {
+                    *self.timings.entry(label).or_insert(0.0) += t - t0;
+                }
+            }
+            if kind == "step_started" {
+                let phase = v["phase"].as_str().unwrap_or("?");
+                let label = match (phase, v["arm"].as_str()) {
+                    ("training", None) => "training: shared initial UNet".to_string(),
+                    ("training", Some(arm)) => format!("training + evaluation: {arm}"),
+                    ("gradient" | "search", Some(arm)) => format!("selection: {arm}"),
+                    (p, _) => p.to_string(),
+                };
+                open = Some((label, t));
+            }
+        }
+        self
+    }
+
+    pub fn timings_text(&self) -> String {
+        let total: f64 = self.timings.values().sum();
+        let mut v: Vec<(&String, &f64)> = self.timings.iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(a.1));
+        let mut s = format!("where the time went ({total:.0} s of steps):\n");
+        for (k, t) in v {
+            let _ = writeln!(
+                s,
+                "  {k:<36} {t:>8.1} s  {:>5.1} %",
+                100.0 * t / total.max(1e-9)
+            );
+        }
+        s
     }
 
     pub fn csv(&self) -> String {

@@ -580,9 +580,16 @@ impl EpochCheckpoint {
     }
 }
 
+/// Logs an event with its wall-clock time (the report's time breakdown reads it), then hands it
+/// to the sink.
 fn emit_to(log: &mut EventLog, sink: &mut dyn FnMut(&Event), ev: Event) {
-    if let Ok(line) = serde_json::to_string(&ev) {
-        let _ = log.append(&line);
+    if let Ok(mut v) = serde_json::to_value(&ev) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        v["time"] = now.into();
+        let _ = log.append(&v.to_string());
     }
     sink(&ev);
 }

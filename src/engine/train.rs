@@ -28,28 +28,28 @@ pub fn epoch_order(slices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
 /// `Break` to stop.
 pub type AfterEpoch<'a> = dyn FnMut(usize, f64, &Adam) -> Result<ControlFlow<()>> + 'a;
 
-/// Trains the UNet with the Dice loss for `epochs` over `slices`. Returns the epoch count
-/// reached (less than `epochs.end` when `after_epoch` asked to stop).
+/// What both training loops share: per epoch, a seeded order of `slices`, batches of
+/// `batch_size`, one optimiser step per batch on the loss `loss_of` computes, then
+/// `after_epoch` with the epoch's mean loss. Returns the epoch count reached (less than
+/// `epochs.end` when `after_epoch` asked to stop).
 #[allow(clippy::too_many_arguments)]
-pub fn train_unet(
-    net: &UNet,
+fn run_epochs(
     opt: &mut Adam,
-    ds: &Dataset,
     slices: &[usize],
     batch_size: usize,
-    device: Device,
     epochs: Range<usize>,
     seed: u64,
     after_epoch: &mut AfterEpoch,
+    before_epoch: &mut dyn FnMut(usize),
+    loss_of: &mut dyn FnMut(&[usize]) -> tch::Tensor,
 ) -> Result<usize> {
     for epoch in epochs.clone() {
+        before_epoch(epoch);
         let order = epoch_order(slices, seed, epoch);
         let (mut sum, mut n) = (0.0, 0);
         for chunk in order.chunks(batch_size) {
-            let x = batch::images(ds, chunk, device);
-            let y = batch::masks(ds, chunk, device);
             opt.zero_grad();
-            let loss = dice_loss(&net.forward_t(&x, true), &y);
+            let loss = loss_of(chunk);
             loss.backward();
             opt.step();
             sum += loss.double_value(&[]);
@@ -62,7 +62,36 @@ pub fn train_unet(
     Ok(epochs.end)
 }
 
-/// Trains the VAE (MSE + KL) over `slices`; the reported loss is the epoch mean.
+/// Trains the UNet with the Dice loss for `epochs` over `slices`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_unet(
+    net: &UNet,
+    opt: &mut Adam,
+    ds: &Dataset,
+    slices: &[usize],
+    batch_size: usize,
+    device: Device,
+    epochs: Range<usize>,
+    seed: u64,
+    after_epoch: &mut AfterEpoch,
+) -> Result<usize> {
+    run_epochs(
+        opt,
+        slices,
+        batch_size,
+        epochs,
+        seed,
+        after_epoch,
+        &mut |_| {},
+        &mut |chunk| {
+            let x = batch::images(ds, chunk, device);
+            let y = batch::masks(ds, chunk, device);
+            dice_loss(&net.forward_t(&x, true), &y)
+        },
+    )
+}
+
+/// Trains the VAE (MSE + KL) over `slices`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_vae(
     net: &Vae,
@@ -76,23 +105,19 @@ pub fn train_vae(
     seed: u64,
     after_epoch: &mut AfterEpoch,
 ) -> Result<usize> {
-    for epoch in epochs.clone() {
-        // The reparameterisation noise is drawn by libtorch: seed it per epoch as well.
-        tch::manual_seed((seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
-        let order = epoch_order(slices, seed, epoch);
-        let (mut sum, mut n) = (0.0, 0);
-        for chunk in order.chunks(batch_size) {
-            let x = batch::images(ds, chunk, device);
-            opt.zero_grad();
-            let (loss, _, _) = net.loss(&x, kl_weight);
-            loss.backward();
-            opt.step();
-            sum += loss.double_value(&[]);
-            n += 1;
-        }
-        if after_epoch(epoch, sum / n.max(1) as f64, opt)?.is_break() {
-            return Ok(epoch + 1);
-        }
-    }
-    Ok(epochs.end)
+    // The reparameterisation noise is drawn by libtorch: seed it per epoch as well, so a resumed
+    // run draws what an uninterrupted one would.
+    let mut seed_noise = |epoch: usize| {
+        tch::manual_seed((seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64)
+    };
+    run_epochs(
+        opt,
+        slices,
+        batch_size,
+        epochs,
+        seed,
+        after_epoch,
+        &mut seed_noise,
+        &mut |chunk| net.loss(&batch::images(ds, chunk, device), kl_weight).0,
+    )
 }

@@ -5,7 +5,6 @@ then a cached reload and peak memory. Checks first that both produce the same sl
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -13,6 +12,8 @@ import sys
 import time
 
 import numpy as np
+
+from results import cpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -95,7 +96,7 @@ def main():
     n = summary["patients"]
     cache_bytes = summary["cache"]["bytes"]
     peak = summary["peak_rss_bytes"]
-    device = f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    device = cpu_device()
     label = f"{n} patients 240x240x155"
     results = [
         {"name": f"cold load + preprocess, {label} (both cores vs nibabel)", "device": device,
@@ -111,14 +112,7 @@ def main():
         {"name": f"nibabel reference peak RSS (reference: cache size)", "device": device,
          "ours": ref_peak / 1e9, "reference": cache_bytes / 1e9, "unit": "GB", "ratio": cache_bytes / ref_peak},
     ]
-    path = os.path.join(HERE, "results.json")
-    old = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            old = [r for r in json.load(fh) if not r["name"].startswith(("cold load", "cached reload", "nibabel reference"))]
-    with open(path, "w") as fh:
-        json.dump(old + results, fh, indent=2)
-        fh.write("\n")
+    path = record(results)
     print(f"\n{'benchmark':78} {'ours':>9} {'reference':>10} {'unit':>11} {'ratio':>7}")
     for r in results:
         print(f"{r['name']:78} {r['ours']:9.3f} {r['reference']:10.3f} {r['unit']:>11} {r['ratio']:7.2f}")

@@ -5,9 +5,10 @@ from round 1 to round 5 is the goal (the reference column is round 1; ratio = ro
 import argparse
 import json
 import os
-import platform
 import subprocess
 import tempfile
+
+from results import cpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,15 +36,10 @@ def main():
             per_round[e["round"]] = rss(p.pid)
     assert p.wait() == 0, "the run failed"
     r1, r5 = per_round[1], per_round[5]
-    device = f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    device = cpu_device()
     result = {"name": "host RSS after round 5 (reference: after round 1), demo, 5 rounds x 3 arms", "device": device,
               "ours": r5 / 1e9, "reference": r1 / 1e9, "unit": "GB", "ratio": r1 / r5}
-    path = os.path.join(HERE, "results.json")
-    old = json.load(open(path)) if os.path.exists(path) else []
-    old = [r for r in old if not r["name"].startswith("host RSS after round 5")]
-    with open(path, "w") as fh:
-        json.dump(old + [result], fh, indent=2)
-        fh.write("\n")
+    record([result])
     print("RSS per round (MB): " + ", ".join(f"{k}: {v / 1e6:.0f}" for k, v in sorted(per_round.items())))
     print(f"round 5 / round 1 = {r5 / r1:.3f}")
 

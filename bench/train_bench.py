@@ -5,10 +5,11 @@ losses on the same numbers must agree before anything is timed. Driven by bench/
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
+
+from results import cpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,7 +34,7 @@ def main():
     for k in ("unet_loss", "vae_loss", "grad_norm"):
         rel = abs(ours[k] - ref[k]) / max(abs(ref[k]), 1e-12)
         assert rel < 1e-4, f"{k} differs: suggestive {ours[k]} vs PyTorch {ref[k]}"
-    device = a.device if gpu else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    device = a.device if gpu else cpu_device()
     shape = f"{size}x{size}, batch {batch}"
     results = [
         {"name": f"UNet training (depth {depth}, base {base}, batch norm), {shape}, fwd+bwd+Adam", "device": device,
@@ -45,15 +46,7 @@ def main():
     ]
     for r in results:
         r["ratio"] = r["ours"] / r["reference"]
-    path = os.path.join(HERE, "results.json")
-    old = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            names = {r["name"] + r["device"] for r in results}
-            old = [r for r in json.load(fh) if r["name"] + r["device"] not in names]
-    with open(path, "w") as fh:
-        json.dump(old + results, fh, indent=2)
-        fh.write("\n")
+    record(results)
     print(f"\n{'benchmark':80} {'ours':>9} {'PyTorch':>9} {'unit':>9} {'ratio':>6}")
     for r in results:
         print(f"{r['name']:80} {r['ours']:9.1f} {r['reference']:9.1f} {r['unit']:>9} {r['ratio']:6.2f}")

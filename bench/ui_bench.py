@@ -5,9 +5,10 @@ p99 frame time under 10 ms, key to screen under 50 ms; ratio > 1 means the goal 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from results import cpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -16,7 +17,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     a = ap.parse_args()
-    device = f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    device = cpu_device()
     out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "ui_render"], check=True, capture_output=True, text=True).stdout
     frame = json.loads(out.strip().splitlines()[-1])
     lat = json.loads(subprocess.run([sys.executable, os.path.join(HERE, "ui_latency.py"), a.binary], check=True,
@@ -31,14 +32,7 @@ def main():
         {"name": "idle dashboard CPU, paused, over 10 s (reference: 1 % of a core)", "device": device,
          "ours": lat["idle_cpu_percent"], "reference": 1.0, "unit": "% core", "ratio": 1.0 / max(lat["idle_cpu_percent"], 0.01)},
     ]
-    path = os.path.join(HERE, "results.json")
-    old = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            old = [r for r in json.load(fh) if not r["name"].startswith(("dashboard", "key to screen", "idle dashboard"))]
-    with open(path, "w") as fh:
-        json.dump(old + results, fh, indent=2)
-        fh.write("\n")
+    record(results)
     print(f"\n{'benchmark':100} {'ours':>8} {'goal':>6} {'unit':>5} {'ratio':>7}")
     for r in results:
         print(f"{r['name']:100} {r['ours']:8.2f} {r['reference']:6.0f} {r['unit']:>5} {r['ratio']:7.2f}")

@@ -470,10 +470,9 @@ impl Runner {
         let net = self.new_unet(&vs);
         let mut opt = Adam::new(&vs, self.cfg().unet.lr);
         let start = self.session.state.partial_epochs;
+        let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
         if start > 0 {
-            vs.load(self.ckpt(&key, ".partial"))
-                .context("cannot load the partial checkpoint")?;
-            opt.load(&self.ckpt(&key, ".adam"))?;
+            restore_partial(&mut vs, &mut opt, &partial, &adam)?;
         } else if let Some(from) = from {
             self.load_final(&mut vs, &from)?;
         }
@@ -487,7 +486,6 @@ impl Runner {
             Phase::Training
         };
         let batch = self.cfg().unet.batch_size;
-        let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
         // Disjoint borrows: the data set is read while the state and log are written.
         let Runner {
             session,
@@ -524,6 +522,13 @@ impl Runner {
         Self::save_vs(&vs, &self.ckpt(&key, ""))?;
         Ok(Some(net))
     }
+}
+
+/// Resumes a training step killed or stopped mid-way: its weights and optimiser moments.
+fn restore_partial(vs: &mut VarStore, opt: &mut Adam, partial: &Path, adam: &Path) -> Result<()> {
+    vs.load(partial)
+        .with_context(|| format!("cannot load the partial checkpoint {}", partial.display()))?;
+    opt.load(adam)
 }
 
 /// What happens after every training epoch: weights and optimiser moments to the step's partial
@@ -623,10 +628,9 @@ impl Runner {
         let net = self.new_vae(&vs);
         let mut opt = Adam::new(&vs, self.cfg().vae.lr);
         let start = self.session.state.partial_epochs;
+        let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
         if start > 0 {
-            vs.load(self.ckpt(&key, ".partial"))
-                .context("cannot load the partial VAE checkpoint")?;
-            opt.load(&self.ckpt(&key, ".adam"))?;
+            restore_partial(&mut vs, &mut opt, &partial, &adam)?;
         }
         let slices = self.pool_slices(repeat);
         let (epochs, batch, kl) = (
@@ -634,7 +638,6 @@ impl Runner {
             self.cfg().vae.batch_size,
             self.cfg().vae.kl_weight,
         );
-        let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
         let Runner {
             session,
             ds,

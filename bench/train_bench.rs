@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use suggestive::engine::adam::Adam;
 use suggestive::engine::device::parse_device;
-use suggestive::engine::nets::{dice_loss, Norm, UNet, UNetConfig, Vae, VaeConfig};
+use suggestive::engine::nets::{
+    dice_loss, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
+};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -86,10 +88,13 @@ fn main() {
 
     let vs_u = VarStore::new(device);
     let unet = UNet::new(&vs_u.root(), 4, &unet_cfg);
-    vs_u.save(out.join("unet.safetensors")).unwrap();
+    // The engine's weight layout (the reference keeps PyTorch's default).
+    use_channels_last(&vs_u);
+    save_weights(&vs_u, &out.join("unet.safetensors")).unwrap();
     let vs_v = VarStore::new(device);
     let vae = Vae::new(&vs_v.root(), 4, size, &vae_cfg);
-    vs_v.save(out.join("vae.safetensors")).unwrap();
+    use_channels_last(&vs_v);
+    save_weights(&vs_v, &out.join("vae.safetensors")).unwrap();
 
     // Same-computation checks: losses on the saved weights and batch, before any step
     // (the UNet in training mode, as in its first training step; the VAE with the saved noise).

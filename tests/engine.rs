@@ -9,7 +9,7 @@ use common::*;
 use suggestive::data::Dataset;
 use suggestive::engine::batch;
 use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
-use suggestive::engine::select::gradient_direction;
+use suggestive::engine::select::{gradient_direction, gradient_directions};
 use suggestive::phantom::PhantomLayout;
 use suggestive::session::config::{Arm, DirectionMethod, Granularity, Scenario};
 use suggestive::session::run::{Control, Outcome, Runner};
@@ -334,4 +334,86 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
         f32dir.dz_norm == 0.0 || cosine(&auto.direction, &f32dir.direction) < 0.9,
         "float32 unexpectedly resolved the step"
     );
+}
+
+#[test]
+fn batched_gradient_directions_equal_one_sample_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(tmp.path());
+    tch::manual_seed(3);
+    let vs_u = VarStore::new(Device::Cpu);
+    let unet = UNet::new(
+        &vs_u.root(),
+        4,
+        &UNetConfig {
+            depth: 2,
+            base: 4,
+            ..Default::default()
+        },
+    );
+    let vs = VarStore::new(Device::Cpu);
+    let cfg = VaeConfig {
+        latent: 5,
+        base: 4,
+        levels: 2,
+    };
+    let vae = Vae::new(&vs.root(), 4, 32, &cfg);
+    let mut vs64 = VarStore::new(Device::Cpu);
+    let vae64 = Vae::new(&vs64.root(), 4, 32, &cfg);
+    vs64.copy(&vs).unwrap();
+    vs64.double();
+    // Samples of different sizes (image- and patient-like), with and without tumour.
+    let t = tumour_slices(&ds);
+    let all: Vec<usize> = ds.patients()[1].slice_range().collect();
+    assert!(all.len() >= 5 && !t.is_empty());
+    let samples: Vec<Vec<usize>> = vec![
+        vec![t[0]],
+        all[0..3].to_vec(),
+        vec![all[3]],
+        vec![all[4], t[t.len() - 1]],
+    ];
+    for (alpha, method) in [
+        (1e-4, DirectionMethod::Float64),
+        (1e-4, DirectionMethod::CentralDifference),
+        (1e3, DirectionMethod::Float32), // a step float32 resolves
+        (1e-4, DirectionMethod::Auto),
+    ] {
+        // Batches of up to 4 slices: [s0, s1(3 slices)], [s2, s3] ...
+        let batched = gradient_directions(
+            &unet,
+            &vae,
+            &vae64,
+            &ds,
+            &samples,
+            alpha,
+            method,
+            Device::Cpu,
+            4,
+        )
+        .unwrap();
+        assert_eq!(batched.len(), samples.len());
+        for (s, b) in samples.iter().zip(&batched) {
+            let one = gradient_direction(&unet, &vae, &vae64, &ds, s, alpha, method, Device::Cpu)
+                .unwrap();
+            assert_eq!(b.method, one.method, "{method:?}");
+            assert!((b.loss - one.loss).abs() < 1e-6, "{method:?} loss");
+            assert!(
+                (b.rel_dx - one.rel_dx).abs() <= 1e-6 * one.rel_dx.abs(),
+                "{method:?} rel_dx {} vs {}",
+                b.rel_dx,
+                one.rel_dx
+            );
+            if one.dz_norm == 0.0 {
+                assert!(b.dz_norm < 1e-12, "{method:?}: {}", b.dz_norm);
+            } else {
+                assert!(
+                    cosine(&b.direction, &one.direction) > 0.999
+                        && (b.dz_norm / one.dz_norm - 1.0).abs() < 1e-3,
+                    "{method:?}: {:?} vs {:?}",
+                    b.direction,
+                    one.direction
+                );
+            }
+        }
+    }
 }

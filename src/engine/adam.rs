@@ -76,10 +76,11 @@ impl Adam {
     /// Moments and step count as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
         let step = Tensor::from_slice(&[self.step]);
-        let mut named: Vec<(String, &Tensor)> = vec![("step".into(), &step)];
+        // Moments follow their weight's layout (channels-last): files hold contiguous copies.
+        let mut named: Vec<(String, Tensor)> = vec![("step".into(), step)];
         for (n, _, m, v) in &self.params {
-            named.push((format!("m.{n}"), m));
-            named.push((format!("v.{n}"), v));
+            named.push((format!("m.{n}"), m.contiguous()));
+            named.push((format!("v.{n}"), v.contiguous()));
         }
         Tensor::write_safetensors(&named, path)
             .with_context(|| format!("cannot write {}", path.display()))

@@ -199,9 +199,7 @@ pub struct GradientStep {
 /// Below this relative step, float32 cannot resolve `x' − x` (DESIGN.md): use float64.
 const FLOAT32_RESOLUTION: f64 = 1e-6;
 
-/// `z' − z` for the sample made of `slices`: the Dice-loss gradient w.r.t. the input (the UNet
-/// in eval mode; the weights' gradients untouched), masked to the brain, a step of `alpha`, and
-/// the encoder mean before and after, by `method`. `vae64` is the float64 copy of the encoder.
+/// The gradient step of one labelled sample (see [`gradient_directions`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gradient_direction(
     unet: &UNet,
@@ -213,10 +211,115 @@ pub fn gradient_direction(
     method: DirectionMethod,
     device: Device,
 ) -> Result<GradientStep> {
-    let x = batch::images(ds, slices, device).set_requires_grad(true);
-    let y = batch::masks(ds, slices, device);
-    let loss = dice_loss(&unet.forward_t(&x, false), &y);
-    let grads = Tensor::run_backward(&[&loss], &[&x], false, false);
+    let samples = [slices.to_vec()];
+    let mut steps = gradient_directions(
+        unet,
+        vae,
+        vae64,
+        ds,
+        &samples,
+        alpha,
+        method,
+        device,
+        usize::MAX,
+    )?;
+    Ok(steps.remove(0))
+}
+
+/// `z' − z` for each labelled sample (a list of its slices): the Dice-loss gradient w.r.t. the
+/// input (the UNet in eval mode; the weights' gradients untouched), masked to the brain, a step
+/// of `alpha`, and the encoder mean before and after, by `method`. `vae64` is the float64 copy
+/// of the encoder.
+///
+/// Samples are packed into batches of up to `batch_slices` slices (a sample larger than that
+/// is a batch of its own) and one backward pass serves the whole batch: the loss is the sum of
+/// the samples' own Dice losses and the UNet is in eval mode, so each slice's input gradient is
+/// exactly its sample's gradient. At image granularity this replaces one backward pass per
+/// labelled slice with one per batch.
+#[allow(clippy::too_many_arguments)]
+pub fn gradient_directions(
+    unet: &UNet,
+    vae: &Vae,
+    vae64: &Vae,
+    ds: &Dataset,
+    samples: &[Vec<usize>],
+    alpha: f64,
+    method: DirectionMethod,
+    device: Device,
+    batch_slices: usize,
+) -> Result<Vec<GradientStep>> {
+    let mut out = Vec::with_capacity(samples.len());
+    let mut start = 0;
+    while start < samples.len() {
+        let (mut end, mut n) = (start + 1, samples[start].len());
+        while end < samples.len() && n + samples[end].len() <= batch_slices {
+            n += samples[end].len();
+            end += 1;
+        }
+        out.extend(direction_batch(
+            unet,
+            vae,
+            vae64,
+            ds,
+            &samples[start..end],
+            alpha,
+            method,
+            device,
+        )?);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Per-slice sums of squares, `(N, C, H, W)` → N values, in float64.
+fn slice_sq_norms(t: &Tensor) -> Vec<f64> {
+    Vec::try_from(
+        t.to_kind(Kind::Double)
+            .square()
+            .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Double)
+            .to_device(Device::Cpu),
+    )
+    .unwrap_or_default()
+}
+
+/// Rows of `dz` (one per slice, on any device) averaged over each sample's slice range.
+fn mean_rows(dz: &Tensor, ranges: &[(i64, i64)]) -> Vec<Vec<f64>> {
+    let dz = dz.to_kind(Kind::Double).to_device(Device::Cpu);
+    ranges
+        .iter()
+        .map(|&(a, len)| {
+            Vec::try_from(dz.narrow(0, a, len).mean_dim(0, false, Kind::Double)).unwrap_or_default()
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn direction_batch(
+    unet: &UNet,
+    vae: &Vae,
+    vae64: &Vae,
+    ds: &Dataset,
+    group: &[Vec<usize>],
+    alpha: f64,
+    method: DirectionMethod,
+    device: Device,
+) -> Result<Vec<GradientStep>> {
+    let slices = group.concat();
+    let mut ranges = Vec::with_capacity(group.len());
+    let mut at = 0i64;
+    for s in group {
+        ranges.push((at, s.len() as i64));
+        at += s.len() as i64;
+    }
+    let x = batch::images(ds, &slices, device).set_requires_grad(true);
+    let y = batch::masks(ds, &slices, device);
+    let logits = unet.forward_t(&x, false);
+    let losses: Vec<Tensor> = ranges
+        .iter()
+        .map(|&(a, len)| dice_loss(&logits.narrow(0, a, len), &y.narrow(0, a, len)))
+        .collect();
+    let total = Tensor::stack(&losses, 0).sum(Kind::Float);
+    let grads = Tensor::run_backward(&[&total], &[&x], false, false);
     let x = x.detach();
     // Only brain pixels move: background gradients of empty slices would dominate otherwise.
     let brain = x
@@ -226,58 +329,79 @@ pub fn gradient_direction(
         .to_kind(Kind::Float);
     let g = (&grads[0] * &brain).detach();
     let _guard = tch::no_grad_guard();
-    let xn = x.norm().double_value(&[]);
-    let gn = g.norm().double_value(&[]);
-    let rel_dx = if xn > 0.0 { alpha * gn / xn } else { 0.0 };
-    let method = match method {
-        DirectionMethod::Auto if rel_dx < FLOAT32_RESOLUTION => DirectionMethod::Float64,
-        DirectionMethod::Auto => DirectionMethod::Float32,
-        m => m,
+    let (x_sq, g_sq) = (slice_sq_norms(&x), slice_sq_norms(&g));
+    let per_sample = |v: &[f64], (a, len): (i64, i64)| -> f64 {
+        v[a as usize..(a + len) as usize].iter().sum::<f64>().sqrt()
     };
-    let mean_latent = |t: Tensor| -> Vec<f64> {
-        Vec::try_from(
-            t.to_kind(Kind::Double)
-                .mean_dim(0, false, Kind::Double)
-                .to_device(Device::Cpu),
-        )
-        .unwrap_or_default()
-    };
-    let direction = match method {
-        DirectionMethod::Float32 | DirectionMethod::Auto => {
-            let z = vae.encode(&x).0;
-            let zp = vae.encode(&(&x + &g * alpha)).0;
-            mean_latent(zp - z)
-        }
-        DirectionMethod::Float64 => {
-            let x64 = x.to_kind(Kind::Double);
-            let z = vae64.encode(&x64).0;
-            let zp = vae64.encode(&(&x64 + g.to_kind(Kind::Double) * alpha)).0;
-            mean_latent(zp - z)
-        }
-        DirectionMethod::CentralDifference => {
-            // A step 1e-3 of ‖x‖ along g resolves in float32; scale back to α.
-            let h = if gn > 0.0 { 1e-3 * xn / gn } else { 0.0 };
-            if h == 0.0 {
-                vec![0.0; vae_latent(vae, &x)]
-            } else {
-                let zp = vae.encode(&(&x + &g * h)).0;
-                let zm = vae.encode(&(&x - &g * h)).0;
-                mean_latent((zp - zm) * (alpha / (2.0 * h)))
+    let norms: Vec<(f64, f64)> = ranges
+        .iter()
+        .map(|&r| (per_sample(&x_sq, r), per_sample(&g_sq, r)))
+        .collect();
+    let rel_dx: Vec<f64> = norms
+        .iter()
+        .map(|&(xn, gn)| if xn > 0.0 { alpha * gn / xn } else { 0.0 })
+        .collect();
+    let methods: Vec<DirectionMethod> = rel_dx
+        .iter()
+        .map(|&r| match method {
+            DirectionMethod::Auto if r < FLOAT32_RESOLUTION => DirectionMethod::Float64,
+            DirectionMethod::Auto => DirectionMethod::Float32,
+            m => m,
+        })
+        .collect();
+    let needs = |m: DirectionMethod| methods.contains(&m);
+    // Per-slice z' − z in each precision some sample needs, then averaged per sample.
+    let float32 = needs(DirectionMethod::Float32).then(|| {
+        let z = vae.encode(&x).0;
+        let zp = vae.encode(&(&x + &g * alpha)).0;
+        mean_rows(&(zp - z), &ranges)
+    });
+    let float64 = needs(DirectionMethod::Float64).then(|| {
+        let x64 = x.to_kind(Kind::Double);
+        let z = vae64.encode(&x64).0;
+        let zp = vae64.encode(&(&x64 + g.to_kind(Kind::Double) * alpha)).0;
+        mean_rows(&(zp - z), &ranges)
+    });
+    let central = needs(DirectionMethod::CentralDifference).then(|| {
+        // A step of 1e-3 ‖x‖ along g resolves in float32; each sample's step is scaled back
+        // to α (a sample without gradient gets no direction).
+        let h: Vec<f64> = norms
+            .iter()
+            .map(|&(xn, gn)| if gn > 0.0 { 1e-3 * xn / gn } else { 0.0 })
+            .collect();
+        let per_slice = |f: &dyn Fn(f64) -> f64| -> Tensor {
+            let v: Vec<f32> = ranges
+                .iter()
+                .zip(&h)
+                .flat_map(|(&(_, len), &h)| std::iter::repeat_n(f(h) as f32, len as usize))
+                .collect();
+            Tensor::from_slice(&v).to_device(device)
+        };
+        let step = per_slice(&|h| h).view([-1, 1, 1, 1]);
+        let back = per_slice(&|h| if h > 0.0 { alpha / (2.0 * h) } else { 0.0 }).view([-1, 1]);
+        let zp = vae.encode(&(&x + &g * &step)).0;
+        let zm = vae.encode(&(&x - &g * &step)).0;
+        mean_rows(&((zp - zm) * back), &ranges)
+    });
+    Ok(methods
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let dirs = match m {
+                DirectionMethod::Float64 => &float64,
+                DirectionMethod::CentralDifference => &central,
+                _ => &float32,
+            };
+            let direction = dirs.as_ref().map(|d| d[i].clone()).unwrap_or_default();
+            GradientStep {
+                loss: losses[i].double_value(&[]),
+                rel_dx: rel_dx[i],
+                dz_norm: direction.iter().map(|v| v * v).sum::<f64>().sqrt(),
+                method: m,
+                direction,
             }
-        }
-    };
-    let dz_norm = direction.iter().map(|v| v * v).sum::<f64>().sqrt();
-    Ok(GradientStep {
-        loss: loss.double_value(&[]),
-        rel_dx,
-        dz_norm,
-        method,
-        direction,
-    })
-}
-
-fn vae_latent(vae: &Vae, x: &Tensor) -> usize {
-    vae.encode(&x.narrow(0, 0, 1)).0.size()[1] as usize
+        })
+        .collect())
 }
 
 #[cfg(test)]

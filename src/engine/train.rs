@@ -46,16 +46,24 @@ fn run_epochs(
     for epoch in epochs.clone() {
         before_epoch(epoch);
         let order = epoch_order(slices, seed, epoch);
-        let (mut sum, mut n) = (0.0, 0);
+        // The losses add up on the device and are read once per epoch: reading each step's
+        // value would make the host wait for the GPU at every step.
+        let mut sum: Option<tch::Tensor> = None;
+        let mut n = 0;
         for chunk in order.chunks(batch_size) {
             opt.zero_grad();
             let loss = loss_of(chunk);
             loss.backward();
             opt.step();
-            sum += loss.double_value(&[]);
+            let l = loss.detach().to_kind(tch::Kind::Double);
+            sum = Some(match sum {
+                Some(s) => s + l,
+                None => l,
+            });
             n += 1;
         }
-        if after_epoch(epoch, sum / n.max(1) as f64, opt)?.is_break() {
+        let mean = sum.map_or(0.0, |s| s.double_value(&[]) / n as f64);
+        if after_epoch(epoch, mean, opt)?.is_break() {
             return Ok(epoch + 1);
         }
     }

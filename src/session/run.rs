@@ -27,9 +27,9 @@ use super::store::{commit_file, EventLog, Lock};
 use super::Session;
 use crate::data::Dataset;
 use crate::engine::adam::Adam;
-use crate::engine::nets::{UNet, Vae};
+use crate::engine::nets::{save_weights, use_channels_last, UNet, Vae};
 use crate::engine::select::{
-    gradient_direction, pick_oracle, pick_proposed, pick_random, Pick, Source,
+    gradient_directions, pick_oracle, pick_proposed, pick_random, GradientStep, Pick, Source,
 };
 use crate::engine::{batch, device, eval, train};
 
@@ -210,8 +210,7 @@ impl Runner {
             ".tmp-{}",
             path.file_name().unwrap_or_default().to_string_lossy()
         ));
-        vs.save(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        save_weights(vs, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         commit_file(&tmp, path)
     }
 
@@ -423,20 +422,24 @@ impl Runner {
     // ---- training --------------------------------------------------------------------------
 
     fn new_unet(&self, vs: &VarStore) -> UNet {
-        UNet::new(
+        let net = UNet::new(
             &vs.root(),
             self.ds.channels() as i64,
             &self.cfg().unet.net(),
-        )
+        );
+        use_channels_last(vs);
+        net
     }
 
     fn new_vae(&self, vs: &VarStore) -> Vae {
-        Vae::new(
+        let net = Vae::new(
             &vs.root(),
             self.ds.channels() as i64,
             self.ds.size() as i64,
             &self.cfg().vae.net(),
-        )
+        );
+        use_channels_last(vs);
+        net
     }
 
     /// Loads the final weights of `step` into `vs`.
@@ -809,21 +812,23 @@ impl Runner {
                 vs64.copy(&vs)?;
                 vs64.double();
                 let latents = self.sample_latents(repeat)?;
-                let mut steps = Vec::new();
-                for &s in &labelled {
-                    let slices = self.sample_slices(repeat, &[s]);
-                    let g = gradient_direction(
-                        &unet,
-                        &vae,
-                        &vae64,
-                        &self.ds,
-                        &slices,
-                        cfg.selection.alpha,
-                        cfg.selection.direction,
-                        self.device,
-                    )?;
-                    steps.push((s, g));
-                }
+                let samples: Vec<Vec<usize>> = labelled
+                    .iter()
+                    .map(|&s| self.sample_slices(repeat, &[s]))
+                    .collect();
+                let gradients = gradient_directions(
+                    &unet,
+                    &vae,
+                    &vae64,
+                    &self.ds,
+                    &samples,
+                    cfg.selection.alpha,
+                    cfg.selection.direction,
+                    self.device,
+                    EVAL_BATCH,
+                )?;
+                let mut steps: Vec<(usize, GradientStep)> =
+                    labelled.iter().copied().zip(gradients).collect();
                 // The hardest labelled samples lead: highest loss first.
                 steps.sort_by(|a, b| b.1.loss.total_cmp(&a.1.loss).then(a.0.cmp(&b.0)));
                 let sources: Vec<Source> = steps

@@ -67,14 +67,6 @@ pub fn pick_oracle(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
         .collect()
 }
 
-fn dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
-}
-
 /// Result of one cone search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConePick {
@@ -95,48 +87,88 @@ pub fn cone_search(
     cos_theta: f64,
     taken: &HashSet<usize>,
 ) -> Option<ConePick> {
-    let zp: Vec<f64> = z.iter().zip(d).map(|(a, b)| a + b).collect();
-    let dn = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let mut best_in: Option<(f64, usize, Option<f64>)> = None;
-    let mut best_any: Option<(f64, usize, Option<f64>)> = None;
-    for (j, zj) in candidates {
-        if taken.contains(j) {
-            continue;
-        }
-        let v: Vec<f64> = zj.iter().zip(z).map(|(a, b)| a - b).collect();
-        let vn = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let cos = if dn > 0.0 && vn > 0.0 {
-            Some(v.iter().zip(d).map(|(a, b)| a * b).sum::<f64>() / (vn * dn))
-        } else {
-            None
-        };
-        let angle = cos.map(|c| c.clamp(-1.0, 1.0).acos().to_degrees());
-        let dd = dist(zj, &zp);
-        let better = |b: &Option<(f64, usize, Option<f64>)>| {
-            b.as_ref()
-                .is_none_or(|(bd, bj, _)| dd < *bd || (dd == *bd && j < bj))
-        };
-        if cos.is_some_and(|c| c >= cos_theta) && better(&best_in) {
-            best_in = Some((dd, *j, angle));
-        }
-        if better(&best_any) {
-            best_any = Some((dd, *j, angle));
+    let flat = Candidates::new(candidates);
+    let taken: Vec<bool> = flat.ids.iter().map(|i| taken.contains(i)).collect();
+    flat.search(z, d, cos_theta, &taken).map(|(c, _)| c)
+}
+
+/// Candidate latents in one flat row-major array: the search over tens of thousands of them
+/// runs without allocating and reads memory in order.
+struct Candidates {
+    ids: Vec<usize>,
+    z: Vec<f64>,
+    dim: usize,
+}
+
+impl Candidates {
+    fn new(candidates: &[(usize, Vec<f64>)]) -> Candidates {
+        let dim = candidates.first().map_or(0, |c| c.1.len());
+        Candidates {
+            ids: candidates.iter().map(|c| c.0).collect(),
+            z: candidates
+                .iter()
+                .flat_map(|c| c.1.iter().copied())
+                .collect(),
+            dim,
         }
     }
-    match (best_in, best_any) {
-        (Some((distance, sample, angle_deg)), _) => Some(ConePick {
+
+    /// [`cone_search`] over the candidates whose position is not marked in `taken`; also
+    /// returns the pick's position.
+    fn search(
+        &self,
+        z: &[f64],
+        d: &[f64],
+        cos_theta: f64,
+        taken: &[bool],
+    ) -> Option<(ConePick, usize)> {
+        let dn = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+        // (squared distance to z', sample id, position) of the best in the cone and overall.
+        let mut best_in: Option<(f64, usize, usize)> = None;
+        let mut best_any: Option<(f64, usize, usize)> = None;
+        let better = |b: &Option<(f64, usize, usize)>, dd: f64, id: usize| {
+            b.is_none_or(|(bd, bid, _)| dd < bd || (dd == bd && id < bid))
+        };
+        for (pos, zj) in self.z.chunks_exact(self.dim.max(1)).enumerate() {
+            if taken[pos] {
+                continue;
+            }
+            let (mut vv, mut vd, mut dd) = (0.0, 0.0, 0.0);
+            for k in 0..self.dim {
+                let v = zj[k] - z[k];
+                let e = v - d[k]; // z_j − z'
+                vv += v * v;
+                vd += v * d[k];
+                dd += e * e;
+            }
+            let id = self.ids[pos];
+            let in_cone = dn > 0.0 && vv > 0.0 && vd / (vv.sqrt() * dn) >= cos_theta;
+            if in_cone && better(&best_in, dd, id) {
+                best_in = Some((dd, id, pos));
+            }
+            if better(&best_any, dd, id) {
+                best_any = Some((dd, id, pos));
+            }
+        }
+        let (fallback, (dd, sample, pos)) = match (best_in, best_any) {
+            (Some(b), _) => (false, b),
+            (None, Some(b)) => (true, b),
+            _ => return None,
+        };
+        let zj = &self.z[pos * self.dim..(pos + 1) * self.dim];
+        let v: Vec<f64> = zj.iter().zip(z).map(|(a, b)| a - b).collect();
+        let vn = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let angle_deg = (dn > 0.0 && vn > 0.0).then(|| {
+            let cos = v.iter().zip(d).map(|(a, b)| a * b).sum::<f64>() / (vn * dn);
+            cos.clamp(-1.0, 1.0).acos().to_degrees()
+        });
+        let pick = ConePick {
             sample,
-            distance,
+            distance: dd.sqrt(),
             angle_deg,
-            fallback: false,
-        }),
-        (None, Some((distance, sample, angle_deg))) => Some(ConePick {
-            sample,
-            distance,
-            angle_deg,
-            fallback: true,
-        }),
-        _ => None,
+            fallback,
+        };
+        Some((pick, pos))
     }
 }
 
@@ -157,7 +189,8 @@ pub fn pick_proposed(
     cone_degrees: f64,
 ) -> Vec<Pick> {
     let cos_theta = cone_degrees.to_radians().cos();
-    let mut taken = HashSet::new();
+    let flat = Candidates::new(candidates);
+    let mut taken = vec![false; flat.ids.len()];
     let mut picks = Vec::new();
     if sources.is_empty() {
         return picks;
@@ -166,10 +199,10 @@ pub fn pick_proposed(
         if picks.len() >= k {
             break;
         }
-        let Some(c) = cone_search(&s.z, &s.direction, candidates, cos_theta, &taken) else {
+        let Some((c, pos)) = flat.search(&s.z, &s.direction, cos_theta, &taken) else {
             break; // no candidates left
         };
-        taken.insert(c.sample);
+        taken[pos] = true;
         picks.push(Pick {
             sample: c.sample,
             source: Some(s.sample),
@@ -271,6 +304,51 @@ pub fn gradient_directions(
     Ok(out)
 }
 
+/// Encoder means of `slices`, `(N, latent)` on the CPU, in batches of `batch_size` (the
+/// parts stay on the device until the end: one transfer, no wait per batch).
+pub fn encode_slices(
+    vae: &Vae,
+    ds: &Dataset,
+    slices: &[usize],
+    device: Device,
+    batch_size: usize,
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let parts: Vec<Tensor> = slices
+        .chunks(batch_size.max(1))
+        .map(|chunk| vae.encode(&batch::images(ds, chunk, device)).0)
+        .collect();
+    if parts.is_empty() {
+        return Tensor::zeros([0, vae.latent()], (Kind::Float, Device::Cpu));
+    }
+    Tensor::cat(&parts, 0).to_device(Device::Cpu)
+}
+
+/// Each sample's own Dice loss (as [`dice_loss`] over its slices), summed: one scalar whose
+/// gradient w.r.t. each slice is its sample's gradient. Equal-size samples (image
+/// granularity) take one vectorised pass.
+fn summed_sample_losses(logits: &Tensor, y: &Tensor, ranges: &[(i64, i64)]) -> (Tensor, Vec<f64>) {
+    let equal = ranges.iter().all(|r| r.1 == ranges[0].1);
+    let losses = if equal {
+        let n = ranges.len() as i64;
+        let p = logits.sigmoid().reshape([n, -1]);
+        let t = y.reshape([n, -1]);
+        let kind = logits.kind();
+        let inter = (&p * &t).sum_dim_intlist(1, false, kind);
+        let denom = p.sum_dim_intlist(1, false, kind) + t.sum_dim_intlist(1, false, kind);
+        1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+    } else {
+        let each: Vec<Tensor> = ranges
+            .iter()
+            .map(|&(a, len)| dice_loss(&logits.narrow(0, a, len), &y.narrow(0, a, len)))
+            .collect();
+        Tensor::stack(&each, 0)
+    };
+    let values = Vec::try_from(losses.detach().to_kind(Kind::Double).to_device(Device::Cpu))
+        .unwrap_or_default();
+    (losses.sum(logits.kind()), values)
+}
+
 /// Per-slice sums of squares, `(N, C, H, W)` → N values, in float64.
 fn slice_sq_norms(t: &Tensor) -> Vec<f64> {
     Vec::try_from(
@@ -314,11 +392,7 @@ fn direction_batch(
     let x = batch::images(ds, &slices, device).set_requires_grad(true);
     let y = batch::masks(ds, &slices, device);
     let logits = unet.forward_t(&x, false);
-    let losses: Vec<Tensor> = ranges
-        .iter()
-        .map(|&(a, len)| dice_loss(&logits.narrow(0, a, len), &y.narrow(0, a, len)))
-        .collect();
-    let total = Tensor::stack(&losses, 0).sum(Kind::Float);
+    let (total, losses) = summed_sample_losses(&logits, &y, &ranges);
     let grads = Tensor::run_backward(&[&total], &[&x], false, false);
     let x = x.detach();
     // Only brain pixels move: background gradients of empty slices would dominate otherwise.
@@ -394,7 +468,7 @@ fn direction_batch(
             };
             let direction = dirs.as_ref().map(|d| d[i].clone()).unwrap_or_default();
             GradientStep {
-                loss: losses[i].double_value(&[]),
+                loss: losses[i],
                 rel_dx: rel_dx[i],
                 dz_norm: direction.iter().map(|v| v * v).sum::<f64>().sqrt(),
                 method: m,

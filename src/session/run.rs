@@ -29,9 +29,10 @@ use crate::data::Dataset;
 use crate::engine::adam::Adam;
 use crate::engine::nets::{save_weights, use_channels_last, UNet, Vae};
 use crate::engine::select::{
-    gradient_directions, pick_oracle, pick_proposed, pick_random, GradientStep, Pick, Source,
+    encode_slices, gradient_directions, pick_oracle, pick_proposed, pick_random, GradientStep,
+    Pick, Source,
 };
-use crate::engine::{batch, device, eval, train};
+use crate::engine::{device, eval, train};
 
 /// Asks a running session to stop at its next safe point (the end of an epoch or step).
 #[derive(Default, Clone)]
@@ -696,13 +697,7 @@ impl Runner {
     fn latents(&mut self, repeat: usize) -> Result<()> {
         let (_vs, vae) = self.load_vae(repeat)?;
         let slices = self.pool_slices(repeat);
-        let _g = tch::no_grad_guard();
-        let mut parts = Vec::new();
-        for chunk in slices.chunks(EVAL_BATCH) {
-            let x = batch::images(&self.ds, chunk, self.device);
-            parts.push(vae.encode(&x).0.to_device(Device::Cpu));
-        }
-        let z = Tensor::cat(&parts, 0);
+        let z = encode_slices(&vae, &self.ds, &slices, self.device, EVAL_BATCH);
         let path = self.latents_path(repeat);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         let tmp = path.with_file_name(format!(".tmp-r{repeat}.safetensors"));

@@ -1,0 +1,89 @@
+"""Selection at BraTS scale: suggestive (bench/select_bench.rs) against PyTorch eager
+(bench/reference_select.py), same phantom pool, same weights, same device, in the same run.
+
+The pool is a phantom of 260 training patients × 150 slices = 39,000 slices (the paper's
+260/75 split), 1,500 of them labelled. On the CPU the phantom's volumes are 64×64×155 (slices
+of 64×64, small networks); on a GPU they are BraTS-size 240×240×155 (slices of 256×256, the
+paper's networks). Driven by bench/run."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from results import cpu_device, record
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--bin", help="prebuilt suggestive and select_bench folder (GPU machine)")
+    a = ap.parse_args()
+    gpu = a.device.startswith("cuda")
+    shape, nets = ("240,240,155", (4, 64, 4, 32)) if gpu else ("64,64,155", (3, 16, 3, 16))
+    labelled = 1500
+    work = os.environ.get("SELECT_BENCH_DIR") or os.path.join(ROOT, "target", "select-bench")
+    data, cache = os.path.join(work, f"phantom-{shape.replace(',', 'x')}"), os.path.join(work, "cache")
+    if a.bin:
+        suggestive, bench = [os.path.join(a.bin, "suggestive")], [os.path.join(a.bin, "select_bench")]
+    else:
+        suggestive = ["cargo", "run", "--release", "--quiet", "--"]
+        bench = ["cargo", "bench", "--quiet", "--bench", "select_bench", "--"]
+    if not os.path.exists(os.path.join(data, "name_mapping.csv")):
+        subprocess.run([*suggestive, "phantom", "--out", data, "--patients", "260", "--shape", shape, "--seed", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+    out = tempfile.mkdtemp(prefix="suggestive-select-")
+    args = [data, cache, out, a.device, *nets[:2], *nets[2:], labelled]
+    ours_txt = subprocess.run([*bench, *map(str, args)], check=True, capture_output=True, text=True).stdout
+    ours = json.loads(ours_txt.strip().splitlines()[-1])
+    ref = subprocess.run([sys.executable, os.path.join(HERE, "reference_select.py"), out, str(nets[0]), str(nets[2]),
+                          a.device], input=json.dumps(ours), check=True, capture_output=True, text=True)
+    ref = json.loads(ref.stdout.strip().splitlines()[-1])
+
+    # Same computation first: latents, losses, directions, and then the picks they lead to.
+    def rel(x, y):
+        return max(abs(p - q) for p, q in zip(x, y)) / max(max(abs(q) for q in y), 1e-12)
+
+    assert rel(ours["z_head"], ref["z_head"]) < 1e-3, f"latents differ: {ours['z_head'][:5]} vs {ref['z_head'][:5]}"
+    assert rel(ours["losses"], ref["losses"]) < 1e-4, "losses differ"
+    cos = []
+    for p, q in zip(ours["directions"], ref["directions"]):
+        den = (sum(v * v for v in p) * sum(v * v for v in q)) ** 0.5
+        cos.append(sum(x * y for x, y in zip(p, q)) / den if den > 0 else 1.0)
+    cos.sort()
+    assert cos[len(cos) // 2] > 0.999, f"directions differ (median cosine {cos[len(cos) // 2]})"
+    agree = sum(p == q for p, q in zip(ours["picks"], ref["picks"])) / len(ref["picks"])
+    assert agree >= 0.9, f"only {agree:.0%} of the picks agree"
+
+    device = a.device if gpu else cpu_device()
+    n, s = ours["slices"], ours["size"]
+    what = f"{n:,} slices {s}x{s}"
+    results = [
+        {"name": f"selection: encode {what} (VAE levels {nets[2]}, base {nets[3]})", "ours": ours["encode_s"],
+         "reference": ref["encode_s"]},
+        {"name": f"selection: gradient directions of {labelled:,} labelled slices (UNet depth {nets[0]}, base {nets[1]}; "
+                 f"{ours['float64_directions']} in float64)", "ours": ours["gradients_s"], "reference": ref["gradients_s"]},
+        {"name": f"selection: cone search, {labelled:,} sources over {n - labelled:,} latents", "ours": ours["cone_s"],
+         "reference": ref["cone_s"]},
+    ]
+    results.append({"name": f"selection: all three stages, {what}", "ours": sum(r["ours"] for r in results),
+                    "reference": sum(r["reference"] for r in results)})
+    for r in results:
+        r.update(device=device, unit="s", ratio=r["reference"] / r["ours"])
+    record(results)
+    print(f"\n{'benchmark':100} {'ours':>8} {'PyTorch':>8} {'unit':>4} {'ratio':>6}")
+    for r in results:
+        print(f"{r['name']:100} {r['ours']:8.2f} {r['reference']:8.2f} {r['unit']:>4} {r['ratio']:6.2f}")
+    print(f"same results: median direction cosine {cos[len(cos) // 2]:.6f} (min {cos[0]:.4f}), {agree:.1%} of picks "
+          f"identical, fallbacks {ours['fallbacks']} vs {ref['fallbacks']}; cache open {ours['open_s']:.2f} s; "
+          f"threads {ours['threads']} vs {ref['threads']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+//! Selection at BraTS scale, driven by bench/select_bench.py and compared with
+//! bench/reference_select.py in the same run: the three stages of one gradient-guided round on a
+//! pool of ~39,000 slices, timed separately, through the engine's own functions.
+//!
+//!  1. encode every pool slice (the VAE encoder mean; the session's `latents` step);
+//!  2. gradient directions of the labelled slices (image granularity: Dice gradient to the
+//!     input, one step of α, z' − z in the precision `auto` picks);
+//!  3. the cone search of every source over the unlabelled latents.
+//!
+//! Writes the weights it drew (for the reference) and prints one JSON object with the seconds
+//! per stage and what the reference must reproduce.
+//!
+//! Arguments: DATA CACHE OUT DEVICE UNET_DEPTH UNET_BASE VAE_LEVELS VAE_BASE LABELLED
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use suggestive::data::{Dataset, LoadOptions};
+use suggestive::engine::device::parse_device;
+use suggestive::engine::nets::{
+    save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
+};
+use suggestive::engine::select::{encode_slices, gradient_directions, pick_proposed, Source};
+use suggestive::session::config::DirectionMethod;
+use tch::nn::VarStore;
+use tch::{Device, Kind};
+
+/// The session's batch for evaluation, encoding and gradients (run.rs EVAL_BATCH).
+const BATCH: usize = 32;
+const ALPHA: f64 = 1e-4;
+const CONE_DEGREES: f64 = 45.0;
+
+fn sync(d: Device) {
+    if let Device::Cuda(n) = d {
+        tch::Cuda::synchronize(n as i64);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let num = |i: usize| a[i].parse::<i64>().expect("numeric argument");
+    let (data, cache, out) = (
+        PathBuf::from(&a[0]),
+        PathBuf::from(&a[1]),
+        PathBuf::from(&a[2]),
+    );
+    let device = parse_device(&a[3])?;
+    let unet_cfg = UNetConfig {
+        depth: num(4) as usize,
+        base: num(5),
+        norm: Norm::Batch,
+    };
+    let vae_cfg = VaeConfig {
+        latent: 5,
+        levels: num(6) as usize,
+        base: num(7),
+    };
+    let labelled_n = num(8) as usize;
+    std::fs::create_dir_all(&out)?;
+    if let Device::Cuda(_) = device {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+
+    let t = Instant::now();
+    let mut opts = LoadOptions::new(&cache);
+    opts.preprocessing.pad_to = None;
+    let (ds, _) = Dataset::load(&data, &opts)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let n = ds.num_slices();
+    let (c, s) = (ds.channels() as i64, ds.size() as i64);
+
+    tch::manual_seed(0);
+    let vs_u = VarStore::new(device);
+    let unet = UNet::new(&vs_u.root(), c, &unet_cfg);
+    use_channels_last(&vs_u);
+    save_weights(&vs_u, &out.join("unet.safetensors"))?;
+    let vs_v = VarStore::new(device);
+    let vae = Vae::new(&vs_v.root(), c, s, &vae_cfg);
+    use_channels_last(&vs_v);
+    save_weights(&vs_v, &out.join("vae.safetensors"))?;
+    let mut vs64 = VarStore::new(device);
+    let vae64 = Vae::new(&vs64.root(), c, s, &vae_cfg);
+    vs64.copy(&vs_v)?;
+    vs64.double();
+
+    // The labelled slices: evenly spaced over the pool.
+    let labelled: Vec<usize> = (0..labelled_n).map(|i| i * n / labelled_n).collect();
+    let all: Vec<usize> = (0..n).collect();
+
+    sync(device);
+    let t = Instant::now();
+    let z = encode_slices(&vae, &ds, &all, device, BATCH);
+    let encode_s = t.elapsed().as_secs_f64();
+    let z: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
+    let latent = vae_cfg.latent as usize;
+    let row = |i: usize| z[i * latent..(i + 1) * latent].to_vec();
+
+    let samples: Vec<Vec<usize>> = labelled.iter().map(|&i| vec![i]).collect();
+    let t = Instant::now();
+    let steps = gradient_directions(
+        &unet,
+        &vae,
+        &vae64,
+        &ds,
+        &samples,
+        ALPHA,
+        DirectionMethod::Auto,
+        device,
+        BATCH,
+    )?;
+    sync(device);
+    let gradients_s = t.elapsed().as_secs_f64();
+
+    // As the session orders them: the hardest labelled samples lead.
+    let mut order: Vec<usize> = (0..labelled.len()).collect();
+    order.sort_by(|&a, &b| {
+        steps[b]
+            .loss
+            .total_cmp(&steps[a].loss)
+            .then(labelled[a].cmp(&labelled[b]))
+    });
+    let sources: Vec<Source> = order
+        .iter()
+        .map(|&i| Source {
+            sample: labelled[i],
+            z: row(labelled[i]),
+            direction: steps[i].direction.clone(),
+        })
+        .collect();
+    let taken: std::collections::HashSet<usize> = labelled.iter().copied().collect();
+    let candidates: Vec<(usize, Vec<f64>)> = (0..n)
+        .filter(|i| !taken.contains(i))
+        .map(|i| (i, row(i)))
+        .collect();
+    let t = Instant::now();
+    let picks = pick_proposed(&sources, &candidates, labelled.len(), CONE_DEGREES);
+    let cone_s = t.elapsed().as_secs_f64();
+
+    let float64 = steps
+        .iter()
+        .filter(|s| s.method == DirectionMethod::Float64)
+        .count();
+    let json = serde_json::json!({
+        "slices": n, "size": s, "channels": c, "labelled": labelled.len(),
+        "cache_images": ds.cache_dir().join("images.f16"),
+        "cache_masks": ds.cache_dir().join("masks.u8"),
+        "open_s": open_s, "encode_s": encode_s, "gradients_s": gradients_s, "cone_s": cone_s,
+        "float64_directions": float64,
+        "z_head": z[..latent * 4].to_vec(),
+        "losses": steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
+        "directions": steps.iter().map(|s| s.direction.clone()).collect::<Vec<_>>(),
+        "picks": picks.iter().map(|p| p.sample).collect::<Vec<_>>(),
+        "fallbacks": picks.iter().filter(|p| p.fallback).count(),
+        "threads": tch::get_num_threads(),
+    });
+    println!("{json}");
+    Ok(())
+}

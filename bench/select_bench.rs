@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use suggestive::data::{Dataset, LoadOptions};
+use suggestive::engine::batch::Feed;
 use suggestive::engine::device::parse_device;
 use suggestive::engine::nets::{
     save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
@@ -86,13 +87,15 @@ fn main() -> anyhow::Result<()> {
     vs64.copy(&vs_v)?;
     vs64.double();
 
+    // As a session feeds its batches (on a GPU: the pool on the device when it fits).
+    let feed = Feed::auto(&ds, device);
     // The labelled slices: evenly spaced over the pool.
     let labelled: Vec<usize> = (0..labelled_n).map(|i| i * n / labelled_n).collect();
     let all: Vec<usize> = (0..n).collect();
 
     sync(device);
     let t = Instant::now();
-    let z = encode_slices(&vae, &ds, &all, device, BATCH);
+    let z = encode_slices(&vae, &ds, &all, &feed, BATCH);
     let encode_s = t.elapsed().as_secs_f64();
     let z: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
     let latent = vae_cfg.latent as usize;
@@ -108,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         &samples,
         ALPHA,
         DirectionMethod::Auto,
-        device,
+        &feed,
         BATCH,
     )?;
     sync(device);
@@ -154,7 +157,7 @@ fn main() -> anyhow::Result<()> {
         "directions": steps.iter().map(|s| s.direction.clone()).collect::<Vec<_>>(),
         "picks": picks.iter().map(|p| p.sample).collect::<Vec<_>>(),
         "fallbacks": picks.iter().filter(|p| p.fallback).count(),
-        "threads": tch::get_num_threads(),
+        "threads": tch::get_num_threads(), "feed": feed.describe(),
     });
     println!("{json}");
     Ok(())

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use common::*;
 use suggestive::data::Dataset;
-use suggestive::engine::batch;
+use suggestive::engine::batch::{self, Feed};
 use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
 use suggestive::engine::select::{gradient_direction, gradient_directions};
 use suggestive::phantom::PhantomLayout;
@@ -130,7 +130,8 @@ fn patient_wise_from_scratch_runs_and_the_oracle_picks_the_worst() {
         .filter(|i| !labelled.contains(i))
         .collect();
     let patients: Vec<usize> = candidates.iter().map(|&i| rd.train[i]).collect();
-    let dice = suggestive::engine::eval::patient_dice(&net, &ds, &patients, Device::Cpu, 16);
+    let dice =
+        suggestive::engine::eval::patient_dice(&net, &ds, &patients, &Feed::host(Device::Cpu), 16);
     let worst = candidates
         .iter()
         .zip(&dice)
@@ -298,8 +299,9 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
     vs64.copy(&vs).unwrap();
     vs64.double();
     let slices = tumour_slices(&ds);
+    let cpu = Feed::host(Device::Cpu);
     let dir = |alpha: f64, m: DirectionMethod| {
-        gradient_direction(&unet, &vae, &vae64, &ds, &slices, alpha, m, Device::Cpu).unwrap()
+        gradient_direction(&unet, &vae, &vae64, &ds, &slices, alpha, m, &cpu).unwrap()
     };
 
     // α = 1e-4 on z-scored images is below float32 resolution: auto takes float64 and says so.
@@ -362,6 +364,7 @@ fn batched_gradient_directions_equal_one_sample_at_a_time() {
     let vae64 = Vae::new(&vs64.root(), 4, 32, &cfg);
     vs64.copy(&vs).unwrap();
     vs64.double();
+    let cpu = Feed::host(Device::Cpu);
     // Samples of different sizes (image- and patient-like), with and without tumour.
     let t = tumour_slices(&ds);
     let all: Vec<usize> = ds.patients()[1].slice_range().collect();
@@ -387,14 +390,13 @@ fn batched_gradient_directions_equal_one_sample_at_a_time() {
             &samples,
             alpha,
             method,
-            Device::Cpu,
+            &cpu,
             4,
         )
         .unwrap();
         assert_eq!(batched.len(), samples.len());
         for (s, b) in samples.iter().zip(&batched) {
-            let one = gradient_direction(&unet, &vae, &vae64, &ds, s, alpha, method, Device::Cpu)
-                .unwrap();
+            let one = gradient_direction(&unet, &vae, &vae64, &ds, s, alpha, method, &cpu).unwrap();
             assert_eq!(b.method, one.method, "{method:?}");
             assert!((b.loss - one.loss).abs() < 1e-6, "{method:?} loss");
             assert!(
@@ -416,4 +418,27 @@ fn batched_gradient_directions_equal_one_sample_at_a_time() {
             }
         }
     }
+}
+
+#[test]
+fn the_device_resident_pool_gives_the_same_batches_as_the_memory_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(tmp.path());
+    // Uploading "to the device" works on the CPU too, which checks the gather and the
+    // half-precision round trip without a GPU.
+    let resident = Feed::resident(&ds, Device::Cpu).unwrap();
+    let host = Feed::host(Device::Cpu);
+    assert_eq!(resident.describe(), "pool on the device");
+    assert_eq!(host.describe(), "host batches");
+    let n = ds.num_slices();
+    let slices = [n - 1, 0, tumour_slices(&ds)[0], n / 2, n - 1];
+    let (a, b) = (resident.images(&ds, &slices), host.images(&ds, &slices));
+    assert_eq!(a.size(), b.size());
+    assert_eq!(a.kind(), Kind::Float);
+    assert!(a.equal(&b), "images differ");
+    let (a, b) = (resident.masks(&ds, &slices), host.masks(&ds, &slices));
+    assert!(
+        a.equal(&b) && b.sum(Kind::Float).double_value(&[]) > 0.0,
+        "masks differ"
+    );
 }

@@ -1,11 +1,11 @@
-//! Slices of the memory-mapped data set → tensors on the training device.
+//! Slices of the memory-mapped data set → tensors on the training device: the input pipeline.
 
 use half::slice::HalfFloatSliceExt;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::data::Dataset;
 
-/// Images `(N, C, S, S)` as float32 on `device`.
+/// Images `(N, C, S, S)` as float32 on `device`, converted on the host.
 pub fn images(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
     let n = ds.channels() * ds.size() * ds.size();
     let mut buf = vec![0f32; slices.len() * n];
@@ -30,4 +30,121 @@ pub fn masks(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
         .view([slices.len() as i64, 1, s, s])
         .to_device(device)
         .to_kind(Kind::Float)
+}
+
+/// Where batches come from.
+///
+/// - `Host`: gathered from the memory-mapped cache for every batch. On the CPU that is the
+///   data already in memory; for a GPU the batch is gathered in half precision into pinned
+///   memory and copied asynchronously, so the host gathers the next batch while the GPU
+///   computes (nothing in the loops waits for the GPU: losses are read once per epoch).
+/// - `Resident`: the whole preprocessed pool uploaded once (half-precision images, byte
+///   masks), batches gathered on the device: no transfer at all during training.
+pub struct Feed {
+    device: Device,
+    resident: Option<(Tensor, Tensor)>,
+}
+
+/// Slices copied per upload when the pool moves to the device.
+const UPLOAD_CHUNK: usize = 1024;
+
+impl Feed {
+    pub fn host(device: Device) -> Feed {
+        Feed {
+            device,
+            resident: None,
+        }
+    }
+
+    /// The whole data set on `device`; an error (nothing kept) when it does not fit.
+    pub fn resident(ds: &Dataset, device: Device) -> Result<Feed, TchError> {
+        let (n, c, s) = (
+            ds.num_slices() as i64,
+            ds.channels() as i64,
+            ds.size() as i64,
+        );
+        let images = Tensor::f_empty([n, c, s, s], (Kind::Half, device))?;
+        let masks = Tensor::f_empty([n, 1, s, s], (Kind::Uint8, device))?;
+        let (per_image, per_mask) = ((c * s * s) as usize, (s * s) as usize);
+        for start in (0..n as usize).step_by(UPLOAD_CHUNK) {
+            let len = UPLOAD_CHUNK.min(n as usize - start);
+            let img = &ds.images()[start * per_image..(start + len) * per_image];
+            let bytes = half_bytes(img);
+            let src = Tensor::f_from_data_size(bytes, &[len as i64, c, s, s], Kind::Half)?;
+            images.narrow(0, start as i64, len as i64).f_copy_(&src)?;
+            let m = &ds.masks()[start * per_mask..(start + len) * per_mask];
+            let src = Tensor::f_from_data_size(m, &[len as i64, 1, s, s], Kind::Uint8)?;
+            masks.narrow(0, start as i64, len as i64).f_copy_(&src)?;
+        }
+        Ok(Feed {
+            device,
+            resident: Some((images, masks)),
+        })
+    }
+
+    /// On a GPU, the pool on the device when it fits (else pinned host batches); on the CPU,
+    /// host batches (the memory map is already the pool in memory).
+    pub fn auto(ds: &Dataset, device: Device) -> Feed {
+        match device {
+            Device::Cuda(_) => Feed::resident(ds, device).unwrap_or_else(|_| Feed::host(device)),
+            _ => Feed::host(device),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// How batches reach the device, for people: "pool on the device", "pinned host
+    /// batches" or "host batches".
+    pub fn describe(&self) -> &'static str {
+        match (&self.resident, self.device) {
+            (Some(_), _) => "pool on the device",
+            (None, Device::Cuda(_)) => "pinned host batches",
+            (None, _) => "host batches",
+        }
+    }
+
+    fn index(&self, slices: &[usize]) -> Tensor {
+        let idx: Vec<i64> = slices.iter().map(|&s| s as i64).collect();
+        Tensor::from_slice(&idx).to_device(self.device)
+    }
+
+    /// Images `(N, C, S, S)`, float32, on the device.
+    pub fn images(&self, ds: &Dataset, slices: &[usize]) -> Tensor {
+        match (&self.resident, self.device) {
+            (Some((images, _)), _) => images
+                .index_select(0, &self.index(slices))
+                .to_kind(Kind::Float),
+            (None, Device::Cuda(_)) => {
+                let n = ds.channels() * ds.size() * ds.size();
+                let mut buf = Vec::with_capacity(slices.len() * n);
+                for &s in slices {
+                    buf.extend_from_slice(ds.image(s));
+                }
+                let s = ds.size() as i64;
+                let shape = [slices.len() as i64, ds.channels() as i64, s, s];
+                Tensor::from_data_size(half_bytes(&buf), &shape, Kind::Half)
+                    .pin_memory(self.device)
+                    .to_device_(self.device, Kind::Half, true, false)
+                    .to_kind(Kind::Float)
+            }
+            (None, _) => images(ds, slices, self.device),
+        }
+    }
+
+    /// Masks `(N, 1, S, S)`, float32, on the device.
+    pub fn masks(&self, ds: &Dataset, slices: &[usize]) -> Tensor {
+        match &self.resident {
+            Some((_, masks)) => masks
+                .index_select(0, &self.index(slices))
+                .to_kind(Kind::Float),
+            None => masks(ds, slices, self.device),
+        }
+    }
+}
+
+/// The bytes of an f16 slice (plain old data, native endianness, as libtorch reads it).
+fn half_bytes(v: &[half::f16]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }

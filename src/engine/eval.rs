@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::batch;
+use super::batch::Feed;
 use super::nets::UNet;
 use crate::data::Dataset;
 
@@ -25,37 +25,38 @@ impl Overlap {
     }
 }
 
-/// Per-slice overlaps of the model's prediction (sigmoid > 0.5), in eval mode, batched.
+/// Per-slice overlaps of the model's prediction (sigmoid > 0.5), in eval mode, batched. The
+/// counts stay on the device until the end (one transfer, no wait per batch).
 pub fn slice_overlaps(
     net: &UNet,
     ds: &Dataset,
     slices: &[usize],
-    device: Device,
+    feed: &Feed,
     batch: usize,
 ) -> Vec<Overlap> {
     let _g = tch::no_grad_guard();
-    let mut out = Vec::with_capacity(slices.len());
+    let mut parts = Vec::new();
     for chunk in slices.chunks(batch.max(1)) {
-        let x = batch::images(ds, chunk, device);
-        let y = batch::masks(ds, chunk, device);
+        let x = feed.images(ds, chunk);
+        let y = feed.masks(ds, chunk);
         let p = net.forward_t(&x, false).gt(0.0).to_kind(Kind::Float);
-        let sum = |t: &Tensor| -> Vec<i64> {
-            Vec::try_from(
-                t.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64)
-                    .to_device(Device::Cpu),
-            )
-            .unwrap_or_default()
-        };
-        let (i, pr, tr) = (sum(&(&p * &y)), sum(&p), sum(&y));
-        for k in 0..chunk.len() {
-            out.push(Overlap {
-                inter: i[k] as u64,
-                pred: pr[k] as u64,
-                truth: tr[k] as u64,
-            });
-        }
+        let sum = |t: &Tensor| t.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64);
+        parts.push(Tensor::stack(&[sum(&(&p * &y)), sum(&p), sum(&y)], 1));
     }
-    out
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let counts: Vec<i64> =
+        Vec::try_from(Tensor::cat(&parts, 0).reshape([-1]).to_device(Device::Cpu))
+            .unwrap_or_default();
+    counts
+        .chunks_exact(3)
+        .map(|c| Overlap {
+            inter: c[0] as u64,
+            pred: c[1] as u64,
+            truth: c[2] as u64,
+        })
+        .collect()
 }
 
 /// 3D Dice of each patient (index into `ds.patients()`).
@@ -63,14 +64,14 @@ pub fn patient_dice(
     net: &UNet,
     ds: &Dataset,
     patients: &[usize],
-    device: Device,
+    feed: &Feed,
     batch: usize,
 ) -> Vec<f64> {
     patients
         .iter()
         .map(|&p| {
             let slices: Vec<usize> = ds.patients()[p].slice_range().collect();
-            let total = slice_overlaps(net, ds, &slices, device, batch).iter().fold(
+            let total = slice_overlaps(net, ds, &slices, feed, batch).iter().fold(
                 Overlap::default(),
                 |a, o| Overlap {
                     inter: a.inter + o.inter,

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::batch;
+use super::batch::Feed;
 use super::nets::{dice_loss, UNet, Vae};
 use crate::data::Dataset;
 use crate::session::config::DirectionMethod;
@@ -242,7 +242,7 @@ pub fn gradient_direction(
     slices: &[usize],
     alpha: f64,
     method: DirectionMethod,
-    device: Device,
+    feed: &Feed,
 ) -> Result<GradientStep> {
     let samples = [slices.to_vec()];
     let mut steps = gradient_directions(
@@ -253,7 +253,7 @@ pub fn gradient_direction(
         &samples,
         alpha,
         method,
-        device,
+        feed,
         usize::MAX,
     )?;
     Ok(steps.remove(0))
@@ -278,7 +278,7 @@ pub fn gradient_directions(
     samples: &[Vec<usize>],
     alpha: f64,
     method: DirectionMethod,
-    device: Device,
+    feed: &Feed,
     batch_slices: usize,
 ) -> Result<Vec<GradientStep>> {
     let mut out = Vec::with_capacity(samples.len());
@@ -297,7 +297,7 @@ pub fn gradient_directions(
             &samples[start..end],
             alpha,
             method,
-            device,
+            feed,
         )?);
         start = end;
     }
@@ -310,13 +310,13 @@ pub fn encode_slices(
     vae: &Vae,
     ds: &Dataset,
     slices: &[usize],
-    device: Device,
+    feed: &Feed,
     batch_size: usize,
 ) -> Tensor {
     let _guard = tch::no_grad_guard();
     let parts: Vec<Tensor> = slices
         .chunks(batch_size.max(1))
-        .map(|chunk| vae.encode(&batch::images(ds, chunk, device)).0)
+        .map(|chunk| vae.encode(&feed.images(ds, chunk)).0)
         .collect();
     if parts.is_empty() {
         return Tensor::zeros([0, vae.latent()], (Kind::Float, Device::Cpu));
@@ -380,7 +380,7 @@ fn direction_batch(
     group: &[Vec<usize>],
     alpha: f64,
     method: DirectionMethod,
-    device: Device,
+    feed: &Feed,
 ) -> Result<Vec<GradientStep>> {
     let slices = group.concat();
     let mut ranges = Vec::with_capacity(group.len());
@@ -389,8 +389,8 @@ fn direction_batch(
         ranges.push((at, s.len() as i64));
         at += s.len() as i64;
     }
-    let x = batch::images(ds, &slices, device).set_requires_grad(true);
-    let y = batch::masks(ds, &slices, device);
+    let x = feed.images(ds, &slices).set_requires_grad(true);
+    let y = feed.masks(ds, &slices);
     let logits = unet.forward_t(&x, false);
     let (total, losses) = summed_sample_losses(&logits, &y, &ranges);
     let grads = Tensor::run_backward(&[&total], &[&x], false, false);
@@ -449,7 +449,7 @@ fn direction_batch(
                 .zip(&h)
                 .flat_map(|(&(_, len), &h)| std::iter::repeat_n(f(h) as f32, len as usize))
                 .collect();
-            Tensor::from_slice(&v).to_device(device)
+            Tensor::from_slice(&v).to_device(feed.device())
         };
         let step = per_slice(&|h| h).view([-1, 1, 1, 1]);
         let back = per_slice(&|h| if h > 0.0 { alpha / (2.0 * h) } else { 0.0 }).view([-1, 1]);

@@ -7,10 +7,9 @@ use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tch::Device;
 
 use super::adam::Adam;
-use super::batch;
+use super::batch::Feed;
 use super::nets::{dice_loss, UNet, Vae};
 use crate::data::Dataset;
 
@@ -78,7 +77,7 @@ pub fn train_unet(
     ds: &Dataset,
     slices: &[usize],
     batch_size: usize,
-    device: Device,
+    feed: &Feed,
     epochs: Range<usize>,
     seed: u64,
     after_epoch: &mut AfterEpoch,
@@ -92,8 +91,8 @@ pub fn train_unet(
         after_epoch,
         &mut |_| {},
         &mut |chunk| {
-            let x = batch::images(ds, chunk, device);
-            let y = batch::masks(ds, chunk, device);
+            let x = feed.images(ds, chunk);
+            let y = feed.masks(ds, chunk);
             dice_loss(&net.forward_t(&x, true), &y)
         },
     )
@@ -108,7 +107,7 @@ pub fn train_vae(
     slices: &[usize],
     batch_size: usize,
     kl_weight: f64,
-    device: Device,
+    feed: &Feed,
     epochs: Range<usize>,
     seed: u64,
     after_epoch: &mut AfterEpoch,
@@ -126,6 +125,6 @@ pub fn train_vae(
         seed,
         after_epoch,
         &mut seed_noise,
-        &mut |chunk| net.loss(&batch::images(ds, chunk, device), kl_weight).0,
+        &mut |chunk| net.loss(&feed.images(ds, chunk), kl_weight).0,
     )
 }

@@ -27,6 +27,7 @@ use super::store::{commit_file, EventLog, Lock};
 use super::Session;
 use crate::data::Dataset;
 use crate::engine::adam::Adam;
+use crate::engine::batch::Feed;
 use crate::engine::nets::{save_weights, use_channels_last, UNet, Vae};
 use crate::engine::select::{
     encode_slices, gradient_directions, pick_oracle, pick_proposed, pick_random, GradientStep,
@@ -51,6 +52,8 @@ pub struct Runner {
     _lock: Lock,
     ds: Dataset,
     device: Device,
+    /// How batches reach the device (the pool on a GPU when it fits).
+    feed: Feed,
     log: EventLog,
     plan: Vec<Step>,
 }
@@ -89,18 +92,28 @@ impl Runner {
         device::check_device(device)?;
         let log = EventLog::open(&session.dir)?;
         let plan = plan(&session.config);
+        if let Device::Cuda(_) = device {
+            // Shapes are fixed within a session: let cuDNN time its algorithms once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let feed = Feed::auto(&ds, device);
         let mut r = Runner {
             session,
             _lock: lock,
             ds,
             device,
+            feed,
             log,
             plan,
         };
         if r.session.state.dataset.is_none() {
             r.session.state.dataset = Some(stamp);
         }
-        r.session.state.device = Some(device::describe(device));
+        r.session.state.device = Some(format!(
+            "{} ({})",
+            device::describe(device),
+            r.feed.describe()
+        ));
         Ok(r)
     }
 
@@ -495,7 +508,7 @@ impl Runner {
             session,
             ds,
             log,
-            device,
+            feed,
             ..
         } = self;
         let ck = EpochCheckpoint {
@@ -515,7 +528,7 @@ impl Runner {
             ds,
             slices,
             batch,
-            *device,
+            feed,
             start..epochs,
             seed_for(seed, &key, "shuffle"),
             &mut after,
@@ -646,7 +659,7 @@ impl Runner {
             session,
             ds,
             log,
-            device,
+            feed,
             ..
         } = self;
         let ck = EpochCheckpoint {
@@ -667,7 +680,7 @@ impl Runner {
             &slices,
             batch,
             kl,
-            *device,
+            feed,
             start..epochs,
             seed_for(seed, &key, "shuffle"),
             &mut after,
@@ -697,7 +710,7 @@ impl Runner {
     fn latents(&mut self, repeat: usize) -> Result<()> {
         let (_vs, vae) = self.load_vae(repeat)?;
         let slices = self.pool_slices(repeat);
-        let z = encode_slices(&vae, &self.ds, &slices, self.device, EVAL_BATCH);
+        let z = encode_slices(&vae, &self.ds, &slices, &self.feed, EVAL_BATCH);
         let path = self.latents_path(repeat);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         let tmp = path.with_file_name(format!(".tmp-r{repeat}.safetensors"));
@@ -781,7 +794,7 @@ impl Runner {
                     // Per-slice Dice is degenerate without tumour (one false positive scores 0),
                     // so the oracle ranks the slices that contain tumour.
                     let slices = self.sample_slices(repeat, &unlabelled);
-                    let ov = eval::slice_overlaps(&net, &self.ds, &slices, self.device, EVAL_BATCH);
+                    let ov = eval::slice_overlaps(&net, &self.ds, &slices, &self.feed, EVAL_BATCH);
                     unlabelled
                         .iter()
                         .zip(ov)
@@ -793,7 +806,7 @@ impl Runner {
                         .iter()
                         .map(|&s| self.session.state.repeats[repeat].train[s])
                         .collect();
-                    let d = eval::patient_dice(&net, &self.ds, &patients, self.device, EVAL_BATCH);
+                    let d = eval::patient_dice(&net, &self.ds, &patients, &self.feed, EVAL_BATCH);
                     unlabelled.iter().copied().zip(d).collect()
                 };
                 pick_oracle(&scores, k)
@@ -819,7 +832,7 @@ impl Runner {
                     &samples,
                     cfg.selection.alpha,
                     cfg.selection.direction,
-                    self.device,
+                    &self.feed,
                     EVAL_BATCH,
                 )?;
                 let mut steps: Vec<(usize, GradientStep)> =
@@ -907,7 +920,7 @@ impl Runner {
         let mut slice_dice = Vec::new();
         for &p in &test {
             let slices: Vec<usize> = self.ds.patients()[p].slice_range().collect();
-            let ov = eval::slice_overlaps(net, &self.ds, &slices, self.device, EVAL_BATCH);
+            let ov = eval::slice_overlaps(net, &self.ds, &slices, &self.feed, EVAL_BATCH);
             let o = ov
                 .iter()
                 .fold(eval::Overlap::default(), |a, o| eval::Overlap {

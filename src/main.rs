@@ -111,8 +111,12 @@ struct RunArgs {
     #[arg(long)]
     jsonl: bool,
     /// cpu, cuda, cuda:N or auto; overrides the session's experiment.device for this run.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "devices")]
     device: Option<String>,
+    /// Several devices, e.g. cuda:0,cuda:1: the arms of each round train concurrently, one
+    /// device per arm (arms beyond the device count share). The shared steps run on the first.
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
+    devices: Vec<String>,
     #[command(flatten)]
     dirs: SessionsDir,
 }
@@ -558,6 +562,7 @@ fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
         session: dir.display().to_string(),
         jsonl: false,
         device: ui.device,
+        devices: Vec::new(),
         dirs: SessionsDir { sessions_dir: None },
     })?;
     cmd_report(ReportArgs {
@@ -644,12 +649,19 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let terminal = stderr_is_terminal() && !a.jsonl;
-    let mut runner = Runner::open(
-        s,
-        terminal,
-        &paths::dataset_cache_root(),
-        a.device.as_deref(),
-    )?;
+    let device = a
+        .device
+        .as_deref()
+        .or(a.devices.first().map(String::as_str));
+    let mut runner = Runner::open(s, terminal, &paths::dataset_cache_root(), device)?;
+    if a.devices.len() > 1 {
+        let devices = a
+            .devices
+            .iter()
+            .map(|d| suggestive::engine::device::parse_device(d))
+            .collect::<Result<Vec<_>>>()?;
+        runner.set_lanes(devices)?;
+    }
     let control = Control::default();
     signal_hook::flag::register(signal_hook::consts::SIGINT, control.stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;

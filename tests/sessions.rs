@@ -499,3 +499,29 @@ fn report_and_export_write_what_they_promise() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains(".csv or .json"));
 }
+
+#[test]
+fn run_spreads_arms_over_devices_and_refuses_a_missing_one() {
+    let env = Env::new();
+    let dir = env.session("lanes");
+    // A device that does not exist is named before anything is written.
+    let out = env
+        .cmd(&["run", "lanes", "--devices", "cpu,cuda:7"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cuda:7"), "{err}");
+    assert_eq!(state(&dir)["done"], 0);
+    let out = env
+        .cmd(&["run", "lanes", "--devices", "cpu,cpu", "--jsonl"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&dir)["done"], 16);
+    assert_eq!(state(&dir)["device"], "CPU, CPU (arms in parallel)");
+}

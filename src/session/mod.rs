@@ -86,6 +86,7 @@ pub fn resolve(arg: &str, sessions_dir: &Path) -> PathBuf {
     }
 }
 
+#[derive(Clone)]
 pub struct Session {
     pub dir: PathBuf,
     pub config: SessionConfig,

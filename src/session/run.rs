@@ -35,6 +35,8 @@ use crate::engine::select::{
 };
 use crate::engine::{device, eval, train};
 
+mod lanes;
+
 /// Asks a running session to stop at its next safe point (the end of an epoch or step).
 #[derive(Default, Clone)]
 pub struct Control {
@@ -49,11 +51,18 @@ pub enum Outcome {
 
 pub struct Runner {
     session: Session,
-    _lock: Lock,
-    ds: Dataset,
+    _lock: Arc<Lock>,
+    ds: Arc<Dataset>,
     device: Device,
     /// How batches reach the device (the pool on a GPU when it fits).
     feed: Feed,
+    /// `--devices`: the devices that run the arms of a round concurrently (see lanes.rs);
+    /// empty: every step on `device`, one after another.
+    lanes: Vec<Device>,
+    /// Each lane's feed, kept between rounds (a pool uploaded once per device).
+    lane_feeds: Vec<Option<Feed>>,
+    /// Only the main runner writes state.json; a lane's state is merged when its round ends.
+    persist: bool,
     log: EventLog,
     plan: Vec<Step>,
 }
@@ -99,10 +108,13 @@ impl Runner {
         let feed = Feed::auto(&ds, device);
         let mut r = Runner {
             session,
-            _lock: lock,
-            ds,
+            _lock: Arc::new(lock),
+            ds: Arc::new(ds),
             device,
             feed,
+            lanes: Vec::new(),
+            lane_feeds: Vec::new(),
+            persist: true,
             log,
             plan,
         };
@@ -171,6 +183,31 @@ impl Runner {
                 return Ok(Outcome::Stopped);
             }
             let index = self.session.state.done;
+            if let Some(end) = self.parallel_round(index) {
+                match self.run_round_in_lanes(index, end, control, sink) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        let done = self.session.state.done;
+                        self.emit(
+                            Event::Stopped {
+                                steps_done: done,
+                                steps_total: total,
+                            },
+                            sink,
+                        );
+                        return Ok(Outcome::Stopped);
+                    }
+                    Err(e) => {
+                        self.emit(
+                            Event::Error {
+                                message: format!("{e:#}"),
+                            },
+                            sink,
+                        );
+                        return Err(e);
+                    }
+                }
+            }
             let step = self.plan[index];
             let result = self.run_step(index, step, control, sink);
             match result {
@@ -518,6 +555,7 @@ impl Runner {
             phase,
             arm,
             epochs,
+            persist: self.persist,
         };
         let mut after = |epoch: usize, loss: f64, opt: &Adam| {
             ck.save(session, log, sink, control, &vs, opt, epoch, loss)
@@ -558,6 +596,8 @@ struct EpochCheckpoint {
     phase: Phase,
     arm: Option<Arm>,
     epochs: usize,
+    /// False in a lane (lanes.rs): the epoch is not recorded in state.json.
+    persist: bool,
 }
 
 impl EpochCheckpoint {
@@ -581,7 +621,9 @@ impl EpochCheckpoint {
         opt.save(&tmp)?;
         commit_file(&tmp, &self.adam)?;
         session.state.partial_epochs = epoch + 1;
-        session.save_state()?;
+        if self.persist {
+            session.save_state()?;
+        }
         emit_to(
             log,
             sink,
@@ -669,6 +711,7 @@ impl Runner {
             phase: Phase::Vae,
             arm: None,
             epochs,
+            persist: self.persist,
         };
         let mut after = |epoch: usize, loss: f64, opt: &Adam| {
             ck.save(session, log, sink, control, &vs, opt, epoch, loss)

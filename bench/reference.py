@@ -154,13 +154,36 @@ def main():
             zp = encode(pv, x + 1e-4 * g, levels)[0]
             (zp - z).sum().item()
 
-    print(json.dumps({
+    out = {
         "unet_loss": unet_loss, "vae_loss": vae_l, "grad_norm": grad_norm,
         "unet_slices_per_s": timed(dev, batch, steps, windows, unet_step),
         "vae_slices_per_s": timed(dev, batch, steps, windows, vae_step),
         "select_slices_per_s": timed(dev, batch, steps, windows, select_step),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-    }))
+    }
+    if dev.type == "cuda":
+        # Mixed precision as the PyTorch documentation writes it: autocast + GradScaler.
+        p16 = params("unet")
+        opt16 = torch.optim.Adam([v for v in p16.values() if v.requires_grad], lr=1e-3)
+        scaler = torch.amp.GradScaler("cuda")
+        with torch.autocast("cuda", dtype=torch.float16):
+            logits = unet(p16, x, depth, True)
+        out["unet_fp16_loss"] = dice_loss(logits.float(), y).item()
+        p16 = params("unet")
+        opt16 = torch.optim.Adam([v for v in p16.values() if v.requires_grad], lr=1e-3)
+
+        def unet_fp16_step():
+            opt16.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = unet(p16, x, depth, True)
+            scaler.scale(dice_loss(logits.float(), y)).backward()
+            scaler.step(opt16)
+            scaler.update()
+
+        out["unet_fp16_slices_per_s"] = timed(dev, batch, steps, windows, unet_fp16_step)
+    import resource
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use suggestive::engine::adam::Adam;
+use suggestive::engine::adam::{Adam, LossScale};
 use suggestive::engine::device::parse_device;
 use suggestive::engine::nets::{
     dice_loss, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
@@ -44,6 +44,16 @@ fn time(d: Device, batch: usize, steps: usize, windows: usize, mut f: impl FnMut
         rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
     }
     median(rates)
+}
+
+/// The process's peak resident set (VmHWM), bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn main() {
@@ -117,6 +127,27 @@ fn main() {
         loss.backward();
         opt.step();
     });
+    // Mixed precision (CUDA only: autocast is a no-op elsewhere), from the same weights.
+    let mut unet_fp16 = None;
+    if let Device::Cuda(_) = device {
+        vs_u.load(out.join("unet.safetensors")).unwrap();
+        let mut opt16 = Adam::new(&vs_u, 1e-3);
+        opt16.loss_scale = Some(LossScale::default());
+        let first = dice_loss(
+            &tch::autocast(true, || unet.forward_t(&x, true)).to_kind(Kind::Float),
+            &y,
+        )
+        .double_value(&[]);
+        vs_u.load(out.join("unet.safetensors")).unwrap();
+        let rate = time(device, batch as usize, steps, windows, || {
+            opt16.zero_grad();
+            let logits = tch::autocast(true, || unet.forward_t(&x, true));
+            let loss = dice_loss(&logits.to_kind(Kind::Float), &y);
+            (&loss * opt16.loss_multiplier()).backward();
+            opt16.step();
+        });
+        unet_fp16 = Some((first, rate));
+    }
     let mut opt_v = Adam::new(&vs_v, 1e-4);
     let vae_rate = time(device, batch as usize, steps, windows, || {
         opt_v.zero_grad();
@@ -133,8 +164,16 @@ fn main() {
         let zp = vae.encode(&(&x + g * 1e-4)).0;
         let _ = (zp - z).sum(Kind::Float).double_value(&[]);
     });
-    println!(
-        "{{\"unet_loss\": {unet_loss}, \"vae_loss\": {vae_loss}, \"grad_norm\": {grad_norm}, \"unet_slices_per_s\": {unet_rate}, \"vae_slices_per_s\": {vae_rate}, \"select_slices_per_s\": {select_rate}, \"threads\": {}}}",
-        tch::get_num_threads()
-    );
+    let mut json = serde_json::json!({
+        "unet_loss": unet_loss, "vae_loss": vae_loss, "grad_norm": grad_norm,
+        "unet_slices_per_s": unet_rate, "vae_slices_per_s": vae_rate,
+        "select_slices_per_s": select_rate, "threads": tch::get_num_threads(),
+        "unet_forward_flops": unet_cfg.forward_flops(4, size),
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if let Some((loss, rate)) = unet_fp16 {
+        json["unet_fp16_loss"] = loss.into();
+        json["unet_fp16_slices_per_s"] = rate.into();
+    }
+    println!("{json}");
 }

@@ -525,3 +525,25 @@ fn run_spreads_arms_over_devices_and_refuses_a_missing_one() {
     assert_eq!(state(&dir)["done"], 16);
     assert_eq!(state(&dir)["device"], "CPU, CPU (arms in parallel)");
 }
+
+#[test]
+fn mixed_precision_is_refused_on_the_cpu_with_the_setting_named() {
+    let env = Env::new();
+    let dir = env.session("fp16");
+    let cfg = dir.join("session.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("precision = \"fp32\""), "{text}");
+    let text = text.replace("precision = \"fp32\"", "precision = \"fp16\"");
+    std::fs::write(&cfg, text).unwrap();
+    let before = snapshot(&dir);
+    let out = env.cmd(&["run", "fp16"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unet.precision") && err.contains("CUDA") && err.contains("fp32"),
+        "{err}"
+    );
+    assert_eq!(state(&dir)["done"], 0);
+    // Nothing written but the (released) lock's absence.
+    assert_eq!(snapshot(&dir), before);
+}

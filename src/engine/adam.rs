@@ -13,6 +13,32 @@ pub struct Adam {
     /// Trainable variables in a fixed order (sorted by name), with their moments.
     params: Vec<(String, Tensor, Tensor, Tensor)>,
     pub step: i64,
+    /// Mixed precision: the gradients come from `loss × scale` (see [`LossScale`]).
+    pub loss_scale: Option<LossScale>,
+}
+
+/// Dynamic loss scaling for float16 training (as torch.cuda.amp.GradScaler): the loss is
+/// multiplied by `scale` before the backward pass so small gradients survive float16; a step
+/// whose gradients overflowed is skipped and the scale halved; after `GROWTH_INTERVAL` good
+/// steps in a row the scale doubles.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScale {
+    pub scale: f64,
+    pub good_steps: u32,
+    /// Steps skipped because of overflow (reported, not checkpointed).
+    pub skipped: u32,
+}
+
+const GROWTH_INTERVAL: u32 = 2000;
+
+impl Default for LossScale {
+    fn default() -> Self {
+        LossScale {
+            scale: 65536.0,
+            good_steps: 0,
+            skipped: 0,
+        }
+    }
 }
 
 impl Adam {
@@ -37,7 +63,13 @@ impl Adam {
             eps: 1e-8,
             params,
             step: 0,
+            loss_scale: None,
         }
+    }
+
+    /// What the loss is multiplied by before `backward` (1 without loss scaling).
+    pub fn loss_multiplier(&self) -> f64 {
+        self.loss_scale.map_or(1.0, |l| l.scale)
     }
 
     pub fn zero_grad(&mut self) {
@@ -49,9 +81,39 @@ impl Adam {
         }
     }
 
-    /// One update from the current gradients (as torch.optim.Adam, no weight decay).
-    pub fn step(&mut self) {
+    /// One update from the current gradients (as torch.optim.Adam, no weight decay). With loss
+    /// scaling the gradients are unscaled first, and a step with an overflow is skipped:
+    /// returns whether the weights moved.
+    pub fn step(&mut self) -> bool {
         let _guard = tch::no_grad_guard();
+        let mut unscale = 1.0;
+        if let Some(ls) = &mut self.loss_scale {
+            // One reduction and one read for all gradients: inf or NaN anywhere shows in the sum.
+            let sums: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p, _, _)| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.sum(Kind::Float))
+                .collect();
+            let total = if sums.is_empty() {
+                0.0
+            } else {
+                Tensor::stack(&sums, 0).sum(Kind::Float).double_value(&[])
+            };
+            if !total.is_finite() {
+                ls.scale = (ls.scale * 0.5).max(1.0);
+                ls.good_steps = 0;
+                ls.skipped += 1;
+                return false;
+            }
+            unscale = 1.0 / ls.scale;
+            ls.good_steps += 1;
+            if ls.good_steps == GROWTH_INTERVAL {
+                ls.scale *= 2.0;
+                ls.good_steps = 0;
+            }
+        }
         self.step += 1;
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
@@ -61,9 +123,12 @@ impl Adam {
         let step_size = self.lr / bc1;
         let bc2_sqrt = bc2.sqrt();
         for (_, p, m, v) in &mut self.params {
-            let g = p.grad();
+            let mut g = p.grad();
             if !g.defined() {
                 continue;
+            }
+            if unscale != 1.0 {
+                g = g * unscale;
             }
             let _ = m.lerp_(&g, 1.0 - b1);
             let _ = v.g_mul_scalar_(b2).addcmul_(&(&g * (1.0 - b2)), &g);
@@ -71,6 +136,7 @@ impl Adam {
             let _ = denom.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.eps);
             let _ = p.addcdiv_(&(&*m * -step_size), &denom);
         }
+        true
     }
 
     /// Moments and step count as safetensors.
@@ -78,6 +144,11 @@ impl Adam {
         let step = Tensor::from_slice(&[self.step]);
         // Moments follow their weight's layout (channels-last): files hold contiguous copies.
         let mut named: Vec<(String, Tensor)> = vec![("step".into(), step)];
+        if let Some(ls) = self.loss_scale {
+            named.push(("loss_scale".into(), Tensor::from_slice(&[ls.scale])));
+            let good = Tensor::from_slice(&[ls.good_steps as i64]);
+            named.push(("loss_scale_good_steps".into(), good));
+        }
         for (n, _, m, v) in &self.params {
             named.push((format!("m.{n}"), m.contiguous()));
             named.push((format!("v.{n}"), v.contiguous()));
@@ -94,6 +165,14 @@ impl Adam {
             .get("step")
             .context("optimiser state without a step")?
             .int64_value(&[0]);
+        if let (Some(ls), Some(scale), Some(good)) = (
+            &mut self.loss_scale,
+            map.get("loss_scale"),
+            map.get("loss_scale_good_steps"),
+        ) {
+            ls.scale = scale.double_value(&[0]);
+            ls.good_steps = good.int64_value(&[0]) as u32;
+        }
         let _guard = tch::no_grad_guard();
         for (n, p, m, v) in &mut self.params {
             for (prefix, dst) in [("m", &mut *m), ("v", &mut *v)] {
@@ -149,5 +228,48 @@ mod tests {
         let mut again = Adam::new(&vs, 0.1);
         again.load(&dir.path().join("adam.safetensors")).unwrap();
         assert_eq!(again.step, 3);
+    }
+
+    /// Loss scaling: scaled gradients give the unscaled update; an overflow skips the step,
+    /// halves the scale and leaves the weights and moments alone; the scale is checkpointed.
+    #[test]
+    fn loss_scaling_unscales_and_skips_overflowing_steps() {
+        let start = [1.0f32, -2.0];
+        let vs = VarStore::new(Device::Cpu);
+        let p = vs.root().var_copy("p", &Tensor::from_slice(&start));
+        let vs_ref = VarStore::new(Device::Cpu);
+        let q = vs_ref.root().var_copy("p", &Tensor::from_slice(&start));
+        let mut opt = Adam::new(&vs, 0.1);
+        opt.loss_scale = Some(LossScale::default());
+        let mut plain = Adam::new(&vs_ref, 0.1);
+        for _ in 0..2 {
+            opt.zero_grad();
+            ((&p * &p).sum(Kind::Float) * opt.loss_multiplier()).backward();
+            assert!(opt.step());
+            plain.zero_grad();
+            (&q * &q).sum(Kind::Float).backward();
+            plain.step();
+        }
+        let (got, want): (Vec<f32>, Vec<f32>) =
+            (Vec::try_from(&p).unwrap(), Vec::try_from(&q).unwrap());
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{got:?} vs {want:?}"
+        );
+        // An infinite gradient: nothing moves, the scale halves.
+        opt.zero_grad();
+        (&p * f64::INFINITY).sum(Kind::Float).backward();
+        assert!(!opt.step());
+        let after: Vec<f32> = Vec::try_from(&p).unwrap();
+        assert_eq!(after, got);
+        assert_eq!(opt.step, 2);
+        let ls = opt.loss_scale.unwrap();
+        assert_eq!((ls.scale, ls.good_steps, ls.skipped), (32768.0, 0, 1));
+        let dir = tempfile::tempdir().unwrap();
+        opt.save(&dir.path().join("adam.safetensors")).unwrap();
+        let mut again = Adam::new(&vs, 0.1);
+        again.loss_scale = Some(LossScale::default());
+        again.load(&dir.path().join("adam.safetensors")).unwrap();
+        assert_eq!(again.loss_scale.unwrap().scale, 32768.0);
     }
 }

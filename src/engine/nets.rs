@@ -27,6 +27,27 @@ pub struct UNetConfig {
     pub norm: Norm,
 }
 
+impl UNetConfig {
+    /// Floating-point operations (2 per multiply-add) of one forward pass of one `size`²
+    /// slice through the convolutions (norms and activations are a few percent more and are
+    /// left out, as usual in utilisation figures). A training step is about 3× this.
+    pub fn forward_flops(&self, in_channels: i64, size: i64) -> f64 {
+        let w = |l: usize| (self.base << l) as f64;
+        let px = |l: usize| ((size >> l) * (size >> l)) as f64;
+        let conv3 = |i: f64, o: f64, l: usize| 2.0 * 9.0 * i * o * px(l);
+        let mut f = 0.0;
+        for l in 0..=self.depth {
+            let i = if l == 0 { in_channels as f64 } else { w(l - 1) };
+            f += conv3(i, w(l), l) + conv3(w(l), w(l), l);
+        }
+        for l in 0..self.depth {
+            f += 2.0 * w(l + 1) * w(l) * px(l); // 2×2 transposed, stride 2
+            f += conv3(2.0 * w(l), w(l), l) + conv3(w(l), w(l), l);
+        }
+        f + 2.0 * w(0) * px(0) // 1×1 head
+    }
+}
+
 impl Default for UNetConfig {
     /// The classic 2D UNet (Ronneberger et al.): 4 poolings, 64 channels at the top.
     fn default() -> Self {
@@ -349,4 +370,31 @@ pub fn save_weights(vs: &nn::VarStore, path: &std::path::Path) -> Result<(), tch
         .map(|(n, t)| (n, t.contiguous()))
         .collect();
     Tensor::write_safetensors(&named, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_flops_count_the_convolutions() {
+        let cfg = |depth| UNetConfig {
+            depth,
+            base: 8,
+            norm: Norm::Batch,
+        };
+        // Depth 0: conv 4→8, conv 8→8, head 8→1, at 16×16.
+        let px = 256.0;
+        let want = 2.0 * px * (9.0 * 4.0 * 8.0 + 9.0 * 8.0 * 8.0 + 8.0);
+        assert_eq!(cfg(0).forward_flops(4, 16), want);
+        // One level more adds the bottom at 8×8 (8→16, 16→16), the transposed conv 16→8 and the
+        // decoder's 16→8, 8→8 at 16×16.
+        let extra = 2.0 * 64.0 * (9.0 * 8.0 * 16.0 + 9.0 * 16.0 * 16.0)
+            + 2.0 * px * (16.0 * 8.0 + 9.0 * 16.0 * 8.0 + 9.0 * 8.0 * 8.0);
+        assert_eq!(cfg(1).forward_flops(4, 16), want + extra);
+        // The paper's UNet at 256×256: about 96 GFLOP (48 G multiply-adds) per slice forward,
+        // ~11 G multiply-adds per level plus the bottom.
+        let paper = UNetConfig::default().forward_flops(4, 256);
+        assert!((9.0e10..1.0e11).contains(&paper), "{paper:e}");
+    }
 }

@@ -52,7 +52,10 @@ fn run_epochs(
         for chunk in order.chunks(batch_size) {
             opt.zero_grad();
             let loss = loss_of(chunk);
-            loss.backward();
+            match opt.loss_multiplier() {
+                1.0 => loss.backward(),
+                scale => (&loss * scale).backward(),
+            }
             opt.step();
             let l = loss.detach().to_kind(tch::Kind::Double);
             sum = Some(match sum {
@@ -69,7 +72,9 @@ fn run_epochs(
     Ok(epochs.end)
 }
 
-/// Trains the UNet with the Dice loss for `epochs` over `slices`.
+/// Trains the UNet with the Dice loss for `epochs` over `slices`. `mixed`: the forward pass
+/// under CUDA autocast (float16 where safe; the loss in float32), for an optimiser with loss
+/// scaling.
 #[allow(clippy::too_many_arguments)]
 pub fn train_unet(
     net: &UNet,
@@ -77,6 +82,7 @@ pub fn train_unet(
     ds: &Dataset,
     slices: &[usize],
     batch_size: usize,
+    mixed: bool,
     feed: &Feed,
     epochs: Range<usize>,
     seed: u64,
@@ -93,7 +99,8 @@ pub fn train_unet(
         &mut |chunk| {
             let x = feed.images(ds, chunk);
             let y = feed.masks(ds, chunk);
-            dice_loss(&net.forward_t(&x, true), &y)
+            let logits = tch::autocast(mixed, || net.forward_t(&x, true));
+            dice_loss(&logits.to_kind(tch::Kind::Float), &y)
         },
     )
 }

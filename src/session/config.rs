@@ -147,6 +147,18 @@ pub struct UNetTrain {
     /// Transfer only: epochs of pre-training on the source site.
     pub epochs_pretrain: usize,
     pub batch_size: usize,
+    /// `fp32`, or `fp16`: mixed precision (CUDA autocast with dynamic loss scaling) for the
+    /// UNet's training; evaluation and the gradient step stay in float32/float64. CUDA only.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
 }
 
 impl UNetTrain {

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::config::{Arm, Granularity, Scenario, SessionConfig};
+use super::config::{Arm, Granularity, Precision, Scenario, SessionConfig};
 use super::events::{Event, Phase};
 use super::plan::{plan, seed_for, stages, Step};
 use super::pool::Pool;
@@ -26,7 +26,7 @@ use super::state::{DatasetStamp, DirectionSummary, PickRecord, RepeatData, Resul
 use super::store::{commit_file, EventLog, Lock};
 use super::Session;
 use crate::data::Dataset;
-use crate::engine::adam::Adam;
+use crate::engine::adam::{Adam, LossScale};
 use crate::engine::batch::Feed;
 use crate::engine::nets::{save_weights, use_channels_last, UNet, Vae};
 use crate::engine::select::{
@@ -99,6 +99,12 @@ impl Runner {
         }
         let device = device::parse_device(device.unwrap_or(&session.config.experiment.device))?;
         device::check_device(device)?;
+        if session.config.unet.precision == Precision::Fp16 && !matches!(device, Device::Cuda(_)) {
+            bail!(
+                "unet.precision = \"fp16\" (mixed precision) needs a CUDA device, and this run is on {}; use \"fp32\"",
+                device::describe(device)
+            );
+        }
         let log = EventLog::open(&session.dir)?;
         let plan = plan(&session.config);
         if let Device::Cuda(_) = device {
@@ -523,6 +529,10 @@ impl Runner {
         let mut vs = VarStore::new(self.device);
         let net = self.new_unet(&vs);
         let mut opt = Adam::new(&vs, self.cfg().unet.lr);
+        let mixed = self.cfg().unet.precision == Precision::Fp16;
+        if mixed {
+            opt.loss_scale = Some(LossScale::default());
+        }
         let start = self.session.state.partial_epochs;
         let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
         if start > 0 {
@@ -566,6 +576,7 @@ impl Runner {
             ds,
             slices,
             batch,
+            mixed,
             feed,
             start..epochs,
             seed_for(seed, &key, "shuffle"),

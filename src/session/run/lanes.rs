@@ -22,6 +22,11 @@ impl Runner {
     pub fn set_lanes(&mut self, devices: Vec<Device>) -> Result<()> {
         for &d in &devices {
             crate::engine::device::check_device(d)?;
+            if self.session.config.unet.precision == super::Precision::Fp16
+                && !matches!(d, Device::Cuda(_))
+            {
+                anyhow::bail!("unet.precision = \"fp16\" (mixed precision) needs CUDA devices, and --devices names {}", crate::engine::device::describe(d));
+            }
         }
         self.lane_feeds = devices.iter().map(|_| None).collect();
         self.lanes = if devices.len() > 1 {

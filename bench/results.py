@@ -6,11 +6,18 @@ import json
 import os
 import platform
 
-PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
+# BENCH_RESULTS redirects the file (the GPU script writes into its output folder).
+PATH = os.environ.get("BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 
 
 def cpu_device():
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def gpu_device(device):
+    """e.g. "cuda (NVIDIA H100 80GB HBM3)"."""
+    import torch
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def record(results):

@@ -1,8 +1,8 @@
 """Selection at BraTS scale: suggestive (bench/select_bench.rs) against PyTorch eager
 (bench/reference_select.py), same phantom pool, same weights, same device, in the same run.
 
-The pool is a phantom of 260 training patients × 150 slices = 39,000 slices (the paper's
-260/75 split), 1,500 of them labelled. On the CPU the phantom's volumes are 64×64×155 (slices
+The pool is 260 training patients × 150 slices = 39,000 slices (the paper's 260/75 split) of a
+phantom of 335 patients, 1,500 of them labelled. On the CPU the phantom's volumes are 64×64×155 (slices
 of 64×64, small networks); on a GPU they are BraTS-size 240×240×155 (slices of 256×256, the
 paper's networks). Driven by bench/run."""
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from results import cpu_device, record
+from results import cpu_device, gpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -36,10 +36,10 @@ def main():
         suggestive = ["cargo", "run", "--release", "--quiet", "--"]
         bench = ["cargo", "bench", "--quiet", "--bench", "select_bench", "--"]
     if not os.path.exists(os.path.join(data, "name_mapping.csv")):
-        subprocess.run([*suggestive, "phantom", "--out", data, "--patients", "260", "--shape", shape, "--seed", "1"],
+        subprocess.run([*suggestive, "phantom", "--out", data, "--patients", "335", "--shape", shape, "--seed", "1"],
                        check=True, stdout=subprocess.DEVNULL)
     out = tempfile.mkdtemp(prefix="suggestive-select-")
-    args = [data, cache, out, a.device, *nets[:2], *nets[2:], labelled]
+    args = [data, cache, out, a.device, *nets[:2], *nets[2:], labelled, 260]
     ours_txt = subprocess.run([*bench, *map(str, args)], check=True, capture_output=True, text=True).stdout
     ours = json.loads(ours_txt.strip().splitlines()[-1])
     ref = subprocess.run([sys.executable, os.path.join(HERE, "reference_select.py"), out, str(nets[0]), str(nets[2]),
@@ -61,7 +61,7 @@ def main():
     agree = sum(p == q for p, q in zip(ours["picks"], ref["picks"])) / len(ref["picks"])
     assert agree >= 0.9, f"only {agree:.0%} of the picks agree"
 
-    device = a.device if gpu else cpu_device()
+    device = gpu_device(a.device) if gpu else cpu_device()
     n, s = ours["slices"], ours["size"]
     what = f"{n:,} slices {s}x{s}"
     results = [

@@ -10,7 +10,8 @@
 //! Writes the weights it drew (for the reference) and prints one JSON object with the seconds
 //! per stage and what the reference must reproduce.
 //!
-//! Arguments: DATA CACHE OUT DEVICE UNET_DEPTH UNET_BASE VAE_LEVELS VAE_BASE LABELLED
+//! Arguments: DATA CACHE OUT DEVICE UNET_DEPTH UNET_BASE VAE_LEVELS VAE_BASE LABELLED PATIENTS
+//! (the pool: the slices of the first PATIENTS patients)
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         base: num(7),
     };
     let labelled_n = num(8) as usize;
+    let pool_patients = num(9) as usize;
     std::fs::create_dir_all(&out)?;
     if let Device::Cuda(_) = device {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -70,7 +72,10 @@ fn main() -> anyhow::Result<()> {
     opts.preprocessing.pad_to = None;
     let (ds, _) = Dataset::load(&data, &opts)?;
     let open_s = t.elapsed().as_secs_f64();
-    let n = ds.num_slices();
+    let n = ds.patients()[..pool_patients.min(ds.patients().len())]
+        .iter()
+        .map(|p| p.slices)
+        .sum::<usize>();
     let (c, s) = (ds.channels() as i64, ds.size() as i64);
 
     tch::manual_seed(0);

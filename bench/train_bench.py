@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 
-from results import cpu_device, record
+from results import cpu_device, gpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -76,7 +76,7 @@ def main():
     for k in ("unet_loss", "vae_loss", "grad_norm"):
         rel = abs(ours[k] - ref[k]) / max(abs(ref[k]), 1e-12)
         assert rel < 1e-4, f"{k} differs: suggestive {ours[k]} vs PyTorch {ref[k]}"
-    device = a.device if gpu else cpu_device()
+    device = gpu_device(a.device) if gpu else cpu_device()
     shape = f"{size}x{size}, batch {batch}"
     results = [
         {"name": f"UNet training (depth {depth}, base {base}, batch norm), {shape}, fwd+bwd+Adam", "device": device,

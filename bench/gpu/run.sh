@@ -1,27 +1,68 @@
 #!/usr/bin/env bash
-# The GPU check, one prepared script (see prepare.sh): writes everything under $OUT.
-#  1. suggestive info: CUDA seen by the binary;
-#  2. training and selection throughput at the paper's size (256×256, UNet depth 4 / base 64,
-#     VAE 4 levels / base 32, batch 16) against PyTorch eager on the same GPU, same losses first;
-#  3. the demo session on the GPU, end to end, with its event log (timings per step).
+# The GPU check, one prepared script (build it with bench/gpu/prepare.sh): everything it
+# measures goes to $OUT (results.json in bench/results.json's format, plus logs). In order of
+# value, each step skipped when the time left (DEADLINE seconds from the start) is too short:
+#  1. suggestive info: CUDA and cuDNN as the binary sees them;
+#  2. training throughput at the paper's size (256×256, UNet depth 4 / base 64, VAE 4 levels /
+#     base 32, batch 16), fp32 and fp16 mixed precision, against PyTorch eager on the same GPU
+#     (same losses first), with TFLOP/s against the card's peak and peak GPU memory;
+#  3. selection at BraTS scale: a 335-patient phantom at 240×240×155, pool of 39,000 slices of
+#     256×256 (encode, 1,500 gradients, cone search) against PyTorch;
+#  4. the demo session on the GPU in fp32 and in fp16, end to end: wall time and final Dice;
+#  5. one repeat of brats-patient on the BraTS-size phantom with 1 epoch per training, for the
+#     time breakdown per step (scale the training lines by the preset's epochs).
+# DEV=cpu dry-runs it on a CPU machine (small sizes).
 set -uo pipefail
+start=$(date +%s)
+DEADLINE=${DEADLINE:-540}
+left() { echo $((DEADLINE - ($(date +%s) - start))); }
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)
-G=$here
-[ -x "$G/suggestive" ] || G=$here/../../.gpu
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib:${LD_LIBRARY_PATH:-}
-export SUGGESTIVE_CACHE_DIR=$OUT/cache SUGGESTIVE_DATA_DIR=$OUT/share SUGGESTIVE_SESSIONS_DIR=$OUT/sessions
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
-"$G/suggestive" info --json > "$OUT/info.json" 2>&1; cat "$OUT/info.json"
-# DEV=cpu SIZES="64 8 3 16 3 16" dry-runs the script on a CPU machine.
+WORK=${WORK:-/tmp/suggestive-gpu}
+mkdir -p "$WORK"
+export SUGGESTIVE_CACHE_DIR=$WORK/cache SUGGESTIVE_DATA_DIR=$WORK/share SUGGESTIVE_SESSIONS_DIR=$WORK/sessions
+export BENCH_RESULTS=$OUT/results.json SELECT_BENCH_DIR=$WORK/select
 DEV=${DEV:-cuda}
-read -r S B UD UB VL VB <<< "${SIZES:-256 16 4 64 4 32}"
-w=$(mktemp -d)
-timeout 240 "$G/train_bench" "$w" "$S" "$B" "$UD" "$UB" "$VL" "$VB" "$DEV" 10 5 > "$OUT/train_ours.json" 2> "$OUT/train_ours.err"
-timeout 240 python3 "$G/reference.py" "$w" "$S" "$B" "$UD" "$VL" "$DEV" 10 5 > "$OUT/train_ref.json" 2> "$OUT/train_ref.err"
-cat "$OUT/train_ours.json" "$OUT/train_ref.json"
-"$G/suggestive" new gpu --preset demo --set "experiment.device=\"$DEV\"" --set experiment.repeats=1 > /dev/null
-/usr/bin/time -v timeout 300 "$G/suggestive" run gpu --jsonl > "$OUT/run.jsonl" 2> "$OUT/run.err"
-tail -3 "$OUT/run.jsonl"; grep -E "Elapsed|Maximum resident" "$OUT/run.err"
-"$G/suggestive" report gpu --out "$OUT/report" > "$OUT/report.md" 2>&1; cat "$OUT/report.md"
+S=$here/suggestive
+log() { echo "== $* ($(left) s left)" | tee -a "$OUT/steps.log"; }
+
+log "1. info"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
+"$S" info --json > "$OUT/info.json" 2>&1; cat "$OUT/gpu.csv" "$OUT/info.json"
+
+log "2. training throughput"
+if [ "$(left)" -gt 120 ]; then
+  timeout $(($(left) - 60)) python3 "$here/train_bench.py" --device "$DEV" --bin "$here/train_bench" \
+    > "$OUT/train.txt" 2>&1; tail -12 "$OUT/train.txt"
+fi
+
+log "3. selection at BraTS scale"
+if [ "$(left)" -gt 200 ]; then
+  timeout $(($(left) - 60)) python3 "$here/select_bench.py" --device "$DEV" --bin "$here" > "$OUT/select.txt" 2>&1
+  tail -8 "$OUT/select.txt"
+fi
+
+for prec in fp32 fp16; do
+  log "4. demo session on $DEV, $prec"
+  [ "$(left)" -gt 150 ] || continue
+  [ "$DEV" = cpu ] && [ $prec = fp16 ] && continue
+  "$S" new "demo-$prec" --preset demo --set "experiment.device=\"$DEV\"" --set experiment.repeats=1 \
+    --set "unet.precision=\"$prec\"" > /dev/null
+  /usr/bin/time -v timeout $(($(left) - 100)) "$S" run "demo-$prec" --jsonl > "$OUT/demo-$prec.jsonl" 2> "$OUT/demo-$prec.err"
+  grep -E "Elapsed|Maximum resident" "$OUT/demo-$prec.err"
+  "$S" report "demo-$prec" --out "$OUT/demo-$prec" > "$OUT/demo-$prec.md" 2>&1; head -40 "$OUT/demo-$prec.md"
+done
+
+log "5. brats-patient, one repeat, 1 epoch per training, BraTS-size phantom"
+data=$(ls -d "$SELECT_BENCH_DIR"/phantom-* 2>/dev/null | head -1)
+if [ -n "$data" ] && [ "$(left)" -gt 90 ]; then
+  "$S" new e2e --preset brats-patient --dataset "$data" --set experiment.repeats=1 \
+    --set "experiment.device=\"$DEV\"" --set unet.epochs_initial=1 --set unet.epochs_per_round=1 \
+    --set vae.epochs=1 > /dev/null
+  /usr/bin/time -v timeout $(($(left) - 30)) "$S" run e2e --jsonl > "$OUT/e2e.jsonl" 2> "$OUT/e2e.err"
+  grep -E "Elapsed|Maximum resident" "$OUT/e2e.err"
+  "$S" report e2e --out "$OUT/e2e" > "$OUT/e2e.md" 2>&1; grep -A30 -i "time" "$OUT/e2e.md" | head -40
+fi
+log "done"

@@ -401,7 +401,9 @@ fn direction_batch(
         .sum_dim_intlist(1, true, Kind::Float)
         .gt(0.0)
         .to_kind(Kind::Float);
-    let g = (&grads[0] * &brain).detach();
+    // The input gradient comes back in the weights' layout (channels-last); the float64
+    // encoder runs fastest on the standard one.
+    let g = (&grads[0] * &brain).detach().contiguous();
     let _guard = tch::no_grad_guard();
     let (x_sq, g_sq) = (slice_sq_norms(&x), slice_sq_norms(&g));
     let per_sample = |v: &[f64], (a, len): (i64, i64)| -> f64 {

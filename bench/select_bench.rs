@@ -20,7 +20,7 @@ use suggestive::data::{Dataset, LoadOptions};
 use suggestive::engine::batch::Feed;
 use suggestive::engine::device::parse_device;
 use suggestive::engine::nets::{
-    save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
+    fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
 };
 use suggestive::engine::select::{encode_slices, gradient_directions, pick_proposed, Source};
 use suggestive::session::config::DirectionMethod;
@@ -80,13 +80,15 @@ fn main() -> anyhow::Result<()> {
 
     tch::manual_seed(0);
     let vs_u = VarStore::new(device);
-    let unet = UNet::new(&vs_u.root(), c, &unet_cfg);
+    let _unet = UNet::new(&vs_u.root(), c, &unet_cfg);
     use_channels_last(&vs_u);
     save_weights(&vs_u, &out.join("unet.safetensors"))?;
     let vs_v = VarStore::new(device);
     let vae = Vae::new(&vs_v.root(), c, s, &vae_cfg);
     use_channels_last(&vs_v);
     save_weights(&vs_v, &out.join("vae.safetensors"))?;
+    // As the session's selection step: batch norm folded into the convolutions.
+    let (_folded, unet_eval) = fold_batch_norm(&vs_u, c, &unet_cfg).expect("batch norm");
     let mut vs64 = VarStore::new(device);
     let vae64 = Vae::new(&vs64.root(), c, s, &vae_cfg);
     vs64.copy(&vs_v)?;
@@ -109,7 +111,7 @@ fn main() -> anyhow::Result<()> {
     let samples: Vec<Vec<usize>> = labelled.iter().map(|&i| vec![i]).collect();
     let t = Instant::now();
     let steps = gradient_directions(
-        &unet,
+        &unet_eval,
         &vae,
         &vae64,
         &ds,

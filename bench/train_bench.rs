@@ -12,7 +12,8 @@ use std::time::Instant;
 use suggestive::engine::adam::{Adam, LossScale};
 use suggestive::engine::device::parse_device;
 use suggestive::engine::nets::{
-    dice_loss, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
+    dice_loss, fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae,
+    VaeConfig,
 };
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -155,9 +156,11 @@ fn main() {
         loss.backward();
         opt_v.step();
     });
+    // The session's selection step runs on the UNet with batch norm folded in.
+    let (_folded, unet_eval) = fold_batch_norm(&vs_u, 4, &unet_cfg).expect("batch norm");
     let select_rate = time(device, batch as usize, steps, windows, || {
         let xg = x.copy().set_requires_grad(true);
-        let l = dice_loss(&unet.forward_t(&xg, false), &y);
+        let l = dice_loss(&unet_eval.forward_t(&xg, false), &y);
         let g = Tensor::run_backward(&[&l], &[&xg], false, false).remove(0);
         let _guard = tch::no_grad_guard();
         let z = vae.encode(&x).0;

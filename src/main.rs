@@ -753,6 +753,9 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
             ))
             .unwrap_or_default()
     );
+    if let Some(d) = &s.state.device {
+        println!("device    {d}");
+    }
     if !s.state.results.is_empty() {
         println!(
             "\n{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  test Dice",

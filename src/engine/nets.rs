@@ -346,6 +346,66 @@ impl Vae {
     }
 }
 
+/// For inference and input gradients (eval mode): a copy of a batch-norm UNet whose norms are
+/// folded into the convolutions before them (`W·γ/σ`, bias `β − γμ/σ` with σ = √(var + ε)),
+/// on the same device, frozen, channels-last. Same function up to float rounding, without the
+/// norm layers' passes: the evaluation, the oracle's scoring and the gradient step run on it.
+/// `None` for other norms (group and instance norms depend on the input).
+pub fn fold_batch_norm(
+    vs: &nn::VarStore,
+    in_channels: i64,
+    cfg: &UNetConfig,
+) -> Option<(nn::VarStore, UNet)> {
+    if cfg.norm != Norm::Batch {
+        return None;
+    }
+    let mut folded = nn::VarStore::new(vs.device());
+    let net = UNet::new(
+        &folded.root(),
+        in_channels,
+        &UNetConfig {
+            norm: Norm::None,
+            ..cfg.clone()
+        },
+    );
+    let src = vs.variables();
+    let eps = nn::BatchNormConfig::default().eps;
+    {
+        let _guard = tch::no_grad_guard();
+        for (name, mut dst) in folded.variables() {
+            // "down0.c1.weight" is normalised by "down0.n1.*"
+            let norm = name
+                .rsplit_once(".c")
+                .filter(|(_, rest)| rest.ends_with(".weight") || rest.ends_with(".bias"))
+                .and_then(|(block, rest)| {
+                    let i = rest.split('.').next()?;
+                    let n = |f: &str| src.get(&format!("{block}.n{i}.{f}"));
+                    Some((
+                        n("weight")?,
+                        n("bias")?,
+                        n("running_mean")?,
+                        n("running_var")?,
+                    ))
+                });
+            let value = match norm {
+                Some((gamma, beta, mean, var)) => {
+                    let scale = gamma / (var + eps).sqrt();
+                    if name.ends_with(".weight") {
+                        src.get(&name)?.contiguous() * scale.view([-1, 1, 1, 1])
+                    } else {
+                        beta - mean * scale
+                    }
+                }
+                None => src.get(&name)?.contiguous(),
+            };
+            dst.copy_(&value);
+        }
+    }
+    folded.freeze();
+    use_channels_last(&folded);
+    Some((folded, net))
+}
+
 /// Stores every 4-d weight of `vs` channels-last (NCHW shape, NHWC strides). oneDNN on the CPU
 /// and cuDNN on the GPU then choose their NHWC convolution kernels and the activations follow
 /// the weights' layout; on the 2-core benchmark machine this is 10–30 % more training and
@@ -396,5 +456,56 @@ mod tests {
         // ~11 G multiply-adds per level plus the bottom.
         let paper = UNetConfig::default().forward_flops(4, 256);
         assert!((9.0e10..1.0e11).contains(&paper), "{paper:e}");
+    }
+
+    #[test]
+    fn folding_batch_norm_keeps_the_eval_function_and_its_input_gradient() {
+        tch::manual_seed(5);
+        let cfg = UNetConfig {
+            depth: 2,
+            base: 4,
+            norm: Norm::Batch,
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = UNet::new(&vs.root(), 3, &cfg);
+        use_channels_last(&vs);
+        // Give the norms non-trivial statistics and affine parameters.
+        for _ in 0..3 {
+            let _ = net.forward_t(
+                &(Tensor::randn([4, 3, 16, 16], tch::kind::FLOAT_CPU) * 3.0 + 1.0),
+                true,
+            );
+        }
+        {
+            let _g = tch::no_grad_guard();
+            for (n, mut t) in vs.variables() {
+                if n.contains(".n") && (n.ends_with("weight") || n.ends_with("bias")) {
+                    let _ = t.copy_(&(Tensor::rand_like(&t) + 0.5));
+                }
+            }
+        }
+        let (_fvs, folded) = fold_batch_norm(&vs, 3, &cfg).unwrap();
+        let x = Tensor::randn([2, 3, 16, 16], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        let a = net.forward_t(&x, false);
+        let b = folded.forward_t(&x, false);
+        let err = (&a - &b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(
+            err < 1e-4 * scale.max(1.0),
+            "outputs differ by {err} (scale {scale})"
+        );
+        let ga = Tensor::run_backward(&[&a.sum(tch::Kind::Float)], &[&x], false, false).remove(0);
+        let gb = Tensor::run_backward(&[&b.sum(tch::Kind::Float)], &[&x], false, false).remove(0);
+        let gerr = (&ga - &gb).abs().max().double_value(&[]);
+        assert!(
+            gerr < 1e-4 * ga.abs().max().double_value(&[]),
+            "gradients differ by {gerr}"
+        );
+        // Only batch norm folds.
+        let gn = UNetConfig {
+            norm: Norm::Group,
+            ..cfg
+        };
+        assert!(fold_batch_norm(&vs, 3, &gn).is_none());
     }
 }

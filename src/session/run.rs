@@ -28,7 +28,7 @@ use super::Session;
 use crate::data::Dataset;
 use crate::engine::adam::{Adam, LossScale};
 use crate::engine::batch::Feed;
-use crate::engine::nets::{save_weights, use_channels_last, UNet, Vae};
+use crate::engine::nets::{fold_batch_norm, save_weights, use_channels_last, UNet, Vae};
 use crate::engine::select::{
     encode_slices, gradient_directions, pick_oracle, pick_proposed, pick_random, GradientStep,
     Pick, Source,
@@ -586,7 +586,7 @@ impl Runner {
             return Ok(None);
         }
         Self::save_vs(&vs, &self.ckpt(&key, ""))?;
-        Ok(Some(net))
+        Ok(Some(self.for_eval(vs, net).1))
     }
 }
 
@@ -805,11 +805,18 @@ impl Runner {
         })
     }
 
+    /// The UNet as evaluation, the oracle and the gradient step use it: batch norm folded into
+    /// the convolutions (nets::fold_batch_norm) when it has batch norm.
+    fn for_eval(&self, vs: VarStore, net: UNet) -> (VarStore, UNet) {
+        fold_batch_norm(&vs, self.ds.channels() as i64, &self.cfg().unet.net()).unwrap_or((vs, net))
+    }
+
+    /// The final weights of `step`, for evaluation (see `for_eval`).
     fn load_unet(&self, step: &Step) -> Result<(VarStore, UNet)> {
         let mut vs = VarStore::new(self.device);
         let net = self.new_unet(&vs);
         self.load_final(&mut vs, step)?;
-        Ok((vs, net))
+        Ok(self.for_eval(vs, net))
     }
 
     fn select(

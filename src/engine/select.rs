@@ -433,13 +433,10 @@ fn direction_batch(
         mean_rows(&(zp - z), &ranges)
     });
     let float64 = needs(DirectionMethod::Float64).then(|| {
-        // x and x' in one batch: both go through the same kernels, so their rounding errors
-        // (which are not small next to a step of 1e-10) cancel in z' − z.
         let x64 = x.to_kind(Kind::Double);
-        let both = Tensor::cat(&[&x64, &(&x64 + g.to_kind(Kind::Double) * alpha)], 0);
-        let z = vae64.encode(&both).0;
-        let n = x.size()[0];
-        mean_rows(&(z.narrow(0, n, n) - z.narrow(0, 0, n)), &ranges)
+        let z = vae64.encode(&x64).0;
+        let zp = vae64.encode(&(&x64 + g.to_kind(Kind::Double) * alpha)).0;
+        mean_rows(&(zp - z), &ranges)
     });
     let central = needs(DirectionMethod::CentralDifference).then(|| {
         // A step of 1e-3 ‖x‖ along g resolves in float32; each sample's step is scaled back

@@ -17,36 +17,6 @@ use suggestive::session::Session;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-fn run_to_end(tmp: &std::path::Path, extra: &[&str]) -> Session {
-    let data = tmp.join("data");
-    if !data.exists() {
-        tiny_phantom(
-            &data,
-            &[("CBICA", 5), ("TCIA", 5)],
-            PhantomLayout::Brats2019,
-            3,
-        );
-    }
-    let cfg = tiny_session_config(&data, extra);
-    let dir = tmp.join(format!("s{}", extra.join("_").replace(['"', '=', '.'], "")));
-    Session::create(&dir, cfg).unwrap();
-    let mut runner = Runner::open(
-        Session::open(&dir).unwrap(),
-        false,
-        &tmp.join("cache"),
-        None,
-    )
-    .unwrap();
-    let mut events = Vec::new();
-    let outcome = runner
-        .run(&Control::default(), &mut |e| events.push(e.clone()))
-        .unwrap();
-    assert_eq!(outcome, Outcome::Finished);
-    drop(runner);
-    assert!(!dir.join("lock").exists(), "the lock outlives the runner");
-    Session::open(&dir).unwrap()
-}
-
 /// Checks a finished session's records: every arm evaluated after every round, picks distinct
 /// and new, Dice in range.
 fn check_records(s: &Session, per_round: usize) {
@@ -272,21 +242,16 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (n(a) * n(b))
 }
 
-#[test]
-fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = tiny_dataset(tmp.path());
-    tch::manual_seed(2);
+/// A tiny UNet and VAE (with the float64 copy of the VAE) from `seed`, on the CPU.
+fn tiny_nets(seed: i64) -> (Vec<VarStore>, UNet, Vae, Vae) {
+    tch::manual_seed(seed);
     let vs_u = VarStore::new(Device::Cpu);
-    let unet = UNet::new(
-        &vs_u.root(),
-        4,
-        &UNetConfig {
-            depth: 2,
-            base: 4,
-            ..Default::default()
-        },
-    );
+    let unet_cfg = UNetConfig {
+        depth: 2,
+        base: 4,
+        ..Default::default()
+    };
+    let unet = UNet::new(&vs_u.root(), 4, &unet_cfg);
     let vs = VarStore::new(Device::Cpu);
     let cfg = VaeConfig {
         latent: 5,
@@ -298,6 +263,14 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
     let vae64 = Vae::new(&vs64.root(), 4, 32, &cfg);
     vs64.copy(&vs).unwrap();
     vs64.double();
+    (vec![vs_u, vs, vs64], unet, vae, vae64)
+}
+
+#[test]
+fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(tmp.path());
+    let (_stores, unet, vae, vae64) = tiny_nets(2);
     let slices = tumour_slices(&ds);
     let cpu = Feed::host(Device::Cpu);
     let dir = |alpha: f64, m: DirectionMethod| {
@@ -342,28 +315,7 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
 fn batched_gradient_directions_equal_one_sample_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tiny_dataset(tmp.path());
-    tch::manual_seed(3);
-    let vs_u = VarStore::new(Device::Cpu);
-    let unet = UNet::new(
-        &vs_u.root(),
-        4,
-        &UNetConfig {
-            depth: 2,
-            base: 4,
-            ..Default::default()
-        },
-    );
-    let vs = VarStore::new(Device::Cpu);
-    let cfg = VaeConfig {
-        latent: 5,
-        base: 4,
-        levels: 2,
-    };
-    let vae = Vae::new(&vs.root(), 4, 32, &cfg);
-    let mut vs64 = VarStore::new(Device::Cpu);
-    let vae64 = Vae::new(&vs64.root(), 4, 32, &cfg);
-    vs64.copy(&vs).unwrap();
-    vs64.double();
+    let (_stores, unet, vae, vae64) = tiny_nets(3);
     let cpu = Feed::host(Device::Cpu);
     // Samples of different sizes (image- and patient-like), with and without tumour.
     let t = tumour_slices(&ds);

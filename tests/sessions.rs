@@ -145,8 +145,10 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
     let (a, b) = (state(&whole), state(&broken));
     assert_eq!(a["done"], b["done"]);
     assert_eq!(a["repeats"], b["repeats"], "splits differ");
-    assert_eq!(a["picks"], b["picks"], "picks differ after resume");
-    assert_eq!(a["results"], b["results"], "metrics differ after resume");
+    // Floats to 1e-12: the float64 step's last bits are not reproducible from one process to
+    // the next (libtorch's float64 convolutions), everything else is exact.
+    assert_close(&a["picks"], &b["picks"], 1e-12, "picks after resume");
+    assert_close(&a["results"], &b["results"], 1e-12, "metrics after resume");
     assert_eq!(b["partial_epochs"], 0);
     let partial: Vec<_> = std::fs::read_dir(broken.join("checkpoints"))
         .unwrap()

@@ -189,40 +189,24 @@ impl Runner {
                 return Ok(Outcome::Stopped);
             }
             let index = self.session.state.done;
-            if let Some(end) = self.parallel_round(index) {
-                match self.run_round_in_lanes(index, end, control, sink) {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        let done = self.session.state.done;
-                        self.emit(
-                            Event::Stopped {
-                                steps_done: done,
-                                steps_total: total,
-                            },
-                            sink,
-                        );
-                        return Ok(Outcome::Stopped);
+            // A round of several arms on several devices (lanes.rs records it when it ends),
+            // or the next step on its own.
+            let result = match self.parallel_round(index) {
+                Some(end) => self.run_round_in_lanes(index, end, control, sink),
+                None => {
+                    let step = self.plan[index];
+                    let r = self.run_step(index, step, control, sink);
+                    if let Ok(true) = r {
+                        self.session.state.done += 1;
+                        self.session.state.partial_epochs = 0;
+                        self.save_state()?;
+                        self.remove_partial(&step);
                     }
-                    Err(e) => {
-                        self.emit(
-                            Event::Error {
-                                message: format!("{e:#}"),
-                            },
-                            sink,
-                        );
-                        return Err(e);
-                    }
+                    r
                 }
-            }
-            let step = self.plan[index];
-            let result = self.run_step(index, step, control, sink);
+            };
             match result {
-                Ok(true) => {
-                    self.session.state.done += 1;
-                    self.session.state.partial_epochs = 0;
-                    self.save_state()?;
-                    self.remove_partial(&step);
-                }
+                Ok(true) => {}
                 Ok(false) => {
                     let done = self.session.state.done;
                     self.emit(

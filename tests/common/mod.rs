@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: tiny phantoms and hand-written NIfTI volumes.
+//! Helpers shared by the integration tests: tiny phantoms, hand-written NIfTI volumes and tiny
+//! sessions.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -7,6 +8,8 @@ use ndarray::{Array, IxDyn, ShapeBuilder};
 use nifti::writer::WriterOptions;
 use suggestive::data::{read_volume, LoadOptions};
 use suggestive::phantom::{self, PhantomConfig, PhantomLayout};
+use suggestive::session::run::{Control, Outcome, Runner};
+use suggestive::session::Session;
 
 pub const TINY: [usize; 3] = [64, 64, 24];
 
@@ -111,4 +114,60 @@ pub fn tiny_session_config(
     sets.extend(extra.iter().map(|s| s.to_string()));
     cfg.apply_overrides(&sets).expect("overrides");
     cfg
+}
+
+/// Creates a session on a tiny phantom in `tmp` (made once) with `extra` overrides and runs it
+/// to the end on the CPU; the session as it was left.
+pub fn run_to_end(tmp: &std::path::Path, extra: &[&str]) -> Session {
+    let data = tmp.join("data");
+    if !data.exists() {
+        tiny_phantom(
+            &data,
+            &[("CBICA", 5), ("TCIA", 5)],
+            PhantomLayout::Brats2019,
+            3,
+        );
+    }
+    let cfg = tiny_session_config(&data, extra);
+    let dir = tmp.join(format!("s{}", extra.join("_").replace(['"', '=', '.'], "")));
+    Session::create(&dir, cfg).unwrap();
+    let mut runner = Runner::open(
+        Session::open(&dir).unwrap(),
+        false,
+        &tmp.join("cache"),
+        None,
+    )
+    .unwrap();
+    let outcome = runner.run(&Control::default(), &mut |_| {}).unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    drop(runner);
+    assert!(!dir.join("lock").exists(), "the lock outlives the runner");
+    Session::open(&dir).unwrap()
+}
+
+/// Same structure, same integers and strings, floats within `rel` of each other (relative).
+pub fn assert_close(a: &serde_json::Value, b: &serde_json::Value, rel: f64, at: &str) {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= rel * x.abs().max(y.abs()),
+                "{at}: {x} vs {y}"
+            );
+        }
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_close(p, q, rel, &format!("{at}[{i}]"));
+            }
+        }
+        (Object(x), Object(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: fields");
+            for (k, p) in x {
+                assert_close(p, &y[k], rel, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
 }

@@ -99,10 +99,10 @@ fn tui_steps_a_round_in_a_real_terminal_and_restores_it() {
 
     // n again: round 1 of every arm: picks and Dice appear.
     tmux(&["send-keys", "-t", &name, "n"]);
-    let s = wait_for(&name, "round 1", |s| {
-        s.contains("oracle round 1: 3 annotated")
+    // (The last evaluation reaches the screen a moment before the run's end: wait for both.)
+    let s = wait_for(&name, "round 1 and the end", |s| {
+        s.contains("oracle round 1: 3 annotated") && s.contains("finished")
     });
-    assert!(s.contains("finished"), "{s}");
     let picks = s
         .lines()
         .filter(|l| l.contains("round 1: BraTS19_"))

@@ -60,10 +60,14 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", help="a prebuilt train_bench binary (GPU machine without cargo)")
+    ap.add_argument("--shape", help="SIZE,BATCH,UNET_DEPTH,UNET_BASE,VAE_LEVELS,VAE_BASE instead of the default "
+                                    "(the demo preset: 48,16,3,8,3,8)")
     a = ap.parse_args()
     gpu = a.device.startswith("cuda")
     # CPU sizes that fit 2 cores; the paper's sizes (256×256, 64-channel UNet) on a GPU.
     size, batch, depth, base, levels, vbase = (256, 16, 4, 64, 4, 32) if gpu else (64, 8, 3, 16, 3, 16)
+    if a.shape:
+        size, batch, depth, base, levels, vbase = map(int, a.shape.split(","))
     steps, windows = (10, 5) if not a.quick else (5, 3)
     work = tempfile.mkdtemp(prefix="suggestive-train-")
     args = [work, size, batch, depth, base, levels, vbase, a.device, steps, windows]

@@ -691,10 +691,7 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let plan = session::plan::plan(&s.config);
-    let holder = std::fs::read_to_string(dir.join("lock"))
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let holder = session::store::live_holder(&dir);
     let state = if s.state.done >= plan.len() {
         "finished"
     } else if holder.is_some() {

@@ -25,7 +25,8 @@ pub struct Adam {
 pub struct LossScale {
     pub scale: f64,
     pub good_steps: u32,
-    /// Steps skipped because of overflow (reported, not checkpointed).
+    /// Steps skipped because of overflow in this process (not checkpointed; for callers that
+    /// want to know, such as the tests — sessions do not report it yet).
     pub skipped: u32,
 }
 

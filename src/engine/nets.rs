@@ -408,8 +408,8 @@ pub fn fold_batch_norm(
 
 /// Stores every 4-d weight of `vs` channels-last (NCHW shape, NHWC strides). oneDNN on the CPU
 /// and cuDNN on the GPU then choose their NHWC convolution kernels and the activations follow
-/// the weights' layout; on the 2-core benchmark machine this is 10–30 % more training and
-/// selection throughput than the default layout (bench/README.md). Values are unchanged, and
+/// the weights' layout; on the 2-core benchmark machine this is most of the training
+/// benchmark's lead over PyTorch's default layout (bench/README.md). Values are unchanged, and
 /// checkpoints are written contiguous ([`save_weights`]), so the layout never reaches a file.
 pub fn use_channels_last(vs: &nn::VarStore) {
     let _guard = tch::no_grad_guard();

@@ -574,6 +574,48 @@ impl Runner {
     }
 }
 
+/// Where a repeat's pool latents live in a session folder.
+fn latents_path(session: &Path, repeat: usize) -> PathBuf {
+    session
+        .join("latents")
+        .join(format!("r{repeat}.safetensors"))
+}
+
+/// Latent of every pool sample of `repeat` (image: the slice's; patient: the mean of its
+/// slices'), from the latents the session saved. The runner and the TUI's preview worker read
+/// them through this.
+pub fn sample_latents(s: &Session, ds: &Dataset, repeat: usize) -> Result<Vec<Vec<f64>>> {
+    let path = latents_path(&s.dir, repeat);
+    let t = Tensor::read_safetensors(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let z = &t
+        .iter()
+        .find(|(n, _)| n == "z")
+        .context("latents file without 'z'")?
+        .1;
+    let d = z.size()[1] as usize;
+    let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
+    let rows: Vec<Vec<f64>> = flat.chunks(d).map(|c| c.to_vec()).collect();
+    let rd = s.state.repeats.get(repeat).context("no such repeat yet")?;
+    Ok(match s.config.experiment.granularity {
+        Granularity::Image => rows,
+        Granularity::Patient => {
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &p in &rd.train {
+                let n = ds.patients()[p].slices;
+                let mut m = vec![0.0; d];
+                for r in &rows[at..at + n] {
+                    m.iter_mut().zip(r).for_each(|(a, b)| *a += b / n as f64);
+                }
+                out.push(m);
+                at += n;
+            }
+            out
+        }
+    })
+}
+
 /// Resumes a training step killed or stopped mid-way: its weights and optimiser moments.
 fn restore_partial(vs: &mut VarStore, opt: &mut Adam, partial: &Path, adam: &Path) -> Result<()> {
     vs.load(partial)
@@ -738,10 +780,7 @@ impl Runner {
     }
 
     fn latents_path(&self, repeat: usize) -> PathBuf {
-        self.session
-            .dir
-            .join("latents")
-            .join(format!("r{repeat}.safetensors"))
+        latents_path(&self.session.dir, repeat)
     }
 
     /// Encoder means of every pool slice, saved as `latents/r{repeat}.safetensors`.
@@ -757,36 +796,9 @@ impl Runner {
         commit_file(&tmp, &path)
     }
 
-    /// Latent of every pool sample (image: the slice's; patient: the mean of its slices').
+    /// Latent of every pool sample (see [`sample_latents`]).
     pub fn sample_latents(&self, repeat: usize) -> Result<Vec<Vec<f64>>> {
-        let path = self.latents_path(repeat);
-        let t = Tensor::read_safetensors(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let z = &t
-            .iter()
-            .find(|(n, _)| n == "z")
-            .context("latents file without 'z'")?
-            .1;
-        let dims = z.size();
-        let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
-        let rows: Vec<Vec<f64>> = flat.chunks(dims[1] as usize).map(|c| c.to_vec()).collect();
-        Ok(match self.cfg().experiment.granularity {
-            Granularity::Image => rows,
-            Granularity::Patient => {
-                let mut out = Vec::new();
-                let mut at = 0;
-                for &p in &self.session.state.repeats[repeat].train {
-                    let n = self.ds.patients()[p].slices;
-                    let mut m = vec![0.0; dims[1] as usize];
-                    for r in &rows[at..at + n] {
-                        m.iter_mut().zip(r).for_each(|(a, b)| *a += b / n as f64);
-                    }
-                    out.push(m);
-                    at += n;
-                }
-                out
-            }
-        })
+        sample_latents(&self.session, &self.ds, repeat)
     }
 
     /// The UNet as evaluation, the oracle and the gradient step use it: batch norm folded into

@@ -42,6 +42,14 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// The pid in `session`'s lock file, when that process is alive: who is writing the session.
+pub fn live_holder(session: &Path) -> Option<u32> {
+    fs::read_to_string(session.join("lock"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Exclusive right to write a session, held while a process runs it. A lock left by a process
 /// that died (SIGKILL) is taken over; a live holder is named in the error.
 pub struct Lock {
@@ -59,12 +67,8 @@ impl Lock {
                     return Ok(Lock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(&path).unwrap_or_default();
-                    match holder.trim().parse::<u32>() {
-                        Ok(pid)
-                            if pid != std::process::id()
-                                && Path::new(&format!("/proc/{pid}")).exists() =>
-                        {
+                    match live_holder(session) {
+                        Some(pid) if pid != std::process::id() => {
                             bail!("session {} is being written by another process (pid {pid}); stop it first or wait", session.display())
                         }
                         // The holder is gone: a stale lock from a killed run.

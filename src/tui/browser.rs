@@ -45,10 +45,7 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
         match Session::open(&d) {
             Ok(s) => {
                 let total = session::plan::plan(&s.config).len();
-                let running = std::fs::read_to_string(d.join("lock"))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<u32>().ok())
-                    .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                let running = session::store::live_holder(&d).is_some();
                 let state = if s.state.done >= total {
                     "finished"
                 } else if running {

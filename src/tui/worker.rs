@@ -19,7 +19,7 @@ use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, PickView};
 use crate::session::plan::Step;
 use crate::session::pool::Pool;
-use crate::session::run::{Control, Outcome, Runner};
+use crate::session::run::{sample_latents, Control, Outcome, Runner};
 use crate::session::state::SessionState;
 use crate::session::Session;
 
@@ -276,38 +276,6 @@ pub fn start_preview_worker(
             }
         })
         .expect("spawn the preview thread")
-}
-
-fn sample_latents(s: &Session, ds: &Dataset, repeat: usize) -> Result<Vec<Vec<f64>>> {
-    let path = s.dir.join("latents").join(format!("r{repeat}.safetensors"));
-    let t = tch::Tensor::read_safetensors(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let z = &t
-        .iter()
-        .find(|(n, _)| n == "z")
-        .context("latents without z")?
-        .1;
-    let d = z.size()[1] as usize;
-    let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
-    let rows: Vec<Vec<f64>> = flat.chunks(d).map(|c| c.to_vec()).collect();
-    let rd = s.state.repeats.get(repeat).context("no such repeat yet")?;
-    Ok(match s.config.experiment.granularity {
-        crate::session::config::Granularity::Image => rows,
-        crate::session::config::Granularity::Patient => {
-            let mut out = Vec::new();
-            let mut at = 0;
-            for &p in &rd.train {
-                let n = ds.patients()[p].slices;
-                let mut m = vec![0.0; d];
-                for r in &rows[at..at + n] {
-                    m.iter_mut().zip(r).for_each(|(a, b)| *a += b / n as f64);
-                }
-                out.push(m);
-                at += n;
-            }
-            out
-        }
-    })
 }
 
 /// The slice to show for a sample: image-wise the slice itself; patient-wise its slice with the

@@ -142,6 +142,7 @@ impl Runner {
                 lanes.push((j, steps, self.lane(device, feeds[j].take())?));
             }
         }
+        let spawned = lanes.len();
         let (tx, rx) = crossbeam_channel::unbounded::<Event>();
         let outcomes: Vec<(usize, Result<bool>, Runner)> = std::thread::scope(|scope| {
             let handles: Vec<_> = lanes
@@ -173,7 +174,7 @@ impl Runner {
             }
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
-        let lost = outcomes.len() < self.lanes.len().min(arms.len());
+        let lost = outcomes.len() < spawned;
         let (base_picks, base_results) = (
             self.session.state.picks.len(),
             self.session.state.results.len(),

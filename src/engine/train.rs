@@ -99,7 +99,13 @@ pub fn train_unet(
         &mut |chunk| {
             let x = feed.images(ds, chunk);
             let y = feed.masks(ds, chunk);
-            let logits = tch::autocast(mixed, || net.forward_t(&x, true));
+            // Only enter autocast for mixed precision: libtorch 2.11 prints a deprecation
+            // warning on every (tch) autocast call, even a disabled one, which floods stderr.
+            let logits = if mixed {
+                tch::autocast(true, || net.forward_t(&x, true))
+            } else {
+                net.forward_t(&x, true)
+            };
             dice_loss(&logits.to_kind(tch::Kind::Float), &y)
         },
     )

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod browser;
 pub mod latent;
+pub mod stderr_log;
 pub mod theme;
 pub mod ui;
 pub mod worker;
@@ -58,6 +59,11 @@ pub fn run(opts: TuiOptions) -> Result<()> {
     // ratatui::init enters raw mode and the alternate screen, and installs a panic hook that
     // restores the terminal before the panic message is printed.
     let mut terminal = ratatui::init();
+    // After ratatui's hook is installed, so that on a panic stderr is back before the terminal
+    // is restored and the message printed.
+    let log_path = opts.sessions_dir.join("tui-stderr.log");
+    let _ = std::fs::create_dir_all(&opts.sessions_dir);
+    let stderr_log = stderr_log::StderrToLog::start(&log_path).ok();
     let keys = spawn_input();
     let result = (|| -> Result<()> {
         let mut target = opts.session.clone();
@@ -97,6 +103,17 @@ pub fn run(opts: TuiOptions) -> Result<()> {
         }
     })();
     ratatui::restore();
+    if let Some(log) = stderr_log {
+        let written = log.written();
+        let path = log.path().to_path_buf();
+        drop(log);
+        if written > 0 {
+            eprintln!(
+                "libraries wrote {written} bytes to stderr while the interface ran: {}",
+                path.display()
+            );
+        }
+    }
     result
 }
 

@@ -411,7 +411,14 @@ pub fn fold_batch_norm(
 /// the weights' layout; on the 2-core benchmark machine this is most of the training
 /// benchmark's lead over PyTorch's default layout (bench/README.md). Values are unchanged, and
 /// checkpoints are written contiguous ([`save_weights`]), so the layout never reaches a file.
+///
+/// `SUGGESTIVE_CHANNELS_LAST=0` keeps the standard layout: a measurement knob for the GPU
+/// check, which times both layouts (channels-last wins with fp16 tensor cores and on the CPU;
+/// whether it wins in float32 on a GPU is what that run decides).
 pub fn use_channels_last(vs: &nn::VarStore) {
+    if std::env::var("SUGGESTIVE_CHANNELS_LAST").is_ok_and(|v| v == "0") {
+        return;
+    }
     let _guard = tch::no_grad_guard();
     for (_, mut t) in vs.variables() {
         if t.dim() == 4 {

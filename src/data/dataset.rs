@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
@@ -199,6 +199,30 @@ impl Dataset {
     /// All slices' whole-tumour masks, `[slice][row][col]`.
     pub fn masks(&self) -> &[u8] {
         &self.masks[..]
+    }
+    /// Unmaps the pages behind `slices` from this process; they stay in the page cache, and the
+    /// next read faults them back in. For data copied elsewhere (the pool uploaded to a GPU):
+    /// otherwise every page read once for the upload counts as resident memory (30 GB at
+    /// BraTS scale on an H200), which is what schedulers and `top` see.
+    pub fn release_pages(&self, slices: std::ops::Range<usize>) {
+        let image_bytes = self.index.image_elems_per_slice() * std::mem::size_of::<f16>();
+        let mask_bytes = self.index.mask_elems_per_slice();
+        let len = slices.end.saturating_sub(slices.start);
+        // SAFETY: both maps are shared, read-only mappings of cache files; MADV_DONTNEED only
+        // drops the page-table entries, and the file's contents come back on the next access.
+        // Failure (e.g. a range outside the map) just leaves the pages mapped.
+        unsafe {
+            let _ = self.images.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                slices.start * image_bytes,
+                len * image_bytes,
+            );
+            let _ = self.masks.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                slices.start * mask_bytes,
+                len * mask_bytes,
+            );
+        }
     }
     pub fn image(&self, slice: usize) -> &[f16] {
         let n = self.index.image_elems_per_slice();

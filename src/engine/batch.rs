@@ -75,6 +75,9 @@ impl Feed {
             let m = &ds.masks()[start * per_mask..(start + len) * per_mask];
             let src = Tensor::f_from_data_size(m, &[len as i64, 1, s, s], Kind::Uint8)?;
             masks.narrow(0, start as i64, len as i64).f_copy_(&src)?;
+            // The copies above are synchronous (pageable memory), so the chunk's pages are
+            // done with: unmap them, or the whole pool would count as this process's memory.
+            ds.release_pages(start..start + len);
         }
         Ok(Feed {
             device,

@@ -2,6 +2,7 @@
 {name, device, ours, reference, unit, ratio}; a new run replaces the entries of the same name
 on the same device and keeps the others."""
 
+import datetime
 import json
 import os
 import platform
@@ -20,14 +21,40 @@ def gpu_device(device):
     return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
+HISTORY = 10
+
+
 def record(results):
+    """Writes `results` into the file, replacing the entries of the same name and device. Each
+    entry keeps a `history` of its last HISTORY runs ({ours, reference, ratio, date}, this one
+    last), so that a range over runs quoted in the README comes from the file
+    (`python3 bench/results.py` prints them)."""
     old = []
     if os.path.exists(PATH):
         with open(PATH) as fh:
             old = json.load(fh)
+    prev = {(r["name"], r["device"]): r for r in old}
+    today = datetime.date.today().isoformat()
+    for r in results:
+        run = {"ours": r["ours"], "reference": r["reference"], "ratio": r["ratio"], "date": today}
+        r["history"] = (prev.get((r["name"], r["device"]), {}).get("history", []) + [run])[-HISTORY:]
     new = {(r["name"], r["device"]) for r in results}
     kept = [r for r in old if (r["name"], r["device"]) not in new]
     with open(PATH, "w") as fh:
         json.dump(kept + results, fh, indent=2)
         fh.write("\n")
     return PATH
+
+
+def ranges():
+    """Per entry: the ratio's range over its recorded runs."""
+    with open(PATH) as fh:
+        entries = json.load(fh)
+    for r in entries:
+        ratios = [h["ratio"] for h in r.get("history", [])] or [r["ratio"]]
+        span = f"{min(ratios):.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}"
+        print(f"{r['device'][:24]:24}  {r['name'][:96]:96}  ratio {span:>9} over {len(ratios)} run(s)")
+
+
+if __name__ == "__main__":
+    ranges()

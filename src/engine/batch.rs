@@ -1,21 +1,37 @@
 //! Slices of the memory-mapped data set → tensors on the training device: the input pipeline.
 
-use half::slice::HalfFloatSliceExt;
+use half::f16;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::data::Dataset;
 
-/// Images `(N, C, S, S)` as float32 on `device`, converted on the host.
+/// Images `(N, C, S, S)` as float32 on `device`, converted on the host by libtorch (vectorised,
+/// on all cores). Consecutive slices (encoding the pool) are read straight from the memory map;
+/// others are gathered into one half-precision buffer first.
 pub fn images(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
-    let n = ds.channels() * ds.size() * ds.size();
-    let mut buf = vec![0f32; slices.len() * n];
-    for (chunk, &s) in buf.chunks_mut(n).zip(slices) {
-        ds.image(s).convert_to_f32_slice(chunk);
+    let (c, s) = (ds.channels() as i64, ds.size() as i64);
+    if slices.is_empty() {
+        return Tensor::zeros([0, c, s, s], (Kind::Float, device));
     }
-    let s = ds.size() as i64;
-    Tensor::from_slice(&buf)
-        .view([slices.len() as i64, ds.channels() as i64, s, s])
-        .to_device(device)
+    let n = ds.channels() * ds.size() * ds.size();
+    let consecutive = slices.windows(2).all(|w| w[1] == w[0] + 1);
+    let gathered: Vec<f16>;
+    let halves: &[f16] = if consecutive {
+        &ds.images()[slices[0] * n..(slices[0] + slices.len()) * n]
+    } else {
+        let mut v = Vec::with_capacity(slices.len() * n);
+        for &i in slices {
+            v.extend_from_slice(ds.image(i));
+        }
+        gathered = v;
+        &gathered
+    };
+    let shape = [slices.len() as i64, c, s, s];
+    // SAFETY: `halves` holds exactly `shape`'s elements and outlives `blob`, which is only read
+    // (by the conversion, which copies) and dropped before this function returns.
+    let blob =
+        unsafe { Tensor::from_blob(halves.as_ptr().cast(), &shape, &[], Kind::Half, Device::Cpu) };
+    blob.to_kind(Kind::Float).to_device(device)
 }
 
 /// Masks `(N, 1, S, S)` as float32 on `device`.

@@ -216,7 +216,8 @@ pub fn start_preview_worker(
     std::thread::Builder::new()
         .name("preview".into())
         .spawn(move || {
-            let mut ctx: Option<(Session, Dataset)> = None;
+            let mut ctx: Option<(SessionConfig, Dataset)> = None;
+            let mut net: Option<LoadedNet> = None;
             while let Ok(first) = jobs.recv() {
                 let mut latest_image = None;
                 let mut latest_latents = None;
@@ -231,11 +232,12 @@ pub fn start_preview_worker(
                     let session = Session::open(&dir)?;
                     if ctx
                         .as_ref()
-                        .map(|(s, _)| s.config != session.config)
+                        .map(|(config, _)| *config != session.config)
                         .unwrap_or(true)
                     {
                         let ds = session.load_dataset(false, &cache_root)?;
-                        ctx = Some((Session::open(&dir)?, ds));
+                        ctx = Some((session.config.clone(), ds));
+                        net = None;
                     }
                     let (_, ds) = ctx.as_ref().expect("set above");
                     let mut replies = Vec::new();
@@ -257,7 +259,7 @@ pub fn start_preview_worker(
                         });
                     }
                     if let Some(req) = latest_image {
-                        let (image, caption) = render_preview(&session, ds, &req)?;
+                        let (image, caption) = render_preview(&session, ds, &req, &mut net)?;
                         replies.push(PreviewReply::Image {
                             request: req,
                             image,
@@ -296,7 +298,12 @@ fn display_slice(pool: &Pool, sample: usize) -> usize {
 
 /// The pick (with its context slices, image-wise) and its source, side by side: the chosen
 /// modality in grey, ground truth outlined in red, the arm's current prediction in cyan.
-fn render_preview(s: &Session, ds: &Dataset, req: &PreviewRequest) -> Result<(RgbImage, String)> {
+fn render_preview(
+    s: &Session,
+    ds: &Dataset,
+    req: &PreviewRequest,
+    net: &mut Option<LoadedNet>,
+) -> Result<(RgbImage, String)> {
     let rd = s
         .state
         .repeats
@@ -317,7 +324,7 @@ fn render_preview(s: &Session, ds: &Dataset, req: &PreviewRequest) -> Result<(Rg
     }
     let source = req.source.map(|src| display_slice(&pool, src));
     let all: Vec<usize> = tiles.iter().copied().chain(source).collect();
-    let pred = predict(s, ds, req, &all).ok();
+    let pred = predict(s, ds, req, &all, net).ok();
     let size = ds.size() as u32;
     let gap = 2;
     let mut img = RgbImage::new(all.len() as u32 * (size + gap) - gap, size);
@@ -343,12 +350,32 @@ fn render_preview(s: &Session, ds: &Dataset, req: &PreviewRequest) -> Result<(Rg
     Ok((img, caption))
 }
 
+/// The UNet of one checkpoint file, kept between previews: browsing picks of one round asks
+/// for the same model again and again, and at the paper's size a load is ~120 MB from disk.
+pub struct LoadedNet {
+    /// The file and its modification time and length when loaded (checkpoints are replaced
+    /// by rename, so a rewrite changes them).
+    file: (PathBuf, Option<std::time::SystemTime>, u64),
+    _vs: VarStore,
+    net: UNet,
+}
+
+fn file_identity(path: &std::path::Path) -> (PathBuf, Option<std::time::SystemTime>, u64) {
+    let meta = std::fs::metadata(path).ok();
+    (
+        path.to_path_buf(),
+        meta.as_ref().and_then(|m| m.modified().ok()),
+        meta.map_or(0, |m| m.len()),
+    )
+}
+
 /// Thresholded predictions of the arm's latest model for `slices`.
 fn predict(
     s: &Session,
     ds: &Dataset,
     req: &PreviewRequest,
     slices: &[usize],
+    cache: &mut Option<LoadedNet>,
 ) -> Result<Vec<Vec<u8>>> {
     let trained = Step::Train {
         repeat: req.repeat,
@@ -378,10 +405,15 @@ fn predict(
         })
     };
     let dev = tch::Device::Cpu;
-    let mut vs = VarStore::new(dev);
-    let net = UNet::new(&vs.root(), ds.channels() as i64, &s.config.unet.net());
-    vs.load(&path)
-        .with_context(|| format!("cannot load {}", path.display()))?;
+    let file = file_identity(&path);
+    if cache.as_ref().is_none_or(|c| c.file != file) {
+        let mut vs = VarStore::new(dev);
+        let net = UNet::new(&vs.root(), ds.channels() as i64, &s.config.unet.net());
+        vs.load(&path)
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        *cache = Some(LoadedNet { file, _vs: vs, net });
+    }
+    let net = &cache.as_ref().expect("loaded above").net;
     let _g = tch::no_grad_guard();
     let x = batch::images(ds, slices, dev);
     let p = net

@@ -135,14 +135,15 @@ fn main() {
         let mut opt16 = Adam::new(&vs_u, 1e-3);
         opt16.loss_scale = Some(LossScale::default());
         let first = dice_loss(
-            &tch::autocast(true, || unet.forward_t(&x, true)).to_kind(Kind::Float),
+            &suggestive::engine::mixed::autocast_fp16(|| unet.forward_t(&x, true))
+                .to_kind(Kind::Float),
             &y,
         )
         .double_value(&[]);
         vs_u.load(out.join("unet.safetensors")).unwrap();
         let rate = time(device, batch as usize, steps, windows, || {
             opt16.zero_grad();
-            let logits = tch::autocast(true, || unet.forward_t(&x, true));
+            let logits = suggestive::engine::mixed::autocast_fp16(|| unet.forward_t(&x, true));
             let loss = dice_loss(&logits.to_kind(Kind::Float), &y);
             (&loss * opt16.loss_multiplier()).backward();
             opt16.step();

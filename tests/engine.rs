@@ -12,7 +12,6 @@ use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
 use suggestive::engine::select::{gradient_direction, gradient_directions};
 use suggestive::phantom::PhantomLayout;
 use suggestive::session::config::{Arm, DirectionMethod, Granularity, Scenario};
-use suggestive::session::run::{Control, Outcome, Runner};
 use suggestive::session::Session;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};

@@ -193,7 +193,7 @@ impl Adam {
         let bc2_sqrt = bc2.sqrt();
         let mut g = self.grads.shallow_clone();
         if unscale != 1.0 {
-            g = g * unscale;
+            g *= unscale;
         }
         let _ = self.m.lerp_(&g, 1.0 - b1);
         let _ = self.v.g_mul_scalar_(b2).addcmul_(&(&g * (1.0 - b2)), &g);

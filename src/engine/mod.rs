@@ -5,6 +5,7 @@ pub mod adam;
 pub mod batch;
 pub mod device;
 pub mod eval;
+pub mod mixed;
 pub mod nets;
 pub mod select;
 pub mod train;

@@ -487,7 +487,7 @@ mod tests {
             let _g = tch::no_grad_guard();
             for (n, mut t) in vs.variables() {
                 if n.contains(".n") && (n.ends_with("weight") || n.ends_with("bias")) {
-                    let _ = t.copy_(&(Tensor::rand_like(&t) + 0.5));
+                    t.copy_(&(Tensor::rand_like(&t) + 0.5));
                 }
             }
         }

@@ -99,10 +99,10 @@ pub fn train_unet(
         &mut |chunk| {
             let x = feed.images(ds, chunk);
             let y = feed.masks(ds, chunk);
-            // Only enter autocast for mixed precision: libtorch 2.11 prints a deprecation
-            // warning on every (tch) autocast call, even a disabled one, which floods stderr.
+            // Only enter autocast for mixed precision, and through mixed::autocast_fp16:
+            // libtorch 2.11 warns on every tch autocast call, even a disabled one.
             let logits = if mixed {
-                tch::autocast(true, || net.forward_t(&x, true))
+                crate::engine::mixed::autocast_fp16(|| net.forward_t(&x, true))
             } else {
                 net.forward_t(&x, true)
             };

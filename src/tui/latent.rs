@@ -28,11 +28,12 @@ pub fn pca_axes(points: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
                 }
                 let theta = 0.5 * (2.0 * c[p][q]).atan2(c[q][q] - c[p][p]);
                 let (s, co) = theta.sin_cos();
-                for k in 0..d {
-                    let (a, b) = (c[k][p], c[k][q]);
-                    c[k][p] = co * a - s * b;
-                    c[k][q] = s * a + co * b;
+                for row in c.iter_mut().take(d) {
+                    let (a, b) = (row[p], row[q]);
+                    row[p] = co * a - s * b;
+                    row[q] = s * a + co * b;
                 }
+                #[allow(clippy::needless_range_loop)] // rows p and q at once
                 for k in 0..d {
                     let (a, b) = (c[p][k], c[q][k]);
                     c[p][k] = co * a - s * b;

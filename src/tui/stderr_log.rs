@@ -78,6 +78,11 @@ impl Drop for StderrToLog {
     }
 }
 
+/// Tests that redirect fd 2 take this first: two redirections at once would swap each other's
+/// descriptors.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +93,7 @@ mod tests {
 
     #[test]
     fn fd2_goes_to_the_log_while_the_guard_lives_and_comes_back_after() {
+        let _one_at_a_time = TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("suggestive-stderr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tui-stderr.log");

@@ -26,6 +26,11 @@ pub struct ImageState {
     pub protocol: Option<StatefulProtocol>,
 }
 
+/// A chart line: its arm, its points, and whether it is the mean (else a ± sd line).
+type Series = (Arm, Vec<(f64, f64)>, bool);
+/// A pick (pool sample) and the labelled sample it came from, if any.
+type PickAndSource = (usize, Option<usize>);
+
 fn block<'a>(title: &'a str, t: &Theme) -> Block<'a> {
     Block::default()
         .borders(Borders::ALL)
@@ -188,8 +193,7 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     let inner = b.inner(area);
     f.render_widget(b, area);
     let mut lines = Vec::new();
-    let ratio;
-    match &app.step {
+    let ratio = match &app.step {
         Some(s) if app.run == RunState::Running || app.run == RunState::Stopping => {
             let arm = s
                 .arm
@@ -224,11 +228,11 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
                 s.description.clone(),
                 Style::default().fg(t.dim),
             )));
-            ratio = if s.epochs > 0 {
+            if s.epochs > 0 {
                 s.epoch as f64 / s.epochs as f64
             } else {
                 0.0
-            };
+            }
         }
         _ => {
             let msg = match &app.run {
@@ -243,13 +247,13 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
                 Style::default().fg(t.text)
             };
             lines.push(Line::from(Span::styled(msg, style)));
-            ratio = if app.steps_total > 0 {
+            if app.steps_total > 0 {
                 app.steps_done as f64 / app.steps_total as f64
             } else {
                 0.0
-            };
+            }
         }
-    }
+    };
     let h = inner.height.saturating_sub(1);
     f.render_widget(
         Paragraph::new(lines).wrap(Wrap { trim: true }),
@@ -294,7 +298,7 @@ fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     };
     let (x0, x1) = budget_range(&curves);
     // Owned point lists: the mean line, and the spread over repeats as dotted lines.
-    let mut series: Vec<(Arm, Vec<(f64, f64)>, bool)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     for (arm, pts) in &curves {
         series.push((*arm, pts.iter().map(|p| (p.0, p.1)).collect(), true));
         if pts.iter().any(|p| p.2 > 0.0) {
@@ -403,7 +407,7 @@ fn scatter(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
         ((ymax - ymin) / 2.0).max(1e-9) * 1.05 / app.zoom,
     );
     let labelled = &app.initial;
-    let picks: Vec<(Arm, Vec<(usize, Option<usize>)>)> = app
+    let picks: Vec<(Arm, Vec<PickAndSource>)> = app
         .arms()
         .into_iter()
         .map(|a| {

@@ -136,6 +136,7 @@ fn main() {
             epoch: frame % 30 + 1,
             epochs: 30,
             loss: 1.0 / (frame + 1) as f64,
+            checkpoint_s: 0.0,
         });
         let t = Instant::now();
         term.draw(|f| ui::draw(f, &app, &theme, &mut img)).unwrap();

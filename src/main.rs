@@ -606,7 +606,7 @@ struct Progress {
 impl Progress {
     fn on(&mut self, ev: &Event) {
         match ev {
-            Event::Started { session, device, steps_done, steps_total } => {
+            Event::Started { session, device, steps_done, steps_total, .. } => {
                 println!("session {session} on {device}: {steps_done}/{steps_total} steps done");
             }
             Event::StepStarted { index, total, description, .. } => {

@@ -436,8 +436,12 @@ fn report_and_export_write_what_they_promise() {
         "vae",
         "latents",
         "training: shared initial UNet",
+        "evaluation: shared initial UNet",
         "selection: proposed",
-        "training + evaluation: oracle",
+        "training: oracle",
+        "evaluation: oracle",
+        "I/O: epoch checkpoints",
+        "I/O: open the data set (+ upload the pool)",
     ] {
         assert!(
             json["timings"][k].as_f64().is_some_and(|t| t > 0.0),

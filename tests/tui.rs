@@ -53,6 +53,7 @@ fn mid_round() -> Dashboard {
             device: "CPU".into(),
             steps_done: 0,
             steps_total: 32,
+            data_load_s: 0.5,
         },
         Event::StepStarted {
             index: 3,
@@ -163,6 +164,7 @@ fn mid_round() -> Dashboard {
             epoch: 4,
             epochs: 10,
             loss: 0.6261,
+            checkpoint_s: 0.01,
         },
     ];
     for e in events {

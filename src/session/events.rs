@@ -41,6 +41,9 @@ pub enum Event {
         device: String,
         steps_done: usize,
         steps_total: usize,
+        /// Seconds spent opening (or building) the preprocessed data set before this run.
+        #[serde(default)]
+        data_load_s: f64,
     },
     StepStarted {
         index: usize,
@@ -56,6 +59,9 @@ pub enum Event {
         epoch: usize,
         epochs: usize,
         loss: f64,
+        /// Seconds this epoch's checkpoint took to write (weights, optimiser state, state.json).
+        #[serde(default)]
+        checkpoint_s: f64,
     },
     PicksMade {
         repeat: usize,

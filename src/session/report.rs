@@ -57,6 +57,10 @@ pub struct Paired {
     pub proposed_wins: usize,
 }
 
+/// Time-breakdown labels for I/O.
+const IO_DATA: &str = "I/O: open the data set (+ upload the pool)";
+const IO_CHECKPOINTS: &str = "I/O: epoch checkpoints";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub unit: &'static str,
@@ -159,13 +163,27 @@ impl Report {
 
     /// Adds the time breakdown from a session's event log: each step lasts from its
     /// `step_started` to the next step, stop, finish or error; steps are grouped by what they do
-    /// (VAE, latents, pre-training, the shared initial UNet, and per arm: selection and training
-    /// with its evaluation).
+    /// (VAE, latents, pre-training, the shared initial UNet, and per arm: selection, training,
+    /// evaluation). A training step is training up to its last epoch and evaluation after it
+    /// (with the trained model's checkpoint); the epochs' checkpoint writes and the data set's
+    /// opening (and upload to a GPU) are I/O, counted apart.
     pub fn with_timings(mut self, events: &Path) -> Report {
         let Ok(text) = std::fs::read_to_string(events) else {
             return self;
         };
-        let mut open: Option<(String, f64)> = None;
+        /// The step in progress.
+        struct Open {
+            label: String,
+            training: bool,
+            start: f64,
+            last_epoch: Option<f64>,
+            checkpoints: f64,
+        }
+        let mut open: Option<Open> = None;
+        let timings = &mut self.timings;
+        let mut add = |label: String, seconds: f64| {
+            *timings.entry(label).or_insert(0.0) += seconds.max(0.0);
+        };
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
@@ -173,20 +191,46 @@ impl Report {
             let (Some(kind), Some(t)) = (v["event"].as_str(), v["time"].as_f64()) else {
                 continue;
             };
+            match kind {
+                "started" => add(IO_DATA.into(), v["data_load_s"].as_f64().unwrap_or(0.0)),
+                "epoch_done" => {
+                    if let Some(o) = open.as_mut() {
+                        o.last_epoch = Some(t);
+                        o.checkpoints += v["checkpoint_s"].as_f64().unwrap_or(0.0);
+                    }
+                }
+                _ => {}
+            }
             if matches!(kind, "step_started" | "stopped" | "finished" | "error") {
-                if let Some((label, t0)) = open.take() {
-                    *self.timings.entry(label).or_insert(0.0) += t - t0;
+                if let Some(o) = open.take() {
+                    add(IO_CHECKPOINTS.into(), o.checkpoints);
+                    match o.last_epoch {
+                        Some(end) if o.training => {
+                            add(
+                                format!("training: {}", o.label),
+                                end - o.start - o.checkpoints,
+                            );
+                            add(format!("evaluation: {}", o.label), t - end);
+                        }
+                        _ => add(o.label, t - o.start - o.checkpoints),
+                    }
                 }
             }
             if kind == "step_started" {
                 let phase = v["phase"].as_str().unwrap_or("?");
-                let label = match (phase, v["arm"].as_str()) {
-                    ("training", None) => "training: shared initial UNet".to_string(),
-                    ("training", Some(arm)) => format!("training + evaluation: {arm}"),
-                    ("gradient" | "search", Some(arm)) => format!("selection: {arm}"),
-                    (p, _) => p.to_string(),
+                let (label, training) = match (phase, v["arm"].as_str()) {
+                    ("training", None) => ("shared initial UNet".to_string(), true),
+                    ("training", Some(arm)) => (arm.to_string(), true),
+                    ("gradient" | "search", Some(arm)) => (format!("selection: {arm}"), false),
+                    (p, _) => (p.to_string(), false),
                 };
-                open = Some((label, t));
+                open = Some(Open {
+                    label,
+                    training,
+                    start: t,
+                    last_epoch: None,
+                    checkpoints: 0.0,
+                });
             }
         }
         self

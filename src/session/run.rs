@@ -63,6 +63,8 @@ pub struct Runner {
     lane_feeds: Vec<Option<Feed>>,
     /// Only the main runner writes state.json; a lane's state is merged when its round ends.
     persist: bool,
+    /// Seconds spent opening the data set and placing the pool on the device (reported once).
+    data_load_s: f64,
     log: EventLog,
     plan: Vec<Step>,
 }
@@ -80,6 +82,7 @@ impl Runner {
         device: Option<&str>,
     ) -> Result<Runner> {
         let lock = Lock::acquire(&session.dir)?;
+        let load_started = std::time::Instant::now();
         let ds = session.load_dataset(progress, cache_root)?;
         let stamp = DatasetStamp {
             fingerprint: ds.fingerprint().to_string(),
@@ -112,6 +115,8 @@ impl Runner {
             tch::Cuda::cudnn_set_benchmark(true);
         }
         let feed = Feed::auto(&ds, device);
+        // Opening the data set and, on a GPU, uploading the pool: the run's data I/O.
+        let data_load_s = load_started.elapsed().as_secs_f64();
         let mut r = Runner {
             session,
             _lock: Arc::new(lock),
@@ -121,6 +126,7 @@ impl Runner {
             lanes: Vec::new(),
             lane_feeds: Vec::new(),
             persist: true,
+            data_load_s,
             log,
             plan,
         };
@@ -174,6 +180,7 @@ impl Runner {
             device: device::describe(self.device),
             steps_done: self.session.state.done,
             steps_total: total,
+            data_load_s: self.data_load_s,
         };
         self.emit(started, sink);
         while self.session.state.done < total {
@@ -650,6 +657,7 @@ impl EpochCheckpoint {
         epoch: usize,
         loss: f64,
     ) -> Result<ControlFlow<()>> {
+        let writing = std::time::Instant::now();
         Runner::save_vs(vs, &self.partial)?;
         let tmp = self.adam.with_file_name(format!(
             ".tmp-{}",
@@ -671,6 +679,7 @@ impl EpochCheckpoint {
                 epoch: epoch + 1,
                 epochs: self.epochs,
                 loss,
+                checkpoint_s: writing.elapsed().as_secs_f64(),
             },
         );
         Ok(if control.stop.load(Ordering::Relaxed) {

@@ -103,6 +103,7 @@ impl Runner {
             lanes: Vec::new(),
             lane_feeds: Vec::new(),
             persist: false,
+            data_load_s: 0.0,
             log: EventLog::open(&self.session.dir)?,
             plan: self.plan.clone(),
         })

@@ -441,7 +441,7 @@ fn report_and_export_write_what_they_promise() {
         "training: oracle",
         "evaluation: oracle",
         "I/O: epoch checkpoints",
-        "I/O: open the data set (+ upload the pool)",
+        "I/O: data set open (+ pool upload)",
     ] {
         assert!(
             json["timings"][k].as_f64().is_some_and(|t| t > 0.0),

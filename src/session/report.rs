@@ -58,7 +58,7 @@ pub struct Paired {
 }
 
 /// Time-breakdown labels for I/O.
-const IO_DATA: &str = "I/O: open the data set (+ upload the pool)";
+const IO_DATA: &str = "I/O: data set open (+ pool upload)";
 const IO_CHECKPOINTS: &str = "I/O: epoch checkpoints";
 
 #[derive(Debug, Clone, Serialize)]

@@ -641,6 +641,8 @@ impl Progress {
             Event::Stopped { steps_done, steps_total } => println!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
             Event::Finished { steps_total } => println!("finished: {steps_total} steps"),
             Event::Error { message } => eprintln!("error in the run: {message}"),
+            // Timing for the report; the step's own lines say enough on the terminal.
+            Event::StepDone { .. } => {}
         }
     }
 }

@@ -63,6 +63,13 @@ pub enum Event {
         #[serde(default)]
         checkpoint_s: f64,
     },
+    /// A step finished: its wall time, and the part spent evaluating (Init and Train steps);
+    /// its epochs' checkpoint writes are in their `EpochDone`s.
+    StepDone {
+        index: usize,
+        seconds: f64,
+        evaluation_s: f64,
+    },
     PicksMade {
         repeat: usize,
         stage: usize,

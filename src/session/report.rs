@@ -61,6 +61,16 @@ pub struct Paired {
 const IO_DATA: &str = "I/O: data set open (+ pool upload)";
 const IO_CHECKPOINTS: &str = "I/O: epoch checkpoints";
 
+/// A step of the event log whose end has not been read yet.
+struct OpenStep {
+    label: String,
+    /// Training steps split into training and evaluation.
+    training: bool,
+    start: f64,
+    last_epoch: Option<f64>,
+    checkpoints: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub unit: &'static str,
@@ -161,79 +171,99 @@ impl Report {
         }
     }
 
-    /// Adds the time breakdown from a session's event log: each step lasts from its
-    /// `step_started` to the next step, stop, finish or error; steps are grouped by what they do
-    /// (VAE, latents, pre-training, the shared initial UNet, and per arm: selection, training,
-    /// evaluation). A training step is training up to its last epoch and evaluation after it
-    /// (with the trained model's checkpoint); the epochs' checkpoint writes and the data set's
-    /// opening (and upload to a GPU) are I/O, counted apart.
+    /// Adds the time breakdown from a session's event log, steps grouped by what they do (VAE,
+    /// latents, pre-training, the shared initial UNet, and per arm: selection, training,
+    /// evaluation). Each `step_done` gives its step's seconds and the part spent evaluating;
+    /// the epochs' checkpoint writes (from `epoch_done`) and the opening of the data set (and
+    /// its upload to a GPU, from `started`) are I/O, counted apart. Steps are matched by index,
+    /// so the interleaved events of `--devices` lanes add up right (to more than the wall
+    /// time: lanes run at once). A step cut by a stop counts until the stop. Logs written
+    /// before `step_done` existed: a step lasts until the next step starts, and its evaluation
+    /// is what follows its last epoch.
     pub fn with_timings(mut self, events: &Path) -> Report {
         let Ok(text) = std::fs::read_to_string(events) else {
             return self;
         };
-        /// The step in progress.
-        struct Open {
-            label: String,
-            training: bool,
-            start: f64,
-            last_epoch: Option<f64>,
-            checkpoints: f64,
-        }
-        let mut open: Option<Open> = None;
-        let timings = &mut self.timings;
-        let mut add = |label: String, seconds: f64| {
-            *timings.entry(label).or_insert(0.0) += seconds.max(0.0);
-        };
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let (Some(kind), Some(t)) = (v["event"].as_str(), v["time"].as_f64()) else {
-                continue;
-            };
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["event"].is_string() && v["time"].is_f64())
+            .collect();
+        let by_index = events.iter().any(|v| v["event"] == "step_done");
+        // Steps in progress, by index (one at a time in logs without step_done).
+        let mut open: BTreeMap<u64, OpenStep> = BTreeMap::new();
+        for v in &events {
+            let kind = v["event"].as_str().unwrap_or("");
+            let t = v["time"].as_f64().unwrap_or(0.0);
+            let index = v["index"].as_u64().unwrap_or(0);
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
             match kind {
-                "started" => add(IO_DATA.into(), v["data_load_s"].as_f64().unwrap_or(0.0)),
+                "started" => self.add_time(IO_DATA, f("data_load_s")),
                 "epoch_done" => {
-                    if let Some(o) = open.as_mut() {
+                    let step = if by_index {
+                        open.get_mut(&index)
+                    } else {
+                        open.values_mut().next()
+                    };
+                    if let Some(o) = step {
                         o.last_epoch = Some(t);
-                        o.checkpoints += v["checkpoint_s"].as_f64().unwrap_or(0.0);
+                        o.checkpoints += f("checkpoint_s");
+                    }
+                }
+                "step_done" => {
+                    if let Some(o) = open.remove(&index) {
+                        self.add_step(&o, f("seconds"), f("evaluation_s"));
                     }
                 }
                 _ => {}
             }
-            if matches!(kind, "step_started" | "stopped" | "finished" | "error") {
-                if let Some(o) = open.take() {
-                    add(IO_CHECKPOINTS.into(), o.checkpoints);
-                    match o.last_epoch {
-                        Some(end) if o.training => {
-                            add(
-                                format!("training: {}", o.label),
-                                end - o.start - o.checkpoints,
-                            );
-                            add(format!("evaluation: {}", o.label), t - end);
-                        }
-                        _ => add(o.label, t - o.start - o.checkpoints),
-                    }
+            let ends_all = matches!(kind, "stopped" | "finished" | "error");
+            if ends_all || (!by_index && kind == "step_started") {
+                for (_, o) in std::mem::take(&mut open) {
+                    let evaluation = match o.last_epoch {
+                        Some(end) if o.training && !by_index => t - end,
+                        _ => 0.0,
+                    };
+                    self.add_step(&o, t - o.start, evaluation);
                 }
             }
             if kind == "step_started" {
-                let phase = v["phase"].as_str().unwrap_or("?");
-                let (label, training) = match (phase, v["arm"].as_str()) {
-                    ("training", None) => ("shared initial UNet".to_string(), true),
-                    ("training", Some(arm)) => (arm.to_string(), true),
-                    ("gradient" | "search", Some(arm)) => (format!("selection: {arm}"), false),
-                    (p, _) => (p.to_string(), false),
-                };
-                open = Some(Open {
-                    label,
-                    training,
-                    start: t,
-                    last_epoch: None,
-                    checkpoints: 0.0,
-                });
+                let (label, training) =
+                    match (v["phase"].as_str().unwrap_or("?"), v["arm"].as_str()) {
+                        ("training", None) => ("shared initial UNet".to_string(), true),
+                        ("training", Some(arm)) => (arm.to_string(), true),
+                        ("gradient" | "search", Some(arm)) => (format!("selection: {arm}"), false),
+                        (p, _) => (p.to_string(), false),
+                    };
+                open.insert(
+                    index,
+                    OpenStep {
+                        label,
+                        training,
+                        start: t,
+                        last_epoch: None,
+                        checkpoints: 0.0,
+                    },
+                );
             }
         }
         self
+    }
+
+    fn add_time(&mut self, label: &str, seconds: f64) {
+        *self.timings.entry(label.to_string()).or_insert(0.0) += seconds.max(0.0);
+    }
+
+    /// A step of `seconds`, `evaluation` of them evaluating, its checkpoints' time apart.
+    fn add_step(&mut self, o: &OpenStep, seconds: f64, evaluation: f64) {
+        self.add_time(IO_CHECKPOINTS, o.checkpoints);
+        if o.training {
+            let training = seconds - evaluation - o.checkpoints;
+            self.add_time(&format!("training: {}", o.label), training);
+            self.add_time(&format!("evaluation: {}", o.label), evaluation);
+        } else {
+            self.add_time(&o.label, seconds - o.checkpoints);
+        }
     }
 
     pub fn timings_text(&self) -> String {
@@ -469,4 +499,69 @@ where
         .map_err(e)?;
     root.present().map_err(e)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timings(log: &str) -> BTreeMap<String, f64> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, log).unwrap();
+        let empty = Report {
+            unit: "patients",
+            rows: Vec::new(),
+            summary: Vec::new(),
+            paired: Vec::new(),
+            timings: BTreeMap::new(),
+        };
+        empty.with_timings(&path).timings
+    }
+
+    fn close(t: &BTreeMap<String, f64>, label: &str, want: f64) {
+        let got = t.get(label).copied().unwrap_or(f64::NAN);
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{label}: {got} vs {want} in {t:?}"
+        );
+    }
+
+    /// Two lanes' training steps interleaved in one log (as `--devices` writes it): each step is
+    /// matched by its index, its evaluation and checkpoints split off.
+    #[test]
+    fn interleaved_lanes_are_matched_by_step_index() {
+        let log = r#"{"event":"started","time":0.0,"data_load_s":2.5}
+{"event":"step_started","index":5,"phase":"training","arm":"random","time":10.0}
+{"event":"step_started","index":6,"phase":"training","arm":"oracle","time":10.5}
+{"event":"epoch_done","index":5,"time":14.0,"checkpoint_s":0.5}
+{"event":"epoch_done","index":6,"time":15.0,"checkpoint_s":0.25}
+{"event":"step_done","index":5,"time":16.0,"seconds":6.0,"evaluation_s":1.5}
+{"event":"step_done","index":6,"time":17.0,"seconds":6.5,"evaluation_s":2.0}
+{"event":"finished","time":17.0}
+"#;
+        let t = timings(log);
+        close(&t, IO_DATA, 2.5);
+        close(&t, IO_CHECKPOINTS, 0.75);
+        close(&t, "training: random", 4.0);
+        close(&t, "evaluation: random", 1.5);
+        close(&t, "training: oracle", 4.25);
+        close(&t, "evaluation: oracle", 2.0);
+    }
+
+    /// A log from before step_done: a step lasts until the next one starts; what follows its
+    /// last epoch is evaluation.
+    #[test]
+    fn old_logs_are_timed_by_the_next_step() {
+        let log = r#"{"event":"step_started","index":0,"phase":"vae","arm":null,"time":0.0}
+{"event":"epoch_done","index":0,"time":3.0}
+{"event":"step_started","index":1,"phase":"training","arm":"proposed","time":4.0}
+{"event":"epoch_done","index":1,"time":9.0}
+{"event":"stopped","time":10.0}
+"#;
+        let t = timings(log);
+        close(&t, "vae", 4.0);
+        close(&t, "training: proposed", 5.0);
+        close(&t, "evaluation: proposed", 1.0);
+    }
 }

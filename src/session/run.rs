@@ -297,6 +297,32 @@ impl Runner {
             },
             sink,
         );
+        let started = std::time::Instant::now();
+        let mut evaluation_s = 0.0;
+        let done = self.execute(index, step, control, sink, &mut evaluation_s)?;
+        if done {
+            self.emit(
+                Event::StepDone {
+                    index,
+                    seconds: started.elapsed().as_secs_f64(),
+                    evaluation_s,
+                },
+                sink,
+            );
+        }
+        Ok(done)
+    }
+
+    /// The work of one step; `evaluation_s` receives the time spent evaluating the model it
+    /// trained (Init and Train steps). Ok(false) when stopped before the step finished.
+    fn execute(
+        &mut self,
+        index: usize,
+        step: Step,
+        control: &Control,
+        sink: &mut dyn FnMut(&Event),
+        evaluation_s: &mut f64,
+    ) -> Result<bool> {
         match step {
             Step::Split { repeat } => self.split(repeat).map(|_| true),
             Step::Vae { repeat } => self.train_vae(index, repeat, control, sink),
@@ -320,7 +346,9 @@ impl Runner {
                     return Ok(false);
                 };
                 let arms = self.cfg().experiment.arms.clone();
+                let t = std::time::Instant::now();
                 self.evaluate(&net, repeat, stage, &arms, 0, sink)?;
+                *evaluation_s = t.elapsed().as_secs_f64();
                 Ok(true)
             }
             Step::Select {
@@ -350,7 +378,9 @@ impl Runner {
                 else {
                     return Ok(false);
                 };
+                let t = std::time::Instant::now();
                 self.evaluate(&net, repeat, stage, &[arm], round, sink)?;
+                *evaluation_s = t.elapsed().as_secs_f64();
                 Ok(true)
             }
         }

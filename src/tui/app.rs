@@ -347,6 +347,8 @@ impl Dashboard {
                     self.want_latents = Some(repeat);
                 }
             }
+            // Timing for the report.
+            Event::StepDone { .. } => {}
             Event::Stopped { steps_done, .. } => {
                 self.steps_done = steps_done;
                 self.log(false, format!("paused after {steps_done} steps"));

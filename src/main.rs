@@ -789,6 +789,9 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
     let out = a.out.unwrap_or_else(|| dir.join("report"));
     let files = report.write(&s.config, &out)?;
     print!("{}", report.markdown());
+    if !report.selection.is_empty() {
+        print!("\n{}", report.selection_text());
+    }
     if !report.timings.is_empty() {
         print!("\n{}", report.timings_text());
     }

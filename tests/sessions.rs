@@ -449,6 +449,31 @@ fn report_and_export_write_what_they_promise() {
             json["timings"]
         );
     }
+    // How the picks came about: each arm's picks counted; the proposed arm's directions too.
+    let selection = json["selection"].as_array().unwrap();
+    assert_eq!(selection.len(), 3, "{selection:?}");
+    for a in selection {
+        let picks = a["picks"].as_u64().unwrap();
+        assert!(
+            picks > 0 && a["fallbacks"].as_u64().unwrap() <= picks,
+            "{a}"
+        );
+    }
+    let proposed = selection.iter().find(|a| a["arm"] == "proposed").unwrap();
+    let directions: u64 = proposed["direction_methods"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(
+        directions > 0 && proposed["median_rel_dx"].as_f64().unwrap() > 0.0,
+        "{proposed}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("how the picks came about"),
+        "the report's text lacks the selection lines"
+    );
     let png = image::open(rep.join("dice_vs_budget.png"))
         .unwrap()
         .to_rgb8();

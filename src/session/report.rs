@@ -61,6 +61,57 @@ pub struct Paired {
 const IO_DATA: &str = "I/O: data set open (+ pool upload)";
 const IO_CHECKPOINTS: &str = "I/O: epoch checkpoints";
 
+/// One arm's picks over the whole session: how many, how many fell back to the nearest free
+/// sample (no candidate in the cone), how many contain tumour, and for the proposed arm how its
+/// gradient steps were computed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SelectionSummary {
+    pub arm: Arm,
+    pub rounds: usize,
+    pub picks: usize,
+    pub fallbacks: usize,
+    pub tumour_picks: usize,
+    /// Directions per path (float32 / float64 / central difference), summed over rounds.
+    pub direction_methods: BTreeMap<String, usize>,
+    /// The median over rounds of each round's median relative step ‖αg‖/‖x‖.
+    pub median_rel_dx: Option<f64>,
+    pub zero_directions: usize,
+}
+
+impl SelectionSummary {
+    fn of(records: &[crate::session::state::PickRecord]) -> Vec<SelectionSummary> {
+        let mut arms: Vec<Arm> = records.iter().map(|r| r.arm).collect();
+        arms.sort();
+        arms.dedup();
+        arms.into_iter()
+            .map(|arm| {
+                let mine: Vec<_> = records.iter().filter(|r| r.arm == arm).collect();
+                let mut methods = BTreeMap::new();
+                let mut rel: Vec<f64> = Vec::new();
+                let mut zero = 0;
+                for d in mine.iter().filter_map(|r| r.directions.as_ref()) {
+                    for (m, n) in &d.methods {
+                        *methods.entry(m.clone()).or_insert(0) += n;
+                    }
+                    rel.push(d.median_rel_dx);
+                    zero += d.zero_directions;
+                }
+                rel.sort_by(f64::total_cmp);
+                SelectionSummary {
+                    arm,
+                    rounds: mine.len(),
+                    picks: mine.iter().map(|r| r.picks.len()).sum(),
+                    fallbacks: mine.iter().map(|r| r.fallbacks).sum(),
+                    tumour_picks: mine.iter().map(|r| r.tumour_picks).sum(),
+                    direction_methods: methods,
+                    median_rel_dx: rel.get(rel.len() / 2).copied(),
+                    zero_directions: zero,
+                }
+            })
+            .collect()
+    }
+}
+
 /// A step of the event log whose end has not been read yet.
 struct OpenStep {
     label: String,
@@ -74,6 +125,8 @@ struct OpenStep {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub unit: &'static str,
+    /// How the picks came about, per arm (from state.json's pick records).
+    pub selection: Vec<SelectionSummary>,
     /// Where the wall time went, by kind of step (from events.jsonl), seconds.
     pub timings: BTreeMap<String, f64>,
     pub rows: Vec<Row>,
@@ -83,7 +136,9 @@ pub struct Report {
 
 impl Report {
     pub fn new(cfg: &SessionConfig, state: &SessionState) -> Report {
-        Report::from_results(cfg, &state.results)
+        let mut report = Report::from_results(cfg, &state.results);
+        report.selection = SelectionSummary::of(&state.picks);
+        report
     }
 
     pub fn from_results(cfg: &SessionConfig, results: &[ResultRow]) -> Report {
@@ -164,6 +219,7 @@ impl Report {
         };
         Report {
             unit,
+            selection: Vec::new(),
             rows,
             summary,
             paired,
@@ -264,6 +320,37 @@ impl Report {
         } else {
             self.add_time(&o.label, seconds - o.checkpoints);
         }
+    }
+
+    /// One line per arm: picks, cone fallbacks, tumour content, and the proposed arm's steps.
+    pub fn selection_text(&self) -> String {
+        let mut s = String::from("how the picks came about (all repeats and rounds):\n");
+        for a in &self.selection {
+            let _ = write!(
+                s,
+                "  {:<9} {} picks in {} rounds, {} with tumour, {} cone fallbacks",
+                a.arm.to_string(),
+                a.picks,
+                a.rounds,
+                a.tumour_picks,
+                a.fallbacks
+            );
+            if let Some(rel) = a.median_rel_dx {
+                let methods: Vec<String> = a
+                    .direction_methods
+                    .iter()
+                    .map(|(m, n)| format!("{n} {m}"))
+                    .collect();
+                let _ = write!(
+                    s,
+                    "; directions: {}, median ‖αg‖/‖x‖ {rel:.2e}, {} without gradient",
+                    methods.join(", "),
+                    a.zero_directions
+                );
+            }
+            s += "\n";
+        }
+        s
     }
 
     pub fn timings_text(&self) -> String {
@@ -511,6 +598,7 @@ mod tests {
         std::fs::write(&path, log).unwrap();
         let empty = Report {
             unit: "patients",
+            selection: Vec::new(),
             rows: Vec::new(),
             summary: Vec::new(),
             paired: Vec::new(),

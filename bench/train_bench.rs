@@ -110,7 +110,7 @@ fn main() {
     // Same-computation checks: losses on the saved weights and batch, before any step
     // (the UNet in training mode, as in its first training step; the VAE with the saved noise).
     let unet_loss = dice_loss(&unet.forward_t(&x, true), &y).double_value(&[]);
-    let vae_loss = vae.loss_with(&x, 1.0, &eps).0.double_value(&[]);
+    let vae_loss = vae.loss(&x, 1.0, &eps).double_value(&[]);
     // The selection step's input gradient, eval mode, checked by its norm.
     let xg = x.copy().set_requires_grad(true);
     let l = dice_loss(&unet.forward_t(&xg, false), &y);
@@ -153,7 +153,8 @@ fn main() {
     let mut opt_v = Adam::new(&vs_v, 1e-4);
     let vae_rate = time(device, batch as usize, steps, windows, || {
         opt_v.zero_grad();
-        let (loss, _, _) = vae.loss(&x, 1.0);
+        // Fresh noise each step, drawn on the device as the reference does (torch.randn_like).
+        let loss = vae.loss(&x, 1.0, &eps.randn_like());
         loss.backward();
         opt_v.step();
     });

@@ -1,8 +1,8 @@
 //! `run --devices`: the arms of a round in concurrent lanes give the session one device gives.
 //!
-//! A test binary of its own: the sessions here train a VAE, whose noise comes from libtorch's
-//! global generator, and other tests drawing from it at the same time in the same process
-//! would change those draws.
+//! A test binary of its own: network initialisation draws from libtorch's global generator
+//! (the runner holds a lock while it seeds and builds, `nets::seeded`), and tests in the same
+//! process that draw from it without that lock would change those draws.
 
 mod common;
 

@@ -143,10 +143,11 @@ impl Feed {
                 }
                 let s = ds.size() as i64;
                 let shape = [slices.len() as i64, ds.channels() as i64, s, s];
-                Tensor::from_data_size(half_bytes(&buf), &shape, Kind::Half)
-                    .pin_memory(self.device)
-                    .to_device_(self.device, Kind::Half, true, false)
-                    .to_kind(Kind::Float)
+                to_device_async(
+                    Tensor::from_data_size(half_bytes(&buf), &shape, Kind::Half),
+                    self.device,
+                )
+                .to_kind(Kind::Float)
             }
             (None, _) => images(ds, slices, self.device),
         }
@@ -160,6 +161,19 @@ impl Feed {
                 .to_kind(Kind::Float),
             None => masks(ds, slices, self.device),
         }
+    }
+}
+
+/// A host tensor on `device` without making the host wait: on a GPU through pinned memory
+/// with an asynchronous copy (a plain copy from pageable memory would wait for the GPU to
+/// finish all queued work first); elsewhere the tensor itself.
+pub fn to_device_async(t: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) => {
+            let kind = t.kind();
+            t.pin_memory(device).to_device_(device, kind, true, false)
+        }
+        _ => t,
     }
 }
 

@@ -317,20 +317,11 @@ impl Vae {
         h.relu().apply(&self.out)
     }
 
-    /// Reconstruction and loss `MSE + kl_weight·KL`, with KL summed over latent dimensions and
-    /// scaled per input element like the MSE (the per-element ELBO).
-    pub fn loss(&self, x: &Tensor, kl_weight: f64) -> (Tensor, f64, f64) {
-        let eps = Tensor::randn([x.size()[0], self.latent()], (x.kind(), x.device()));
-        self.loss_with(x, kl_weight, &eps)
-    }
-
-    /// Latent dimensions.
-    pub fn latent(&self) -> i64 {
-        self.mu.ws.size()[0]
-    }
-
-    /// The loss with given reparameterisation noise (benchmarks compare it across frameworks).
-    pub fn loss_with(&self, x: &Tensor, kl_weight: f64, eps: &Tensor) -> (Tensor, f64, f64) {
+    /// The loss `MSE + kl_weight·KL`, with KL summed over latent dimensions and scaled per
+    /// input element like the MSE (the per-element ELBO), for the reparameterisation noise
+    /// `eps` (batch × latent, drawn by the caller). A tensor on the device: nothing is read
+    /// back, so the host never waits for the GPU here.
+    pub fn loss(&self, x: &Tensor, kl_weight: f64, eps: &Tensor) -> Tensor {
         let (mu, logvar) = self.encode(x);
         let z = &mu + (&logvar * 0.5).exp() * eps;
         let recon = self.decode(&z);
@@ -340,9 +331,12 @@ impl Vae {
             .mean(tch::Kind::Float)
             * -0.5;
         let per_element = (x.numel() / x.size()[0] as usize) as f64;
-        let loss = &mse + kl_weight * &kl / per_element;
-        let (m, k) = (mse.double_value(&[]), kl.double_value(&[]));
-        (loss, m, k)
+        mse + kl_weight * kl / per_element
+    }
+
+    /// Latent dimensions.
+    pub fn latent(&self) -> i64 {
+        self.mu.ws.size()[0]
     }
 }
 
@@ -404,6 +398,17 @@ pub fn fold_batch_norm(
     folded.freeze();
     use_channels_last(&folded);
     Some((folded, net))
+}
+
+/// Runs `f` (building networks) with libtorch's global generator seeded to `seed`, holding a
+/// process-wide lock: weight initialisation draws from that one generator, and concurrent
+/// builders (the lanes of `--devices`, the TUI's preview thread) would otherwise interleave
+/// their draws and change each other's initial weights.
+pub fn seeded<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = GLOBAL_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    f()
 }
 
 /// Stores every 4-d weight of `vs` channels-last (NCHW shape, NHWC strides). oneDNN on the CPU

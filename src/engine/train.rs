@@ -5,11 +5,12 @@ use std::ops::{ControlFlow, Range};
 
 use anyhow::Result;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tch::Tensor;
 
 use super::adam::Adam;
-use super::batch::Feed;
+use super::batch::{to_device_async, Feed};
 use super::nets::{dice_loss, UNet, Vae};
 use crate::data::Dataset;
 
@@ -125,11 +126,17 @@ pub fn train_vae(
     seed: u64,
     after_epoch: &mut AfterEpoch,
 ) -> Result<usize> {
-    // The reparameterisation noise is drawn by libtorch: seed it per epoch as well, so a resumed
-    // run draws what an uninterrupted one would.
-    let mut seed_noise = |epoch: usize| {
-        tch::manual_seed((seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64)
+    // The reparameterisation noise comes from its own seeded stream per epoch (not libtorch's
+    // global generator, which anything else in the process, such as the TUI's preview thread
+    // building a network, would advance): a resumed run draws what an uninterrupted one would,
+    // on any device.
+    let noise = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(seed));
+    let mut start_epoch = |epoch: usize| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_1A7E_u64);
+        rng.set_stream(epoch as u64 + 1);
+        *noise.borrow_mut() = rng;
     };
+    let latent = net.latent() as usize;
     run_epochs(
         opt,
         slices,
@@ -137,7 +144,30 @@ pub fn train_vae(
         epochs,
         seed,
         after_epoch,
-        &mut seed_noise,
-        &mut |chunk| net.loss(&feed.images(ds, chunk), kl_weight).0,
+        &mut start_epoch,
+        &mut |chunk| {
+            let eps = standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
+            let eps = Tensor::from_slice(&eps).view([chunk.len() as i64, latent as i64]);
+            net.loss(
+                &feed.images(ds, chunk),
+                kl_weight,
+                &to_device_async(eps, feed.device()),
+            )
+        },
     )
+}
+
+/// `n` draws of N(0, 1) (Box–Muller), as float32.
+fn standard_normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        // 1 − u keeps the logarithm's argument in (0, 1].
+        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+        let r = (-2.0 * u.ln()).sqrt();
+        let t = std::f64::consts::TAU * v;
+        out.push((r * t.cos()) as f32);
+        out.push((r * t.sin()) as f32);
+    }
+    out.truncate(n);
+    out
 }

@@ -28,7 +28,7 @@ use super::Session;
 use crate::data::Dataset;
 use crate::engine::adam::{Adam, LossScale};
 use crate::engine::batch::Feed;
-use crate::engine::nets::{fold_batch_norm, save_weights, use_channels_last, UNet, Vae};
+use crate::engine::nets::{fold_batch_norm, save_weights, seeded, use_channels_last, UNet, Vae};
 use crate::engine::select::{
     encode_slices, gradient_directions, pick_oracle, pick_proposed, pick_random, GradientStep,
     Pick, Source,
@@ -546,9 +546,8 @@ impl Runner {
     ) -> Result<Option<UNet>> {
         let key = step.key();
         let seed = self.cfg().experiment.seed;
-        tch::manual_seed(seed_for(seed, &key, "init") as i64);
         let mut vs = VarStore::new(self.device);
-        let net = self.new_unet(&vs);
+        let net = seeded(seed_for(seed, &key, "init"), || self.new_unet(&vs));
         let mut opt = Adam::new(&vs, self.cfg().unet.lr);
         let mixed = self.cfg().unet.precision == Precision::Fp16;
         if mixed {
@@ -758,9 +757,8 @@ impl Runner {
         let step = Step::Vae { repeat };
         let key = step.key();
         let seed = self.cfg().experiment.seed;
-        tch::manual_seed(seed_for(seed, &key, "init") as i64);
         let mut vs = VarStore::new(self.device);
-        let net = self.new_vae(&vs);
+        let net = seeded(seed_for(seed, &key, "init"), || self.new_vae(&vs));
         let mut opt = Adam::new(&vs, self.cfg().vae.lr);
         let start = self.session.state.partial_epochs;
         let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));

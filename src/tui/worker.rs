@@ -408,7 +408,10 @@ fn predict(
     let file = file_identity(&path);
     if cache.as_ref().is_none_or(|c| c.file != file) {
         let mut vs = VarStore::new(dev);
-        let net = UNet::new(&vs.root(), ds.channels() as i64, &s.config.unet.net());
+        // Under the generator's lock: the run's worker may be initialising a network meanwhile.
+        let net = crate::engine::nets::seeded(0, || {
+            UNet::new(&vs.root(), ds.channels() as i64, &s.config.unet.net())
+        });
         vs.load(&path)
             .with_context(|| format!("cannot load {}", path.display()))?;
         *cache = Some(LoadedNet { file, _vs: vs, net });

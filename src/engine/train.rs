@@ -171,3 +171,31 @@ fn standard_normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     out.truncate(n);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The VAE's noise: standard normal (mean 0, sd 1, a tail as thin as N(0, 1)'s), and the
+    /// same numbers from the same seed.
+    #[test]
+    fn noise_is_standard_normal_and_reproducible() {
+        let draw = |seed| standard_normal(&mut ChaCha8Rng::seed_from_u64(seed), 100_001);
+        let v = draw(7);
+        assert_eq!(v.len(), 100_001);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let beyond_2sd = v.iter().filter(|&&x| x.abs() > 2.0).count() as f64 / n;
+        assert!(
+            mean.abs() < 0.01 && (sd - 1.0).abs() < 0.01,
+            "mean {mean}, sd {sd}"
+        );
+        assert!(
+            (beyond_2sd - 0.0455).abs() < 0.003,
+            "P(|x| > 2) = {beyond_2sd}"
+        );
+        assert_eq!(v, draw(7));
+        assert_ne!(v, draw(8));
+    }
+}

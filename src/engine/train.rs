@@ -130,9 +130,10 @@ pub fn train_vae(
     // global generator, which anything else in the process, such as the TUI's preview thread
     // building a network, would advance): a resumed run draws what an uninterrupted one would,
     // on any device.
-    let noise = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(seed));
+    let noise = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(seed)); // replaced per epoch
     let mut start_epoch = |epoch: usize| {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_1A7E_u64);
+        // Keyed apart from the batch order, which uses `seed` itself.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_1A7E_u64);
         rng.set_stream(epoch as u64 + 1);
         *noise.borrow_mut() = rng;
     };

@@ -120,10 +120,8 @@ impl Adam {
         let elem = self.flat.kind().elt_size_in_bytes() as i64;
         let base = self.flat.data_ptr() as i64;
         for p in &mut self.params {
-            let aliased = p.var.data_ptr() as i64 == base + p.offset * elem
-                && p.var.size() == p.size
-                && p.var.stride() == p.stride;
-            if !aliased {
+            // Replacing a variable's data (set_data) always moves its pointer.
+            if p.var.data_ptr() as i64 != base + p.offset * elem {
                 let mut view = p.view(&self.flat);
                 view.copy_(&p.var);
                 p.var.set_data(&view);

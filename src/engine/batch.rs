@@ -6,12 +6,21 @@ use tch::{Device, Kind, TchError, Tensor};
 use crate::data::Dataset;
 
 /// Images `(N, C, S, S)` as float32 on `device`, converted on the host by libtorch (vectorised,
-/// on all cores). Consecutive slices (encoding the pool) are read straight from the memory map;
-/// others are gathered into one half-precision buffer first.
+/// on all cores).
 pub fn images(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
+    with_half_batch(ds, slices, |half| {
+        half.to_kind(Kind::Float).to_device(device)
+    })
+}
+
+/// Calls `f` with the slices' images as a half-precision host tensor `(N, C, S, S)` that borrows
+/// its memory: straight from the memory map for consecutive slices (encoding the pool), else
+/// gathered into one buffer. `f` must copy what it keeps (a conversion or an upload does).
+fn with_half_batch(ds: &Dataset, slices: &[usize], f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
     let (c, s) = (ds.channels() as i64, ds.size() as i64);
+    let shape = [slices.len() as i64, c, s, s];
     if slices.is_empty() {
-        return Tensor::zeros([0, c, s, s], (Kind::Float, device));
+        return f(&Tensor::zeros(shape, (Kind::Half, Device::Cpu)));
     }
     let n = ds.channels() * ds.size() * ds.size();
     let consecutive = slices.windows(2).all(|w| w[1] == w[0] + 1);
@@ -26,12 +35,11 @@ pub fn images(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
         gathered = v;
         &gathered
     };
-    let shape = [slices.len() as i64, c, s, s];
-    // SAFETY: `halves` holds exactly `shape`'s elements and outlives `blob`, which is only read
-    // (by the conversion, which copies) and dropped before this function returns.
+    // SAFETY: `halves` holds exactly `shape`'s elements and outlives `blob`, which `f` only
+    // reads (copying what it keeps) and which is dropped before this function returns.
     let blob =
         unsafe { Tensor::from_blob(halves.as_ptr().cast(), &shape, &[], Kind::Half, Device::Cpu) };
-    blob.to_kind(Kind::Float).to_device(device)
+    f(&blob)
 }
 
 /// Masks `(N, 1, S, S)` as float32 on `device`.
@@ -135,20 +143,10 @@ impl Feed {
             (Some((images, _)), _) => images
                 .index_select(0, &self.index(slices))
                 .to_kind(Kind::Float),
-            (None, Device::Cuda(_)) => {
-                let n = ds.channels() * ds.size() * ds.size();
-                let mut buf = Vec::with_capacity(slices.len() * n);
-                for &s in slices {
-                    buf.extend_from_slice(ds.image(s));
-                }
-                let s = ds.size() as i64;
-                let shape = [slices.len() as i64, ds.channels() as i64, s, s];
-                to_device_async(
-                    Tensor::from_data_size(half_bytes(&buf), &shape, Kind::Half),
-                    self.device,
-                )
-                .to_kind(Kind::Float)
-            }
+            (None, Device::Cuda(_)) => with_half_batch(ds, slices, |half| {
+                to_device_async(half.shallow_clone(), self.device)
+            })
+            .to_kind(Kind::Float),
             (None, _) => images(ds, slices, self.device),
         }
     }

@@ -14,15 +14,23 @@ use super::batch::{to_device_async, Feed};
 use super::nets::{dice_loss, UNet, Vae};
 use crate::data::Dataset;
 
-/// The slice order of one epoch: a function of (seed, epoch) only, so a resumed run shuffles
-/// exactly as an uninterrupted one.
-pub fn epoch_order(slices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order = slices.to_vec();
+/// The random stream of one epoch: a function of (seed, epoch) only, so a resumed run draws
+/// exactly what an uninterrupted one would.
+fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(epoch as u64 + 1);
-    order.shuffle(&mut rng);
+    rng
+}
+
+/// The slice order of one epoch.
+pub fn epoch_order(slices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order = slices.to_vec();
+    order.shuffle(&mut epoch_rng(seed, epoch));
     order
 }
+
+/// Keys the VAE's noise apart from the batch order, which uses the seed itself.
+const NOISE_KEY: u64 = 0x005E_ED0F_1A7E;
 
 /// Called after each epoch with (epoch, mean loss, optimiser): checkpoint here, and return
 /// `Break` to stop.
@@ -130,13 +138,8 @@ pub fn train_vae(
     // global generator, which anything else in the process, such as the TUI's preview thread
     // building a network, would advance): a resumed run draws what an uninterrupted one would,
     // on any device.
-    let noise = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(seed)); // replaced per epoch
-    let mut start_epoch = |epoch: usize| {
-        // Keyed apart from the batch order, which uses `seed` itself.
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_1A7E_u64);
-        rng.set_stream(epoch as u64 + 1);
-        *noise.borrow_mut() = rng;
-    };
+    let noise = std::cell::RefCell::new(epoch_rng(seed ^ NOISE_KEY, epochs.start));
+    let mut start_epoch = |epoch: usize| *noise.borrow_mut() = epoch_rng(seed ^ NOISE_KEY, epoch);
     let latent = net.latent() as usize;
     run_epochs(
         opt,

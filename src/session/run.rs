@@ -173,7 +173,6 @@ impl Runner {
 
     /// Runs (or resumes) until the plan is done or `control.stop` is set.
     pub fn run(&mut self, control: &Control, sink: &mut dyn FnMut(&Event)) -> Result<Outcome> {
-        tch::manual_seed(self.cfg().experiment.seed as i64);
         let total = self.plan.len();
         let started = Event::Started {
             session: self.session.name(),

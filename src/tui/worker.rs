@@ -352,7 +352,7 @@ fn render_preview(
 
 /// The UNet of one checkpoint file, kept between previews: browsing picks of one round asks
 /// for the same model again and again, and at the paper's size a load is ~120 MB from disk.
-pub struct LoadedNet {
+struct LoadedNet {
     /// The file and its modification time and length when loaded (checkpoints are replaced
     /// by rename, so a rewrite changes them).
     file: (PathBuf, Option<std::time::SystemTime>, u64),

@@ -39,6 +39,8 @@ fn sync(d: Device) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the suggestive binary does first (engine::host_memory).
+    suggestive::engine::host_memory::keep_freed_blocks();
     let a: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -58,6 +58,8 @@ fn peak_rss_bytes() -> u64 {
 }
 
 fn main() {
+    // As the suggestive binary does first (engine::host_memory).
+    suggestive::engine::host_memory::keep_freed_blocks();
     let a: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -293,6 +293,9 @@ struct PreviewArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread allocates: libtorch's CPU tensors reuse freed heap blocks instead of
+    // faulting fresh pages in at every step (engine::host_memory).
+    suggestive::engine::host_memory::keep_freed_blocks();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dataset(a) => cmd_dataset(a),

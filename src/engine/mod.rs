@@ -5,6 +5,7 @@ pub mod adam;
 pub mod batch;
 pub mod device;
 pub mod eval;
+pub mod host_memory;
 pub mod mixed;
 pub mod nets;
 pub mod select;

@@ -513,6 +513,7 @@ fn cmd_info(json: bool) -> Result<()> {
             }
         );
         println!("threads    {}", t.threads);
+        println!("allocator  {}", t.host_allocator);
         println!("smoke test {}", if t.smoke_test { "ok" } else { "FAILED" });
         println!("caches     {}", cache.display());
         println!("data       {}", data.display());

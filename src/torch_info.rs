@@ -10,6 +10,8 @@ pub struct TorchInfo {
     pub cuda_devices: i64,
     pub cudnn_available: bool,
     pub threads: i32,
+    /// How the C allocator behind libtorch's CPU tensors is set (engine::host_memory).
+    pub host_allocator: &'static str,
     /// A 2×2 matrix product computed by libtorch, as a smoke test.
     pub smoke_test: bool,
 }
@@ -24,6 +26,7 @@ pub fn torch_info() -> TorchInfo {
         cuda_devices: tch::Cuda::device_count(),
         cudnn_available: tch::Cuda::cudnn_is_available(),
         threads: tch::get_num_threads(),
+        host_allocator: crate::engine::host_memory::describe(),
         smoke_test: v == [7.0, 10.0, 15.0, 22.0],
     }
 }

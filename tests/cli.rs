@@ -334,5 +334,18 @@ fn info_reports_a_working_libtorch() {
     assert_eq!(v["smoke_test"], true);
     assert!(v["cuda_available"].is_boolean());
     assert!(v["libtorch_lib"].as_str().unwrap().ends_with("lib"));
+    // main sets the allocator first (engine::host_memory); a user's GLIBC_TUNABLES would win.
+    if cfg!(all(target_os = "linux", target_env = "gnu"))
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
+    {
+        assert!(
+            v["host_allocator"]
+                .as_str()
+                .unwrap()
+                .contains("freed blocks kept"),
+            "{}",
+            v["host_allocator"]
+        );
+    }
     assert_eq!(v["dataset_cache"], tmp.path().to_str().unwrap());
 }

@@ -18,7 +18,7 @@ fn minor_faults() -> i64 {
     u.ru_minflt
 }
 
-/// Page faults per step of what selection does on the CPU, after warm-up: encode a batch of 32
+/// Page faults in the median step of what selection does on the CPU, after warm-up: encode a batch of 32
 /// slices of 64×64 with a small VAE, in float32 and in float64 (the gradient step's encoder),
 /// on a thread other than main (as the TUI's training thread).
 fn faults_per_step() -> i64 {
@@ -45,11 +45,17 @@ fn faults_per_step() -> i64 {
         for _ in 0..3 {
             step();
         }
-        let (before, steps) = (minor_faults(), 8);
-        for _ in 0..steps {
-            step();
-        }
-        (minor_faults() - before) / steps
+        // The median step: the heap may still grow once or twice as libtorch's worker threads
+        // free blocks in a different order (a few thousand faults, once).
+        let mut faults: Vec<i64> = (0..15)
+            .map(|_| {
+                let before = minor_faults();
+                step();
+                minor_faults() - before
+            })
+            .collect();
+        faults.sort_unstable();
+        faults[faults.len() / 2]
     })
     .join()
     .unwrap()
@@ -92,5 +98,5 @@ fn main() {
         ours * 20 < defaults,
         "with the setting a step faulted {ours} pages in, with glibc's defaults {defaults}"
     );
-    println!("host_memory: ok (page faults per step: {ours} with the setting, {defaults} with glibc's defaults)");
+    println!("host_memory: ok (page faults in the median step: {ours} with the setting, {defaults} with glibc's defaults)");
 }

@@ -27,6 +27,8 @@
 /// (the largest value `mallopt` takes, 2 GiB).
 pub const TRIM_THRESHOLD: libc::c_int = libc::c_int::MAX;
 
+use std::sync::OnceLock;
+
 /// What [`keep_freed_blocks`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
@@ -41,10 +43,26 @@ pub enum Setting {
 /// Keep freed blocks in the heap (no mmap for them), its free top up to [`TRIM_THRESHOLD`],
 /// and one arena for all threads (see the module notes). Call once, early in `main`, before threads start allocating.
 pub fn keep_freed_blocks() -> Setting {
-    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
-        return Setting::UserTunables;
+    let setting = if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+        Setting::UserTunables
+    } else {
+        apply()
+    };
+    *CHOSEN.get_or_init(|| setting)
+}
+
+static CHOSEN: OnceLock<Setting> = OnceLock::new();
+
+/// How this process's allocator is set, in words (`suggestive info`).
+pub fn describe() -> &'static str {
+    match CHOSEN.get() {
+        Some(Setting::Applied) => {
+            "glibc malloc, freed blocks kept (no mmap, trim above 2 GiB, one arena)"
+        }
+        Some(Setting::UserTunables) => "glibc malloc as GLIBC_TUNABLES sets it",
+        Some(Setting::Unsupported) => "the C library's defaults (not glibc)",
+        None => "the C library's defaults",
     }
-    apply()
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

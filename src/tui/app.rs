@@ -299,14 +299,7 @@ impl Dashboard {
                 };
                 self.picks.push((rec, picks));
                 // Latents exist once picks are made; refresh the scatter and the preview.
-                if self
-                    .latents
-                    .as_ref()
-                    .map(|(r, _)| *r != repeat)
-                    .unwrap_or(true)
-                {
-                    self.want_latents = Some(repeat);
-                }
+                self.want_latents_of(repeat);
                 if Some(arm) == self.selected_arm() {
                     self.pick_index = 0;
                     self.want_preview = true;
@@ -338,14 +331,7 @@ impl Dashboard {
                     collapsed,
                 });
                 // The VAE's latents exist by the first evaluation of a repeat.
-                if self
-                    .latents
-                    .as_ref()
-                    .map(|(r, _)| *r != repeat)
-                    .unwrap_or(true)
-                {
-                    self.want_latents = Some(repeat);
-                }
+                self.want_latents_of(repeat);
             }
             // Timing for the report.
             Event::StepDone { .. } => {}
@@ -395,15 +381,13 @@ impl Dashboard {
             return None;
         }
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        if matches!(key.code, KeyCode::Char('q') | KeyCode::Esc)
+            || (ctrl && key.code == KeyCode::Char('c'))
+        {
+            self.quit = true;
+            return Some(Command::Quit);
+        }
         match key.code {
-            KeyCode::Char('c') if ctrl => {
-                self.quit = true;
-                return Some(Command::Quit);
-            }
-            KeyCode::Char('q') | KeyCode::Esc => {
-                self.quit = true;
-                return Some(Command::Quit);
-            }
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('n') | KeyCode::Char(' ') if self.can_start() => {
                 self.run = RunState::Running;
@@ -419,18 +403,8 @@ impl Dashboard {
             }
             KeyCode::Right | KeyCode::Char('l') => self.move_pick(1),
             KeyCode::Left | KeyCode::Char('h') => self.move_pick(-1),
-            KeyCode::Tab | KeyCode::Char('a') => {
-                let n = self.arms().len().max(1);
-                self.arm_index = (self.arm_index + 1) % n;
-                self.pick_index = 0;
-                self.want_preview = true;
-            }
-            KeyCode::BackTab => {
-                let n = self.arms().len().max(1);
-                self.arm_index = (self.arm_index + n - 1) % n;
-                self.pick_index = 0;
-                self.want_preview = true;
-            }
+            KeyCode::Tab | KeyCode::Char('a') => self.move_arm(1),
+            KeyCode::BackTab => self.move_arm(-1),
             KeyCode::Char('m') => {
                 let c = self
                     .config
@@ -462,6 +436,20 @@ impl Dashboard {
 
     fn can_start(&self) -> bool {
         matches!(self.run, RunState::Paused | RunState::Failed(_))
+    }
+
+    fn move_arm(&mut self, d: isize) {
+        let n = self.arms().len().max(1) as isize;
+        self.arm_index = (self.arm_index as isize + d).rem_euclid(n) as usize;
+        self.pick_index = 0;
+        self.want_preview = true;
+    }
+
+    /// Ask the worker for `repeat`'s latents unless the scatter already shows them.
+    fn want_latents_of(&mut self, repeat: usize) {
+        if self.latents.as_ref().is_none_or(|(r, _)| *r != repeat) {
+            self.want_latents = Some(repeat);
+        }
     }
 
     fn move_pick(&mut self, d: isize) {

@@ -11,6 +11,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Table
 use ratatui::Frame;
 
 use super::theme::Theme;
+use super::ui::centred;
 use crate::session::{self, Session};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -389,16 +390,6 @@ impl Browser {
             }
             Mode::List => {}
         }
-    }
-}
-
-fn centred(area: Rect, w: u16, h: u16) -> Rect {
-    let (w, h) = (w.min(area.width), h.min(area.height));
-    Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
     }
 }
 

@@ -650,15 +650,19 @@ pub const KEYS: [(&str, &str); 16] = [
     ("ctrl-c", "quit"),
 ];
 
-fn help(f: &mut Frame, area: Rect, t: &Theme) {
-    let w = area.width.min(72);
-    let h = (KEYS.len() as u16 + 2).min(area.height);
-    let r = Rect {
+/// A `w` × `h` box in the middle of `area` (shrunk to fit).
+pub(super) fn centred(area: Rect, w: u16, h: u16) -> Rect {
+    let (w, h) = (w.min(area.width), h.min(area.height));
+    Rect {
         x: area.x + (area.width - w) / 2,
         y: area.y + (area.height - h) / 2,
         width: w,
         height: h,
-    };
+    }
+}
+
+fn help(f: &mut Frame, area: Rect, t: &Theme) {
+    let r = centred(area, 72, KEYS.len() as u16 + 2);
     let lines: Vec<Line> = KEYS
         .iter()
         .map(|(k, v)| {

@@ -28,7 +28,6 @@ fn faults_per_step() -> i64 {
             latent: 5,
             levels: 3,
             base: 16,
-            ..VaeConfig::default()
         };
         let vs = VarStore::new(Device::Cpu);
         let vae = Vae::new(&vs.root(), 4, 64, &cfg);

@@ -2,10 +2,12 @@
 {name, device, ours, reference, unit, ratio}; a new run replaces the entries of the same name
 on the same device and keeps the others."""
 
+import argparse
 import datetime
 import json
 import os
 import platform
+import subprocess
 
 # BENCH_RESULTS redirects the file (the GPU script writes into its output folder).
 PATH = os.environ.get("BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
@@ -26,8 +28,8 @@ HISTORY = 10
 
 def record(results):
     """Writes `results` into the file, replacing the entries of the same name and device. Each
-    entry keeps a `history` of its last HISTORY runs ({ours, reference, ratio, date}, this one
-    last), so that a range over runs quoted in the README comes from the file
+    entry keeps a `history` of its last HISTORY runs ({ours, reference, ratio, date, commit},
+    this one last), so that a range over runs quoted in the README comes from the file
     (`python3 bench/results.py` prints them)."""
     old = []
     if os.path.exists(PATH):
@@ -35,8 +37,10 @@ def record(results):
             old = json.load(fh)
     prev = {(r["name"], r["device"]): r for r in old}
     today = datetime.date.today().isoformat()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     for r in results:
-        run = {"ours": r["ours"], "reference": r["reference"], "ratio": r["ratio"], "date": today}
+        run = {"ours": r["ours"], "reference": r["reference"], "ratio": r["ratio"], "date": today, "commit": commit}
         r["history"] = (prev.get((r["name"], r["device"]), {}).get("history", []) + [run])[-HISTORY:]
     new = {(r["name"], r["device"]) for r in results}
     kept = [r for r in old if (r["name"], r["device"]) not in new]
@@ -46,15 +50,17 @@ def record(results):
     return PATH
 
 
-def ranges():
-    """Per entry: the ratio's range over its recorded runs."""
+def ranges(last=None):
+    """Per entry: the ratio's range over its recorded runs (the last `last` of them)."""
     with open(PATH) as fh:
         entries = json.load(fh)
     for r in entries:
-        ratios = [h["ratio"] for h in r.get("history", [])] or [r["ratio"]]
+        ratios = [h["ratio"] for h in r.get("history", [])][-(last or HISTORY):] or [r["ratio"]]
         span = f"{min(ratios):.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}"
         print(f"{r['device'][:24]:24}  {r['name'][:96]:96}  ratio {span:>9} over {len(ratios)} run(s)")
 
 
 if __name__ == "__main__":
-    ranges()
+    ap = argparse.ArgumentParser(description="each entry's ratio range over its recorded runs")
+    ap.add_argument("--last", type=int, help="only the last N runs of each entry")
+    ranges(ap.parse_args().last)

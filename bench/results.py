@@ -1,6 +1,7 @@
 """bench/results.json, shared by the benchmark scripts: a list of
 {name, device, ours, reference, unit, ratio}; a new run replaces the entries of the same name
-on the same device and keeps the others."""
+on the same device and keeps the others. Entries without a reference (end to end) have
+reference and ratio null."""
 
 import argparse
 import datetime
@@ -56,6 +57,11 @@ def ranges(last=None):
         entries = json.load(fh)
     for r in entries:
         ratios = [h["ratio"] for h in r.get("history", [])][-(last or HISTORY):] or [r["ratio"]]
+        if None in ratios:  # no reference (end to end): the values' range
+            ours = [h["ours"] for h in r.get("history", [])][-(last or HISTORY):] or [r["ours"]]
+            print(f"{r['device'][:24]:24}  {r['name'][:96]:96}  {min(ours):.2f}–{max(ours):.2f} {r['unit']} "
+                  f"over {len(ours)} run(s)")
+            continue
         span = f"{min(ratios):.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}"
         print(f"{r['device'][:24]:24}  {r['name'][:96]:96}  ratio {span:>9} over {len(ratios)} run(s)")
 

@@ -1,0 +1,100 @@
+"""End to end: one repeat of the paper's `brats-patient` session (3 arms, budgets of 10..50
+patients) on the selection benchmark's 335-patient phantom, with one epoch per training, timed
+as a whole (wall time, peak RSS) and broken down by `suggestive report` (VAE, training and
+evaluation per arm, selection, I/O). Training lines scale with the preset's epochs (30 per
+UNet training, 50 for the VAE), so they are reported at 1 epoch, as measured.
+
+On the CPU the phantom is 64×64×155 with small networks (UNet depth 3 / base 16, VAE 3 levels /
+base 16), as in select_bench.py; on a GPU it is BraTS-size 240×240×155 with the paper's networks.
+There is no PyTorch reference for a whole session: the rows carry no ratio.
+
+usage: e2e_bench.py [--device cpu|cuda] [--bin FOLDER] [--epochs N]"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
+
+from results import cpu_device, gpu_device, record
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bin", help="a prebuilt suggestive binary's folder (GPU machine without cargo)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of every training (the preset: 30 / 50)")
+    a = ap.parse_args()
+    gpu = a.device.startswith("cuda")
+    shape = "240,240,155" if gpu else "64,64,155"
+    work = os.environ.get("SELECT_BENCH_DIR") or os.path.join(ROOT, "target", "select-bench")
+    data, cache = os.path.join(work, f"phantom-{shape.replace(',', 'x')}"), os.path.join(work, "cache")
+    if a.bin:
+        suggestive = [os.path.join(a.bin, "suggestive")]
+    else:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=ROOT)
+        suggestive = [os.path.join(ROOT, "target", "release", "suggestive")]
+    if not os.path.exists(os.path.join(data, "name_mapping.csv")):
+        subprocess.run([*suggestive, "phantom", "--out", data, "--patients", "335", "--shape", shape, "--seed", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+    tmp = tempfile.mkdtemp(prefix="suggestive-e2e-")
+    env = {**os.environ, "SUGGESTIVE_SESSIONS_DIR": os.path.join(tmp, "sessions"), "SUGGESTIVE_CACHE_DIR": cache}
+    e = str(a.epochs)
+    sets = ["experiment.repeats=1", f'experiment.device="{a.device}"', f"unet.epochs_initial={e}",
+            f"unet.epochs_per_round={e}", f"vae.epochs={e}"]
+    if not gpu:
+        sets += ["unet.depth=3", "unet.base=16", "vae.levels=3", "vae.base=16"]
+    subprocess.run([*suggestive, "new", "e2e", "--preset", "brats-patient", "--dataset", data,
+                    *[x for s in sets for x in ("--set", s)]], check=True, env=env, stdout=subprocess.DEVNULL)
+    t = time.perf_counter()
+    with open(os.path.join(tmp, "events.jsonl"), "w") as log:
+        subprocess.run([*suggestive, "run", "e2e", "--jsonl"], check=True, env=env, stdout=log)
+    wall = time.perf_counter() - t
+    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child: the run
+    report = os.path.join(tmp, "report")
+    text = subprocess.run([*suggestive, "report", "e2e", "--out", report], check=True, env=env,
+                          capture_output=True, text=True).stdout
+    rep = json.load(open(os.path.join(report, "results.json")))
+    timings = rep["timings"]
+
+    device = gpu_device(a.device) if gpu else cpu_device()
+    px = shape.split(",")[0]
+    what = (f"one repeat of brats-patient (3 arms, budgets 10..50 patients), 335-patient phantom "
+            f"{px}x{px}x155, {a.epochs} epoch(s) per training")
+    rows = [{"name": f"end to end: {what}, wall time", "ours": wall, "unit": "s"},
+            {"name": f"end to end: {what}, peak host RSS", "ours": peak_rss / 1e9, "unit": "GB"}]
+    for r in rows:
+        r.update(device=device, reference=None, ratio=None)
+    record(rows)
+    with open(os.path.join(HERE, f"e2e-{'gpu' if gpu else 'cpu'}.json"), "w") as fh:
+        json.dump({"device": device, "what": what, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9,
+                   "timings_s": timings, "final_dice": final_dice(rep)}, fh, indent=2)
+        fh.write("\n")
+    total = sum(timings.values())
+    print(f"{what} on {device}: {wall:.0f} s wall, peak RSS {peak_rss / 1e9:.2f} GB")
+    print(f"where the time went ({total:.0f} s of steps):")
+    for k, v in sorted(timings.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:40} {v:8.1f} s {100 * v / total:5.1f} %")
+    print("\n".join(line for line in text.splitlines() if line.startswith("wrote")))
+
+
+def final_dice(rep):
+    """Mean test Dice per arm at the largest budget, from the report's results.json."""
+    rows = rep.get("rows") or rep.get("results") or []
+    best = {}
+    for r in rows:
+        if not isinstance(r, dict) or "arm" not in r:
+            continue
+        n = r.get("annotated", 0)
+        if n >= best.get(r["arm"], (-1, 0))[0]:
+            best[r["arm"]] = (n, r.get("dice_mean"))
+    return {arm: {"annotated": n, "dice": d} for arm, (n, d) in best.items()}
+
+
+if __name__ == "__main__":
+    main()

@@ -8,20 +8,25 @@ On the CPU the phantom is 64×64×155 with small networks (UNet depth 3 / base 1
 base 16), as in select_bench.py; on a GPU it is BraTS-size 240×240×155 with the paper's networks.
 There is no PyTorch reference for a whole session: the rows carry no ratio.
 
-usage: e2e_bench.py [--device cpu|cuda] [--bin FOLDER] [--epochs N]"""
+usage: e2e_bench.py [--device cpu|cuda] [--bin FOLDER] [--epochs N] [--timeout S]
+
+With --timeout the run is stopped (SIGTERM, as Ctrl-C: it stops between steps) when S seconds
+have passed, and the rows say after how many of its steps. The breakdown is also written to
+e2e-cpu.json / e2e-gpu.json next to the results file."""
 
 import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import tempfile
 import time
 
+import pool
+import results
 from results import cpu_device, gpu_device, record
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def main():
@@ -29,32 +34,48 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bin", help="a prebuilt suggestive binary's folder (GPU machine without cargo)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs of every training (the preset: 30 / 50)")
+    ap.add_argument("--timeout", type=float, help="stop the run after this many seconds")
     a = ap.parse_args()
     gpu = a.device.startswith("cuda")
-    shape = "240,240,155" if gpu else "64,64,155"
-    work = os.environ.get("SELECT_BENCH_DIR") or os.path.join(ROOT, "target", "select-bench")
-    data, cache = os.path.join(work, f"phantom-{shape.replace(',', 'x')}"), os.path.join(work, "cache")
     if a.bin:
         suggestive = [os.path.join(a.bin, "suggestive")]
     else:
-        subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=ROOT)
-        suggestive = [os.path.join(ROOT, "target", "release", "suggestive")]
-    if not os.path.exists(os.path.join(data, "name_mapping.csv")):
-        subprocess.run([*suggestive, "phantom", "--out", data, "--patients", "335", "--shape", shape, "--seed", "1"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=pool.ROOT)
+        suggestive = [os.path.join(pool.ROOT, "target", "release", "suggestive")]
+    data, cache = pool.phantom(gpu, suggestive)
     tmp = tempfile.mkdtemp(prefix="suggestive-e2e-")
     env = {**os.environ, "SUGGESTIVE_SESSIONS_DIR": os.path.join(tmp, "sessions"), "SUGGESTIVE_CACHE_DIR": cache}
     e = str(a.epochs)
     sets = ["experiment.repeats=1", f'experiment.device="{a.device}"', f"unet.epochs_initial={e}",
             f"unet.epochs_per_round={e}", f"vae.epochs={e}"]
-    if not gpu:
-        sets += ["unet.depth=3", "unet.base=16", "vae.levels=3", "vae.base=16"]
+    if not gpu:  # the GPU's are the preset's own
+        depth, base, levels, vbase = pool.nets(gpu)
+        sets += [f"unet.depth={depth}", f"unet.base={base}", f"vae.levels={levels}", f"vae.base={vbase}"]
     subprocess.run([*suggestive, "new", "e2e", "--preset", "brats-patient", "--dataset", data,
                     *[x for s in sets for x in ("--set", s)]], check=True, env=env, stdout=subprocess.DEVNULL)
     t = time.perf_counter()
-    with open(os.path.join(tmp, "events.jsonl"), "w") as log:
-        subprocess.run([*suggestive, "run", "e2e", "--jsonl"], check=True, env=env, stdout=log)
+    events = os.path.join(tmp, "events.jsonl")
+    with open(events, "w") as log:
+        p = subprocess.Popen([*suggestive, "run", "e2e", "--jsonl"], env=env, stdout=log)
+        try:
+            p.wait(timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     wall = time.perf_counter() - t
+    steps_total, steps_done = 0, 0
+    for line in open(events):
+        ev = json.loads(line)
+        if ev.get("event") == "started":
+            steps_total = ev.get("steps_total", 0)
+        steps_done += ev.get("event") == "step_done"
+    complete = steps_total > 0 and steps_done == steps_total
+    if not complete and a.timeout is None:
+        raise SystemExit(f"the run failed after {steps_done} of {steps_total} steps (exit {p.returncode})")
     peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child: the run
     report = os.path.join(tmp, "report")
     text = subprocess.run([*suggestive, "report", "e2e", "--out", report], check=True, env=env,
@@ -63,16 +84,19 @@ def main():
     timings = rep["timings"]
 
     device = gpu_device(a.device) if gpu else cpu_device()
-    px = shape.split(",")[0]
+    px = pool.shape(gpu).split(",")[0]
     what = (f"one repeat of brats-patient (3 arms, budgets 10..50 patients), 335-patient phantom "
             f"{px}x{px}x155, {a.epochs} epoch(s) per training")
+    if not complete:
+        what += f", stopped by --timeout after {steps_done} of {steps_total} steps"
     rows = [{"name": f"end to end: {what}, wall time", "ours": wall, "unit": "s"},
             {"name": f"end to end: {what}, peak host RSS", "ours": peak_rss / 1e9, "unit": "GB"}]
     for r in rows:
         r.update(device=device, reference=None, ratio=None)
     record(rows)
-    with open(os.path.join(HERE, f"e2e-{'gpu' if gpu else 'cpu'}.json"), "w") as fh:
-        json.dump({"device": device, "what": what, "wall_s": wall, "peak_rss_gb": peak_rss / 1e9,
+    with open(os.path.join(os.path.dirname(results.PATH), f"e2e-{'gpu' if gpu else 'cpu'}.json"), "w") as fh:
+        json.dump({"device": device, "what": what, "steps": [steps_done, steps_total], "wall_s": wall,
+                   "peak_rss_gb": peak_rss / 1e9,
                    "timings_s": timings, "final_dice": final_dice(rep)}, fh, indent=2)
         fh.write("\n")
     total = sum(timings.values())

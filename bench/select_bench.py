@@ -13,10 +13,10 @@ import subprocess
 import sys
 import tempfile
 
+import pool
 from results import cpu_device, gpu_device, record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def main():
@@ -26,18 +26,14 @@ def main():
     ap.add_argument("--bin", help="prebuilt suggestive and select_bench folder (GPU machine)")
     a = ap.parse_args()
     gpu = a.device.startswith("cuda")
-    shape, nets = ("240,240,155", (4, 64, 4, 32)) if gpu else ("64,64,155", (3, 16, 3, 16))
+    nets = pool.nets(gpu)
     labelled = 1500
-    work = os.environ.get("SELECT_BENCH_DIR") or os.path.join(ROOT, "target", "select-bench")
-    data, cache = os.path.join(work, f"phantom-{shape.replace(',', 'x')}"), os.path.join(work, "cache")
     if a.bin:
         suggestive, bench = [os.path.join(a.bin, "suggestive")], [os.path.join(a.bin, "select_bench")]
     else:
         suggestive = ["cargo", "run", "--release", "--quiet", "--"]
         bench = ["cargo", "bench", "--quiet", "--bench", "select_bench", "--"]
-    if not os.path.exists(os.path.join(data, "name_mapping.csv")):
-        subprocess.run([*suggestive, "phantom", "--out", data, "--patients", "335", "--shape", shape, "--seed", "1"],
-                       check=True, stdout=subprocess.DEVNULL)
+    data, cache = pool.phantom(gpu, suggestive)
     out = tempfile.mkdtemp(prefix="suggestive-select-")
     args = [data, cache, out, a.device, *nets[:2], *nets[2:], labelled, 260]
 

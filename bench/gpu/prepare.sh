@@ -15,7 +15,7 @@ for b in train_bench select_bench; do
 done
 strip --strip-debug .gpu/suggestive .gpu/train_bench .gpu/select_bench   # the carry limit is 64 MiB
 cp bench/results.py bench/train_bench.py bench/reference.py bench/select_bench.py bench/reference_select.py \
-   bench/gpu/run.sh .gpu/
+   bench/e2e_bench.py bench/pool.py bench/gpu/run.sh .gpu/
 for f in .gpu/suggestive .gpu/train_bench .gpu/select_bench; do
   readelf -d "$f" | grep -q 'libtorch_cuda.so' || { echo "$f: libtorch_cuda.so is not NEEDED: it would not see the GPU" >&2; exit 1; }
 done

@@ -11,7 +11,7 @@
 #  3. the demo session on the GPU in fp32 and in fp16, end to end: wall time and final Dice;
 #  4. selection at BraTS scale: a 335-patient phantom at 240×240×155, pool of 39,000 slices of
 #     256×256 (encode, 1,500 gradients, cone search) against PyTorch;
-#  5. one repeat of brats-patient on the BraTS-size phantom with 1 epoch per training, for the
+#  5. one repeat of brats-patient on the BraTS-size phantom with 1 epoch per training (e2e_bench.py), for the
 #     time breakdown per step (scale the training lines by the preset's epochs).
 # STEPS="2 4" runs only those steps (default: all). DEV=cpu dry-runs it on a CPU machine (small
 # sizes). At the end everything but results.json and steps.log is packed into $OUT/all.tgz (the
@@ -81,11 +81,7 @@ fi
 
 log "5. brats-patient, one repeat, 1 epoch per training, BraTS-size phantom"
 if want 5 && prep_done 90 && [ -f "$data/name_mapping.csv" ] && [ "$(left)" -gt 90 ]; then
-  "$S" new e2e --preset brats-patient --dataset "$data" --set experiment.repeats=1 \
-    --set "experiment.device=\"$DEV\"" --set unet.epochs_initial=1 --set unet.epochs_per_round=1 \
-    --set vae.epochs=1 > /dev/null
-  SUGGESTIVE_CACHE_DIR=$cache /usr/bin/time -v timeout $(($(left) - 30)) "$S" run e2e --jsonl > "$OUT/e2e.jsonl" 2> "$OUT/e2e.err"
-  grep -E "Elapsed|Maximum resident" "$OUT/e2e.err"
-  "$S" report e2e --out "$OUT/e2e" > "$OUT/e2e.md" 2>&1; grep -A30 -i "time" "$OUT/e2e.md" | head -40
+  python3 "$here/e2e_bench.py" --device "$DEV" --bin "$here" --timeout $(($(left) - 60)) > "$OUT/e2e.txt" 2>&1
+  tail -25 "$OUT/e2e.txt"
 fi
 log "done"

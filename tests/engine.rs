@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use common::*;
 use suggestive::data::Dataset;
 use suggestive::engine::batch::{self, Feed};
+use suggestive::engine::eval;
 use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
 use suggestive::engine::select::{gradient_direction, gradient_directions};
 use suggestive::phantom::PhantomLayout;
@@ -99,8 +100,25 @@ fn patient_wise_from_scratch_runs_and_the_oracle_picks_the_worst() {
         .filter(|i| !labelled.contains(i))
         .collect();
     let patients: Vec<usize> = candidates.iter().map(|&i| rd.train[i]).collect();
-    let dice =
-        suggestive::engine::eval::patient_dice(&net, &ds, &patients, &Feed::host(Device::Cpu), 16);
+    let dice = eval::patient_dice(&net, &ds, &patients, &Feed::host(Device::Cpu), 16);
+    // All patients go through one batched pass; each patient's slices are its own (the mask
+    // counts say whose slices they are; the Dice agrees with the patient scored alone).
+    let host = Feed::host(Device::Cpu);
+    let together = eval::patient_slice_overlaps(&net, &ds, &patients, &host, 16);
+    for ((p, d), ov) in patients.iter().zip(&dice).zip(&together) {
+        let alone = eval::patient_slice_overlaps(&net, &ds, &[*p], &host, 16).remove(0);
+        let truth = |v: &[eval::Overlap]| v.iter().map(|o| o.truth).collect::<Vec<_>>();
+        assert_eq!(truth(ov), truth(&alone), "patient {p}: slices mixed up");
+        assert!(
+            truth(&alone).iter().any(|&t| t > 0),
+            "patient {p} has tumour"
+        );
+        let d_alone = eval::Overlap::total(&alone).dice();
+        assert!(
+            (d_alone - d).abs() < 1e-9,
+            "patient {p}: {d_alone} alone, {d} with the others"
+        );
+    }
     let worst = candidates
         .iter()
         .zip(&dice)

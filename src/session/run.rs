@@ -1011,16 +1011,8 @@ impl Runner {
         let mut total_pred = 0;
         let mut dice = Vec::new();
         let mut slice_dice = Vec::new();
-        for &p in &test {
-            let slices: Vec<usize> = self.ds.patients()[p].slice_range().collect();
-            let ov = eval::slice_overlaps(net, &self.ds, &slices, &self.feed, EVAL_BATCH);
-            let o = ov
-                .iter()
-                .fold(eval::Overlap::default(), |a, o| eval::Overlap {
-                    inter: a.inter + o.inter,
-                    pred: a.pred + o.pred,
-                    truth: a.truth + o.truth,
-                });
+        for ov in eval::patient_slice_overlaps(net, &self.ds, &test, &self.feed, EVAL_BATCH) {
+            let o = eval::Overlap::total(&ov);
             total_pred += o.pred;
             dice.push(o.dice());
             // Slice Dice only where there is tumour to find (it is degenerate elsewhere).

@@ -97,8 +97,6 @@ pub struct Dashboard {
     /// Set when the selection changed and a new preview should be asked for.
     pub want_preview: bool,
     pub want_latents: Option<usize>,
-    /// The full-data reference Dice, when known (shown as a line on the chart).
-    pub reference_dice: Option<f64>,
 }
 
 const LOG_LINES: usize = 200;
@@ -130,7 +128,6 @@ impl Dashboard {
             quit: false,
             want_preview: false,
             want_latents: None,
-            reference_dice: None,
         }
     }
 

@@ -314,11 +314,7 @@ fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             ));
         }
     }
-    let reference: Vec<(f64, f64)> = app
-        .reference_dice
-        .map(|r| vec![(x0, r), (x1, r)])
-        .unwrap_or_default();
-    let mut datasets: Vec<Dataset> = series
+    let datasets: Vec<Dataset> = series
         .iter()
         .map(|(arm, pts, main)| {
             let d = Dataset::default()
@@ -332,16 +328,6 @@ fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             }
         })
         .collect();
-    if !reference.is_empty() {
-        datasets.push(
-            Dataset::default()
-                .name("full data")
-                .data(&reference)
-                .graph_type(GraphType::Line)
-                .marker(Marker::Dot)
-                .style(Style::default().fg(t.dim)),
-        );
-    }
     let chart = Chart::new(datasets)
         .block(block("Test Dice vs annotation budget", t))
         .x_axis(

@@ -17,7 +17,6 @@ e2e-cpu.json / e2e-gpu.json next to the results file."""
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import tempfile
@@ -57,16 +56,23 @@ def main():
     events = os.path.join(tmp, "events.jsonl")
     with open(events, "w") as log:
         p = subprocess.Popen([*suggestive, "run", "e2e", "--jsonl"], env=env, stdout=log)
-        try:
-            p.wait(timeout=a.timeout)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=40)
-            except subprocess.TimeoutExpired:
+        # wait4 gives this process's own peak RSS (RUSAGE_CHILDREN would be the largest of every
+        # child so far: the build, the phantom).
+        signalled = None
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            elapsed = time.perf_counter() - t
+            if a.timeout is not None and elapsed > a.timeout and signalled is None:
+                p.send_signal(signal.SIGTERM)  # as Ctrl-C: it stops between steps
+                signalled = elapsed
+            elif signalled is not None and elapsed > signalled + 40:
                 p.kill()
-                p.wait()
+            time.sleep(0.2)
+        p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
+    peak_rss = usage.ru_maxrss * 1024
     steps_total, steps_done = 0, 0
     for line in open(events):
         ev = json.loads(line)
@@ -76,10 +82,12 @@ def main():
     complete = steps_total > 0 and steps_done == steps_total
     if not complete and a.timeout is None:
         raise SystemExit(f"the run failed after {steps_done} of {steps_total} steps (exit {p.returncode})")
-    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child: the run
     report = os.path.join(tmp, "report")
-    text = subprocess.run([*suggestive, "report", "e2e", "--out", report], check=True, env=env,
-                          capture_output=True, text=True).stdout
+    out = subprocess.run([*suggestive, "report", "e2e", "--out", report], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"stopped after {steps_done} of {steps_total} steps, {wall:.0f} s: no report "
+                         f"({out.stderr.strip()})")
+    text = out.stdout
     rep = json.load(open(os.path.join(report, "results.json")))
     timings = rep["timings"]
 
@@ -109,14 +117,10 @@ def main():
 
 def final_dice(rep):
     """Mean test Dice per arm at the largest budget, from the report's results.json."""
-    rows = rep.get("rows") or rep.get("results") or []
     best = {}
-    for r in rows:
-        if not isinstance(r, dict) or "arm" not in r:
-            continue
-        n = r.get("annotated", 0)
-        if n >= best.get(r["arm"], (-1, 0))[0]:
-            best[r["arm"]] = (n, r.get("dice_mean"))
+    for r in rep["rows"]:
+        if r["annotated"] >= best.get(r["arm"], (-1, 0))[0]:
+            best[r["arm"]] = (r["annotated"], r["dice_mean"])
     return {arm: {"annotated": n, "dice": d} for arm, (n, d) in best.items()}
 
 

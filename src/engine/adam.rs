@@ -129,6 +129,7 @@ impl Adam {
         }
     }
 
+    /// What the loss is multiplied by before `backward` (1 without loss scaling).
     pub fn loss_multiplier(&self) -> f64 {
         self.loss_scale.map_or(1.0, |l| l.scale)
     }
@@ -207,6 +208,7 @@ impl Adam {
         true
     }
 
+    /// Moments and step count as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
         let step = Tensor::from_slice(&[self.step]);
         // Moments follow their weight's layout (channels-last): files hold contiguous copies.

@@ -67,7 +67,7 @@ pub fn describe() -> &'static str {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn apply() -> Setting {
-    // SAFETY: mallopt only changes two allocator parameters; it is safe to call at any time.
+    // SAFETY: mallopt only changes three allocator parameters; it is safe to call at any time.
     let ok = unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

@@ -122,7 +122,7 @@ struct OpenStep {
     checkpoints: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub unit: &'static str,
     /// How the picks came about, per arm (from state.json's pick records).
@@ -596,15 +596,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, log).unwrap();
-        let empty = Report {
-            unit: "patients",
-            selection: Vec::new(),
-            rows: Vec::new(),
-            summary: Vec::new(),
-            paired: Vec::new(),
-            timings: BTreeMap::new(),
-        };
-        empty.with_timings(&path).timings
+        Report::default().with_timings(&path).timings
     }
 
     fn close(t: &BTreeMap<String, f64>, label: &str, want: f64) {

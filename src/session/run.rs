@@ -345,9 +345,7 @@ impl Runner {
                     return Ok(false);
                 };
                 let arms = self.cfg().experiment.arms.clone();
-                let t = std::time::Instant::now();
-                self.evaluate(&net, repeat, stage, &arms, 0, sink)?;
-                *evaluation_s = t.elapsed().as_secs_f64();
+                *evaluation_s = self.evaluate(&net, repeat, stage, &arms, 0, sink)?;
                 Ok(true)
             }
             Step::Select {
@@ -377,9 +375,7 @@ impl Runner {
                 else {
                     return Ok(false);
                 };
-                let t = std::time::Instant::now();
-                self.evaluate(&net, repeat, stage, &[arm], round, sink)?;
-                *evaluation_s = t.elapsed().as_secs_f64();
+                *evaluation_s = self.evaluate(&net, repeat, stage, &[arm], round, sink)?;
                 Ok(true)
             }
         }
@@ -998,6 +994,8 @@ impl Runner {
         Ok(())
     }
 
+    /// Test Dice of `net`, recorded for each of `arms`; returns the seconds it took (the
+    /// report's evaluation line).
     fn evaluate(
         &mut self,
         net: &UNet,
@@ -1006,7 +1004,8 @@ impl Runner {
         arms: &[Arm],
         round: usize,
         sink: &mut dyn FnMut(&Event),
-    ) -> Result<()> {
+    ) -> Result<f64> {
+        let started = std::time::Instant::now();
         let test = self.session.state.repeats[repeat].test.clone();
         let mut total_pred = 0;
         let mut dice = Vec::new();
@@ -1049,6 +1048,6 @@ impl Runner {
             self.session.state.results.push(row);
             self.emit(ev, sink);
         }
-        Ok(())
+        Ok(started.elapsed().as_secs_f64())
     }
 }

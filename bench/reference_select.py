@@ -1,4 +1,4 @@
-"""PyTorch eager reference for bench/select_bench.rs: the same three selection stages on the same
+"""PyTorch eager reference for bench/select_bench.rs: the same four selection stages on the same
 cache files and weights, written as a PyTorch user would (batched, vectorised), timed the same.
 
 usage: reference_select.py OUT_DIR UNET_DEPTH VAE_LEVELS DEVICE < ours.json"""
@@ -88,7 +88,25 @@ def main():
         picks.append(j)
     t_cone = time.perf_counter() - t
 
-    print(json.dumps({"encode_s": t_encode, "gradients_s": t_grad, "cone_s": t_cone,
+    # 4. the oracle's scoring: 3D Dice of every pool patient, the UNet in eval mode (logit > 0 is
+    # sigmoid > 0.5), the counts summed per slice on the device and per patient at the end
+    sync()
+    t = time.perf_counter()
+    counts = []
+    with torch.no_grad():
+        for a in range(0, n, BATCH):
+            idx = np.arange(a, min(a + BATCH, n))
+            p = (unet(pu, batch(idx), depth, False) > 0).float()
+            y = torch.from_numpy(masks[idx]).to(dev).float()
+            counts.append(torch.stack([(p * y).sum((1, 2, 3)), p.sum((1, 2, 3)), y.sum((1, 2, 3))], 1))
+    counts = torch.cat(counts).double().cpu().numpy()
+    per_patient = np.add.reduceat(counts, np.cumsum([0] + ours["patient_slices"][:-1]), axis=0)
+    both = per_patient[:, 1] + per_patient[:, 2]
+    dice = np.where(both > 0, 2 * per_patient[:, 0] / np.maximum(both, 1), 1.0)
+    t_oracle = time.perf_counter() - t
+
+    print(json.dumps({"encode_s": t_encode, "gradients_s": t_grad, "cone_s": t_cone, "oracle_s": t_oracle,
+                      "dice": dice.tolist(),
                       "z_head": z[:4].flatten().tolist(), "losses": losses, "directions": dirs.tolist(),
                       "picks": picks, "fallbacks": fallbacks, "threads": torch.get_num_threads()}))
 

@@ -5,7 +5,9 @@
 //!  1. encode every pool slice (the VAE encoder mean; the session's `latents` step);
 //!  2. gradient directions of the labelled slices (image granularity: Dice gradient to the
 //!     input, one step of α, z' − z in the precision `auto` picks);
-//!  3. the cone search of every source over the unlabelled latents.
+//!  3. the cone search of every source over the unlabelled latents;
+//!  4. the oracle's scoring: the 3D Dice of every pool patient under the current UNet (what the
+//!     oracle arm does each round, and what evaluation does on the held-out patients).
 //!
 //! Writes the weights it drew (for the reference) and prints one JSON object with the seconds
 //! per stage and what the reference must reproduce.
@@ -17,8 +19,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use suggestive::data::{Dataset, LoadOptions};
-use suggestive::engine::batch::Feed;
+use suggestive::engine::batch::{self, Feed};
 use suggestive::engine::device::parse_device;
+use suggestive::engine::eval::patient_dice;
 use suggestive::engine::nets::{
     fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
 };
@@ -74,15 +77,23 @@ fn main() -> anyhow::Result<()> {
     opts.preprocessing.pad_to = None;
     let (ds, _) = Dataset::load(&data, &opts)?;
     let open_s = t.elapsed().as_secs_f64();
-    let n = ds.patients()[..pool_patients.min(ds.patients().len())]
-        .iter()
-        .map(|p| p.slices)
-        .sum::<usize>();
+    let pool = &ds.patients()[..pool_patients.min(ds.patients().len())];
+    let n = pool.iter().map(|p| p.slices).sum::<usize>();
     let (c, s) = (ds.channels() as i64, ds.size() as i64);
 
     tch::manual_seed(0);
     let vs_u = VarStore::new(device);
-    let _unet = UNet::new(&vs_u.root(), c, &unet_cfg);
+    let unet = UNet::new(&vs_u.root(), c, &unet_cfg);
+    // A fresh UNet predicts no pixel at all, which would make every oracle Dice 0 whatever the
+    // programs compute: its head's bias is moved so that a tenth of the pool's pixels are
+    // predicted, and the Dice varies from patient to patient as a trained model's does.
+    tch::no_grad(|| {
+        let probe: Vec<usize> = (0..BATCH).map(|i| i * n / BATCH).collect();
+        let logits = unet.forward_t(&batch::images(&ds, &probe, device), false);
+        let cut = logits.reshape([-1]).quantile_scalar(0.9, None, false, "linear");
+        let mut bias = vs_u.variables()["head.bias"].shallow_clone();
+        let _ = bias.g_sub_(&cut);
+    });
     use_channels_last(&vs_u);
     save_weights(&vs_u, &out.join("unet.safetensors"))?;
     let vs_v = VarStore::new(device);
@@ -151,6 +162,12 @@ fn main() -> anyhow::Result<()> {
     let picks = pick_proposed(&sources, &candidates, labelled.len(), CONE_DEGREES);
     let cone_s = t.elapsed().as_secs_f64();
 
+    let patients: Vec<usize> = (0..pool.len()).collect();
+    sync(device);
+    let t = Instant::now();
+    let dice = patient_dice(&unet_eval, &ds, &patients, &feed, BATCH);
+    let oracle_s = t.elapsed().as_secs_f64();
+
     let float64 = steps
         .iter()
         .filter(|s| s.method == DirectionMethod::Float64)
@@ -160,6 +177,8 @@ fn main() -> anyhow::Result<()> {
         "cache_images": ds.cache_dir().join("images.f16"),
         "cache_masks": ds.cache_dir().join("masks.u8"),
         "open_s": open_s, "encode_s": encode_s, "gradients_s": gradients_s, "cone_s": cone_s,
+        "oracle_s": oracle_s, "dice": dice,
+        "patient_slices": pool.iter().map(|p| p.slices).collect::<Vec<_>>(),
         "float64_directions": float64,
         "z_head": z[..latent * 4].to_vec(),
         "losses": steps.iter().map(|s| s.loss).collect::<Vec<_>>(),

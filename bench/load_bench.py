@@ -9,7 +9,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -107,9 +106,9 @@ def main():
          "ours": med(hits), "reference": med(cold), "unit": "s", "ratio": med(cold) / med(hits)},
         {"name": f"cached reload, open + read all bytes, {label} (vs our cold load)", "device": device,
          "ours": med(verify), "reference": med(cold), "unit": "s", "ratio": med(cold) / med(verify)},
-        {"name": f"cold load peak RSS (reference: cache size; goal ratio >= 0.67)", "device": device,
+        {"name": "cold load peak RSS (reference: cache size; goal ratio >= 0.67)", "device": device,
          "ours": peak / 1e9, "reference": cache_bytes / 1e9, "unit": "GB", "ratio": cache_bytes / peak},
-        {"name": f"nibabel reference peak RSS (reference: cache size)", "device": device,
+        {"name": "nibabel reference peak RSS (reference: cache size)", "device": device,
          "ours": ref_peak / 1e9, "reference": cache_bytes / 1e9, "unit": "GB", "ratio": cache_bytes / ref_peak},
     ]
     path = record(results)

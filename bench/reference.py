@@ -121,7 +121,6 @@ def main():
         return p
 
     pu, pv = params("unet"), params("vae")
-    c = pv["out.weight"].shape[1]  # decoder channels at full size = base
     base_top = pv[f"dec{levels - 1}.weight"].shape[0]
     shape = (base_top, size >> levels, size >> levels)
 

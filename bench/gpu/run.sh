@@ -8,9 +8,10 @@
 #  2. training throughput at the paper's size (256×256, UNet depth 4 / base 64, VAE 4 levels /
 #     base 32, batch 16), fp32 and fp16 mixed precision, against PyTorch eager on the same GPU
 #     (same losses first), with TFLOP/s against the card's peak and peak GPU memory;
-#  3. the demo session on the GPU in fp32 and in fp16, end to end: wall time and final Dice;
-#  4. selection at BraTS scale: a 335-patient phantom at 240×240×155, pool of 39,000 slices of
-#     256×256 (encode, 1,500 gradients, cone search) against PyTorch;
+#  3. selection at BraTS scale: a 335-patient phantom at 240×240×155, pool of 39,000 slices of
+#     256×256 (encode, 1,500 gradients, cone search, the oracle's scoring) against PyTorch;
+#  4. the demo session on the GPU in fp32 and in fp16, end to end: wall time and final Dice
+#     (after selection: a GPU run has measured it once, selection never);
 #  5. one repeat of brats-patient on the BraTS-size phantom with 1 epoch per training (e2e_bench.py), for the
 #     time breakdown per step (scale the training lines by the preset's epochs).
 # STEPS="2 4" runs only those steps (default: all). DEV=cpu dry-runs it on a CPU machine (small
@@ -37,12 +38,12 @@ pack() { (cd "$OUT" && tar czf all.tgz --exclude all.tgz --exclude results.json 
   find . -mindepth 1 -maxdepth 1 ! -name all.tgz ! -name results.json ! -name steps.log -exec rm -rf {} +); }
 
 # The BraTS-size phantom and its preprocessed cache (the selection bench's, reused by step 5),
-# built while steps 1-3 use the GPU: pinned to the upper half of the cores, lowest priority.
+# built while steps 1 and 2 use the GPU: pinned to the upper half of the cores, lowest priority.
 shape=240,240,155; [ "$DEV" = cpu ] && shape=64,64,155
 data=$SELECT_BENCH_DIR/phantom-${shape//,/x}; cache=$SELECT_BENCH_DIR/cache
 half=$(( $(nproc) / 2 )); pin=""; command -v taskset > /dev/null && [ "$half" -ge 1 ] && pin="taskset -c $half-$(( $(nproc) - 1 ))"
 prep_pid=
-if want 4 || want 5; then
+if want 3 || want 5; then
   ( [ -f "$data/name_mapping.csv" ] || $pin nice -n 19 "$S" phantom --out "$data" --patients 335 --shape $shape --seed 1
     $pin nice -n 19 "$S" dataset "$data" --cache-dir "$cache" | tail -1 ) > "$OUT/prep.log" 2>&1 &
   prep_pid=$!
@@ -62,9 +63,15 @@ if want 2 && [ "$(left)" -gt 120 ]; then
     > "$OUT/train.txt" 2>&1; tail -12 "$OUT/train.txt"
 fi
 
+log "3. selection at BraTS scale (waits for the phantom and its cache)"
+if want 3 && prep_done 200 && [ "$(left)" -gt 200 ]; then
+  timeout $(($(left) - 60)) python3 "$here/select_bench.py" --device "$DEV" --bin "$here" > "$OUT/select.txt" 2>&1
+  tail -8 "$OUT/select.txt"
+fi
+
 for prec in fp32 fp16; do
-  log "3. demo session on $DEV, $prec"
-  want 3 && [ "$(left)" -gt 150 ] || continue
+  log "4. demo session on $DEV, $prec"
+  want 4 && [ "$(left)" -gt 150 ] || continue
   [ "$DEV" = cpu ] && [ $prec = fp16 ] && continue
   "$S" new "demo-$prec" --preset demo --set "experiment.device=\"$DEV\"" --set experiment.repeats=1 \
     --set "unet.precision=\"$prec\"" > /dev/null
@@ -72,12 +79,6 @@ for prec in fp32 fp16; do
   grep -E "Elapsed|Maximum resident" "$OUT/demo-$prec.err"
   "$S" report "demo-$prec" --out "$OUT/demo-$prec" > "$OUT/demo-$prec.md" 2>&1; head -40 "$OUT/demo-$prec.md"
 done
-
-log "4. selection at BraTS scale (waits for the phantom and its cache)"
-if want 4 && prep_done 200 && [ "$(left)" -gt 200 ]; then
-  timeout $(($(left) - 60)) python3 "$here/select_bench.py" --device "$DEV" --bin "$here" > "$OUT/select.txt" 2>&1
-  tail -8 "$OUT/select.txt"
-fi
 
 log "5. brats-patient, one repeat, 1 epoch per training, BraTS-size phantom"
 if want 5 && prep_done 90 && [ -f "$data/name_mapping.csv" ] && [ "$(left)" -gt 90 ]; then

@@ -7,7 +7,9 @@
 //!     input, one step of α, z' − z in the precision `auto` picks);
 //!  3. the cone search of every source over the unlabelled latents;
 //!  4. the oracle's scoring: the 3D Dice of every pool patient under the current UNet (what the
-//!     oracle arm does each round, and what evaluation does on the held-out patients).
+//!     oracle arm does each round, and what evaluation does on the held-out patients);
+//!  5. the input pipeline: UNet training steps fed from this pool as a session feeds them,
+//!     against the same steps on one batch already on the device (no input at all).
 //!
 //! Writes the weights it drew (for the reference) and prints one JSON object with the seconds
 //! per stage and what the reference must reproduce.
@@ -15,25 +17,32 @@
 //! Arguments: DATA CACHE OUT DEVICE UNET_DEPTH UNET_BASE VAE_LEVELS VAE_BASE LABELLED PATIENTS
 //! (the pool: the slices of the first PATIENTS patients)
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use suggestive::data::{Dataset, LoadOptions};
+use suggestive::engine::adam::Adam;
 use suggestive::engine::batch::{self, Feed};
 use suggestive::engine::device::parse_device;
 use suggestive::engine::eval::patient_dice;
 use suggestive::engine::nets::{
-    fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae, VaeConfig,
+    dice_loss, fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae,
+    VaeConfig,
 };
 use suggestive::engine::select::{encode_slices, gradient_directions, pick_proposed, Source};
+use suggestive::engine::train::train_unet;
 use suggestive::session::config::DirectionMethod;
 use tch::nn::VarStore;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// The session's batch for evaluation, encoding and gradients (run.rs EVAL_BATCH).
 const BATCH: usize = 32;
 const ALPHA: f64 = 1e-4;
 const CONE_DEGREES: f64 = 45.0;
+/// The presets' UNet training batch, and the slices of one timed stretch of training.
+const TRAIN_BATCH: usize = 16;
+const TRAIN_SLICES: usize = 512;
 
 fn sync(d: Device) {
     if let Device::Cuda(n) = d {
@@ -90,7 +99,9 @@ fn main() -> anyhow::Result<()> {
     tch::no_grad(|| {
         let probe: Vec<usize> = (0..BATCH).map(|i| i * n / BATCH).collect();
         let logits = unet.forward_t(&batch::images(&ds, &probe, device), false);
-        let cut = logits.reshape([-1]).quantile_scalar(0.9, None, false, "linear");
+        let cut = logits
+            .reshape([-1])
+            .quantile_scalar(0.9, None, false, "linear");
         let mut bias = vs_u.variables()["head.bias"].shallow_clone();
         let _ = bias.g_sub_(&cut);
     });
@@ -168,6 +179,8 @@ fn main() -> anyhow::Result<()> {
     let dice = patient_dice(&unet_eval, &ds, &patients, &feed, BATCH);
     let oracle_s = t.elapsed().as_secs_f64();
 
+    let (fed, fixed) = fed_against_fixed(&ds, &feed, c, &unet_cfg, n)?;
+
     let float64 = steps
         .iter()
         .filter(|s| s.method == DirectionMethod::Float64)
@@ -177,7 +190,7 @@ fn main() -> anyhow::Result<()> {
         "cache_images": ds.cache_dir().join("images.f16"),
         "cache_masks": ds.cache_dir().join("masks.u8"),
         "open_s": open_s, "encode_s": encode_s, "gradients_s": gradients_s, "cone_s": cone_s,
-        "oracle_s": oracle_s, "dice": dice,
+        "oracle_s": oracle_s, "dice": dice, "fed_rate": fed, "fixed_rate": fixed,
         "patient_slices": pool.iter().map(|p| p.slices).collect::<Vec<_>>(),
         "float64_directions": float64,
         "z_head": z[..latent * 4].to_vec(),
@@ -189,4 +202,82 @@ fn main() -> anyhow::Result<()> {
     });
     println!("{json}");
     Ok(())
+}
+
+/// Slices per second of UNet training (fp32, the presets' batch) fed from the pool through
+/// `feed` by the session's own loop (`train::train_unet`), and of the same steps on one batch
+/// already on the device, which needs no input at all: their ratio is the share of the
+/// throughput the input pipeline keeps (1.0: no stall). Alternating, the median of 3 each after
+/// a warm-up of each (cuDNN's autotuning).
+fn fed_against_fixed(
+    ds: &Dataset,
+    feed: &Feed,
+    c: i64,
+    cfg: &UNetConfig,
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let device = feed.device();
+    tch::manual_seed(1);
+    let vs = VarStore::new(device);
+    let net = UNet::new(&vs.root(), c, cfg);
+    use_channels_last(&vs);
+    let mut opt = Adam::new(&vs, 1e-3);
+    // Spread over the whole pool, as a shuffled epoch reads it.
+    let slices: Vec<usize> = (0..TRAIN_SLICES).map(|i| i * n / TRAIN_SLICES).collect();
+    let (x, y) = (
+        feed.images(ds, &slices[..TRAIN_BATCH]),
+        feed.masks(ds, &slices[..TRAIN_BATCH]),
+    );
+    let mut epoch = 0;
+    let mut fed_pass = |opt: &mut Adam| -> anyhow::Result<()> {
+        let mut go_on = |_: usize, _: f64, _: &Adam| -> anyhow::Result<ControlFlow<()>> {
+            Ok(ControlFlow::Continue(()))
+        };
+        train_unet(
+            &net,
+            opt,
+            ds,
+            &slices,
+            TRAIN_BATCH,
+            false,
+            feed,
+            epoch..epoch + 1,
+            0,
+            &mut go_on,
+        )?;
+        epoch += 1;
+        Ok(())
+    };
+    // The same step as train_unet's loop (losses summed on the device, read once at the end).
+    let fixed_pass = |opt: &mut Adam| {
+        let mut sum = Tensor::zeros([], (Kind::Double, device));
+        for _ in 0..TRAIN_SLICES / TRAIN_BATCH {
+            opt.zero_grad();
+            let loss = dice_loss(&net.forward_t(&x, true), &y);
+            loss.backward();
+            opt.step();
+            sum += loss.detach().to_kind(Kind::Double);
+        }
+        sum.double_value(&[])
+    };
+    let rate = |t: Instant| {
+        sync(device);
+        TRAIN_SLICES as f64 / t.elapsed().as_secs_f64()
+    };
+    fed_pass(&mut opt)?;
+    fixed_pass(&mut opt);
+    let (mut fed, mut fixed) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        fed_pass(&mut opt)?;
+        fed.push(rate(t));
+        let t = Instant::now();
+        fixed_pass(&mut opt);
+        fixed.push(rate(t));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(fed), median(fixed)))
 }

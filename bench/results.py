@@ -66,7 +66,36 @@ def ranges(last=None):
         print(f"{r['device'][:24]:24}  {r['name'][:96]:96}  ratio {span:>9} over {len(ratios)} run(s)")
 
 
+# The README table's order: groups by the start of an entry's name (the file keeps the order in
+# which benchmarks last ran); the file's order within a group.
+GROUPS = [("cold load", "cached reload", "nibabel"), ("dashboard", "key to screen", "idle dashboard"),
+          ("host RSS after",), ("UNet training", "VAE training", "gradient to input", "peak host RSS of the training"),
+          ("selection:", "training input"), ("end to end",)]
+
+
+def group(name):
+    return next((i for i, g in enumerate(GROUPS) if name.startswith(g)), len(GROUPS))
+
+
+def markdown(device):
+    """The README's table: the last run of each entry whose device starts with `device`."""
+    with open(PATH) as fh:
+        entries = json.load(fh)
+    print("| benchmark | suggestive | reference | unit | ratio |\n|---|---|---|---|---|")
+    for r in sorted(entries, key=lambda r: group(r["name"])):
+        if r["device"].startswith(device):
+            ref = "—" if r["reference"] is None else f"{r['reference']:.3f}"
+            ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            print(f"| {r['name']} | {r['ours']:.3f} | {ref} | {r['unit']} | {ratio} |")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="each entry's ratio range over its recorded runs")
     ap.add_argument("--last", type=int, help="only the last N runs of each entry")
-    ranges(ap.parse_args().last)
+    ap.add_argument("--markdown", metavar="DEVICE", help="print the last run of DEVICE's entries (e.g. cpu) as "
+                    "the README's table instead")
+    a = ap.parse_args()
+    if a.markdown:
+        markdown(a.markdown)
+    else:
+        ranges(a.last)

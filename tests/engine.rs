@@ -11,7 +11,7 @@ use suggestive::engine::batch::{self, Feed};
 use suggestive::engine::eval;
 use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
 use suggestive::engine::select::{gradient_direction, gradient_directions};
-use suggestive::phantom::PhantomLayout;
+use suggestive::phantom::{PhantomConfig, PhantomLayout};
 use suggestive::session::config::{Arm, DirectionMethod, Granularity, Scenario};
 use suggestive::session::Session;
 use tch::nn::VarStore;
@@ -401,4 +401,82 @@ fn the_device_resident_pool_gives_the_same_batches_as_the_memory_map() {
         a.equal(&b) && b.sum(Kind::Float).double_value(&[]) > 0.0,
         "masks differ"
     );
+}
+
+#[test]
+fn blank_slices_are_scored_with_the_prediction_on_a_zero_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Taller than the tiny phantom, so that slices above and below the head are blank.
+    let cfg = PhantomConfig {
+        sites: vec![("CBICA".to_string(), 1)],
+        shape: [32, 32, 64],
+        seed: 5,
+        layout: PhantomLayout::Brats2019,
+        ..Default::default()
+    };
+    suggestive::phantom::generate(&cfg, &tmp.path().join("d"), &|| {}).unwrap();
+    let (ds, _) = Dataset::load(&tmp.path().join("d"), &opts(&tmp.path().join("cache"))).unwrap();
+    let n = ds.num_slices();
+    // The cache marks exactly the slices whose image is zero in every channel.
+    for s in 0..n {
+        let zero = ds.image(s).iter().all(|v| f32::from(*v) == 0.0);
+        assert_eq!(ds.is_blank(s), zero, "slice {s}");
+    }
+    let blank = (0..n).filter(|&s| ds.is_blank(s)).count();
+    assert!(blank > 0 && blank < n, "{blank} of {n} slices blank");
+
+    // A UNet whose prediction on a zero image is neither empty nor full. A fresh one gives a
+    // zero image a constant output (its convolutions have no bias, batch norm's are 0), so the
+    // biases are drawn at random, then the head's put at the mean logit of that image (the
+    // interior is one value, the zero-padded borders others).
+    tch::manual_seed(3);
+    let vs = VarStore::new(Device::Cpu);
+    let net = UNet::new(
+        &vs.root(),
+        4,
+        &UNetConfig {
+            depth: 2,
+            base: 4,
+            ..Default::default()
+        },
+    );
+    let size = ds.size() as i64;
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.ends_with(".bias") {
+                t.copy_(&(t.randn_like() * 0.5));
+            }
+        }
+        let zero = Tensor::zeros([1, 4, size, size], (Kind::Float, Device::Cpu));
+        let mean = net.forward_t(&zero, false).mean(Kind::Float);
+        let mut bias = vs.variables()["head.bias"].shallow_clone();
+        let _ = bias.g_sub_(&mean);
+    });
+    // Every slice on its own, the network run on each: what the shortcut must reproduce.
+    let one_by_one: Vec<eval::Overlap> = (0..n)
+        .map(|s| {
+            let _g = tch::no_grad_guard();
+            let p = net
+                .forward_t(&batch::images(&ds, &[s], Device::Cpu), false)
+                .gt(0.0);
+            let y = batch::masks(&ds, &[s], Device::Cpu).gt(0.0);
+            let count = |t: &Tensor| t.sum(Kind::Int64).int64_value(&[]) as u64;
+            eval::Overlap {
+                inter: count(&p.logical_and(&y)),
+                pred: count(&p),
+                truth: count(&y),
+            }
+        })
+        .collect();
+    let blank_pred = (0..n).find(|&s| ds.is_blank(s)).map(|s| one_by_one[s].pred);
+    assert!(
+        blank_pred.is_some_and(|p| p > 0 && p < (size * size) as u64),
+        "prediction on a blank slice: {blank_pred:?} pixels"
+    );
+    // Blank and non-blank slices interleaved, in batches that mix them, in any order.
+    let order: Vec<usize> = (0..n).rev().chain(0..n).collect();
+    let batched = eval::slice_overlaps(&net, &ds, &order, &Feed::host(Device::Cpu), 5);
+    for (&s, o) in order.iter().zip(&batched) {
+        assert_eq!(*o, one_by_one[s], "slice {s} (blank: {})", ds.is_blank(s));
+    }
 }

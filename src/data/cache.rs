@@ -17,7 +17,8 @@ use super::dataset::{PatientInfo, SkippedPatient};
 use super::{DataError, Preprocessing};
 
 /// Bumped whenever the layout of the cache files changes; older caches are rebuilt.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+/// 2: patients record their blank slices.
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 
 pub const IMAGES_FILE: &str = "images.f16";
 pub const MASKS_FILE: &str = "masks.u8";

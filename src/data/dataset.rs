@@ -33,6 +33,9 @@ pub struct PatientInfo {
     pub stats: PatientStats,
     /// xxh3 of this patient's cached image and mask bytes, for `--verify`.
     pub checksum: String,
+    /// Slices (offsets within this patient) whose image is zero in every channel: outside the
+    /// head. A network gives all of them the same output, so evaluation computes it once.
+    pub blank_slices: Vec<usize>,
 }
 
 impl PatientInfo {
@@ -94,6 +97,8 @@ pub struct Dataset {
     images: Mmap,
     masks: Mmap,
     cache_dir: PathBuf,
+    /// Per slice of the data set: blank (see `PatientInfo::blank_slices`).
+    blank: Vec<bool>,
 }
 
 impl Dataset {
@@ -152,11 +157,20 @@ impl Dataset {
             // place; they are never modified afterwards, only replaced by a new folder.
             unsafe { Mmap::map(&file) }.map_err(|e| DataError::cache(&path, e))
         };
+        let mut blank = vec![false; index.slices];
+        for p in &index.patients {
+            for &s in &p.blank_slices {
+                if let Some(b) = blank.get_mut(p.first_slice + s) {
+                    *b = true;
+                }
+            }
+        }
         Ok(Dataset {
             images: map(cache::IMAGES_FILE)?,
             masks: map(cache::MASKS_FILE)?,
             index,
             cache_dir: dir.to_path_buf(),
+            blank,
         })
     }
 
@@ -231,6 +245,10 @@ impl Dataset {
     pub fn mask(&self, slice: usize) -> &[u8] {
         let n = self.index.mask_elems_per_slice();
         &self.masks[slice * n..(slice + 1) * n]
+    }
+    /// Whether a slice's image is zero in every channel (see `PatientInfo::blank_slices`).
+    pub fn is_blank(&self, slice: usize) -> bool {
+        self.blank.get(slice).copied().unwrap_or(false)
     }
     /// The patient a slice belongs to.
     pub fn patient_of(&self, slice: usize) -> &PatientInfo {
@@ -500,6 +518,18 @@ fn build_cache(
     Ok(index)
 }
 
+/// The slices of `images` (`slices` equal rows) that are ±0 everywhere.
+fn blank_slices(images: &[f16], slices: usize) -> Vec<usize> {
+    let per = images.len() / slices.max(1);
+    (0..slices)
+        .filter(|&s| {
+            images[s * per..(s + 1) * per]
+                .iter()
+                .all(|v| v.to_bits() & 0x7fff == 0)
+        })
+        .collect()
+}
+
 /// Phase 2 for one patient: decode, validate, preprocess, write into the cache.
 fn load_patient(
     plan: &Planned,
@@ -554,5 +584,6 @@ fn load_patient(
         voxel_mm: plan.voxel_mm,
         stats: out.stats,
         checksum: checksum(image_bytes, &out.masks),
+        blank_slices: blank_slices(&out.images, out.slices),
     })
 }

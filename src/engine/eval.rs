@@ -35,7 +35,10 @@ impl Overlap {
 }
 
 /// Per-slice overlaps of the model's prediction (sigmoid > 0.5), in eval mode, batched. The
-/// counts stay on the device until the end (one transfer, no wait per batch).
+/// counts stay on the device until the end (one transfer, no wait per batch). Blank slices
+/// (`Dataset::is_blank`: zero in every channel, outside the head, about a seventh of a BraTS
+/// volume) all get the network's prediction on a zero image, computed once and compared with
+/// each one's mask, instead of a pass each.
 pub fn slice_overlaps(
     net: &UNet,
     ds: &Dataset,
@@ -44,13 +47,27 @@ pub fn slice_overlaps(
     batch: usize,
 ) -> Vec<Overlap> {
     let _g = tch::no_grad_guard();
+    let (blank, seen): (Vec<usize>, Vec<usize>) =
+        (0..slices.len()).partition(|&i| ds.is_blank(slices[i]));
+    let sum = |t: &Tensor| t.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64);
     let mut parts = Vec::new();
-    for chunk in slices.chunks(batch.max(1)) {
-        let x = feed.images(ds, chunk);
-        let y = feed.masks(ds, chunk);
+    let at = |positions: &[usize]| -> Vec<usize> { positions.iter().map(|&i| slices[i]).collect() };
+    for chunk in seen.chunks(batch.max(1)) {
+        let chunk = at(chunk);
+        let x = feed.images(ds, &chunk);
+        let y = feed.masks(ds, &chunk);
         let p = net.forward_t(&x, false).gt(0.0).to_kind(Kind::Float);
-        let sum = |t: &Tensor| t.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64);
         parts.push(Tensor::stack(&[sum(&(&p * &y)), sum(&p), sum(&y)], 1));
+    }
+    if !blank.is_empty() {
+        let (c, s) = (ds.channels() as i64, ds.size() as i64);
+        let zero = Tensor::zeros([1, c, s, s], (Kind::Float, feed.device()));
+        let p = net.forward_t(&zero, false).gt(0.0).to_kind(Kind::Float);
+        for chunk in blank.chunks(batch.max(1)) {
+            let y = feed.masks(ds, &at(chunk));
+            let pred = sum(&p).expand([y.size()[0]], false);
+            parts.push(Tensor::stack(&[sum(&(&p * &y)), pred, sum(&y)], 1));
+        }
     }
     if parts.is_empty() {
         return Vec::new();
@@ -58,14 +75,16 @@ pub fn slice_overlaps(
     let counts: Vec<i64> =
         Vec::try_from(Tensor::cat(&parts, 0).reshape([-1]).to_device(Device::Cpu))
             .unwrap_or_default();
-    counts
-        .chunks_exact(3)
-        .map(|c| Overlap {
+    // Back into the order of `slices`: the passes above went non-blank first, then blank.
+    let mut out = vec![Overlap::default(); slices.len()];
+    for (&i, c) in seen.iter().chain(&blank).zip(counts.chunks_exact(3)) {
+        out[i] = Overlap {
             inter: c[0] as u64,
             pred: c[1] as u64,
             truth: c[2] as u64,
-        })
-        .collect()
+        };
+    }
+    out
 }
 
 /// Per-slice overlaps of each patient's slices (`patients` index `ds.patients()`). All the

@@ -208,6 +208,16 @@ fn tiny_dataset(tmp: &std::path::Path) -> Dataset {
     Dataset::load(&data, &o).unwrap().0
 }
 
+/// A tiny UNet (depth 2, base 4) for 4-channel slices, in `vs`.
+fn tiny_unet(vs: &VarStore) -> UNet {
+    let cfg = UNetConfig {
+        depth: 2,
+        base: 4,
+        ..Default::default()
+    };
+    UNet::new(&vs.root(), 4, &cfg)
+}
+
 /// Slices of the first patient that contain tumour.
 fn tumour_slices(ds: &Dataset) -> Vec<usize> {
     ds.patients()[0]
@@ -222,15 +232,7 @@ fn the_gradient_step_raises_the_dice_loss_and_leaves_weights_alone() {
     let ds = tiny_dataset(tmp.path());
     tch::manual_seed(1);
     let mut vs = VarStore::new(Device::Cpu);
-    let net = UNet::new(
-        &vs.root(),
-        4,
-        &UNetConfig {
-            depth: 2,
-            base: 4,
-            ..Default::default()
-        },
-    );
+    let net = tiny_unet(&vs);
     vs.double();
     let slices = tumour_slices(&ds);
     let x = batch::images(&ds, &slices, Device::Cpu)
@@ -263,12 +265,7 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 fn tiny_nets(seed: i64) -> (Vec<VarStore>, UNet, Vae, Vae) {
     tch::manual_seed(seed);
     let vs_u = VarStore::new(Device::Cpu);
-    let unet_cfg = UNetConfig {
-        depth: 2,
-        base: 4,
-        ..Default::default()
-    };
-    let unet = UNet::new(&vs_u.root(), 4, &unet_cfg);
+    let unet = tiny_unet(&vs_u);
     let vs = VarStore::new(Device::Cpu);
     let cfg = VaeConfig {
         latent: 5,
@@ -431,15 +428,7 @@ fn blank_slices_are_scored_with_the_prediction_on_a_zero_image() {
     // interior is one value, the zero-padded borders others).
     tch::manual_seed(3);
     let vs = VarStore::new(Device::Cpu);
-    let net = UNet::new(
-        &vs.root(),
-        4,
-        &UNetConfig {
-            depth: 2,
-            base: 4,
-            ..Default::default()
-        },
-    );
+    let net = tiny_unet(&vs);
     let size = ds.size() as i64;
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {

@@ -424,23 +424,32 @@ fn blank_slices_are_scored_with_the_prediction_on_a_zero_image() {
 
     // A UNet whose prediction on a zero image is neither empty nor full. A fresh one gives a
     // zero image a constant output (its convolutions have no bias, batch norm's are 0), so the
-    // biases are drawn at random, then the head's put at the mean logit of that image (the
-    // interior is one value, the zero-padded borders others).
-    tch::manual_seed(3);
+    // biases are drawn at random until the output varies over the image (the interior is one
+    // value, the zero-padded borders others; a draw whose ReLUs pass nothing stays constant,
+    // and the global generator is shared with the tests running beside this one), then the
+    // head's bias put halfway between the lowest and the highest logit.
     let vs = VarStore::new(Device::Cpu);
     let net = tiny_unet(&vs);
     let size = ds.size() as i64;
-    tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
-            if name.ends_with(".bias") {
-                t.copy_(&(t.randn_like() * 0.5));
+    let zero = Tensor::zeros([1, 4, size, size], (Kind::Float, Device::Cpu));
+    let varied = (0..50).any(|_| {
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                if name.ends_with(".bias") {
+                    t.copy_(&(t.randn_like() * 0.5));
+                }
             }
-        }
-        let zero = Tensor::zeros([1, 4, size, size], (Kind::Float, Device::Cpu));
-        let mean = net.forward_t(&zero, false).mean(Kind::Float);
-        let mut bias = vs.variables()["head.bias"].shallow_clone();
-        let _ = bias.g_sub_(&mean);
+            let logits = net.forward_t(&zero, false);
+            let (lo, hi) = (logits.min(), logits.max());
+            if (&hi - &lo).double_value(&[]) < 1e-3 {
+                return false;
+            }
+            let mut bias = vs.variables()["head.bias"].shallow_clone();
+            let _ = bias.g_sub_(&((lo + hi) / 2.0));
+            true
+        })
     });
+    assert!(varied, "no draw gave a zero image a varying output");
     // Every slice on its own, the network run on each: what the shortcut must reproduce.
     let one_by_one: Vec<eval::Overlap> = (0..n)
         .map(|s| {
@@ -465,7 +474,22 @@ fn blank_slices_are_scored_with_the_prediction_on_a_zero_image() {
     // Blank and non-blank slices interleaved, in batches that mix them, in any order.
     let order: Vec<usize> = (0..n).rev().chain(0..n).collect();
     let batched = eval::slice_overlaps(&net, &ds, &order, &Feed::host(Device::Cpu), 5);
+    // Blank slices exactly: the zero image goes through the network alone both ways. Others
+    // with two pixels of slack in the predicted counts: a convolution may take another
+    // algorithm for a batch of 5 than for 1, and a logit within rounding of 0 then flips. The
+    // masks' counts are exact, so a slice mixed up with another shows.
+    let near = |a: u64, b: u64| a.abs_diff(b) <= 2;
     for (&s, o) in order.iter().zip(&batched) {
-        assert_eq!(*o, one_by_one[s], "slice {s} (blank: {})", ds.is_blank(s));
+        let e = one_by_one[s];
+        let same = if ds.is_blank(s) {
+            *o == e
+        } else {
+            o.truth == e.truth && near(o.pred, e.pred) && near(o.inter, e.inter)
+        };
+        assert!(
+            same,
+            "slice {s} (blank: {}): {o:?} batched, {e:?} alone",
+            ds.is_blank(s)
+        );
     }
 }

@@ -287,13 +287,31 @@ fn a_damaged_cache_is_rebuilt_and_verify_catches_flipped_bytes() {
 
     // A garbled index is also rebuilt.
     drop(ds);
-    fs::write(r.cache_dir.join("index.json"), "{ not json").unwrap();
-    let (_, r) = Dataset::load(&root, &o).unwrap();
+    let index = r.cache_dir.join("index.json");
+    fs::write(&index, "{ not json").unwrap();
+    let (ds, r) = Dataset::load(&root, &o).unwrap();
     assert!(
         matches!(&r.status, CacheStatus::Rebuilt(why) if why.contains("damaged index")),
         "{:?}",
         r.status
     );
+    assert!(ds.patients().iter().any(|p| !p.blank_slices.is_empty()));
+
+    // An index of format 1 (before blank slices were recorded) is rebuilt as an older format,
+    // not as a damaged one, and the rebuilt cache records them.
+    drop(ds);
+    let mut old: serde_json::Value = serde_json::from_slice(&fs::read(&index).unwrap()).unwrap();
+    old["format_version"] = 1.into();
+    for p in old["patients"].as_array_mut().unwrap() {
+        p.as_object_mut().unwrap().remove("blank_slices");
+    }
+    fs::write(&index, old.to_string()).unwrap();
+    let (ds, r) = Dataset::load(&root, &o).unwrap();
+    assert_eq!(
+        r.status,
+        CacheStatus::Rebuilt("cache format 1 (this version writes 2)".into())
+    );
+    assert!(ds.patients().iter().any(|p| !p.blank_slices.is_empty()));
 }
 
 /// Breaks P002 with `breakage`, then checks: the load fails naming P002 (and `file` when given)

@@ -96,14 +96,21 @@ pub fn read_index(dir: &Path) -> Result<Option<CacheIndex>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let index: CacheIndex =
-        serde_json::from_str(&text).map_err(|e| format!("damaged index ({e})"))?;
-    if index.format_version != CACHE_FORMAT_VERSION {
+    // The version first: an older format's index may lack fields this one has, and should
+    // say so rather than look damaged.
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let damaged = |e: serde_json::Error| format!("damaged index ({e})");
+    let version = serde_json::from_str::<Version>(&text).map_err(damaged)?;
+    if version.format_version != CACHE_FORMAT_VERSION {
         return Err(format!(
             "cache format {} (this version writes {CACHE_FORMAT_VERSION})",
-            index.format_version
+            version.format_version
         ));
     }
+    let index: CacheIndex = serde_json::from_str(&text).map_err(damaged)?;
     let want = [
         (
             IMAGES_FILE,

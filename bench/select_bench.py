@@ -63,8 +63,11 @@ def main():
     assert rel(ours["losses"], ref["losses"]) < 1e-4, "losses differ"
     # The oracle's Dice: counts of thresholded pixels, so a logit within rounding of 0 can flip
     # one pixel between the programs; a patient has ~600,000 (64x64) to 9.5 million (256x256).
+    # On a GPU the two programs' convolution algorithms (TF32 by default) round differently,
+    # so more pixels flip: a looser bound there, still far below a real difference (the Dice
+    # ranges over 0-0.3 between patients). The largest difference is printed.
     dice_diff = max(abs(p - q) for p, q in zip(ours["dice"], ref["dice"]))
-    assert dice_diff < 1e-3, f"the oracle's Dice differs by {dice_diff}"
+    assert dice_diff < (1e-2 if gpu else 1e-3), f"the oracle's Dice differs by {dice_diff}"
     cos = []
     for p, q in zip(ours["directions"], ref["directions"]):
         den = (sum(v * v for v in p) * sum(v * v for v in q)) ** 0.5

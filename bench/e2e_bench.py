@@ -27,7 +27,6 @@ import results
 from results import cpu_device, gpu_device, record
 
 
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")

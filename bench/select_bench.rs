@@ -224,10 +224,7 @@ fn fed_against_fixed(
     let mut opt = Adam::new(&vs, 1e-3);
     // Spread over the whole pool, as a shuffled epoch reads it.
     let slices: Vec<usize> = (0..TRAIN_SLICES).map(|i| i * n / TRAIN_SLICES).collect();
-    let (x, y) = (
-        feed.images(ds, &slices[..TRAIN_BATCH]),
-        feed.masks(ds, &slices[..TRAIN_BATCH]),
-    );
+    let (x, y) = feed.batch(ds, &slices[..TRAIN_BATCH]);
     let mut epoch = 0;
     let mut fed_pass = |opt: &mut Adam| -> anyhow::Result<()> {
         let mut go_on = |_: usize, _: f64, _: &Adam| -> anyhow::Result<ControlFlow<()>> {

@@ -398,6 +398,12 @@ fn the_device_resident_pool_gives_the_same_batches_as_the_memory_map() {
         a.equal(&b) && b.sum(Kind::Float).double_value(&[]) > 0.0,
         "masks differ"
     );
+    // `batch`: the same images and masks, from both feeds (one index for both on the pool).
+    for feed in [&resident, &host] {
+        let (x, y) = feed.batch(&ds, &slices);
+        assert!(x.equal(&host.images(&ds, &slices)), "batch images differ");
+        assert!(y.equal(&host.masks(&ds, &slices)), "batch masks differ");
+    }
 }
 
 #[test]

@@ -42,18 +42,17 @@ fn with_half_batch(ds: &Dataset, slices: &[usize], f: impl FnOnce(&Tensor) -> Te
     f(&blob)
 }
 
-/// Masks `(N, 1, S, S)` as float32 on `device`.
+/// Masks `(N, 1, S, S)` as float32 on `device`: gathered as bytes, uploaded without a wait
+/// (`to_device_async`), converted there.
 pub fn masks(ds: &Dataset, slices: &[usize], device: Device) -> Tensor {
     let n = ds.size() * ds.size();
     let mut buf = Vec::with_capacity(slices.len() * n);
     for &s in slices {
-        buf.extend(ds.mask(s).iter().map(|&m| m as f32));
+        buf.extend_from_slice(ds.mask(s));
     }
     let s = ds.size() as i64;
-    Tensor::from_slice(&buf)
-        .view([slices.len() as i64, 1, s, s])
-        .to_device(device)
-        .to_kind(Kind::Float)
+    let bytes = Tensor::from_slice(&buf).view([slices.len() as i64, 1, s, s]);
+    to_device_async(bytes, device).to_kind(Kind::Float)
 }
 
 /// Where batches come from.
@@ -132,9 +131,27 @@ impl Feed {
         }
     }
 
+    /// The slices' indices on the device, for gathering from the resident pool. Uploaded
+    /// without a wait: a plain upload from pageable memory makes the host wait until the GPU
+    /// has run everything queued, at every batch, so it could never queue the next step ahead.
     fn index(&self, slices: &[usize]) -> Tensor {
         let idx: Vec<i64> = slices.iter().map(|&s| s as i64).collect();
-        Tensor::from_slice(&idx).to_device(self.device)
+        to_device_async(Tensor::from_slice(&idx), self.device)
+    }
+
+    /// Images and masks of the same slices (`images` and `masks`; on the resident pool with
+    /// one index upload for both).
+    pub fn batch(&self, ds: &Dataset, slices: &[usize]) -> (Tensor, Tensor) {
+        match &self.resident {
+            Some((images, masks)) => {
+                let idx = self.index(slices);
+                (
+                    images.index_select(0, &idx).to_kind(Kind::Float),
+                    masks.index_select(0, &idx).to_kind(Kind::Float),
+                )
+            }
+            None => (self.images(ds, slices), self.masks(ds, slices)),
+        }
     }
 
     /// Images `(N, C, S, S)`, float32, on the device.

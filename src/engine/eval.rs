@@ -54,8 +54,7 @@ pub fn slice_overlaps(
     let at = |positions: &[usize]| -> Vec<usize> { positions.iter().map(|&i| slices[i]).collect() };
     for chunk in seen.chunks(batch.max(1)) {
         let chunk = at(chunk);
-        let x = feed.images(ds, &chunk);
-        let y = feed.masks(ds, &chunk);
+        let (x, y) = feed.batch(ds, &chunk);
         let p = net.forward_t(&x, false).gt(0.0).to_kind(Kind::Float);
         parts.push(Tensor::stack(&[sum(&(&p * &y)), sum(&p), sum(&y)], 1));
     }

@@ -389,8 +389,8 @@ fn direction_batch(
         ranges.push((at, s.len() as i64));
         at += s.len() as i64;
     }
-    let x = feed.images(ds, &slices).set_requires_grad(true);
-    let y = feed.masks(ds, &slices);
+    let (x, y) = feed.batch(ds, &slices);
+    let x = x.set_requires_grad(true);
     let logits = unet.forward_t(&x, false);
     let (total, losses) = summed_sample_losses(&logits, &y, &ranges);
     let grads = Tensor::run_backward(&[&total], &[&x], false, false);

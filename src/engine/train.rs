@@ -106,8 +106,7 @@ pub fn train_unet(
         after_epoch,
         &mut |_| {},
         &mut |chunk| {
-            let x = feed.images(ds, chunk);
-            let y = feed.masks(ds, chunk);
+            let (x, y) = feed.batch(ds, chunk);
             // Only enter autocast for mixed precision, and through mixed::autocast_fp16:
             // libtorch 2.11 warns on every tch autocast call, even a disabled one.
             let logits = if mixed {

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::batch::Feed;
+use super::batch::{to_device_async, Feed};
 use super::nets::{dice_loss, UNet, Vae};
 use crate::data::Dataset;
 use crate::session::config::DirectionMethod;
@@ -325,9 +325,11 @@ pub fn encode_slices(
 }
 
 /// Each sample's own Dice loss (as [`dice_loss`] over its slices), summed: one scalar whose
-/// gradient w.r.t. each slice is its sample's gradient. Equal-size samples (image
-/// granularity) take one vectorised pass.
-fn summed_sample_losses(logits: &Tensor, y: &Tensor, ranges: &[(i64, i64)]) -> (Tensor, Vec<f64>) {
+/// gradient w.r.t. each slice is its sample's gradient; and the losses themselves, detached,
+/// still on the device (read later: reading them here would make the host wait for the forward
+/// pass before it could queue the backward one). Equal-size samples (image granularity) take
+/// one vectorised pass.
+fn summed_sample_losses(logits: &Tensor, y: &Tensor, ranges: &[(i64, i64)]) -> (Tensor, Tensor) {
     let equal = ranges.iter().all(|r| r.1 == ranges[0].1);
     let losses = if equal {
         let n = ranges.len() as i64;
@@ -344,9 +346,7 @@ fn summed_sample_losses(logits: &Tensor, y: &Tensor, ranges: &[(i64, i64)]) -> (
             .collect();
         Tensor::stack(&each, 0)
     };
-    let values = Vec::try_from(losses.detach().to_kind(Kind::Double).to_device(Device::Cpu))
-        .unwrap_or_default();
-    (losses.sum(logits.kind()), values)
+    (losses.sum(logits.kind()), losses.detach())
 }
 
 /// Per-slice sums of squares, `(N, C, H, W)` → N values, in float64.
@@ -451,7 +451,7 @@ fn direction_batch(
                 .zip(&h)
                 .flat_map(|(&(_, len), &h)| std::iter::repeat_n(f(h) as f32, len as usize))
                 .collect();
-            Tensor::from_slice(&v).to_device(feed.device())
+            to_device_async(Tensor::from_slice(&v), feed.device())
         };
         let step = per_slice(&|h| h).view([-1, 1, 1, 1]);
         let back = per_slice(&|h| if h > 0.0 { alpha / (2.0 * h) } else { 0.0 }).view([-1, 1]);
@@ -459,6 +459,8 @@ fn direction_batch(
         let zm = vae.encode(&(&x - &g * &step)).0;
         mean_rows(&((zp - zm) * back), &ranges)
     });
+    let losses: Vec<f64> =
+        Vec::try_from(losses.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default();
     Ok(methods
         .iter()
         .enumerate()

@@ -420,6 +420,81 @@ fn corrupt_gzip_is_reported() {
     );
 }
 
+/// Rewrites a gzipped NIfTI file's raw bytes (header and voxels, decompressed) with `f`.
+fn edit_nifti_bytes(path: &Path, f: impl Fn(&mut Vec<u8>)) {
+    use std::io::{Read, Write};
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&fs::read(path).unwrap()[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    f(&mut raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    fs::write(path, gz.finish().unwrap()).unwrap();
+}
+
+/// NIfTI-1 header offsets: dim[8] (i16) at 40, bitpix (i16) at 72.
+fn put_i16(raw: &mut [u8], at: usize, v: i16) {
+    raw[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn a_header_whose_bitpix_disagrees_with_its_voxel_type_is_refused() {
+    // The voxels are int16: bitpix 8 would read half of them, -16 an absurd size.
+    for bitpix in [8, -16, 0] {
+        assert_bad_patient(
+            |root| {
+                edit_nifti_bytes(&patient_file(root, P2, "flair"), |raw| {
+                    put_i16(raw, 72, bitpix)
+                })
+            },
+            Some("flair.nii.gz"),
+            &format!("bitpix {bitpix} disagrees"),
+        );
+    }
+}
+
+#[test]
+fn a_header_that_declares_more_voxels_than_the_file_holds_is_refused() {
+    // 3000³ int16 voxels would be 54 GB: refused from the header, before any allocation.
+    // Every file of the patient says so (else the shapes would differ, caught earlier).
+    assert_bad_patient(
+        |root| {
+            for m in ["flair", "t1", "t1ce", "t2", "seg"] {
+                edit_nifti_bytes(&patient_file(root, P2, m), |raw| {
+                    (1..=3).for_each(|d| put_i16(raw, 40 + 2 * d, 3000))
+                })
+            }
+        },
+        Some(".nii.gz"),
+        "damaged header: dimensions [3000, 3000, 3000]",
+    );
+}
+
+#[test]
+fn a_gzip_file_of_several_members_loads_like_one() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = three_patients(tmp.path());
+    let path = patient_file(&root, P2, "flair");
+    let before = read(&path);
+    // What `cat a.gz b.gz` gives: a valid gzip file (gzip -d reads both members).
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&fs::read(&path).unwrap()[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let mut joined = Vec::new();
+    for part in [&raw[..1000], &raw[1000..]] {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(part).unwrap();
+        joined.extend(gz.finish().unwrap());
+    }
+    fs::write(&path, joined).unwrap();
+    assert_eq!(read(&path), before);
+    let (ds, _) = Dataset::load(&root, &opts(&tmp.path().join("cache"))).unwrap();
+    assert_eq!(ds.patients().len(), 3);
+}
+
 #[test]
 fn modalities_of_different_shapes_are_refused() {
     assert_bad_patient(
@@ -497,7 +572,7 @@ fn empty_and_non_brats_folders_are_refused() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("empty") && err.contains("empty"), "{err}");
+    assert!(err.contains("empty") && err.contains("BraTS"), "{err}");
 
     let other = tmp.path().join("photos");
     fs::create_dir_all(other.join("holiday")).unwrap();

@@ -46,26 +46,83 @@ fn describe(e: NiftiError) -> String {
     }
 }
 
+/// Bytes per voxel of the scalar types `to_f32` converts; `None` for the others.
+fn voxel_bytes(t: NiftiType) -> Option<usize> {
+    match t {
+        NiftiType::Uint8 | NiftiType::Int8 => Some(1),
+        NiftiType::Int16 | NiftiType::Uint16 => Some(2),
+        NiftiType::Int32 | NiftiType::Uint32 | NiftiType::Float32 => Some(4),
+        NiftiType::Int64 | NiftiType::Uint64 | NiftiType::Float64 => Some(8),
+        _ => None,
+    }
+}
+
+/// The most a deflate stream can expand (its format's limit is about 1032:1): a gzipped file
+/// whose header claims more voxel bytes than this times its size is lying about its size.
+const MAX_INFLATE_RATIO: usize = 1032;
+
+/// Checks what a header says before anything is allocated from it: its voxel type and
+/// `bitpix` must agree, and the voxel bytes its dimensions declare must fit in a file of
+/// `file_len` bytes (a damaged header could ask for terabytes). Returns that byte count.
+fn check_header(h: &NiftiHeader, file_len: usize, gz: bool) -> Result<usize, String> {
+    let kind = h
+        .data_type()
+        .map_err(|e| format!("cannot read NIfTI: {e}"))?;
+    let size = voxel_bytes(kind).ok_or_else(|| format!("unsupported voxel type {kind:?}"))?;
+    if h.bitpix as usize != 8 * size {
+        return Err(format!(
+            "damaged header: bitpix {} disagrees with the voxel type {kind:?} ({} bits)",
+            h.bitpix,
+            8 * size
+        ));
+    }
+    let dim = h.dim().map_err(describe)?;
+    let n = dim
+        .iter()
+        .try_fold(size, |n, &d| n.checked_mul(d as usize))
+        .unwrap_or(usize::MAX);
+    let room = if gz {
+        file_len.saturating_mul(MAX_INFLATE_RATIO)
+    } else {
+        file_len.saturating_sub((h.vox_offset as usize).max(348))
+    };
+    if n <= room {
+        Ok(n)
+    } else if gz {
+        Err(format!(
+            "damaged header: dimensions {dim:?} need {n} bytes of voxels, more than {file_len} \
+             compressed bytes can hold"
+        ))
+    } else {
+        Err(describe(NiftiError::Io(ErrorKind::UnexpectedEof.into())))
+    }
+}
+
+fn is_gz(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(".gz")
+}
+
 /// Decodes a NIfTI-1 file in one pass: the whole file is read at once, the header parsed by the
-/// nifti crate, and the voxels inflated straight into one buffer (no intermediate copies; the
-/// gzip CRC is still checked by reading to the end of the stream).
-fn decode(path: &Path) -> Result<(NiftiHeader, Vec<u8>), NiftiError> {
-    let bytes = std::fs::read(path)?;
-    let gz = path.to_string_lossy().ends_with(".gz");
-    let read = |mut r: &mut dyn Read| -> Result<(NiftiHeader, Vec<u8>), NiftiError> {
-        let header = NiftiHeader::from_reader(&mut r)?;
+/// nifti crate and checked (`check_header`), and the voxels inflated straight into one buffer
+/// (no intermediate copies; the gzip CRC is still checked by reading to the end of the stream).
+fn decode(path: &Path) -> Result<(NiftiHeader, Vec<u8>), String> {
+    let io = |e: std::io::Error| describe(e.into());
+    let bytes = std::fs::read(path).map_err(io)?;
+    let gz = is_gz(path);
+    let read = |mut r: &mut dyn Read| -> Result<(NiftiHeader, Vec<u8>), String> {
+        let header = NiftiHeader::from_reader(&mut r).map_err(describe)?;
+        let n = check_header(&header, bytes.len(), gz)?;
         // Extensions, if any, sit between the 348-byte header and the voxels.
         let skip = (header.vox_offset as u64).saturating_sub(348);
-        std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink())?;
-        let n = header.dim()?.iter().map(|&d| d as usize).product::<usize>()
-            * (header.bitpix as usize / 8);
+        std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink()).map_err(io)?;
         let mut raw = vec![0u8; n];
-        r.read_exact(&mut raw)?;
-        std::io::copy(&mut r, &mut std::io::sink())?;
+        r.read_exact(&mut raw).map_err(io)?;
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(io)?;
         Ok((header, raw))
     };
     if gz {
-        read(&mut flate2::read::GzDecoder::new(&bytes[..]))
+        // Several gzip members one after the other are one valid file (as gzip -d reads it).
+        read(&mut flate2::read::MultiGzDecoder::new(&bytes[..]))
     } else {
         read(&mut &bytes[..])
     }
@@ -111,7 +168,7 @@ fn to_f32(h: &NiftiHeader, raw: &[u8]) -> Result<Vec<f32>, String> {
 /// Reads a volume as f32 (scl_slope / scl_inter applied). `patient` names the case in errors.
 pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
     let err = |msg: String| DataError::file(patient, path, msg);
-    let (header, raw) = decode(path).map_err(|e| err(describe(e)))?;
+    let (header, raw) = decode(path).map_err(err)?;
     let dim: Vec<usize> = header
         .dim()
         .map_err(|e| err(describe(e)))?
@@ -185,16 +242,20 @@ pub fn read_seg(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataErr
 
 /// The (x, y, z) dimensions and voxel size from a file's header alone (cheap: no volume decode).
 pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3]), DataError> {
-    let h = nifti::NiftiHeader::from_file(path)
-        .map_err(|e| DataError::file(patient, path, describe(e)))?;
+    let err = |msg: String| DataError::file(patient, path, msg);
+    let h = nifti::NiftiHeader::from_file(path).map_err(|e| err(describe(e)))?;
+    // The same checks as a decode, so that a damaged header is refused before the data set's
+    // geometry is planned from it.
+    let len = std::fs::metadata(path)
+        .map_err(|e| err(describe(e.into())))?
+        .len();
+    check_header(&h, len as usize, is_gz(path)).map_err(err)?;
     let n = h.dim[0] as usize;
     let dim: Vec<usize> = h.dim[1..=n.min(7)].iter().map(|&d| d as usize).collect();
     if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) || dim[..3].contains(&0) {
-        return Err(DataError::file(
-            patient,
-            path,
-            format!("expected a 3D volume, found dimensions {dim:?}"),
-        ));
+        return Err(err(format!(
+            "expected a 3D volume, found dimensions {dim:?}"
+        )));
     }
     let p = h.pixdim;
     let pixdim = [p[1].abs(), p[2].abs(), p[3].abs()].map(|v| if v > 0.0 { v } else { 1.0 });

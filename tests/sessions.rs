@@ -427,6 +427,10 @@ fn report_and_export_write_what_they_promise() {
     // 2 repeats × 3 arms × (initial + 2 rounds) rows, plus the header.
     assert_eq!(csv.lines().count(), 1 + 2 * 3 * 3, "{csv}");
     assert!(csv.starts_with("arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd"));
+    // Every row has as many fields as the header names.
+    let width = |l: &str| l.split(',').count();
+    let header = csv.lines().next().unwrap();
+    assert!(csv.lines().all(|l| width(l) == width(header)), "{csv}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rep.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["summary"].as_array().unwrap().len(), 3 * 3);

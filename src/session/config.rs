@@ -229,6 +229,23 @@ impl SessionConfig {
         Ok(cfg)
     }
 
+    /// What the networks need of the slice size `size` (known once the data set is loaded):
+    /// each UNet level and each VAE level halves it, so it must divide by 2^depth and 2^levels.
+    pub fn check_slice_size(&self, size: usize) -> Result<()> {
+        for (key, n) in [
+            ("unet.depth", self.unet.depth),
+            ("vae.levels", self.vae.levels),
+        ] {
+            if size % (1 << n) != 0 {
+                bail!(
+                    "{key} = {n} halves the slice {n} times, but the data set's slices are {size}×{size}, not divisible by {}; use fewer levels or dataset.pad_to",
+                    1 << n
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
@@ -268,6 +285,37 @@ impl SessionConfig {
         if self.vae.latent < 1 || self.vae.levels == 0 || self.unet.depth == 0 {
             bail!("vae.latent, vae.levels and unet.depth must be at least 1");
         }
+        if self.unet.base < 1 || self.vae.base < 1 {
+            bail!(
+                "unet.base and vae.base (channels of the first level) must be at least 1, not {} and {}",
+                self.unet.base,
+                self.vae.base
+            );
+        }
+        // Each level doubles the channels: keep the widest layer's count far from overflow.
+        if self.unet.depth > 12 || self.vae.levels > 12 {
+            bail!("unet.depth and vae.levels must be at most 12 (each level halves the slice)");
+        }
+        for (key, v) in [
+            ("unet.lr", self.unet.lr),
+            ("vae.lr", self.vae.lr),
+            ("selection.alpha", self.selection.alpha),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{key} = {v} must be a positive number");
+            }
+        }
+        if !(self.vae.kl_weight.is_finite() && self.vae.kl_weight >= 0.0) {
+            bail!("vae.kl_weight = {} must be 0 or more", self.vae.kl_weight);
+        }
+        for (i, arm) in e.arms.iter().enumerate() {
+            if e.arms[..i].contains(arm) {
+                bail!(
+                    "experiment.arms names {} twice (each arm runs once per repeat)",
+                    arm.name()
+                );
+            }
+        }
         crate::engine::device::parse_device(&e.device)?;
         Ok(())
     }
@@ -303,5 +351,50 @@ impl SessionConfig {
         let text = toml::to_string(&doc)?;
         *self = SessionConfig::from_toml(&text, "--set")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo preset with `sets` applied: the error message, or "ok".
+    fn check(sets: &[&str]) -> String {
+        let mut cfg = crate::session::preset("demo").unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        match cfg.apply_overrides(&sets).and_then(|_| cfg.validate()) {
+            Ok(()) => "ok".into(),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn values_the_networks_or_optimisers_cannot_use_are_refused_by_name() {
+        assert_eq!(check(&[]), "ok");
+        for (set, phrase) in [
+            ("unet.base=0", "unet.base and vae.base"),
+            ("vae.base=-4", "unet.base and vae.base"),
+            ("unet.lr=nan", "unet.lr = NaN must be a positive number"),
+            ("vae.lr=0.0", "vae.lr = 0 must be a positive number"),
+            ("selection.alpha=-1.0", "selection.alpha = -1 must be"),
+            ("vae.kl_weight=inf", "vae.kl_weight = inf"),
+            ("unet.depth=40", "at most 12"),
+            (
+                "experiment.arms=[\"random\",\"proposed\",\"random\"]",
+                "names random twice",
+            ),
+        ] {
+            let e = check(&[set]);
+            assert!(e.contains(phrase), "--set {set}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_slice_size_must_divide_by_every_level() {
+        let cfg = crate::session::preset("demo").unwrap();
+        // The demo's networks (3 levels each) on its 48×48 slices.
+        cfg.check_slice_size(48).unwrap();
+        let e = cfg.check_slice_size(36).unwrap_err().to_string();
+        assert!(e.contains("36×36") && e.contains("divisible by 8"), "{e}");
     }
 }

@@ -369,8 +369,9 @@ impl Report {
     }
 
     pub fn csv(&self) -> String {
-        let mut s =
-            String::from("arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd,collapsed\n");
+        let mut s = String::from(
+            "arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd,slice_dice_mean,collapsed\n",
+        );
         for r in &self.rows {
             let _ = writeln!(
                 s,

@@ -100,6 +100,10 @@ impl Runner {
             ),
             _ => {}
         }
+        session
+            .config
+            .check_slice_size(ds.size())
+            .with_context(|| format!("session {}", session.dir.display()))?;
         let device = device::parse_device(device.unwrap_or(&session.config.experiment.device))?;
         device::check_device(device)?;
         if session.config.unet.precision == Precision::Fp16 && !matches!(device, Device::Cuda(_)) {

@@ -236,7 +236,7 @@ impl SessionConfig {
             ("unet.depth", self.unet.depth),
             ("vae.levels", self.vae.levels),
         ] {
-            if size % (1 << n) != 0 {
+            if !size.is_multiple_of(1 << n) {
                 bail!(
                     "{key} = {n} halves the slice {n} times, but the data set's slices are {size}×{size}, not divisible by {}; use fewer levels or dataset.pad_to",
                     1 << n
@@ -356,8 +356,6 @@ impl SessionConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// The demo preset with `sets` applied: the error message, or "ok".
     fn check(sets: &[&str]) -> String {
         let mut cfg = crate::session::preset("demo").unwrap();

@@ -276,6 +276,118 @@ fn damaged_foreign_and_moved_sessions_are_refused_without_damage() {
     );
 }
 
+/// `run` and `export` refuse the session with `phrase`, exit code 1, no panic, nothing written.
+fn assert_run_and_export_refused(env: &Env, dir: &Path, phrase: &str) {
+    let before = snapshot(dir);
+    let csv = env.root.join("picks.csv");
+    for args in [
+        vec!["run", dir.to_str().unwrap()],
+        vec![
+            "export",
+            dir.to_str().unwrap(),
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+    ] {
+        let out = env.cmd(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(phrase),
+            "{args:?}: '{phrase}' missing from: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(snapshot(dir) == before, "a refused session was modified");
+}
+
+#[test]
+fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
+    let env = Env::new();
+    let dir = env.root.join("sessions").join("edited");
+    Session::create(&dir, tiny_session_config(&env.data, &[])).unwrap();
+    let out = env.cmd(&["run", dir.to_str().unwrap()]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml_path = dir.join("session.toml");
+    let original = std::fs::read_to_string(&toml_path).unwrap();
+    let edited = |sets: &[(&str, &str, toml::Value)]| {
+        let mut doc: toml::Table = toml::from_str(&original).unwrap();
+        for (section, key, value) in sets {
+            doc[*section].as_table_mut().unwrap()[*key] = value.clone();
+        }
+        std::fs::write(&toml_path, toml::to_string(&doc).unwrap()).unwrap();
+    };
+
+    // Settings: dropping an arm after the run would silently skip it (resuming indexes the
+    // plan by the steps done); both edits are named.
+    edited(&[
+        (
+            "experiment",
+            "arms",
+            toml::Value::Array(vec!["random".into()]),
+        ),
+        ("unet", "epochs_per_round", 3.into()),
+    ]);
+    assert_run_and_export_refused(
+        &env,
+        &dir,
+        "changed since the session started (experiment.arms, unet.epochs_per_round)",
+    );
+    // The device may change between runs.
+    edited(&[("experiment", "device", "auto".into())]);
+    let out = env.cmd(&["run", dir.to_str().unwrap()]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&toml_path, &original).unwrap();
+
+    // state.json with indices that point nowhere: refused by name, nothing panics.
+    let good = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["picks"][0]["picks"][0]["sample"] = 9999.into();
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    assert_run_and_export_refused(&env, &dir, "pick 9999");
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["done"] = 999.into();
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    assert_run_and_export_refused(&env, &dir, "999 steps done");
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["repeats"][0]["test"][0] = 77.into();
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    assert_run_and_export_refused(&env, &dir, "patient 77, of a data set of 8");
+    std::fs::write(dir.join("state.json"), &good).unwrap();
+
+    // A latents file of the wrong shape is an error that names it, not an index panic.
+    let session = Session::open(&dir).unwrap();
+    let ds = session
+        .load_dataset(false, &env.root.join("cache"))
+        .unwrap();
+    assert_eq!(
+        suggestive::session::run::sample_latents(&session, &ds, 0)
+            .unwrap()
+            .len(),
+        6
+    );
+    let latents = dir.join("latents").join("r0.safetensors");
+    for bad in [
+        tch::Tensor::zeros([7], tch::kind::FLOAT_CPU),
+        tch::Tensor::zeros([5, 3], tch::kind::FLOAT_CPU),
+    ] {
+        tch::Tensor::write_safetensors(&[("z", &bad)], &latents).unwrap();
+        let e = suggestive::session::run::sample_latents(&session, &ds, 0).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("r0.safetensors: latents of"),
+            "{e:#}"
+        );
+    }
+}
+
 #[test]
 fn new_run_status_through_the_command_line() {
     let env = Env::new();

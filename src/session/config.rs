@@ -246,6 +246,33 @@ impl SessionConfig {
         Ok(())
     }
 
+    /// The settings (`section.key`) whose values differ from `other`'s.
+    pub fn changed_keys(&self, other: &SessionConfig) -> Vec<String> {
+        fn flat(cfg: &SessionConfig) -> std::collections::BTreeMap<String, String> {
+            let table: toml::Table = toml::from_str(&cfg.to_toml()).expect("config re-reads");
+            let mut out = std::collections::BTreeMap::new();
+            for (section, v) in table {
+                match v {
+                    toml::Value::Table(t) => {
+                        for (k, v) in t {
+                            out.insert(format!("{section}.{k}"), v.to_string());
+                        }
+                    }
+                    v => {
+                        out.insert(section, v.to_string());
+                    }
+                }
+            }
+            out
+        }
+        let (a, b) = (flat(self), flat(other));
+        let mut keys: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| a.get(k) != b.get(k));
+        keys
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }

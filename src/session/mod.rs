@@ -199,8 +199,107 @@ impl Session {
         opts.preprocessing = self.config.dataset.preprocessing();
         opts.progress = progress;
         let dir = self.dataset_dir()?;
-        Ok(Dataset::load(&dir, &opts)
+        let ds = Dataset::load(&dir, &opts)
             .with_context(|| format!("session {}: data set {}", self.name(), dir.display()))?
-            .0)
+            .0;
+        self.check_state(&ds)?;
+        Ok(ds)
+    }
+
+    /// Checks that state.json fits the session's plan and data set (every index it holds
+    /// points at something), so that a hand-edited or damaged file is refused with a message
+    /// instead of making the run, the export or the interface fail half-way.
+    pub fn check_state(&self, ds: &Dataset) -> Result<()> {
+        let st = &self.state;
+        if let Some(started) = &st.config {
+            // The device may change between runs (a session started on the CPU can go on on a
+            // GPU), and the data set's path (the data set itself is checked by its
+            // fingerprint); everything else shapes the plan or the numbers.
+            let mut changed = started.changed_keys(&self.config);
+            changed.retain(|k| k != "experiment.device" && k != "dataset.path");
+            if !changed.is_empty() {
+                bail!(
+                    "{}: changed since the session started ({}); a started session keeps its settings (create a new session for others, or put the old values back); nothing was written",
+                    self.dir.join("session.toml").display(),
+                    changed.join(", ")
+                );
+            }
+        }
+        let steps = plan::plan(&self.config);
+        let damaged = |what: String| {
+            anyhow::anyhow!(
+                "{}: does not fit the session ({what}); nothing was changed",
+                self.dir.join("state.json").display()
+            )
+        };
+        if st.done > steps.len() {
+            return Err(damaged(format!(
+                "{} steps done, but the session has {}",
+                st.done,
+                steps.len()
+            )));
+        }
+        let repeats_needed = steps[..st.done]
+            .iter()
+            .map(|s| s.repeat() + 1)
+            .max()
+            .unwrap_or(0);
+        if st.repeats.len() < repeats_needed {
+            return Err(damaged(format!(
+                "the steps done need {repeats_needed} repeat splits, it holds {}",
+                st.repeats.len()
+            )));
+        }
+        let patients = ds.patients().len();
+        for (r, rd) in st.repeats.iter().enumerate() {
+            if let Some(&p) = [&rd.train, &rd.test, &rd.source]
+                .into_iter()
+                .flatten()
+                .find(|&&p| p >= patients)
+            {
+                return Err(damaged(format!(
+                    "repeat {}: patient {p}, of a data set of {patients}",
+                    r + 1
+                )));
+            }
+            let pool = pool::Pool::new(ds, rd, self.config.experiment.granularity).len();
+            if let Some(&o) = rd.order.iter().find(|&&o| o >= pool) {
+                return Err(damaged(format!(
+                    "repeat {}: sample {o} in the random order, of a pool of {pool}",
+                    r + 1
+                )));
+            }
+        }
+        for rec in &st.picks {
+            let rd = st.repeats.get(rec.repeat).ok_or_else(|| {
+                damaged(format!(
+                    "picks of repeat {}, which has no split",
+                    rec.repeat + 1
+                ))
+            })?;
+            let pool = pool::Pool::new(ds, rd, self.config.experiment.granularity).len();
+            let outside = |i: usize| i >= pool;
+            if let Some(p) = rec
+                .picks
+                .iter()
+                .find(|p| outside(p.sample) || p.source.is_some_and(outside))
+            {
+                return Err(damaged(format!(
+                    "{} pick {} (source {:?}) in round {} of repeat {}, of a pool of {pool}",
+                    rec.arm,
+                    p.sample,
+                    p.source,
+                    rec.round,
+                    rec.repeat + 1
+                )));
+            }
+        }
+        if let Some(r) = st.results.iter().find(|r| r.repeat >= st.repeats.len()) {
+            return Err(damaged(format!(
+                "a result of repeat {}, which has no split",
+                r.repeat + 1
+            )));
+        }
+        Ok(())
     }
 }

@@ -137,6 +137,9 @@ impl Runner {
         if r.session.state.dataset.is_none() {
             r.session.state.dataset = Some(stamp);
         }
+        if r.session.state.config.is_none() {
+            r.session.state.config = Some(r.session.config.clone());
+        }
         r.session.state.device = Some(format!(
             "{} ({})",
             device::describe(device),
@@ -628,10 +631,24 @@ pub fn sample_latents(s: &Session, ds: &Dataset, repeat: usize) -> Result<Vec<Ve
         .find(|(n, _)| n == "z")
         .context("latents file without 'z'")?
         .1;
-    let d = z.size()[1] as usize;
+    let rd = s.state.repeats.get(repeat).context("no such repeat yet")?;
+    let pool_slices: usize = rd.train.iter().map(|&p| ds.patients()[p].slices).sum();
+    let (n, d) = match z.size()[..] {
+        [n, d] if n >= 0 && d > 0 => (n as usize, d as usize),
+        ref other => bail!(
+            "{}: latents of shape {other:?}, expected (slices, latent)",
+            path.display()
+        ),
+    };
+    if n != pool_slices {
+        bail!(
+            "{}: latents of {n} slices, but the pool of repeat {} has {pool_slices}",
+            path.display(),
+            repeat + 1
+        );
+    }
     let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
     let rows: Vec<Vec<f64>> = flat.chunks(d).map(|c| c.to_vec()).collect();
-    let rd = s.state.repeats.get(repeat).context("no such repeat yet")?;
     Ok(match s.config.experiment.granularity {
         Granularity::Image => rows,
         Granularity::Patient => {

@@ -86,6 +86,10 @@ pub struct SessionState {
     pub picks: Vec<PickRecord>,
     pub results: Vec<ResultRow>,
     pub device: Option<String>,
+    /// session.toml as it was when the session first ran: a started session keeps its
+    /// settings (resuming indexes the plan by `done`), so later edits are refused by name.
+    #[serde(default)]
+    pub config: Option<super::config::SessionConfig>,
 }
 
 impl Default for SessionState {
@@ -98,6 +102,7 @@ impl Default for SessionState {
             repeats: Vec::new(),
             picks: Vec::new(),
             results: Vec::new(),
+            config: None,
             device: None,
         }
     }

@@ -121,6 +121,33 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
     let broken = env.session("broken");
     // Kill during the VAE, then during the shared initial UNet, then during an arm's round.
     kill_when(&env, &broken, |e| epochs_of(e, "vae") >= 2);
+    // A kill can also fall after an epoch's checkpoint files are written and before state.json
+    // records the epoch: files of the next epoch lie beside the recorded one's. The resume
+    // must read the recorded epoch's (these stand-ins would fail to load).
+    let recorded = state(&broken)["partial_epochs"].as_u64().unwrap();
+    assert!(
+        recorded > 0,
+        "the kill did not land inside the VAE's training"
+    );
+    let ckpts = broken.join("checkpoints");
+    let mut planted = 0;
+    for e in std::fs::read_dir(&ckpts).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let tag = format!("-e{recorded}.safetensors");
+        if name.ends_with(&tag) {
+            let next = name.replace(&tag, &format!("-e{}.safetensors", recorded + 1));
+            std::fs::write(
+                ckpts.join(next),
+                b"written by a process killed before state.json",
+            )
+            .unwrap();
+            planted += 1;
+        }
+    }
+    assert_eq!(
+        planted, 2,
+        "weights and optimiser files of the recorded epoch"
+    );
     kill_when(&env, &broken, |e| epochs_of(e, "training") >= 3);
     kill_when(&env, &broken, |e| {
         e.iter().filter(|x| x["event"] == "evaluated").count() >= 4

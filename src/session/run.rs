@@ -253,9 +253,16 @@ impl Runner {
             .join(format!("{key}{suffix}.safetensors"))
     }
 
+    /// The step's partial checkpoints (weights and optimiser moments after each epoch).
+    fn partial_files(&self, step: &Step) -> PartialFiles {
+        PartialFiles {
+            dir: self.session.dir.join("checkpoints"),
+            key: step.key(),
+        }
+    }
+
     fn remove_partial(&self, step: &Step) {
-        let _ = std::fs::remove_file(self.ckpt(&step.key(), ".partial"));
-        let _ = std::fs::remove_file(self.ckpt(&step.key(), ".adam"));
+        self.partial_files(step).remove_all();
     }
 
     /// Saves a var store atomically (the file name must end in .safetensors for tch).
@@ -556,9 +563,9 @@ impl Runner {
             opt.loss_scale = Some(LossScale::default());
         }
         let start = self.session.state.partial_epochs;
-        let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
+        let files = self.partial_files(&step);
         if start > 0 {
-            restore_partial(&mut vs, &mut opt, &partial, &adam)?;
+            files.restore(&mut vs, &mut opt, start)?;
         } else if let Some(from) = from {
             self.load_final(&mut vs, &from)?;
         }
@@ -581,8 +588,7 @@ impl Runner {
             ..
         } = self;
         let ck = EpochCheckpoint {
-            partial,
-            adam,
+            files,
             index,
             phase,
             arm,
@@ -668,19 +674,71 @@ pub fn sample_latents(s: &Session, ds: &Dataset, repeat: usize) -> Result<Vec<Ve
     })
 }
 
-/// Resumes a training step killed or stopped mid-way: its weights and optimiser moments.
-fn restore_partial(vs: &mut VarStore, opt: &mut Adam, partial: &Path, adam: &Path) -> Result<()> {
-    vs.load(partial)
-        .with_context(|| format!("cannot load the partial checkpoint {}", partial.display()))?;
-    opt.load(adam)
+/// A training step's partial checkpoints: after `n` epochs, the weights in
+/// `KEY.partial-eN.safetensors` and the optimiser moments in `KEY.adam-eN.safetensors`. The
+/// epoch is in the names so that the files of the epoch state.json records stay untouched
+/// until state.json records the next one: a kill between writing a checkpoint and recording
+/// its epoch resumes from the recorded epoch's files, exactly (with one name for every epoch,
+/// it resumed from newer weights than the epoch count said, and trained an epoch twice).
+struct PartialFiles {
+    dir: PathBuf,
+    key: String,
 }
 
-/// What happens after every training epoch: weights and optimiser moments to the step's partial
-/// checkpoint (atomically), then the epoch into state.json, then the event; `Break` when a stop
-/// was asked for. The order makes a kill at any point resumable.
+impl PartialFiles {
+    fn at(&self, epochs: usize) -> (PathBuf, PathBuf) {
+        let name = |what: &str| {
+            self.dir
+                .join(format!("{}.{what}-e{epochs}.safetensors", self.key))
+        };
+        (name("partial"), name("adam"))
+    }
+
+    /// Resumes a training step killed or stopped after `epochs` epochs: its weights and
+    /// optimiser moments. Sessions written before the epoch was in the names have one pair of
+    /// files, `KEY.partial` / `KEY.adam`, which then held the recorded epoch's state unless the
+    /// kill fell between the two writes.
+    fn restore(&self, vs: &mut VarStore, opt: &mut Adam, epochs: usize) -> Result<()> {
+        let (mut partial, mut adam) = self.at(epochs);
+        if !partial.exists() {
+            let old = |what: &str| self.dir.join(format!("{}.{what}.safetensors", self.key));
+            if old("partial").exists() {
+                (partial, adam) = (old("partial"), old("adam"));
+            }
+        }
+        vs.load(&partial)
+            .with_context(|| format!("cannot load the partial checkpoint {}", partial.display()))?;
+        opt.load(&adam)
+    }
+
+    /// Every partial checkpoint of the step (the step is done, or starts over).
+    fn remove_all(&self) {
+        let prefixes = [
+            format!("{}.partial", self.key),
+            format!("{}.adam", self.key),
+        ];
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_str()) && name.ends_with(".safetensors"))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// What happens after every training epoch: weights and optimiser moments to the epoch's
+/// partial checkpoint files (each atomically), then the epoch into state.json (the commit
+/// point), then the previous epoch's files are removed, then the event; `Break` when a stop was
+/// asked for. A kill at any point resumes from the epoch state.json names, whose files exist.
 struct EpochCheckpoint {
-    partial: PathBuf,
-    adam: PathBuf,
+    files: PartialFiles,
     index: usize,
     phase: Phase,
     arm: Option<Arm>,
@@ -703,17 +761,21 @@ impl EpochCheckpoint {
         loss: f64,
     ) -> Result<ControlFlow<()>> {
         let writing = std::time::Instant::now();
-        Runner::save_vs(vs, &self.partial)?;
-        let tmp = self.adam.with_file_name(format!(
+        let (partial, adam) = self.files.at(epoch + 1);
+        Runner::save_vs(vs, &partial)?;
+        let tmp = adam.with_file_name(format!(
             ".tmp-{}",
-            self.adam.file_name().unwrap_or_default().to_string_lossy()
+            adam.file_name().unwrap_or_default().to_string_lossy()
         ));
         opt.save(&tmp)?;
-        commit_file(&tmp, &self.adam)?;
+        commit_file(&tmp, &adam)?;
         session.state.partial_epochs = epoch + 1;
         if self.persist {
             session.save_state()?;
         }
+        let (old_partial, old_adam) = self.files.at(epoch);
+        let _ = std::fs::remove_file(old_partial);
+        let _ = std::fs::remove_file(old_adam);
         emit_to(
             log,
             sink,
@@ -777,9 +839,9 @@ impl Runner {
         let net = seeded(seed_for(seed, &key, "init"), || self.new_vae(&vs));
         let mut opt = Adam::new(&vs, self.cfg().vae.lr);
         let start = self.session.state.partial_epochs;
-        let (partial, adam) = (self.ckpt(&key, ".partial"), self.ckpt(&key, ".adam"));
+        let files = self.partial_files(&step);
         if start > 0 {
-            restore_partial(&mut vs, &mut opt, &partial, &adam)?;
+            files.restore(&mut vs, &mut opt, start)?;
         }
         let slices = self.pool_slices(repeat);
         let (epochs, batch, kl) = (
@@ -795,8 +857,7 @@ impl Runner {
             ..
         } = self;
         let ck = EpochCheckpoint {
-            partial,
-            adam,
+            files,
             index,
             phase: Phase::Vae,
             arm: None,

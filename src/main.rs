@@ -688,6 +688,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         runner.run(&control, &mut |ev| p.on(ev))?
     };
     if outcome == Outcome::Stopped {
+        // `exit` runs no destructors: let go of the session's lock first.
+        drop(runner);
         std::process::exit(130);
     }
     Ok(())

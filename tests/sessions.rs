@@ -193,28 +193,57 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
 
 #[test]
 fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
+    use std::io::Write;
     let env = Env::new();
     let dir = env.session("locked");
-    // A live process holds the lock.
-    let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
-    std::fs::write(dir.join("lock"), format!("{}\n", holder.id())).unwrap();
+    // A live process holds the lock: this test, through the same advisory lock runs take.
+    let me = std::process::id();
+    let held = std::fs::File::create(dir.join("lock")).unwrap();
+    held.try_lock().unwrap();
+    writeln!(&held, "{me}").unwrap();
+    assert_eq!(suggestive::session::store::live_holder(&dir), Some(me));
     let out = env.cmd(&["run", "locked"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("pid {}", holder.id())) && err.contains("another process"),
+        err.contains(&format!("pid {me}")) && err.contains("another process"),
         "{err}"
     );
     assert_eq!(state(&dir)["done"], 0);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    // Its holder is gone: the lock is stale and the run proceeds.
+    // Let go without removing the file, as a killed run does: the file still names a live pid
+    // (this process: what a reused pid looks like), but nobody holds the lock. The run proceeds.
+    drop(held);
+    assert_eq!(suggestive::session::store::live_holder(&dir), None);
     let out = env.cmd(&["run", "locked"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(state(&dir)["done"], 16);
+    assert!(!dir.join("lock").exists(), "the lock outlives the run");
+}
+
+#[test]
+fn of_two_runs_started_together_one_writes_and_the_other_is_refused() {
+    let env = Env::new();
+    let dir = env.root.join("sessions").join("raced");
+    Session::create(&dir, tiny_session_config(&env.data, &[])).unwrap();
+    let start = || {
+        env.cmd(&["run", "raced"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    let refused = outs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("being written by another process"))
+        .count();
+    assert_eq!((ok, refused), (1, 1), "{outs:?}");
     assert_eq!(state(&dir)["done"], 16);
 }
 

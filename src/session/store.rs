@@ -42,45 +42,80 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// The pid in `session`'s lock file, when that process is alive: who is writing the session.
+/// The pid of the process that holds `session`'s lock (is writing the session), if any.
 pub fn live_holder(session: &Path) -> Option<u32> {
-    fs::read_to_string(session.join("lock"))
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    let path = session.join("lock");
+    let f = File::open(&path).ok()?;
+    // A shared lock is granted unless a writer holds the exclusive one; held for an instant
+    // (an `acquire` at that moment retries).
+    match f.try_lock_shared() {
+        Ok(()) => None,
+        Err(_) => Some(read_pid(&path).unwrap_or(0)),
+    }
 }
 
-/// Exclusive right to write a session, held while a process runs it. A lock left by a process
-/// that died (SIGKILL) is taken over; a live holder is named in the error.
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Exclusive right to write a session, held while a process runs it: an advisory lock
+/// (`flock`) on the session's `lock` file, which holds the pid for people. The kernel releases
+/// it when the process ends, however it ends, so a lock left by a killed run is simply taken
+/// over, and two processes can never both hold it (a pid-file check alone let two runs in
+/// when one read the other's file before its pid was written, and could mistake a reused pid
+/// for a live writer).
 pub struct Lock {
     path: PathBuf,
+    file: File,
 }
 
 impl Lock {
     pub fn acquire(session: &Path) -> Result<Lock> {
         let path = session.join("lock");
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id())?;
-                    f.sync_all()?;
-                    return Ok(Lock { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    match live_holder(session) {
-                        Some(pid) if pid != std::process::id() => {
-                            bail!("session {} is being written by another process (pid {pid}); stop it first or wait", session.display())
-                        }
-                        // The holder is gone: a stale lock from a killed run.
-                        _ => {
-                            let _ = fs::remove_file(&path);
-                        }
+        let busy = |pid: Option<u32>| {
+            anyhow::anyhow!(
+                "session {} is being written by another process (pid {}); stop it first or wait",
+                session.display(),
+                pid.map_or("unknown".into(), |p| p.to_string())
+            )
+        };
+        for attempt in 0..20 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    // Maybe only `live_holder` looking for an instant: try again shortly.
+                    if attempt < 4 {
+                        std::thread::sleep(std::time::Duration::from_millis(25));
+                        continue;
                     }
+                    return Err(busy(read_pid(&path)));
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()))
                 }
             }
+            // The holder before us removes the file as it lets go: if the name now leads to
+            // another file (or none), this lock is on a file nobody else will see. Again.
+            let same = |a: &fs::Metadata, b: &fs::Metadata| {
+                use std::os::unix::fs::MetadataExt;
+                a.dev() == b.dev() && a.ino() == b.ino()
+            };
+            match (fs::metadata(&path), file.metadata()) {
+                (Ok(a), Ok(b)) if same(&a, &b) => {}
+                _ => continue,
+            }
+            let mut f = &file;
+            f.set_len(0)?;
+            writeln!(f, "{}", std::process::id())?;
+            f.sync_all()?;
+            return Ok(Lock { path, file });
         }
         bail!("cannot take the lock {}", path.display())
     }
@@ -88,7 +123,10 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        // Removed while still held (the file closes after this), so that a waiting process
+        // that opened the old file notices the name moved on (see `acquire`).
         let _ = fs::remove_file(&self.path);
+        let _ = self.file.unlock();
     }
 }
 

@@ -8,7 +8,7 @@
 //!   events.jsonl    the event log
 //!   checkpoints/    safetensors: VAE, UNets per step; partial ones with optimiser state
 //!   latents/        encoder means of the pool
-//!   lock            present while a process writes the session (holds its pid)
+//!   lock            flock-ed by the process writing the session (holds its pid; one left by a killed run is stale)
 //! ```
 
 pub mod config;

@@ -78,12 +78,14 @@ struct SessionsDir {
 }
 
 impl SessionsDir {
-    fn resolve(&self, session: &str) -> PathBuf {
-        let dir = self
-            .sessions_dir
+    fn dir(&self) -> PathBuf {
+        self.sessions_dir
             .clone()
-            .unwrap_or_else(session::default_sessions_dir);
-        session::resolve(session, &dir)
+            .unwrap_or_else(session::default_sessions_dir)
+    }
+
+    fn resolve(&self, session: &str) -> PathBuf {
+        session::resolve(session, &self.dir())
     }
 }
 
@@ -550,7 +552,8 @@ fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
         eprintln!("generating the demo phantom in {}", data.display());
         run_phantom(&phantom::demo_config(), &data)?;
     }
-    let dir = dirs.resolve("demo");
+    // Always the sessions folder's: a folder called demo where the command runs is not it.
+    let dir = dirs.dir().join("demo");
     if !dir.exists() {
         let s = Session::create(&dir, session::preset("demo")?)?;
         println!("created session {} at {}", s.name(), dir.display());
@@ -578,16 +581,26 @@ fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
 
 fn cmd_new(a: NewArgs) -> Result<()> {
     let mut cfg = session::preset(&a.preset)?;
-    if let Some(d) = &a.dataset {
-        if !d.is_dir() {
-            bail!("--dataset {}: no such folder", d.display());
+    cfg.apply_overrides(&a.sets)?;
+    // --dataset wins over a --set dataset.path; either way the folder must exist, and is kept
+    // as an absolute path (a run from another folder must find the same data).
+    let from = match &a.dataset {
+        Some(d) => {
+            cfg.dataset.path = d.clone();
+            "--dataset"
         }
-        cfg.dataset.path = d.canonicalize().unwrap_or_else(|_| d.clone());
-    }
-    if cfg.dataset.path.as_os_str().is_empty() {
+        None => "dataset.path",
+    };
+    let path = cfg.dataset.path.clone();
+    if path.as_os_str().is_empty() {
         bail!("preset {} needs --dataset DIR (a BraTS folder)", a.preset);
     }
-    cfg.apply_overrides(&a.sets)?;
+    if path.as_os_str() != "demo" {
+        if !path.is_dir() {
+            bail!("{from} {}: no such folder", path.display());
+        }
+        cfg.dataset.path = path.canonicalize().unwrap_or(path);
+    }
     let dir = a.dirs.resolve(&a.name);
     let s = Session::create(&dir, cfg)?;
     let steps = session::plan::plan(&s.config).len();

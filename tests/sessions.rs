@@ -445,6 +445,59 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
 }
 
 #[test]
+fn new_takes_the_data_folder_from_either_option_and_names_go_to_the_sessions_folder() {
+    let env = Env::new();
+    let new = |name: &str, extra: &[&str]| {
+        let mut args = vec!["new", name, "--preset", "brats-patient"];
+        args.extend(extra);
+        let out = env.cmd(&args).current_dir(&env.root).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let data_path = |name: &str| {
+        let text =
+            std::fs::read_to_string(env.root.join("sessions").join(name).join("session.toml"))
+                .unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        PathBuf::from(doc["dataset"]["path"].as_str().unwrap())
+    };
+    let data = env.data.canonicalize().unwrap();
+    // A relative --set dataset.path is kept absolute: a run from elsewhere finds the same data.
+    let (ok, err) = new("viaset", &["--set", "dataset.path=\"data\""]);
+    assert!(ok, "{err}");
+    assert_eq!(data_path("viaset"), data);
+    // --dataset wins over an empty dataset.path.
+    let d = env.data.to_str().unwrap();
+    let (ok, err) = new("viaflag", &["--dataset", d, "--set", "dataset.path=\"\""]);
+    assert!(ok, "{err}");
+    assert_eq!(data_path("viaflag"), data);
+    let (ok, err) = new("missing", &["--set", "dataset.path=\"/no/such/folder\""]);
+    assert!(
+        !ok && err.contains("dataset.path /no/such/folder: no such folder"),
+        "{err}"
+    );
+    // A folder of the same name where the command runs is not a session: the new session goes
+    // to the sessions folder, and commands find it there.
+    std::fs::create_dir(env.root.join("plain")).unwrap();
+    let (ok, err) = new("plain", &["--dataset", d]);
+    assert!(ok, "{err}");
+    assert!(env.root.join("sessions/plain/session.toml").is_file());
+    assert!(!env.root.join("plain/session.toml").exists());
+    let out = env
+        .cmd(&["status", "plain"])
+        .current_dir(&env.root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn new_run_status_through_the_command_line() {
     let env = Env::new();
     let out = env

@@ -75,14 +75,18 @@ pub fn default_sessions_dir() -> PathBuf {
         .unwrap_or_else(|| crate::paths::data_dir().join("sessions"))
 }
 
-/// `SESSION` on the command line: a path when it contains a `/` or names an existing folder,
-/// else a name under the sessions folder.
+/// `SESSION` on the command line: a path when it contains a `/` (or is `.` or `..`); else a
+/// name under the sessions folder, unless no session of that name is there and the current
+/// folder holds a session of that name (a folder with a session.toml). Any other folder of
+/// that name where the command runs is not a session and does not shadow the named one.
 pub fn resolve(arg: &str, sessions_dir: &Path) -> PathBuf {
     let p = Path::new(arg);
-    if arg.contains('/') || p.is_dir() {
+    let named = sessions_dir.join(arg);
+    let here_is_a_session = p.join("session.toml").is_file();
+    if arg.contains('/') || arg == "." || arg == ".." || (!named.exists() && here_is_a_session) {
         p.to_path_buf()
     } else {
-        sessions_dir.join(arg)
+        named
     }
 }
 

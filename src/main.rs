@@ -298,6 +298,13 @@ fn main() -> ExitCode {
     // Before any thread allocates: libtorch's CPU tensors reuse freed heap blocks instead of
     // faulting fresh pages in at every step (engine::host_memory).
     suggestive::engine::host_memory::keep_freed_blocks();
+    // Output into a closed pipe (`suggestive status S | head -3`) ends the process quietly, as
+    // it does for other command-line tools, instead of a panic in println!. Session writes
+    // are atomic and the lock is the kernel's, so this ending leaves nothing half-done.
+    // SAFETY: called before any thread starts; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dataset(a) => cmd_dataset(a),

@@ -707,6 +707,36 @@ fn report_and_export_write_what_they_promise() {
     assert!(png.pixels().any(|p| p.0 == [0, 114, 178]));
     let svg = std::fs::read_to_string(rep.join("dice_vs_budget.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("proposed") && svg.contains("annotated slices"));
+    let names: Vec<String> = std::fs::read_dir(&rep)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with('.')),
+        "temporary files left: {names:?}"
+    );
+
+    // Output into a closed pipe (`status | head -1`): ended by SIGPIPE, as other tools are,
+    // not a panic.
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env
+            .cmd(&["status", "rep"])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{:?}: {err}",
+            out.status
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 
     let file = env.root.join("picks.csv");
     let out = env

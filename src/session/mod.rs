@@ -117,20 +117,27 @@ impl Session {
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("checkpoints"))
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        std::fs::create_dir_all(tmp.join("latents"))?;
         let session = Session {
             dir: tmp.clone(),
             config,
             state: SessionState::default(),
         };
-        store::write_atomic(
-            &tmp.join("session.toml"),
-            session.config.to_toml().as_bytes(),
-        )?;
-        session.save_state()?;
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let build = || -> Result<()> {
+            std::fs::create_dir_all(tmp.join("checkpoints"))
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            std::fs::create_dir_all(tmp.join("latents"))
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            store::write_atomic(
+                &tmp.join("session.toml"),
+                session.config.to_toml().as_bytes(),
+            )?;
+            session.save_state()?;
+            std::fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display()))
+        };
+        if let Err(e) = build() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         Ok(Session {
             dir: dir.to_path_buf(),
             ..session

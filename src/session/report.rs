@@ -456,18 +456,29 @@ impl Report {
         let svg = out.join("dice_vs_budget.svg");
         register_font();
         let series = self.series(cfg);
+        // Drawn under temporary names (same extension: the backend picks the format by it) and
+        // renamed into place, like every other file the session writes.
+        let tmp = |p: &Path| {
+            out.join(format!(
+                ".tmp-{}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            ))
+        };
+        let (png_tmp, svg_tmp) = (tmp(&png), tmp(&svg));
         draw(
-            BitMapBackend::new(&png, (900, 560)).into_drawing_area(),
+            BitMapBackend::new(&png_tmp, (900, 560)).into_drawing_area(),
             &series,
             self.unit,
         )
         .with_context(|| format!("cannot draw {}", png.display()))?;
+        super::store::commit_file(&png_tmp, &png)?;
         draw(
-            SVGBackend::new(&svg, (900, 560)).into_drawing_area(),
+            SVGBackend::new(&svg_tmp, (900, 560)).into_drawing_area(),
             &series,
             self.unit,
         )
         .with_context(|| format!("cannot draw {}", svg.display()))?;
+        super::store::commit_file(&svg_tmp, &svg)?;
         Ok(vec![csv, json, png, svg])
     }
 

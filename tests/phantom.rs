@@ -225,3 +225,65 @@ fn a_model_tuned_on_one_site_loses_accuracy_on_the_other() {
         "no accuracy loss across sites: {dice_b_transfer} vs {dice_a}"
     );
 }
+
+#[test]
+fn a_new_phantom_replaces_an_old_one_whole_and_an_interrupted_one_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p");
+    tiny_phantom(&out, &[("CBICA", 3)], PhantomLayout::Brats2019, 1);
+    tiny_phantom(&out, &[("TCIA", 1)], PhantomLayout::Brats2020, 2);
+    // Only the new phantom's patient: none of the old three is left beside it.
+    let ids: Vec<String> = Dataset::load(&out, &opts(&tmp.path().join("cache")))
+        .unwrap()
+        .0
+        .patients()
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    // Killed mid-way (Ctrl-C during the demo's first start): the folder is either complete
+    // or absent, never a half data set that a later run refuses; a temporary folder of a
+    // process that is gone is cleared by the next run.
+    let big = tmp.path().join("big");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["phantom", "--out", big.to_str().unwrap()])
+        .args(["--sites", "CBICA=30", "--shape", "96,96,64"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !big.exists() || big.join("phantom.json").exists(),
+        "an interrupted generation left a partial folder"
+    );
+    let leftovers = || -> Vec<String> {
+        fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".big."))
+            .collect()
+    };
+    tiny_phantom(&big, &[("CBICA", 1)], PhantomLayout::Brats2019, 3);
+    assert!(big.join("phantom.json").exists());
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+}
+
+#[test]
+fn site_names_the_loader_would_read_differently_are_refused() {
+    use suggestive::phantom::parse_sites;
+    assert!(parse_sites("CBICA=2,TCIA=1,SITEX=3").is_ok());
+    for (sites, phrase) in [
+        (
+            "SITE1=1,SITE2=1",
+            "'SITE1' must be upper-case and not end in a digit",
+        ),
+        ("cbica=2", "'cbica' must be upper-case"),
+    ] {
+        let e = parse_sites(sites).unwrap_err().to_string();
+        assert!(e.contains(phrase), "{sites}: {e}");
+    }
+}

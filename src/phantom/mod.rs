@@ -70,6 +70,17 @@ pub fn parse_sites(s: &str) -> Result<Vec<(String, usize)>> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
             bail!("site name '{name}' must be letters and digits (it becomes part of patient IDs)");
         }
+        // The loader reads the site from the ID as BraTS names it: upper-case letters, with
+        // trailing digits dropped (BraTS19_TCIA01_… is TCIA). A name it would read differently
+        // would merge sites that were generated apart.
+        if name.ends_with(|c: char| c.is_ascii_digit()) || name.to_ascii_uppercase() != name {
+            bail!(
+                "site name '{name}' must be upper-case and not end in a digit (the loader reads \
+                 the site from patient IDs, BraTS19_TCIA01_… as TCIA); e.g. {}",
+                name.trim_end_matches(|c: char| c.is_ascii_digit())
+                    .to_ascii_uppercase()
+            );
+        }
         let n: usize = n.trim().parse().with_context(|| {
             format!(
                 "patient count '{}' of site {name} is not a number",
@@ -186,6 +197,62 @@ pub fn generate(
             );
         }
     }
+    // Written into a temporary folder beside `out` and moved into place when complete: an
+    // interrupted run (Ctrl-C during the demo's first start) leaves no half data set that
+    // later runs would refuse, and a new phantom replaces an old one whole (cases of the old
+    // one no longer there).
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a folder name", out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    remove_abandoned(&parent, &name);
+    let tmp = parent.join(format!(".{name}.generating-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let result = write_phantom(cfg, &tmp, progress).and_then(|cases| {
+        if out.exists() {
+            let old = parent.join(format!(".{name}.replaced-{}", std::process::id()));
+            fs::rename(out, &old).with_context(|| format!("cannot replace {}", out.display()))?;
+            fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+            let _ = fs::remove_dir_all(&old);
+        } else {
+            fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+        }
+        Ok(cases)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Temporary folders of generations of `name` whose process is gone (killed mid-way).
+fn remove_abandoned(parent: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        let pid = [".generating-", ".replaced-"]
+            .iter()
+            .find_map(|tag| f.strip_prefix(&format!(".{name}{tag}")))
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn write_phantom(
+    cfg: &PhantomConfig,
+    out: &Path,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<CaseSpec>> {
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let cases = draw_cases(cfg);
     cases.par_iter().try_for_each(|c| -> Result<()> {

@@ -18,6 +18,9 @@ pub struct PreviewSource {
 /// `target` is a patient folder (`<ID>_<modality>.nii[.gz]` inside) or a volume file; the
 /// segmentation is `<ID>_seg.nii[.gz]` beside it.
 pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
+    // `.` or `..` name no folder: the canonical path does.
+    let canonical = target.canonicalize();
+    let target = canonical.as_deref().unwrap_or(target);
     let (image_path, seg_path, id) = if target.is_dir() {
         let id = target
             .file_name()

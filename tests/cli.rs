@@ -281,6 +281,14 @@ fn preview_prints_inline_and_saves_the_outlined_slice() {
         .count();
     assert!(red > 0, "no tumour outline drawn");
 
+    // `.` inside the patient's folder names that folder.
+    let out = Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["preview", ".", "--protocol", "blocks", "--width", "32"])
+        .current_dir(&patient)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
     // A volume file works too, and --no-overlay leaves the outline out.
     let t2 = patient_file(&root, "BraTS19_CBICA_P001_1", "t2");
     let out = run(

@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use suggestive::data::{CacheStatus, Dataset, Modality, Preprocessing};
@@ -219,6 +219,12 @@ fn second_load_hits_the_cache_and_a_changed_file_invalidates_it() {
     assert!(second.images() == &before[..]);
     second.verify().unwrap();
     drop(second);
+    // Another spelling of the same folder is the same data set: still a hit.
+    let spelled = PathBuf::from(format!("{}/./", root.display()));
+    assert_eq!(
+        Dataset::load(&spelled, &o).unwrap().1.status,
+        CacheStatus::Hit
+    );
 
     // Rewrite one input with different intensities: the cache is rebuilt and differs.
     let f = patient_file(&root, P2, "t1");
@@ -596,4 +602,57 @@ fn empty_and_non_brats_folders_are_refused() {
         "{err}"
     );
     assert!(tree(&cache).is_empty());
+}
+
+#[test]
+fn raw_intensities_beyond_half_precision_are_refused_without_z_scoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = three_patients(tmp.path());
+    rewrite(&root, "flair", |d, dims| {
+        (dims.to_vec(), d.iter().map(|&v| v * 1000.0).collect())
+    });
+    // z-scored (the default), large raw values are no problem.
+    let o = opts(&tmp.path().join("cache"));
+    assert_eq!(Dataset::load(&root, &o).unwrap().0.patients().len(), 3);
+    let mut raw = o.clone();
+    raw.preprocessing.zscore = false;
+    let err = Dataset::load(&root, &raw)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(P2) && err.contains("beyond half precision's range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pad_size_far_beyond_the_volumes_is_refused() {
+    let with = |pad| Preprocessing {
+        pad_to: Some(pad),
+        ..Default::default()
+    };
+    assert_eq!(with(512).geometry(240).unwrap().size(), 512);
+    let err = with(200_000).geometry(240).unwrap_err().to_string();
+    assert!(
+        err.contains("--pad-to 200000 is more than 4 times"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_whose_names_are_not_utf8_are_read() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = three_patients(tmp.path());
+    // Latin-1 é (0xE9) in every file name of P002: not UTF-8.
+    for m in ["flair", "t1", "t1ce", "t2", "seg"] {
+        let f = patient_file(&root, P2, m);
+        let mut name = P2.as_bytes().to_vec();
+        name.push(0xE9);
+        name.extend(format!("_{m}.nii.gz").bytes());
+        fs::rename(&f, f.with_file_name(std::ffi::OsStr::from_bytes(&name))).unwrap();
+    }
+    let (ds, _) = Dataset::load(&root, &opts(&tmp.path().join("cache"))).unwrap();
+    assert_eq!(ds.patients().len(), 3);
 }

@@ -106,6 +106,11 @@ impl Dataset {
     pub fn load(root: &Path, opts: &LoadOptions) -> Result<(Dataset, LoadReport), DataError> {
         let start = Instant::now();
         opts.preprocessing.validate()?;
+        // One spelling of the folder (`data`, `./data/`, `/abs/data` and links to it): the
+        // fingerprint holds the input files' paths, which would otherwise differ with it and
+        // rebuild the cache for nothing.
+        let canonical = root.canonicalize();
+        let root = canonical.as_deref().unwrap_or(root);
         let layout = discover(root)?;
         let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
         let dir = cache::cache_dir_for(&opts.cache_root, root, &opts.preprocessing);
@@ -392,7 +397,9 @@ fn build_cache(
     let plans: Vec<_> = patients.par_iter().map(|p| plan_patient(p, prep)).collect();
     for (p, plan) in patients.iter().zip(plans) {
         match plan {
-            Ok(plan) if plan.dims[2] > prep.drop_first + prep.drop_last => planned.push(plan),
+            Ok(plan) if plan.dims[2] > prep.drop_first.saturating_add(prep.drop_last) => {
+                planned.push(plan)
+            }
             Ok(plan) => {
                 let e = DataError::Patient {
                     patient: p.id.clone(),

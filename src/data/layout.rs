@@ -62,18 +62,20 @@ fn scan_patient_dir(dir: &Path) -> Result<Option<PatientFiles>, DataError> {
         path: dir.to_path_buf(),
         msg: format!("cannot read folder: {e}"),
     })?;
-    let mut names: Vec<String> = entries
+    // The name as text for parsing, and as the file system has it for the path (a name that
+    // is not UTF-8 would otherwise lead to a file that does not exist).
+    let mut names: Vec<(String, std::ffi::OsString)> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_name()))
         .collect();
     names.sort();
-    for name in &names {
+    for (name, os_name) in &names {
         let Some((id, suffix)) = split_nifti_name(name) else {
             continue;
         };
         // Prefer files named after the folder; accept others (renamed copies) only once.
-        let path = dir.join(name);
+        let path = dir.join(os_name);
         if suffix.eq_ignore_ascii_case("seg") {
             if seg.is_none() || id == dir_id {
                 seg = Some(path);

@@ -74,6 +74,13 @@ impl Preprocessing {
                     "--pad-to {p} is smaller than the volumes' in-plane size {max_side}"
                 )))
             }
+            // Beyond a few times the volume it is a typo, and each slice's buffers grow with
+            // its square (200000 asked for terabytes).
+            Some(p) if p > 4 * max_side.max(64) => {
+                return Err(DataError::Config(format!(
+                    "--pad-to {p} is more than 4 times the volumes' in-plane size {max_side}"
+                )))
+            }
             Some(p) => p,
             None => max_side.div_ceil(32) * 32,
         };
@@ -192,6 +199,17 @@ pub fn preprocess(
             }
             norm.push((mean, 1.0 / std));
         } else {
+            // Raw intensities go into the half-precision cache as they are: beyond its range
+            // they would become infinite there, silently.
+            let limit = f16::MAX.to_f32();
+            if let Some(v) = vol.data.iter().find(|v| v.abs() > limit) {
+                return Err(DataError::Patient {
+                    patient: patient.into(),
+                    msg: format!(
+                        "{m} holds the value {v}, beyond half precision's range (±{limit}) in which the cache stores images; z-scoring (the default) keeps values small"
+                    ),
+                });
+            }
             norm.push((0.0, 1.0));
         }
     }

@@ -47,6 +47,12 @@ impl Env {
         c
     }
 
+    /// Runs the session to its end (or to where it already is); fails the test otherwise.
+    fn run_ok(&self, dir: &Path) {
+        let out = self.cmd(&["run", dir.to_str().unwrap()]).output().unwrap();
+        assert_ok(&out);
+    }
+
     /// A session with enough epochs per step that a kill lands mid-training.
     fn session(&self, name: &str) -> PathBuf {
         let cfg = tiny_session_config(
@@ -61,6 +67,15 @@ impl Env {
         Session::create(&dir, cfg).unwrap();
         dir
     }
+}
+
+/// The command succeeded; its stderr otherwise.
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn events(dir: &Path) -> Vec<serde_json::Value> {
@@ -111,12 +126,7 @@ fn state(dir: &Path) -> serde_json::Value {
 fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
     let env = Env::new();
     let whole = env.session("whole");
-    let out = env.cmd(&["run", whole.to_str().unwrap()]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&whole);
 
     let broken = env.session("broken");
     // Kill during the VAE, then during the shared initial UNet, then during an arm's round.
@@ -162,11 +172,7 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
         .cmd(&["run", broken.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(!broken.join("lock").exists());
 
     let (a, b) = (state(&whole), state(&broken));
@@ -215,11 +221,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
     drop(held);
     assert_eq!(suggestive::session::store::live_holder(&dir), None);
     let out = env.cmd(&["run", "locked"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(state(&dir)["done"], 16);
     assert!(!dir.join("lock").exists(), "the lock outlives the run");
 }
@@ -257,12 +259,15 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn assert_refused(env: &Env, dir: &Path, phrase: &str) {
+    let d = dir.to_str().unwrap();
+    assert_refused_by(env, dir, &[vec!["run", d], vec!["status", d]], phrase);
+}
+
+/// Each command refuses the session with `phrase`, exit code 1, no panic, nothing written.
+fn assert_refused_by(env: &Env, dir: &Path, commands: &[Vec<&str>], phrase: &str) {
     let before = snapshot(dir);
-    for args in [
-        vec!["run", dir.to_str().unwrap()],
-        vec!["status", dir.to_str().unwrap()],
-    ] {
-        let out = env.cmd(&args).output().unwrap();
+    for args in commands {
+        let out = env.cmd(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
@@ -332,29 +337,11 @@ fn damaged_foreign_and_moved_sessions_are_refused_without_damage() {
     );
 }
 
-/// `run` and `export` refuse the session with `phrase`, exit code 1, no panic, nothing written.
+/// `run` and `export` refuse the session with `phrase` (see `assert_refused_by`).
 fn assert_run_and_export_refused(env: &Env, dir: &Path, phrase: &str) {
-    let before = snapshot(dir);
-    let csv = env.root.join("picks.csv");
-    for args in [
-        vec!["run", dir.to_str().unwrap()],
-        vec![
-            "export",
-            dir.to_str().unwrap(),
-            "--out",
-            csv.to_str().unwrap(),
-        ],
-    ] {
-        let out = env.cmd(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains(phrase),
-            "{args:?}: '{phrase}' missing from: {err}"
-        );
-        assert!(!err.contains("panicked"), "{err}");
-    }
-    assert!(snapshot(dir) == before, "a refused session was modified");
+    let (d, csv) = (dir.to_str().unwrap(), env.root.join("picks.csv"));
+    let export = vec!["export", d, "--out", csv.to_str().unwrap()];
+    assert_refused_by(env, dir, &[vec!["run", d], export], phrase);
 }
 
 #[test]
@@ -362,12 +349,7 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     let env = Env::new();
     let dir = env.root.join("sessions").join("edited");
     Session::create(&dir, tiny_session_config(&env.data, &[])).unwrap();
-    let out = env.cmd(&["run", dir.to_str().unwrap()]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&dir);
     let toml_path = dir.join("session.toml");
     let original = std::fs::read_to_string(&toml_path).unwrap();
     let edited = |sets: &[(&str, &str, toml::Value)]| {
@@ -395,12 +377,7 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     );
     // The device may change between runs.
     edited(&[("experiment", "device", "auto".into())]);
-    let out = env.cmd(&["run", dir.to_str().unwrap()]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&dir);
     std::fs::write(&toml_path, &original).unwrap();
 
     // state.json with indices that point nowhere: refused by name, nothing panics.
@@ -490,11 +467,7 @@ fn new_takes_the_data_folder_from_either_option_and_names_go_to_the_sessions_fol
         .current_dir(&env.root)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }
 
 #[test]
@@ -562,11 +535,7 @@ fn new_run_status_through_the_command_line() {
     ];
     args.extend(tiny);
     let out = env.cmd(&args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = env.cmd(&args).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 
@@ -574,11 +543,7 @@ fn new_run_status_through_the_command_line() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "new");
     let out = env.cmd(&["run", "cli", "--jsonl"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON per line"))
@@ -619,22 +584,14 @@ fn report_and_export_write_what_they_promise() {
     let out = env.cmd(&["report", "rep"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no results yet"));
     let out = env.cmd(&["run", "rep"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     let rep = env.root.join("rep-report");
     let out = env
         .cmd(&["report", "rep", "--out", rep.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("| annotated slices | random | proposed | oracle |"),
@@ -752,11 +709,7 @@ fn report_and_export_write_what_they_promise() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let csv = std::fs::read_to_string(&file).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(rows.len(), 2 * 3, "{csv}"); // 2 repeats × 3 picks
@@ -803,11 +756,7 @@ fn run_spreads_arms_over_devices_and_refuses_a_missing_one() {
         .cmd(&["run", "lanes", "--devices", "cpu,cpu", "--jsonl"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(state(&dir)["done"], 16);
     assert_eq!(state(&dir)["device"], "CPU, CPU (arms in parallel)");
 }

@@ -381,3 +381,77 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// A panic on the session thread is reported like any failure, and the thread ends (its channel
+/// disconnects) instead of leaving the interface waiting.
+#[test]
+fn a_session_worker_panic_becomes_a_failure_message() {
+    use suggestive::tui::worker::SessionWorker;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut worker = SessionWorker::spawn(tx, |_, _, _| {
+        let v = [1, 2, 3];
+        let _ = v[std::hint::black_box(9999usize)];
+        Ok(())
+    });
+    let m = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a message from the worker");
+    let Message::Failed(e) = m else {
+        panic!("expected Failed, got {m:?}")
+    };
+    assert!(e.contains("panicked") && e.contains("9999"), "{e}");
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(10)).is_err(),
+        "the thread ends after its failure"
+    );
+    worker.shutdown();
+    let mut app = mid_round();
+    app.on_message(Message::Failed(e));
+    let text = render(&app, 160, 48);
+    assert!(text.contains("the session worker panicked"), "{text}");
+}
+
+/// A panic on the preview thread gives a failed reply, and the next request is served by a fresh
+/// handler.
+#[test]
+fn a_preview_worker_panic_becomes_a_failed_reply_and_it_goes_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use suggestive::tui::worker::{spawn_preview_worker, PreviewJob};
+    let (job_tx, jobs) = crossbeam_channel::unbounded();
+    let (tx, replies) = crossbeam_channel::unbounded();
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = made.clone();
+    let _h = spawn_preview_worker(jobs, tx, move || {
+        m.fetch_add(1, Ordering::SeqCst);
+        |_: Option<_>, latents: Option<usize>| {
+            if latents == Some(7) {
+                panic!("no such repeat: 7");
+            }
+            Ok(vec![PreviewReply::Latents {
+                repeat: latents.unwrap_or(0),
+                latents: Vec::new(),
+                initial: Vec::new(),
+            }])
+        }
+    });
+    let wait = || {
+        replies
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a reply")
+    };
+    job_tx.send(PreviewJob::Latents(7)).unwrap();
+    match wait() {
+        PreviewReply::Failed(e) => {
+            assert!(e.contains("panicked") && e.contains("repeat: 7"), "{e}")
+        }
+        r => panic!("expected Failed, got {r:?}"),
+    }
+    job_tx.send(PreviewJob::Latents(1)).unwrap();
+    assert!(matches!(wait(), PreviewReply::Latents { repeat: 1, .. }));
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        2,
+        "a fresh handler after the panic"
+    );
+}

@@ -231,3 +231,48 @@ fn tui_survives_a_worker_panic_and_quits_cleanly() {
         "{log}"
     );
 }
+/// CPU seconds the TUI process (the pane's shell's child) used over `over`.
+fn cpu_seconds(name: &str, over: Duration) -> f64 {
+    let shell = tmux(&["display-message", "-p", "-t", name, "#{pane_pid}"]);
+    let shell = shell.trim();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let pid = children.split_whitespace().next().expect("the TUI process");
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command name.
+        f[11] + f[12]
+    };
+    let t0 = ticks();
+    std::thread::sleep(over);
+    (ticks() - t0) as f64 / 100.0
+}
+
+#[test]
+fn tui_whose_session_cannot_open_idles_and_n_reopens_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dir = tiny_live_session(root);
+    // This build has no CUDA (and the tests run on CPU): opening on cuda:0 fails.
+    let (name, _kill) = start_tui(root, &[], "tui live --device cuda:0");
+    let s = wait_for(&name, "the failure", |s| s.contains("n or r reopens it"));
+    assert!(s.contains("· error ·"), "{s}");
+    let cpu = cpu_seconds(&name, Duration::from_secs(2));
+    assert!(cpu < 0.5, "the idle interface used {cpu} s of CPU in 2 s");
+    // n reopens the session (and fails again), it does not claim to run.
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "the second failure", |s| {
+        s.contains("reopening the session")
+            && s.matches("n or r reopens it").count() == 2
+            && s.contains("· error ·")
+    });
+    assert!(!s.contains("· running ·"), "{s}");
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+    assert!(!dir.join("lock").exists(), "the session is still locked");
+}

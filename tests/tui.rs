@@ -455,3 +455,45 @@ fn a_preview_worker_panic_becomes_a_failed_reply_and_it_goes_on() {
         "a fresh handler after the panic"
     );
 }
+
+/// When the session worker has ended (it could not open the session, or failed), n does not
+/// pretend to run: it asks for a new worker, and the run starts once the session has loaded.
+#[test]
+fn n_after_the_worker_ended_reopens_the_session() {
+    let mut app = Dashboard::new("demo".into());
+    app.on_message(Message::Failed(
+        "session demo is being written by another process (pid 42)".into(),
+    ));
+    app.on_worker_gone();
+    assert!(!app.worker_alive);
+    assert!(matches!(&app.run, RunState::Failed(e) if e.contains("pid 42")));
+    assert_eq!(app.on_key(key(KeyCode::Char('p'))), None);
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('n'))),
+        None,
+        "no command to a dead worker"
+    );
+    assert_eq!(app.restart, Some(Command::Step));
+    assert_eq!(app.run, RunState::Loading);
+    let text = render(&app, 160, 48);
+    assert!(
+        text.contains("loading") && !text.contains("running"),
+        "{text}"
+    );
+    // The loop starts a worker; once it has loaded the session, the step runs.
+    app.restart = None;
+    app.worker_alive = true;
+    app.on_message(Message::Loaded {
+        config: Box::new(suggestive::session::preset("demo").unwrap()),
+        state: Box::new(SessionState::default()),
+        views: Vec::new(),
+        device: "CPU".into(),
+        steps_total: 32,
+    });
+    assert_eq!(app.run, RunState::Running);
+    // A worker that ends without a word is an error too, not a run.
+    app.on_worker_gone();
+    assert!(matches!(app.run, RunState::Failed(_)));
+    assert_eq!(app.on_key(key(KeyCode::Char('r'))), None);
+    assert_eq!(app.restart, Some(Command::RunAll));
+}

@@ -97,6 +97,13 @@ pub struct Dashboard {
     /// Set when the selection changed and a new preview should be asked for.
     pub want_preview: bool,
     pub want_latents: Option<usize>,
+    /// False once the session worker's thread has ended (failed to open, failed, panicked).
+    pub worker_alive: bool,
+    /// A command to run on a new session worker: `n`/`r` after the old one ended reopen the
+    /// session (the UI loop takes this, starts a worker, and sends the command).
+    pub restart: Option<Command>,
+    /// Set while a reopened session loads with a command waiting: it runs once loaded.
+    resume_on_load: bool,
 }
 
 const LOG_LINES: usize = 200;
@@ -128,6 +135,9 @@ impl Dashboard {
             quit: false,
             want_preview: false,
             want_latents: None,
+            worker_alive: true,
+            restart: None,
+            resume_on_load: false,
         }
     }
 
@@ -182,6 +192,8 @@ impl Dashboard {
                 self.steps_total = steps_total;
                 self.run = if self.steps_done >= steps_total {
                     RunState::Finished
+                } else if std::mem::take(&mut self.resume_on_load) {
+                    RunState::Running
                 } else {
                     RunState::Paused
                 };
@@ -387,13 +399,9 @@ impl Dashboard {
         match key.code {
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('n') | KeyCode::Char(' ') if self.can_start() => {
-                self.run = RunState::Running;
-                return Some(Command::Step);
+                return self.start(Command::Step);
             }
-            KeyCode::Char('r') if self.can_start() => {
-                self.run = RunState::Running;
-                return Some(Command::RunAll);
-            }
+            KeyCode::Char('r') if self.can_start() => return self.start(Command::RunAll),
             KeyCode::Char('p') if self.run == RunState::Running => {
                 self.run = RunState::Stopping;
                 return Some(Command::Pause);
@@ -429,6 +437,35 @@ impl Dashboard {
             _ => {}
         }
         None
+    }
+
+    /// `n`/`r`: the command for the worker, or, when the worker has ended, a restart.
+    fn start(&mut self, cmd: Command) -> Option<Command> {
+        if self.worker_alive {
+            self.run = RunState::Running;
+            Some(cmd)
+        } else {
+            self.log(false, "reopening the session");
+            self.run = RunState::Loading;
+            self.restart = Some(cmd);
+            self.resume_on_load = true;
+            None
+        }
+    }
+
+    /// The session worker's thread ended (its channel disconnected): nothing runs any more
+    /// until `n`/`r` reopen the session.
+    pub fn on_worker_gone(&mut self) {
+        self.worker_alive = false;
+        self.resume_on_load = false;
+        self.step = None;
+        if !matches!(self.run, RunState::Failed(_)) {
+            self.run = RunState::Failed("the session worker ended".into());
+        }
+        self.log(
+            false,
+            "the session is closed; n or r reopens it and tries again",
+        );
     }
 
     fn can_start(&self) -> bool {

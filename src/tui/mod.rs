@@ -176,16 +176,21 @@ fn dashboard(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (msg_tx, msgs) = crossbeam_channel::unbounded();
-    let mut worker = SessionWorker::start(
-        dir.clone(),
-        opts.cache_root.clone(),
-        opts.device.clone(),
-        msg_tx,
-    );
+    let start_worker = || {
+        let (msg_tx, msgs) = crossbeam_channel::unbounded();
+        let worker = SessionWorker::start(
+            dir.clone(),
+            opts.cache_root.clone(),
+            opts.device.clone(),
+            msg_tx,
+        );
+        (worker, msgs)
+    };
+    let (mut worker, mut msgs) = start_worker();
     let (job_tx, jobs) = crossbeam_channel::unbounded();
-    let (reply_tx, replies) = crossbeam_channel::unbounded();
-    let _preview = worker::start_preview_worker(dir, opts.cache_root.clone(), jobs, reply_tx);
+    let (reply_tx, mut replies) = crossbeam_channel::unbounded();
+    let _preview =
+        worker::start_preview_worker(dir.clone(), opts.cache_root.clone(), jobs, reply_tx);
     let mut app = Dashboard::new(name);
     if let Some(m) = theme_msg {
         app.log(true, m);
@@ -195,6 +200,12 @@ fn dashboard(
     let mut dirty = true;
     let mut last_draw = Instant::now() - FRAME;
     loop {
+        if let Some(cmd) = app.restart.take() {
+            // The old worker's thread has ended; replacing it joins it.
+            (worker, msgs) = start_worker();
+            app.worker_alive = true;
+            worker.send(cmd);
+        }
         if let Some(r) = app.want_latents.take() {
             let _ = job_tx.send(PreviewJob::Latents(r));
         }
@@ -230,6 +241,8 @@ fn dashboard(
         } else {
             Duration::from_secs(3600)
         };
+        // A channel whose sender is gone is ready at once, every time: stop listening to it.
+        let (mut worker_gone, mut preview_gone) = (false, false);
         select! {
             recv(keys) -> k => match k {
                 Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
@@ -243,18 +256,22 @@ fn dashboard(
                 Err(_) => app.quit = true,
             },
             recv(msgs) -> m => {
-                if let Ok(m) = m {
-                    app.on_message(m);
-                    // Drain what else is queued before drawing: events can come in bursts.
-                    for m in msgs.try_iter().take(256) {
+                match m {
+                    Ok(m) => {
                         app.on_message(m);
+                        // Drain what else is queued before drawing: events can come in bursts.
+                        for m in msgs.try_iter().take(256) {
+                            app.on_message(m);
+                        }
                     }
+                    Err(_) => worker_gone = true,
                 }
                 dirty = true;
             },
             recv(replies) -> r => {
-                if let Ok(r) = r {
-                    app.on_preview(r);
+                match r {
+                    Ok(r) => app.on_preview(r),
+                    Err(_) => preview_gone = true,
                 }
                 dirty = true;
             },
@@ -263,6 +280,14 @@ fn dashboard(
                     dirty = true;
                 }
             },
+        }
+        if worker_gone {
+            msgs = crossbeam_channel::never();
+            app.on_worker_gone();
+        }
+        if preview_gone {
+            replies = crossbeam_channel::never();
+            app.log(true, "the preview worker ended; previews stop here");
         }
     }
 }

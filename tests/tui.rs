@@ -497,3 +497,25 @@ fn n_after_the_worker_ended_reopens_the_session() {
     assert_eq!(app.on_key(key(KeyCode::Char('r'))), None);
     assert_eq!(app.restart, Some(Command::RunAll));
 }
+
+/// Ctrl-C quits from the browser's list and from its form; it is neither `c` (create) nor typed.
+#[test]
+fn ctrl_c_quits_the_browser() {
+    use suggestive::tui::browser::{Action, Mode};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = Browser::new(tmp.path().to_path_buf());
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    assert!(matches!(b.on_key(ctrl_c), Some(Action::Quit)));
+    assert_eq!(b.mode, Mode::List, "ctrl-c opened the form");
+    b.on_key(key(KeyCode::Char('c')));
+    assert!(matches!(b.mode, Mode::Create(_)));
+    assert!(matches!(
+        b.on_key(KeyEvent::new(KeyCode::Char('x'), KeyModifiers::CONTROL)),
+        None
+    ));
+    assert!(matches!(b.on_key(ctrl_c), Some(Action::Quit)));
+    let Mode::Create(form) = &b.mode else {
+        panic!("the form closed")
+    };
+    assert_eq!(form.name, "", "a control chord was typed");
+}

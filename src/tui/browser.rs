@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crossterm::event::{KeyCode, KeyEvent};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -146,6 +146,11 @@ impl Browser {
     }
 
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) {
+            // Ctrl-C quits from anywhere; other control chords mean nothing here (and are never
+            // typed into the form as their letter).
+            return (key.code == KeyCode::Char('c')).then_some(Action::Quit);
+        }
         match &mut self.mode {
             Mode::List => match key.code {
                 KeyCode::Char('q') | KeyCode::Esc => return Some(Action::Quit),

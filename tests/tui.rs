@@ -519,3 +519,50 @@ fn ctrl_c_quits_the_browser() {
     };
     assert_eq!(form.name, "", "a control chord was typed");
 }
+
+/// The preview's prediction follows the arm's model: asked for again when the selected arm has
+/// been evaluated (its new checkpoint exists then), and every reply counts as a new image even
+/// for the same request.
+#[test]
+fn preview_is_asked_again_after_the_selected_arm_is_evaluated() {
+    let mut app = mid_round();
+    app.run = RunState::Paused;
+    assert_eq!(app.selected_arm(), Some(Arm::Proposed));
+    let evaluated = |arm| {
+        Message::Event(Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm,
+            round: 1,
+            annotated: 6,
+            viewed: 258,
+            dice_mean: 0.6,
+            dice_sd: 0.1,
+            collapsed: false,
+        })
+    };
+    app.want_preview = false;
+    app.on_message(evaluated(Arm::Oracle));
+    assert!(
+        !app.want_preview,
+        "another arm's evaluation changes nothing here"
+    );
+    app.on_message(evaluated(Arm::Proposed));
+    assert!(
+        app.want_preview,
+        "no new preview asked for after the evaluation"
+    );
+    let request = app.preview_request().unwrap();
+    let reply = || PreviewReply::Image {
+        request: request.clone(),
+        image: image::RgbImage::new(4, 4),
+        caption: "c".into(),
+    };
+    app.on_preview(reply());
+    let first = app.preview_generation;
+    app.on_preview(reply());
+    assert_ne!(
+        app.preview_generation, first,
+        "a second reply to the same request is a new image"
+    );
+}

@@ -90,6 +90,9 @@ pub struct Dashboard {
     pub zoom: f64,
     pub pan: (f64, f64),
     pub preview: Option<(PreviewRequest, RgbImage, String)>,
+    /// Counts the image replies: each one is drawn afresh, even for the same request (the arm's
+    /// model may have changed since).
+    pub preview_generation: u64,
     pub log: VecDeque<(bool, String)>,
     pub help: bool,
     pub tab: Tab,
@@ -129,6 +132,7 @@ impl Dashboard {
             zoom: 1.0,
             pan: (0.0, 0.0),
             preview: None,
+            preview_generation: 0,
             log: VecDeque::new(),
             help: false,
             tab: Tab::Overview,
@@ -341,6 +345,11 @@ impl Dashboard {
                 });
                 // The VAE's latents exist by the first evaluation of a repeat.
                 self.want_latents_of(repeat);
+                // The arm's model of this round is trained now: the preview asked for at its
+                // picks showed the previous one's prediction.
+                if Some(arm) == self.selected_arm() {
+                    self.want_preview = true;
+                }
             }
             // Timing for the report.
             Event::StepDone { .. } => {}
@@ -364,7 +373,10 @@ impl Dashboard {
                 request,
                 image,
                 caption,
-            } => self.preview = Some((request, image, caption)),
+            } => {
+                self.preview = Some((request, image, caption));
+                self.preview_generation += 1;
+            }
             PreviewReply::Latents {
                 repeat,
                 latents,

@@ -196,7 +196,7 @@ fn dashboard(
         app.log(true, m);
     }
     let mut img = ImageState::default();
-    let mut shown_preview = None;
+    let mut shown_preview = 0;
     let mut dirty = true;
     let mut last_draw = Instant::now() - FRAME;
     loop {
@@ -214,9 +214,9 @@ fn dashboard(
                 let _ = job_tx.send(PreviewJob::Image(req));
             }
         }
-        if app.preview.as_ref().map(|p| &p.0) != shown_preview.as_ref() {
+        if app.preview_generation != shown_preview {
             // Encoding for the terminal happens once per new image, not per frame.
-            shown_preview = app.preview.as_ref().map(|p| p.0.clone());
+            shown_preview = app.preview_generation;
             img.protocol = app.preview.as_ref().map(|(_, i, _)| {
                 picker.new_resize_protocol(image::DynamicImage::ImageRgb8(i.clone()))
             });

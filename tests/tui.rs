@@ -566,3 +566,31 @@ fn preview_is_asked_again_after_the_selected_arm_is_evaluated() {
         "a second reply to the same request is a new image"
     );
 }
+
+/// The chart's dotted lines are ± one sd over repeats: none while each point has one repeat
+/// (the evaluation's sd over test patients is not that), drawn once a second repeat is in.
+#[test]
+fn dice_chart_bands_only_over_several_repeats() {
+    let mut app = mid_round();
+    let spread = |app: &Dashboard| {
+        ui::curves(app)
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| q.2))
+            .fold(0.0f64, f64::max)
+    };
+    assert_eq!(spread(&app), 0.0, "one repeat, yet a spread is drawn");
+    for (arm, dice) in [(Arm::Random, 0.4), (Arm::Proposed, 0.5), (Arm::Oracle, 0.6)] {
+        app.on_message(Message::Event(Event::Evaluated {
+            repeat: 1,
+            stage: 0,
+            arm,
+            round: 0,
+            annotated: 4,
+            viewed: 172,
+            dice_mean: dice,
+            dice_sd: 0.09,
+            collapsed: false,
+        }));
+    }
+    assert!(spread(&app) > 0.0, "two repeats and no spread");
+}

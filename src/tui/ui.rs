@@ -282,10 +282,20 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     }
 }
 
-/// The curves of the report (mean over repeats, ± sd), from the results so far.
+/// The curves of the report (mean over repeats, ± sd over repeats), from the results so far.
+/// A point of a single repeat has no spread over repeats: its sd is 0 here (the report's
+/// summary gives the sd over test patients there).
 pub fn curves(app: &Dashboard) -> Vec<Curve> {
     match &app.config {
-        Some(cfg) => Report::from_results(cfg, &app.results).series(cfg),
+        Some(cfg) => {
+            let mut report = Report::from_results(cfg, &app.results);
+            for row in &mut report.summary {
+                if row.repeats < 2 {
+                    row.dice_sd = 0.0;
+                }
+            }
+            report.series(cfg)
+        }
         None => Vec::new(),
     }
 }

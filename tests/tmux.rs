@@ -276,3 +276,29 @@ fn tui_whose_session_cannot_open_idles_and_n_reopens_it() {
     assert!(s.contains("EXIT:0"), "{s}");
     assert!(!dir.join("lock").exists(), "the session is still locked");
 }
+
+#[test]
+fn tui_q_in_a_dashboard_opened_from_the_browser_goes_back_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dir = tiny_live_session(root);
+    let (name, _kill) = start_tui(root, &[], "tui");
+    wait_for(&name, "the browser", |s| {
+        s.contains("Sessions") && s.contains("live")
+    });
+    tmux(&["send-keys", "-t", &name, "Enter"]);
+    wait_for(&name, "the dashboard", |s| {
+        s.contains("paused") && s.contains("Work in progress")
+    });
+    // q: back to the browser (the session closed, its lock released), not out of the program.
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "the browser again", |s| {
+        s.contains("enter open · c create") || s.contains("EXIT:")
+    });
+    assert!(!s.contains("EXIT:") && s.contains("Sessions"), "{s}");
+    assert!(!dir.join("lock").exists(), "the session is still locked");
+    // q in the browser quits.
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+}

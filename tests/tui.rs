@@ -594,3 +594,22 @@ fn dice_chart_bands_only_over_several_repeats() {
     }
     assert!(spread(&app) > 0.0, "two repeats and no spread");
 }
+
+/// q and esc close the dashboard (the loop goes back to the browser when it came from there);
+/// ctrl-c quits the program.
+#[test]
+fn q_closes_the_dashboard_and_ctrl_c_quits() {
+    for (k, exit) in [
+        (key(KeyCode::Char('q')), false),
+        (key(KeyCode::Esc), false),
+        (
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            true,
+        ),
+    ] {
+        let mut app = mid_round();
+        assert_eq!(app.on_key(k), Some(Command::Quit));
+        assert!(app.quit);
+        assert_eq!(app.exit, exit, "{k:?}");
+    }
+}

@@ -96,7 +96,10 @@ pub struct Dashboard {
     pub log: VecDeque<(bool, String)>,
     pub help: bool,
     pub tab: Tab,
+    /// Close the dashboard (q, esc): back to the browser when it was opened from there.
     pub quit: bool,
+    /// Quit the program (ctrl-c), wherever the dashboard was opened from.
+    pub exit: bool,
     /// Set when the selection changed and a new preview should be asked for.
     pub want_preview: bool,
     pub want_latents: Option<usize>,
@@ -137,6 +140,7 @@ impl Dashboard {
             help: false,
             tab: Tab::Overview,
             quit: false,
+            exit: false,
             want_preview: false,
             want_latents: None,
             worker_alive: true,
@@ -406,6 +410,7 @@ impl Dashboard {
             || (ctrl && key.code == KeyCode::Char('c'))
         {
             self.quit = true;
+            self.exit = ctrl;
             return Some(Command::Quit);
         }
         match key.code {

@@ -85,22 +85,25 @@ pub fn run(opts: TuiOptions) -> Result<()> {
         let mut browser = Browser::new(opts.sessions_dir.clone());
         browser.message = theme_msg.clone();
         loop {
-            let dir = match target.take() {
-                Some(d) => d,
-                None => loop {
-                    terminal.draw(|f| browser.draw(f, &theme))?;
-                    match keys.recv() {
-                        Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
-                            match browser.on_key(k) {
-                                Some(Action::Open(d)) => break d,
-                                Some(Action::Quit) => return Ok(()),
-                                None => {}
+            let (dir, from_browser) = match target.take() {
+                Some(d) => (d, false),
+                None => (
+                    loop {
+                        terminal.draw(|f| browser.draw(f, &theme))?;
+                        match keys.recv() {
+                            Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
+                                match browser.on_key(k) {
+                                    Some(Action::Open(d)) => break d,
+                                    Some(Action::Quit) => return Ok(()),
+                                    None => {}
+                                }
                             }
+                            Ok(_) => {}
+                            Err(_) => return Ok(()),
                         }
-                        Ok(_) => {}
-                        Err(_) => return Ok(()),
-                    }
-                },
+                    },
+                    true,
+                ),
             };
             let back_to_browser = dashboard(
                 &mut terminal,
@@ -110,6 +113,7 @@ pub fn run(opts: TuiOptions) -> Result<()> {
                 &theme,
                 theme_msg.as_deref(),
                 &picker,
+                from_browser,
             )?;
             if !back_to_browser {
                 return Ok(());
@@ -162,7 +166,9 @@ fn spawn_input() -> Receiver<TermEvent> {
     rx
 }
 
-/// Runs the dashboard of one session. Returns true to go back to the browser.
+/// Runs the dashboard of one session. Returns true to go back to the browser: the dashboard was
+/// opened from it and closed with q or esc (ctrl-c quits the program).
+#[allow(clippy::too_many_arguments)]
 fn dashboard(
     terminal: &mut ratatui::DefaultTerminal,
     keys: &Receiver<TermEvent>,
@@ -171,6 +177,7 @@ fn dashboard(
     theme: &Theme,
     theme_msg: Option<&str>,
     picker: &Picker,
+    from_browser: bool,
 ) -> Result<bool> {
     let name = dir
         .file_name()
@@ -230,7 +237,7 @@ fn dashboard(
             app.run = RunState::Stopping;
             terminal.draw(|f| ui::draw(f, &app, theme, &mut img))?;
             worker.shutdown();
-            return Ok(false);
+            return Ok(from_browser && !app.exit);
         }
         // Sleep until something happens; wake for a pending redraw, and once a second while
         // training so the ETA moves.
@@ -253,7 +260,10 @@ fn dashboard(
                 }
                 Ok(TermEvent::Resize(..)) => dirty = true,
                 Ok(_) => {}
-                Err(_) => app.quit = true,
+                Err(_) => {
+                    app.quit = true;
+                    app.exit = true;
+                }
             },
             recv(msgs) -> m => {
                 match m {

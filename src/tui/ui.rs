@@ -637,13 +637,13 @@ pub const KEYS: [(&str, &str); 16] = [
         "overview / latent / preview / log (small terminals)",
     ),
     ("?", "this help (any key closes it)"),
-    ("q, esc", "quit (training stops at the next safe point)"),
+    ("q, esc", "close: back to the browser, or quit"),
     ("browser: ↑/↓, j/k", "choose a session"),
     (
         "browser: enter / c / x",
         "open / create / delete (asks first)",
     ),
-    ("ctrl-c", "quit"),
+    ("ctrl-c", "quit (training stops at the next safe point)"),
 ];
 
 /// A `w` × `h` box in the middle of `area` (shrunk to fit).

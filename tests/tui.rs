@@ -613,3 +613,50 @@ fn q_closes_the_dashboard_and_ctrl_c_quits() {
         assert_eq!(app.exit, exit, "{k:?}");
     }
 }
+
+/// Small terminals and idle states: nothing drawn over the footer or the table's border, no
+/// stale ETA once paused, and the footer offers only the keys that do something.
+#[test]
+fn small_terminals_and_idle_states_draw_cleanly() {
+    // 20×4 on the preview tab: the preview's block has no inside; the footer stays the footer.
+    let mut app = mid_round();
+    app.on_key(key(KeyCode::Char('3')));
+    let text = render(&app, 20, 4);
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains(" p pause"),
+        "the footer was overwritten:\n{text}"
+    );
+    // The browser at 20×5 without sessions: its hint does not land on the table's border.
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Browser::new(tmp.path().to_path_buf());
+    let theme = Theme::default_theme(false);
+    let mut term = Terminal::new(TestBackend::new(20, 5)).unwrap();
+    term.draw(|f| b.draw(f, &theme)).unwrap();
+    let text = format!("{}", term.backend());
+    let border = text.lines().nth(3).unwrap();
+    assert!(
+        border.starts_with("\"└") && !border.contains("no"),
+        "the table's border was overwritten:\n{text}"
+    );
+    // Paused mid-step: no "eta" of a step that no longer runs.
+    let mut app = mid_round();
+    assert!(render(&app, 160, 48).contains("eta"));
+    app.on_message(Message::Idle(Outcome::Stopped));
+    let text = render(&app, 160, 48);
+    assert!(!text.contains("eta"), "{text}");
+    assert!(text.contains("n next round"), "{text}");
+    // Loading and finished: n and r do nothing, and the footer does not offer them.
+    let loading = Dashboard::new("demo".into());
+    let text = render(&loading, 160, 48);
+    assert!(
+        !text.contains("n next round") && !text.contains("r run all"),
+        "{text}"
+    );
+    app.on_message(Message::Idle(Outcome::Finished));
+    let text = render(&app, 160, 48);
+    assert!(
+        !text.contains("n next round") && !text.contains("r run all"),
+        "{text}"
+    );
+}

@@ -220,10 +220,13 @@ impl Dashboard {
             }
             Message::Idle(Outcome::Stopped) => {
                 self.run = RunState::Paused;
+                // The step's progress (and its ETA) belongs to the run that stopped.
+                self.step = None;
             }
             Message::Failed(e) => {
                 self.log(true, format!("error: {e}"));
                 self.run = RunState::Failed(e);
+                self.step = None;
             }
         }
     }

@@ -347,7 +347,8 @@ impl Browser {
             Some(self.selected)
         });
         f.render_stateful_widget(table, rows[1], &mut state);
-        if self.entries.is_empty() {
+        // Inside the table's borders, below its header: only where there is such a row.
+        if self.entries.is_empty() && rows[1].height >= 4 {
             let r = Rect {
                 x: rows[1].x + 2,
                 y: rows[1].y + 2,

@@ -176,9 +176,13 @@ fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
 }
 
 fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    // Only the keys that do something in this state.
     let keys = match app.run {
         RunState::Running => "p pause · ←/→ picks · tab arm · m modality · ? help · q quit",
-        _ => {
+        RunState::Stopping => "←/→ picks · tab arm · m modality · ? help · q quit",
+        RunState::Loading => "? help · q quit",
+        RunState::Finished => "←/→ picks · tab arm · m modality · d axes · ? help · q quit",
+        RunState::Paused | RunState::Failed(_) => {
             "n next round · r run all · ←/→ picks · tab arm · m modality · d axes · ? help · q quit"
         }
     };
@@ -553,10 +557,12 @@ fn preview(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme, img: &mut Imag
             Style::default().fg(t.dim),
         ));
     }
-    f.render_widget(
-        Paragraph::new(Line::from(info)),
-        Rect { height: 1, ..inner },
-    );
+    if inner.height > 0 {
+        f.render_widget(
+            Paragraph::new(Line::from(info)),
+            Rect { height: 1, ..inner },
+        );
+    }
     let caption = app
         .preview
         .as_ref()

@@ -660,3 +660,34 @@ fn small_terminals_and_idle_states_draw_cleanly() {
         "{text}"
     );
 }
+
+/// A session whose lock a live process holds is not deleted; the browser names the process.
+#[test]
+fn browser_refuses_to_delete_a_session_another_process_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    let cfg = suggestive::session::preset("demo").unwrap();
+    suggestive::session::Session::create(&dir.join("busy"), cfg).unwrap();
+    // A live process that is not this one holds the lock.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("busy/lock"), format!("{}\n", holder.id())).unwrap();
+    let mut b = Browser::new(dir.clone());
+    b.on_key(key(KeyCode::Char('x')));
+    let refused = b.message.clone().unwrap_or_default();
+    let asked = b.mode != suggestive::tui::browser::Mode::List;
+    // Had it asked, answer yes: the session must survive anyway.
+    b.on_key(key(KeyCode::Char('y')));
+    let survived = dir.join("busy/session.toml").exists();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(survived, "a running session was deleted");
+    assert!(!asked, "it asked to delete a running session");
+    assert!(refused.contains(&holder.id().to_string()), "{refused}");
+    // Once the holder is gone, delete works.
+    b.on_key(key(KeyCode::Char('x')));
+    b.on_key(key(KeyCode::Char('y')));
+    assert!(!dir.join("busy").exists());
+}

@@ -98,6 +98,16 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
     out
 }
 
+/// Why `e` must not be deleted now: a live process holds its lock (it is being run).
+fn running_elsewhere(e: &Entry) -> Option<String> {
+    session::store::live_holder(&e.dir).map(|pid| {
+        format!(
+            "{} is being run by process {pid}: stop it first, then delete",
+            e.name
+        )
+    })
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Form {
     pub preset: usize,
@@ -178,7 +188,10 @@ impl Browser {
                     })
                 }
                 KeyCode::Char('x') | KeyCode::Delete if !self.entries.is_empty() => {
-                    self.mode = Mode::ConfirmDelete(self.selected)
+                    match self.entries.get(self.selected).and_then(running_elsewhere) {
+                        Some(refusal) => self.message = Some(refusal),
+                        None => self.mode = Mode::ConfirmDelete(self.selected),
+                    }
                 }
                 _ => {}
             },
@@ -186,9 +199,13 @@ impl Browser {
                 let i = *i;
                 if key.code == KeyCode::Char('y') {
                     if let Some(e) = self.entries.get(i) {
-                        self.message = Some(match std::fs::remove_dir_all(&e.dir) {
-                            Ok(()) => format!("deleted {}", e.name),
-                            Err(err) => format!("cannot delete {}: {err}", e.name),
+                        // Asked again: a run may have started while the question was up.
+                        self.message = Some(match running_elsewhere(e) {
+                            Some(refusal) => refusal,
+                            None => match std::fs::remove_dir_all(&e.dir) {
+                                Ok(()) => format!("deleted {}", e.name),
+                                Err(err) => format!("cannot delete {}: {err}", e.name),
+                            },
                         });
                     }
                     self.refresh();

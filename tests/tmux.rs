@@ -155,3 +155,150 @@ fn tui_refuses_a_non_terminal_and_points_to_run() {
         "{err}"
     );
 }
+
+/// A tiny session `live` under `root/sessions` (phantom data, one round).
+fn tiny_live_session(root: &Path) -> std::path::PathBuf {
+    let data = tiny_phantom(
+        &root.join("data"),
+        &[("CBICA", 4), ("TCIA", 4)],
+        PhantomLayout::Brats2019,
+        6,
+    );
+    let cfg = tiny_session_config(&data, &["experiment.rounds=1"]);
+    let dir = root.join("sessions/live");
+    Session::create(&dir, cfg).unwrap();
+    dir
+}
+
+/// Starts `suggestive ARGS` at 160×48 in a tmux session, with the test's folders and `env`
+/// (`K=V` words); the shell prints EXIT:code afterwards.
+fn start_tui(root: &Path, env: &[&str], args: &str) -> (String, Kill) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "suggestive-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let var = |k: &str, v: &Path| format!("{k}={}", v.display());
+    let cmd = format!(
+        "env {} {} {} {} {} {args} --images halfblocks; echo EXIT:$?; sleep 60",
+        var("SUGGESTIVE_SESSIONS_DIR", &root.join("sessions")),
+        var("SUGGESTIVE_CACHE_DIR", &root.join("cache")),
+        var("SUGGESTIVE_DATA_DIR", &root.join("share")),
+        env.join(" "),
+        env!("CARGO_BIN_EXE_suggestive"),
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &name,
+        "-x",
+        "160",
+        "-y",
+        "48",
+        &cmd,
+    ]);
+    (name.clone(), Kill(name))
+}
+
+#[test]
+fn tui_survives_a_worker_panic_and_quits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dir = tiny_live_session(root);
+    let (name, _kill) = start_tui(root, &["SUGGESTIVE_TEST_PANIC=session"], "tui live");
+    wait_for(&name, "the dashboard", |s| {
+        s.contains("paused") && s.contains("Work in progress")
+    });
+    // n: the session thread panics; the interface says so and keeps the screen (raw mode on).
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "the failure", |s| s.contains("worker panicked"));
+    assert!(
+        s.contains("SUGGESTIVE_TEST_PANIC=session") && s.contains("Work in progress"),
+        "{s}"
+    );
+    assert!(!s.contains("EXIT:"), "{s}");
+    // q still works: keys arrive, the process ends, the terminal is back.
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+    assert!(!s.contains("Work in progress"), "{s}");
+    assert!(!dir.join("lock").exists(), "the session is still locked");
+    let log = std::fs::read_to_string(root.join("sessions/tui-stderr.log")).unwrap();
+    assert!(
+        log.contains("thread 'session'") && log.contains("SUGGESTIVE_TEST_PANIC=session"),
+        "{log}"
+    );
+}
+/// CPU seconds the TUI process (the pane's shell's child) used over `over`.
+fn cpu_seconds(name: &str, over: Duration) -> f64 {
+    let shell = tmux(&["display-message", "-p", "-t", name, "#{pane_pid}"]);
+    let shell = shell.trim();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let pid = children.split_whitespace().next().expect("the TUI process");
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command name.
+        f[11] + f[12]
+    };
+    let t0 = ticks();
+    std::thread::sleep(over);
+    (ticks() - t0) as f64 / 100.0
+}
+
+#[test]
+fn tui_whose_session_cannot_open_idles_and_n_reopens_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dir = tiny_live_session(root);
+    // This build has no CUDA (and the tests run on CPU): opening on cuda:0 fails.
+    let (name, _kill) = start_tui(root, &[], "tui live --device cuda:0");
+    let s = wait_for(&name, "the failure", |s| s.contains("n or r reopens it"));
+    assert!(s.contains("· error ·"), "{s}");
+    let cpu = cpu_seconds(&name, Duration::from_secs(2));
+    assert!(cpu < 0.5, "the idle interface used {cpu} s of CPU in 2 s");
+    // n reopens the session (and fails again), it does not claim to run.
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "the second failure", |s| {
+        s.contains("reopening the session")
+            && s.matches("n or r reopens it").count() == 2
+            && s.contains("· error ·")
+    });
+    assert!(!s.contains("· running ·"), "{s}");
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+    assert!(!dir.join("lock").exists(), "the session is still locked");
+}
+
+#[test]
+fn tui_q_in_a_dashboard_opened_from_the_browser_goes_back_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dir = tiny_live_session(root);
+    let (name, _kill) = start_tui(root, &[], "tui");
+    wait_for(&name, "the browser", |s| {
+        s.contains("Sessions") && s.contains("live")
+    });
+    tmux(&["send-keys", "-t", &name, "Enter"]);
+    wait_for(&name, "the dashboard", |s| {
+        s.contains("paused") && s.contains("Work in progress")
+    });
+    // q: back to the browser (the session closed, its lock released), not out of the program.
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "the browser again", |s| {
+        s.contains("enter open · c create") || s.contains("EXIT:")
+    });
+    assert!(!s.contains("EXIT:") && s.contains("Sessions"), "{s}");
+    assert!(!dir.join("lock").exists(), "the session is still locked");
+    // q in the browser quits.
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+}

@@ -381,3 +381,312 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// A panic on the session thread is reported like any failure, and the thread ends (its channel
+/// disconnects) instead of leaving the interface waiting.
+#[test]
+fn a_session_worker_panic_becomes_a_failure_message() {
+    use suggestive::tui::worker::SessionWorker;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut worker = SessionWorker::spawn(tx, |_, _, _| {
+        let v = [1, 2, 3];
+        let _ = v[std::hint::black_box(9999usize)];
+        Ok(())
+    });
+    let m = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a message from the worker");
+    let Message::Failed(e) = m else {
+        panic!("expected Failed, got {m:?}")
+    };
+    assert!(e.contains("panicked") && e.contains("9999"), "{e}");
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(10)).is_err(),
+        "the thread ends after its failure"
+    );
+    worker.shutdown();
+    let mut app = mid_round();
+    app.on_message(Message::Failed(e));
+    let text = render(&app, 160, 48);
+    assert!(text.contains("the session worker panicked"), "{text}");
+}
+
+/// A panic on the preview thread gives a failed reply, and the next request is served by a fresh
+/// handler.
+#[test]
+fn a_preview_worker_panic_becomes_a_failed_reply_and_it_goes_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use suggestive::tui::worker::{spawn_preview_worker, PreviewJob};
+    let (job_tx, jobs) = crossbeam_channel::unbounded();
+    let (tx, replies) = crossbeam_channel::unbounded();
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = made.clone();
+    let _h = spawn_preview_worker(jobs, tx, move || {
+        m.fetch_add(1, Ordering::SeqCst);
+        |_: Option<_>, latents: Option<usize>| {
+            if latents == Some(7) {
+                panic!("no such repeat: 7");
+            }
+            Ok(vec![PreviewReply::Latents {
+                repeat: latents.unwrap_or(0),
+                latents: Vec::new(),
+                initial: Vec::new(),
+            }])
+        }
+    });
+    let wait = || {
+        replies
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a reply")
+    };
+    job_tx.send(PreviewJob::Latents(7)).unwrap();
+    match wait() {
+        PreviewReply::Failed(e) => {
+            assert!(e.contains("panicked") && e.contains("repeat: 7"), "{e}")
+        }
+        r => panic!("expected Failed, got {r:?}"),
+    }
+    job_tx.send(PreviewJob::Latents(1)).unwrap();
+    assert!(matches!(wait(), PreviewReply::Latents { repeat: 1, .. }));
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        2,
+        "a fresh handler after the panic"
+    );
+}
+
+/// When the session worker has ended (it could not open the session, or failed), n does not
+/// pretend to run: it asks for a new worker, and the run starts once the session has loaded.
+#[test]
+fn n_after_the_worker_ended_reopens_the_session() {
+    let mut app = Dashboard::new("demo".into());
+    app.on_message(Message::Failed(
+        "session demo is being written by another process (pid 42)".into(),
+    ));
+    app.on_worker_gone();
+    assert!(!app.worker_alive);
+    assert!(matches!(&app.run, RunState::Failed(e) if e.contains("pid 42")));
+    assert_eq!(app.on_key(key(KeyCode::Char('p'))), None);
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('n'))),
+        None,
+        "no command to a dead worker"
+    );
+    assert_eq!(app.restart, Some(Command::Step));
+    assert_eq!(app.run, RunState::Loading);
+    let text = render(&app, 160, 48);
+    assert!(
+        text.contains("loading") && !text.contains("running"),
+        "{text}"
+    );
+    // The loop starts a worker; once it has loaded the session, the step runs.
+    app.restart = None;
+    app.worker_alive = true;
+    app.on_message(Message::Loaded {
+        config: Box::new(suggestive::session::preset("demo").unwrap()),
+        state: Box::new(SessionState::default()),
+        views: Vec::new(),
+        device: "CPU".into(),
+        steps_total: 32,
+    });
+    assert_eq!(app.run, RunState::Running);
+    // A worker that ends without a word is an error too, not a run.
+    app.on_worker_gone();
+    assert!(matches!(app.run, RunState::Failed(_)));
+    assert_eq!(app.on_key(key(KeyCode::Char('r'))), None);
+    assert_eq!(app.restart, Some(Command::RunAll));
+}
+
+/// Ctrl-C quits from the browser's list and from its form; it is neither `c` (create) nor typed.
+#[test]
+fn ctrl_c_quits_the_browser() {
+    use suggestive::tui::browser::{Action, Mode};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = Browser::new(tmp.path().to_path_buf());
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    assert!(matches!(b.on_key(ctrl_c), Some(Action::Quit)));
+    assert_eq!(b.mode, Mode::List, "ctrl-c opened the form");
+    b.on_key(key(KeyCode::Char('c')));
+    assert!(matches!(b.mode, Mode::Create(_)));
+    assert!(b
+        .on_key(KeyEvent::new(KeyCode::Char('x'), KeyModifiers::CONTROL))
+        .is_none());
+    assert!(matches!(b.on_key(ctrl_c), Some(Action::Quit)));
+    let Mode::Create(form) = &b.mode else {
+        panic!("the form closed")
+    };
+    assert_eq!(form.name, "", "a control chord was typed");
+}
+
+/// The preview's prediction follows the arm's model: asked for again when the selected arm has
+/// been evaluated (its new checkpoint exists then), and every reply counts as a new image even
+/// for the same request.
+#[test]
+fn preview_is_asked_again_after_the_selected_arm_is_evaluated() {
+    let mut app = mid_round();
+    app.run = RunState::Paused;
+    assert_eq!(app.selected_arm(), Some(Arm::Proposed));
+    let evaluated = |arm| {
+        Message::Event(Event::Evaluated {
+            repeat: 0,
+            stage: 0,
+            arm,
+            round: 1,
+            annotated: 6,
+            viewed: 258,
+            dice_mean: 0.6,
+            dice_sd: 0.1,
+            collapsed: false,
+        })
+    };
+    app.want_preview = false;
+    app.on_message(evaluated(Arm::Oracle));
+    assert!(
+        !app.want_preview,
+        "another arm's evaluation changes nothing here"
+    );
+    app.on_message(evaluated(Arm::Proposed));
+    assert!(
+        app.want_preview,
+        "no new preview asked for after the evaluation"
+    );
+    let request = app.preview_request().unwrap();
+    let reply = || PreviewReply::Image {
+        request: request.clone(),
+        image: image::RgbImage::new(4, 4),
+        caption: "c".into(),
+    };
+    app.on_preview(reply());
+    let first = app.preview_generation;
+    app.on_preview(reply());
+    assert_ne!(
+        app.preview_generation, first,
+        "a second reply to the same request is a new image"
+    );
+}
+
+/// The chart's dotted lines are ± one sd over repeats: none while each point has one repeat
+/// (the evaluation's sd over test patients is not that), drawn once a second repeat is in.
+#[test]
+fn dice_chart_bands_only_over_several_repeats() {
+    let mut app = mid_round();
+    let spread = |app: &Dashboard| {
+        ui::curves(app)
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|q| q.2))
+            .fold(0.0f64, f64::max)
+    };
+    assert_eq!(spread(&app), 0.0, "one repeat, yet a spread is drawn");
+    for (arm, dice) in [(Arm::Random, 0.4), (Arm::Proposed, 0.5), (Arm::Oracle, 0.6)] {
+        app.on_message(Message::Event(Event::Evaluated {
+            repeat: 1,
+            stage: 0,
+            arm,
+            round: 0,
+            annotated: 4,
+            viewed: 172,
+            dice_mean: dice,
+            dice_sd: 0.09,
+            collapsed: false,
+        }));
+    }
+    assert!(spread(&app) > 0.0, "two repeats and no spread");
+}
+
+/// q and esc close the dashboard (the loop goes back to the browser when it came from there);
+/// ctrl-c quits the program.
+#[test]
+fn q_closes_the_dashboard_and_ctrl_c_quits() {
+    for (k, exit) in [
+        (key(KeyCode::Char('q')), false),
+        (key(KeyCode::Esc), false),
+        (
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            true,
+        ),
+    ] {
+        let mut app = mid_round();
+        assert_eq!(app.on_key(k), Some(Command::Quit));
+        assert!(app.quit);
+        assert_eq!(app.exit, exit, "{k:?}");
+    }
+}
+
+/// Small terminals and idle states: nothing drawn over the footer or the table's border, no
+/// stale ETA once paused, and the footer offers only the keys that do something.
+#[test]
+fn small_terminals_and_idle_states_draw_cleanly() {
+    // 20×4 on the preview tab: the preview's block has no inside; the footer stays the footer.
+    let mut app = mid_round();
+    app.on_key(key(KeyCode::Char('3')));
+    let text = render(&app, 20, 4);
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains(" p pause"),
+        "the footer was overwritten:\n{text}"
+    );
+    // The browser at 20×5 without sessions: its hint does not land on the table's border.
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Browser::new(tmp.path().to_path_buf());
+    let theme = Theme::default_theme(false);
+    let mut term = Terminal::new(TestBackend::new(20, 5)).unwrap();
+    term.draw(|f| b.draw(f, &theme)).unwrap();
+    let text = format!("{}", term.backend());
+    let border = text.lines().nth(3).unwrap();
+    assert!(
+        border.starts_with("\"└") && !border.contains("no"),
+        "the table's border was overwritten:\n{text}"
+    );
+    // Paused mid-step: no "eta" of a step that no longer runs.
+    let mut app = mid_round();
+    assert!(render(&app, 160, 48).contains("eta"));
+    app.on_message(Message::Idle(Outcome::Stopped));
+    let text = render(&app, 160, 48);
+    assert!(!text.contains("eta"), "{text}");
+    assert!(text.contains("n next round"), "{text}");
+    // Loading and finished: n and r do nothing, and the footer does not offer them.
+    let loading = Dashboard::new("demo".into());
+    let text = render(&loading, 160, 48);
+    assert!(
+        !text.contains("n next round") && !text.contains("r run all"),
+        "{text}"
+    );
+    app.on_message(Message::Idle(Outcome::Finished));
+    let text = render(&app, 160, 48);
+    assert!(
+        !text.contains("n next round") && !text.contains("r run all"),
+        "{text}"
+    );
+}
+
+/// A session whose lock a live process holds is not deleted; the browser names the process.
+#[test]
+fn browser_refuses_to_delete_a_session_another_process_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sessions");
+    let cfg = suggestive::session::preset("demo").unwrap();
+    suggestive::session::Session::create(&dir.join("busy"), cfg).unwrap();
+    // A live process that is not this one holds the lock.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("busy/lock"), format!("{}\n", holder.id())).unwrap();
+    let mut b = Browser::new(dir.clone());
+    b.on_key(key(KeyCode::Char('x')));
+    let refused = b.message.clone().unwrap_or_default();
+    let asked = b.mode != suggestive::tui::browser::Mode::List;
+    // Had it asked, answer yes: the session must survive anyway.
+    b.on_key(key(KeyCode::Char('y')));
+    let survived = dir.join("busy/session.toml").exists();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(survived, "a running session was deleted");
+    assert!(!asked, "it asked to delete a running session");
+    assert!(refused.contains(&holder.id().to_string()), "{refused}");
+    // Once the holder is gone, delete works.
+    b.on_key(key(KeyCode::Char('x')));
+    b.on_key(key(KeyCode::Char('y')));
+    assert!(!dir.join("busy").exists());
+}

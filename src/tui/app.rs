@@ -90,13 +90,26 @@ pub struct Dashboard {
     pub zoom: f64,
     pub pan: (f64, f64),
     pub preview: Option<(PreviewRequest, RgbImage, String)>,
+    /// Counts the image replies: each one is drawn afresh, even for the same request (the arm's
+    /// model may have changed since).
+    pub preview_generation: u64,
     pub log: VecDeque<(bool, String)>,
     pub help: bool,
     pub tab: Tab,
+    /// Close the dashboard (q, esc): back to the browser when it was opened from there.
     pub quit: bool,
+    /// Quit the program (ctrl-c), wherever the dashboard was opened from.
+    pub exit: bool,
     /// Set when the selection changed and a new preview should be asked for.
     pub want_preview: bool,
     pub want_latents: Option<usize>,
+    /// False once the session worker's thread has ended (failed to open, failed, panicked).
+    pub worker_alive: bool,
+    /// A command to run on a new session worker: `n`/`r` after the old one ended reopen the
+    /// session (the UI loop takes this, starts a worker, and sends the command).
+    pub restart: Option<Command>,
+    /// Set while a reopened session loads with a command waiting: it runs once loaded.
+    resume_on_load: bool,
 }
 
 const LOG_LINES: usize = 200;
@@ -122,12 +135,17 @@ impl Dashboard {
             zoom: 1.0,
             pan: (0.0, 0.0),
             preview: None,
+            preview_generation: 0,
             log: VecDeque::new(),
             help: false,
             tab: Tab::Overview,
             quit: false,
+            exit: false,
             want_preview: false,
             want_latents: None,
+            worker_alive: true,
+            restart: None,
+            resume_on_load: false,
         }
     }
 
@@ -182,6 +200,8 @@ impl Dashboard {
                 self.steps_total = steps_total;
                 self.run = if self.steps_done >= steps_total {
                     RunState::Finished
+                } else if std::mem::take(&mut self.resume_on_load) {
+                    RunState::Running
                 } else {
                     RunState::Paused
                 };
@@ -200,10 +220,13 @@ impl Dashboard {
             }
             Message::Idle(Outcome::Stopped) => {
                 self.run = RunState::Paused;
+                // The step's progress (and its ETA) belongs to the run that stopped.
+                self.step = None;
             }
             Message::Failed(e) => {
                 self.log(true, format!("error: {e}"));
                 self.run = RunState::Failed(e);
+                self.step = None;
             }
         }
     }
@@ -329,6 +352,11 @@ impl Dashboard {
                 });
                 // The VAE's latents exist by the first evaluation of a repeat.
                 self.want_latents_of(repeat);
+                // The arm's model of this round is trained now: the preview asked for at its
+                // picks showed the previous one's prediction.
+                if Some(arm) == self.selected_arm() {
+                    self.want_preview = true;
+                }
             }
             // Timing for the report.
             Event::StepDone { .. } => {}
@@ -352,7 +380,10 @@ impl Dashboard {
                 request,
                 image,
                 caption,
-            } => self.preview = Some((request, image, caption)),
+            } => {
+                self.preview = Some((request, image, caption));
+                self.preview_generation += 1;
+            }
             PreviewReply::Latents {
                 repeat,
                 latents,
@@ -382,18 +413,15 @@ impl Dashboard {
             || (ctrl && key.code == KeyCode::Char('c'))
         {
             self.quit = true;
+            self.exit = ctrl;
             return Some(Command::Quit);
         }
         match key.code {
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('n') | KeyCode::Char(' ') if self.can_start() => {
-                self.run = RunState::Running;
-                return Some(Command::Step);
+                return self.start(Command::Step);
             }
-            KeyCode::Char('r') if self.can_start() => {
-                self.run = RunState::Running;
-                return Some(Command::RunAll);
-            }
+            KeyCode::Char('r') if self.can_start() => return self.start(Command::RunAll),
             KeyCode::Char('p') if self.run == RunState::Running => {
                 self.run = RunState::Stopping;
                 return Some(Command::Pause);
@@ -429,6 +457,35 @@ impl Dashboard {
             _ => {}
         }
         None
+    }
+
+    /// `n`/`r`: the command for the worker, or, when the worker has ended, a restart.
+    fn start(&mut self, cmd: Command) -> Option<Command> {
+        if self.worker_alive {
+            self.run = RunState::Running;
+            Some(cmd)
+        } else {
+            self.log(false, "reopening the session");
+            self.run = RunState::Loading;
+            self.restart = Some(cmd);
+            self.resume_on_load = true;
+            None
+        }
+    }
+
+    /// The session worker's thread ended (its channel disconnected): nothing runs any more
+    /// until `n`/`r` reopen the session.
+    pub fn on_worker_gone(&mut self) {
+        self.worker_alive = false;
+        self.resume_on_load = false;
+        self.step = None;
+        if !matches!(self.run, RunState::Failed(_)) {
+            self.run = RunState::Failed("the session worker ended".into());
+        }
+        self.log(
+            false,
+            "the session is closed; n or r reopens it and tries again",
+        );
     }
 
     fn can_start(&self) -> bool {

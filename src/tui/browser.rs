@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crossterm::event::{KeyCode, KeyEvent};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -98,6 +98,16 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
     out
 }
 
+/// Why `e` must not be deleted now: a live process holds its lock (it is being run).
+fn running_elsewhere(e: &Entry) -> Option<String> {
+    session::store::live_holder(&e.dir).map(|pid| {
+        format!(
+            "{} is being run by process {pid}: stop it first, then delete",
+            e.name
+        )
+    })
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Form {
     pub preset: usize,
@@ -146,6 +156,11 @@ impl Browser {
     }
 
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) {
+            // Ctrl-C quits from anywhere; other control chords mean nothing here (and are never
+            // typed into the form as their letter).
+            return (key.code == KeyCode::Char('c')).then_some(Action::Quit);
+        }
         match &mut self.mode {
             Mode::List => match key.code {
                 KeyCode::Char('q') | KeyCode::Esc => return Some(Action::Quit),
@@ -173,7 +188,10 @@ impl Browser {
                     })
                 }
                 KeyCode::Char('x') | KeyCode::Delete if !self.entries.is_empty() => {
-                    self.mode = Mode::ConfirmDelete(self.selected)
+                    match self.entries.get(self.selected).and_then(running_elsewhere) {
+                        Some(refusal) => self.message = Some(refusal),
+                        None => self.mode = Mode::ConfirmDelete(self.selected),
+                    }
                 }
                 _ => {}
             },
@@ -181,9 +199,13 @@ impl Browser {
                 let i = *i;
                 if key.code == KeyCode::Char('y') {
                     if let Some(e) = self.entries.get(i) {
-                        self.message = Some(match std::fs::remove_dir_all(&e.dir) {
-                            Ok(()) => format!("deleted {}", e.name),
-                            Err(err) => format!("cannot delete {}: {err}", e.name),
+                        // Asked again: a run may have started while the question was up.
+                        self.message = Some(match running_elsewhere(e) {
+                            Some(refusal) => refusal,
+                            None => match std::fs::remove_dir_all(&e.dir) {
+                                Ok(()) => format!("deleted {}", e.name),
+                                Err(err) => format!("cannot delete {}: {err}", e.name),
+                            },
                         });
                     }
                     self.refresh();
@@ -342,7 +364,8 @@ impl Browser {
             Some(self.selected)
         });
         f.render_stateful_widget(table, rows[1], &mut state);
-        if self.entries.is_empty() {
+        // Inside the table's borders, below its header: only where there is such a row.
+        if self.entries.is_empty() && rows[1].height >= 4 {
             let r = Rect {
                 x: rows[1].x + 2,
                 y: rows[1].y + 2,

@@ -64,28 +64,46 @@ pub fn run(opts: TuiOptions) -> Result<()> {
     let log_path = opts.sessions_dir.join("tui-stderr.log");
     let _ = std::fs::create_dir_all(&opts.sessions_dir);
     let stderr_log = stderr_log::StderrToLog::start(&log_path).ok();
+    // Outermost: a panic on a worker thread is caught there and shown in the interface, which
+    // stays up; the hooks below would restore the terminal under it (raw mode off, so keys no
+    // longer arrive). Its message goes to the log instead (when stderr is one).
+    let to_log = stderr_log.is_some();
+    let inner_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if worker::panics_are_caught_here() {
+            if to_log {
+                let thread = std::thread::current();
+                eprintln!("thread '{}' {info}", thread.name().unwrap_or("<unnamed>"));
+            }
+        } else {
+            inner_hook(info);
+        }
+    }));
     let keys = spawn_input();
     let result = (|| -> Result<()> {
         let mut target = opts.session.clone();
         let mut browser = Browser::new(opts.sessions_dir.clone());
         browser.message = theme_msg.clone();
         loop {
-            let dir = match target.take() {
-                Some(d) => d,
-                None => loop {
-                    terminal.draw(|f| browser.draw(f, &theme))?;
-                    match keys.recv() {
-                        Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
-                            match browser.on_key(k) {
-                                Some(Action::Open(d)) => break d,
-                                Some(Action::Quit) => return Ok(()),
-                                None => {}
+            let (dir, from_browser) = match target.take() {
+                Some(d) => (d, false),
+                None => (
+                    loop {
+                        terminal.draw(|f| browser.draw(f, &theme))?;
+                        match keys.recv() {
+                            Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
+                                match browser.on_key(k) {
+                                    Some(Action::Open(d)) => break d,
+                                    Some(Action::Quit) => return Ok(()),
+                                    None => {}
+                                }
                             }
+                            Ok(_) => {}
+                            Err(_) => return Ok(()),
                         }
-                        Ok(_) => {}
-                        Err(_) => return Ok(()),
-                    }
-                },
+                    },
+                    true,
+                ),
             };
             let back_to_browser = dashboard(
                 &mut terminal,
@@ -95,6 +113,7 @@ pub fn run(opts: TuiOptions) -> Result<()> {
                 &theme,
                 theme_msg.as_deref(),
                 &picker,
+                from_browser,
             )?;
             if !back_to_browser {
                 return Ok(());
@@ -147,7 +166,9 @@ fn spawn_input() -> Receiver<TermEvent> {
     rx
 }
 
-/// Runs the dashboard of one session. Returns true to go back to the browser.
+/// Runs the dashboard of one session. Returns true to go back to the browser: the dashboard was
+/// opened from it and closed with q or esc (ctrl-c quits the program).
+#[allow(clippy::too_many_arguments)]
 fn dashboard(
     terminal: &mut ratatui::DefaultTerminal,
     keys: &Receiver<TermEvent>,
@@ -156,30 +177,42 @@ fn dashboard(
     theme: &Theme,
     theme_msg: Option<&str>,
     picker: &Picker,
+    from_browser: bool,
 ) -> Result<bool> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (msg_tx, msgs) = crossbeam_channel::unbounded();
-    let mut worker = SessionWorker::start(
-        dir.clone(),
-        opts.cache_root.clone(),
-        opts.device.clone(),
-        msg_tx,
-    );
+    let start_worker = || {
+        let (msg_tx, msgs) = crossbeam_channel::unbounded();
+        let worker = SessionWorker::start(
+            dir.clone(),
+            opts.cache_root.clone(),
+            opts.device.clone(),
+            msg_tx,
+        );
+        (worker, msgs)
+    };
+    let (mut worker, mut msgs) = start_worker();
     let (job_tx, jobs) = crossbeam_channel::unbounded();
-    let (reply_tx, replies) = crossbeam_channel::unbounded();
-    let _preview = worker::start_preview_worker(dir, opts.cache_root.clone(), jobs, reply_tx);
+    let (reply_tx, mut replies) = crossbeam_channel::unbounded();
+    let _preview =
+        worker::start_preview_worker(dir.clone(), opts.cache_root.clone(), jobs, reply_tx);
     let mut app = Dashboard::new(name);
     if let Some(m) = theme_msg {
         app.log(true, m);
     }
     let mut img = ImageState::default();
-    let mut shown_preview = None;
+    let mut shown_preview = 0;
     let mut dirty = true;
     let mut last_draw = Instant::now() - FRAME;
     loop {
+        if let Some(cmd) = app.restart.take() {
+            // The old worker's thread has ended; replacing it joins it.
+            (worker, msgs) = start_worker();
+            app.worker_alive = true;
+            worker.send(cmd);
+        }
         if let Some(r) = app.want_latents.take() {
             let _ = job_tx.send(PreviewJob::Latents(r));
         }
@@ -188,9 +221,9 @@ fn dashboard(
                 let _ = job_tx.send(PreviewJob::Image(req));
             }
         }
-        if app.preview.as_ref().map(|p| &p.0) != shown_preview.as_ref() {
+        if app.preview_generation != shown_preview {
             // Encoding for the terminal happens once per new image, not per frame.
-            shown_preview = app.preview.as_ref().map(|p| p.0.clone());
+            shown_preview = app.preview_generation;
             img.protocol = app.preview.as_ref().map(|(_, i, _)| {
                 picker.new_resize_protocol(image::DynamicImage::ImageRgb8(i.clone()))
             });
@@ -204,7 +237,7 @@ fn dashboard(
             app.run = RunState::Stopping;
             terminal.draw(|f| ui::draw(f, &app, theme, &mut img))?;
             worker.shutdown();
-            return Ok(false);
+            return Ok(from_browser && !app.exit);
         }
         // Sleep until something happens; wake for a pending redraw, and once a second while
         // training so the ETA moves.
@@ -215,6 +248,8 @@ fn dashboard(
         } else {
             Duration::from_secs(3600)
         };
+        // A channel whose sender is gone is ready at once, every time: stop listening to it.
+        let (mut worker_gone, mut preview_gone) = (false, false);
         select! {
             recv(keys) -> k => match k {
                 Ok(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
@@ -225,21 +260,28 @@ fn dashboard(
                 }
                 Ok(TermEvent::Resize(..)) => dirty = true,
                 Ok(_) => {}
-                Err(_) => app.quit = true,
+                Err(_) => {
+                    app.quit = true;
+                    app.exit = true;
+                }
             },
             recv(msgs) -> m => {
-                if let Ok(m) = m {
-                    app.on_message(m);
-                    // Drain what else is queued before drawing: events can come in bursts.
-                    for m in msgs.try_iter().take(256) {
+                match m {
+                    Ok(m) => {
                         app.on_message(m);
+                        // Drain what else is queued before drawing: events can come in bursts.
+                        for m in msgs.try_iter().take(256) {
+                            app.on_message(m);
+                        }
                     }
+                    Err(_) => worker_gone = true,
                 }
                 dirty = true;
             },
             recv(replies) -> r => {
-                if let Ok(r) = r {
-                    app.on_preview(r);
+                match r {
+                    Ok(r) => app.on_preview(r),
+                    Err(_) => preview_gone = true,
                 }
                 dirty = true;
             },
@@ -248,6 +290,14 @@ fn dashboard(
                     dirty = true;
                 }
             },
+        }
+        if worker_gone {
+            msgs = crossbeam_channel::never();
+            app.on_worker_gone();
+        }
+        if preview_gone {
+            replies = crossbeam_channel::never();
+            app.log(true, "the preview worker ended; previews stop here");
         }
     }
 }

@@ -176,9 +176,13 @@ fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
 }
 
 fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    // Only the keys that do something in this state.
     let keys = match app.run {
         RunState::Running => "p pause · ←/→ picks · tab arm · m modality · ? help · q quit",
-        _ => {
+        RunState::Stopping => "←/→ picks · tab arm · m modality · ? help · q quit",
+        RunState::Loading => "? help · q quit",
+        RunState::Finished => "←/→ picks · tab arm · m modality · d axes · ? help · q quit",
+        RunState::Paused | RunState::Failed(_) => {
             "n next round · r run all · ←/→ picks · tab arm · m modality · d axes · ? help · q quit"
         }
     };
@@ -282,10 +286,20 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     }
 }
 
-/// The curves of the report (mean over repeats, ± sd), from the results so far.
+/// The curves of the report (mean over repeats, ± sd over repeats), from the results so far.
+/// A point of a single repeat has no spread over repeats: its sd is 0 here (the report's
+/// summary gives the sd over test patients there).
 pub fn curves(app: &Dashboard) -> Vec<Curve> {
     match &app.config {
-        Some(cfg) => Report::from_results(cfg, &app.results).series(cfg),
+        Some(cfg) => {
+            let mut report = Report::from_results(cfg, &app.results);
+            for row in &mut report.summary {
+                if row.repeats < 2 {
+                    row.dice_sd = 0.0;
+                }
+            }
+            report.series(cfg)
+        }
         None => Vec::new(),
     }
 }
@@ -543,10 +557,12 @@ fn preview(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme, img: &mut Imag
             Style::default().fg(t.dim),
         ));
     }
-    f.render_widget(
-        Paragraph::new(Line::from(info)),
-        Rect { height: 1, ..inner },
-    );
+    if inner.height > 0 {
+        f.render_widget(
+            Paragraph::new(Line::from(info)),
+            Rect { height: 1, ..inner },
+        );
+    }
     let caption = app
         .preview
         .as_ref()
@@ -627,13 +643,13 @@ pub const KEYS: [(&str, &str); 16] = [
         "overview / latent / preview / log (small terminals)",
     ),
     ("?", "this help (any key closes it)"),
-    ("q, esc", "quit (training stops at the next safe point)"),
+    ("q, esc", "close: back to the browser, or quit"),
     ("browser: ↑/↓, j/k", "choose a session"),
     (
         "browser: enter / c / x",
         "open / create / delete (asks first)",
     ),
-    ("ctrl-c", "quit"),
+    ("ctrl-c", "quit (training stops at the next safe point)"),
 ];
 
 /// A `w` × `h` box in the middle of `area` (shrunk to fit).

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
-use anyhow::{Context, Result};
+use std::panic::{catch_unwind, AssertUnwindSafe, UnwindSafe};
+
+use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use image::{Rgb, RgbImage};
 use tch::nn::VarStore;
@@ -22,6 +24,36 @@ use crate::session::pool::Pool;
 use crate::session::run::{sample_latents, Control, Outcome, Runner};
 use crate::session::state::SessionState;
 use crate::session::Session;
+
+/// The names of the worker threads. Their panics are caught and reported to the UI, so the panic
+/// hook must leave the terminal alone for them (see `tui::run`).
+pub const SESSION_THREAD: &str = "session";
+pub const PREVIEW_THREAD: &str = "preview";
+
+/// Whether a panic on the current thread will be caught by a worker's `catch_panic`.
+pub fn panics_are_caught_here() -> bool {
+    matches!(
+        std::thread::current().name(),
+        Some(SESSION_THREAD) | Some(PREVIEW_THREAD)
+    )
+}
+
+/// Runs `f`, turning a panic into an error that carries the panic's message.
+pub fn catch_panic<T>(f: impl FnOnce() -> Result<T> + UnwindSafe) -> Result<T> {
+    catch_unwind(f).unwrap_or_else(|payload| Err(panic_error(payload)))
+}
+
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    anyhow!(
+        "internal error (a bug): the {} worker panicked: {msg}",
+        std::thread::current().name().unwrap_or("background")
+    )
+}
 
 /// What the UI asks of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,14 +97,25 @@ impl SessionWorker {
         device: Option<String>,
         out: Sender<Message>,
     ) -> SessionWorker {
+        SessionWorker::spawn(out, move |rx, c, out| {
+            session_thread(&dir, &cache_root, device.as_deref(), rx, c, out)
+        })
+    }
+
+    /// Runs `body` on the session thread. An error, or a panic, ends the thread with a
+    /// `Message::Failed` (the UI keeps going; its channel then disconnects).
+    pub fn spawn(
+        out: Sender<Message>,
+        body: impl FnOnce(&Receiver<Command>, &Control, &Sender<Message>) -> Result<()> + Send + 'static,
+    ) -> SessionWorker {
         let (tx, rx) = crossbeam_channel::unbounded();
         let control = Control::default();
         let c = control.clone();
         let handle = std::thread::Builder::new()
-            .name("session".into())
+            .name(SESSION_THREAD.into())
             .spawn(move || {
-                if let Err(e) = session_thread(&dir, &cache_root, device.as_deref(), &rx, &c, &out)
-                {
+                let result = catch_panic(AssertUnwindSafe(|| body(&rx, &c, &out)));
+                if let Err(e) = result {
                     let _ = out.send(Message::Failed(format!("{e:#}")));
                 }
             })
@@ -133,6 +176,10 @@ fn session_thread(
     });
     let last_arm: Option<Arm> = runner.session().config.experiment.arms.last().copied();
     while let Ok(cmd) = rx.recv() {
+        #[cfg(debug_assertions)]
+        if cmd != Command::Quit {
+            test_panic(SESSION_THREAD);
+        }
         let step_mode = match cmd {
             Command::Quit => return Ok(()),
             Command::Pause => continue,
@@ -168,6 +215,15 @@ fn session_thread(
         }
     }
     Ok(())
+}
+
+/// Debug builds only: `SUGGESTIVE_TEST_PANIC=session` (or `preview`) makes that worker panic when
+/// asked to work, so the tests can check that the interface survives a worker's panic.
+#[cfg(debug_assertions)]
+fn test_panic(thread: &str) {
+    if std::env::var("SUGGESTIVE_TEST_PANIC").is_ok_and(|v| v == thread) {
+        panic!("SUGGESTIVE_TEST_PANIC={thread}");
+    }
 }
 
 /// A preview to render: a pick of an arm after a round, with the sample it came from.
@@ -213,11 +269,70 @@ pub fn start_preview_worker(
     jobs: Receiver<PreviewJob>,
     out: Sender<PreviewReply>,
 ) -> JoinHandle<()> {
+    spawn_preview_worker(jobs, out, move || {
+        let (dir, cache_root) = (dir.clone(), cache_root.clone());
+        let mut ctx: Option<(SessionConfig, Dataset)> = None;
+        let mut net: Option<LoadedNet> = None;
+        move |latest_image: Option<PreviewRequest>, latest_latents: Option<usize>| {
+            // Reopen the session for each batch of jobs: the runner keeps writing its state.
+            let session = Session::open(&dir)?;
+            if ctx
+                .as_ref()
+                .map(|(config, _)| *config != session.config)
+                .unwrap_or(true)
+            {
+                let ds = session.load_dataset(false, &cache_root)?;
+                ctx = Some((session.config.clone(), ds));
+                net = None;
+            }
+            let (_, ds) = ctx.as_ref().expect("set above");
+            let mut replies = Vec::new();
+            if let Some(repeat) = latest_latents {
+                let initial = crate::session::plan::stages(&session.config)
+                    .first()
+                    .map(|st| st.initial)
+                    .unwrap_or(0);
+                let order = session
+                    .state
+                    .repeats
+                    .get(repeat)
+                    .map(|r| r.order.iter().take(initial).copied().collect())
+                    .unwrap_or_default();
+                replies.push(PreviewReply::Latents {
+                    repeat,
+                    latents: sample_latents(&session, ds, repeat)?,
+                    initial: order,
+                });
+            }
+            if let Some(req) = latest_image {
+                let (image, caption) = render_preview(&session, ds, &req, &mut net)?;
+                replies.push(PreviewReply::Image {
+                    request: req,
+                    image,
+                    caption,
+                });
+            }
+            Ok(replies)
+        }
+    })
+}
+
+/// The preview thread's loop: `make()` gives the handler (with its caches), which gets the newest
+/// image request and the newest latents request of each batch. An error, or a panic, becomes a
+/// `PreviewReply::Failed` and the thread goes on; after a panic the handler is made afresh (its
+/// caches may be half-made).
+pub fn spawn_preview_worker<H>(
+    jobs: Receiver<PreviewJob>,
+    out: Sender<PreviewReply>,
+    make: impl Fn() -> H + Send + 'static,
+) -> JoinHandle<()>
+where
+    H: FnMut(Option<PreviewRequest>, Option<usize>) -> Result<Vec<PreviewReply>>,
+{
     std::thread::Builder::new()
-        .name("preview".into())
+        .name(PREVIEW_THREAD.into())
         .spawn(move || {
-            let mut ctx: Option<(SessionConfig, Dataset)> = None;
-            let mut net: Option<LoadedNet> = None;
+            let mut handler = make();
             while let Ok(first) = jobs.recv() {
                 let mut latest_image = None;
                 let mut latest_latents = None;
@@ -227,47 +342,15 @@ pub fn start_preview_worker(
                         PreviewJob::Latents(r) => latest_latents = Some(r),
                     }
                 }
-                let reply = (|| -> Result<Vec<PreviewReply>> {
-                    // Reopen the session for each batch of jobs: the runner keeps writing its state.
-                    let session = Session::open(&dir)?;
-                    if ctx
-                        .as_ref()
-                        .map(|(config, _)| *config != session.config)
-                        .unwrap_or(true)
-                    {
-                        let ds = session.load_dataset(false, &cache_root)?;
-                        ctx = Some((session.config.clone(), ds));
-                        net = None;
+                let reply = match catch_unwind(AssertUnwindSafe(|| {
+                    handler(latest_image, latest_latents)
+                })) {
+                    Ok(r) => r,
+                    Err(payload) => {
+                        handler = make();
+                        Err(panic_error(payload))
                     }
-                    let (_, ds) = ctx.as_ref().expect("set above");
-                    let mut replies = Vec::new();
-                    if let Some(repeat) = latest_latents {
-                        let initial = crate::session::plan::stages(&session.config)
-                            .first()
-                            .map(|st| st.initial)
-                            .unwrap_or(0);
-                        let order = session
-                            .state
-                            .repeats
-                            .get(repeat)
-                            .map(|r| r.order.iter().take(initial).copied().collect())
-                            .unwrap_or_default();
-                        replies.push(PreviewReply::Latents {
-                            repeat,
-                            latents: sample_latents(&session, ds, repeat)?,
-                            initial: order,
-                        });
-                    }
-                    if let Some(req) = latest_image {
-                        let (image, caption) = render_preview(&session, ds, &req, &mut net)?;
-                        replies.push(PreviewReply::Image {
-                            request: req,
-                            image,
-                            caption,
-                        });
-                    }
-                    Ok(replies)
-                })();
+                };
                 let replies =
                     reply.unwrap_or_else(|e| vec![PreviewReply::Failed(format!("{e:#}"))]);
                 for r in replies {

@@ -329,6 +329,10 @@ fn browser_lists_sessions_with_their_state() {
     suggestive::session::Session::create(&dir.join("alpha"), cfg.clone()).unwrap();
     suggestive::session::Session::create(&dir.join("beta"), cfg).unwrap();
     std::fs::write(dir.join("beta/state.json"), "garbage").unwrap();
+    // A session being created (Session::create's hidden temporary folder) is not listed.
+    let cfg = suggestive::session::preset("demo").unwrap();
+    suggestive::session::Session::create(&dir.join("half"), cfg).unwrap();
+    std::fs::rename(dir.join("half"), dir.join(".half.creating-1")).unwrap();
     let mut b = Browser::new(dir.clone());
     assert_eq!(b.entries.len(), 2);
     assert_eq!(b.entries[0].state, "new");
@@ -667,12 +671,12 @@ fn browser_refuses_to_delete_a_session_another_process_runs() {
     let dir = tmp.path().join("sessions");
     let cfg = suggestive::session::preset("demo").unwrap();
     suggestive::session::Session::create(&dir.join("busy"), cfg).unwrap();
-    // A live process that is not this one holds the lock.
-    let mut holder = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
-    std::fs::write(dir.join("busy/lock"), format!("{}\n", holder.id())).unwrap();
+    // The lock held as a run holds it (an advisory lock on the file, which names the pid):
+    // here by this test process.
+    let me = std::process::id();
+    let holder = std::fs::File::create(dir.join("busy/lock")).unwrap();
+    holder.try_lock().unwrap();
+    std::fs::write(dir.join("busy/lock"), format!("{me}\n")).unwrap();
     let mut b = Browser::new(dir.clone());
     b.on_key(key(KeyCode::Char('x')));
     let refused = b.message.clone().unwrap_or_default();
@@ -680,11 +684,10 @@ fn browser_refuses_to_delete_a_session_another_process_runs() {
     // Had it asked, answer yes: the session must survive anyway.
     b.on_key(key(KeyCode::Char('y')));
     let survived = dir.join("busy/session.toml").exists();
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
     assert!(survived, "a running session was deleted");
     assert!(!asked, "it asked to delete a running session");
-    assert!(refused.contains(&holder.id().to_string()), "{refused}");
+    assert!(refused.contains(&me.to_string()), "{refused}");
     // Once the holder is gone, delete works.
     b.on_key(key(KeyCode::Char('x')));
     b.on_key(key(KeyCode::Char('y')));

@@ -34,6 +34,11 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
     let mut dirs: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
+        // Hidden folders are sessions being created (Session::create's temporary folder).
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .filter(|p| p.join("session.toml").is_file())
         .collect();
     dirs.sort();

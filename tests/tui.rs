@@ -662,6 +662,17 @@ fn small_terminals_and_idle_states_draw_cleanly() {
         !text.contains("n next round") && !text.contains("r run all"),
         "{text}"
     );
+    // q closes the dashboard: "quit" on its own, "back" when the browser opened it.
+    assert!(
+        text.contains("q quit") && !text.contains("q back"),
+        "{text}"
+    );
+    app.from_browser = true;
+    let text = render(&app, 160, 48);
+    assert!(
+        text.contains("q back") && !text.contains("q quit"),
+        "{text}"
+    );
 }
 
 /// A session whose lock a live process holds is not deleted; the browser names the process.

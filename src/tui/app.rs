@@ -100,6 +100,8 @@ pub struct Dashboard {
     pub quit: bool,
     /// Quit the program (ctrl-c), wherever the dashboard was opened from.
     pub exit: bool,
+    /// Opened from the session browser, so q goes back there (the footer says so).
+    pub from_browser: bool,
     /// Set when the selection changed and a new preview should be asked for.
     pub want_preview: bool,
     pub want_latents: Option<usize>,
@@ -141,6 +143,7 @@ impl Dashboard {
             tab: Tab::Overview,
             quit: false,
             exit: false,
+            from_browser: false,
             want_preview: false,
             want_latents: None,
             worker_alive: true,

@@ -199,6 +199,7 @@ fn dashboard(
     let _preview =
         worker::start_preview_worker(dir.clone(), opts.cache_root.clone(), jobs, reply_tx);
     let mut app = Dashboard::new(name);
+    app.from_browser = from_browser;
     if let Some(m) = theme_msg {
         app.log(true, m);
     }

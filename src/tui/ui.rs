@@ -178,16 +178,21 @@ fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
 fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     // Only the keys that do something in this state.
     let keys = match app.run {
-        RunState::Running => "p pause · ←/→ picks · tab arm · m modality · ? help · q quit",
-        RunState::Stopping => "←/→ picks · tab arm · m modality · ? help · q quit",
-        RunState::Loading => "? help · q quit",
-        RunState::Finished => "←/→ picks · tab arm · m modality · d axes · ? help · q quit",
+        RunState::Running => "p pause · ←/→ picks · tab arm · m modality · ? help",
+        RunState::Stopping => "←/→ picks · tab arm · m modality · ? help",
+        RunState::Loading => "? help",
+        RunState::Finished => "←/→ picks · tab arm · m modality · d axes · ? help",
         RunState::Paused | RunState::Failed(_) => {
-            "n next round · r run all · ←/→ picks · tab arm · m modality · d axes · ? help · q quit"
+            "n next round · r run all · ←/→ picks · tab arm · m modality · d axes · ? help"
         }
     };
+    // q closes the dashboard: back to the browser when it was opened from there.
+    let q = if app.from_browser { "q back" } else { "q quit" };
     f.render_widget(
-        Paragraph::new(Span::styled(format!(" {keys}"), Style::default().fg(t.dim))),
+        Paragraph::new(Span::styled(
+            format!(" {keys} · {q}"),
+            Style::default().fg(t.dim),
+        )),
         area,
     );
 }

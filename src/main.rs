@@ -345,7 +345,12 @@ fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadRepor
         progress: stderr_is_terminal() && !a.json,
         threads: a.threads,
     };
-    Ok(Dataset::load(&a.dir, &opts)?)
+    // One spelling of the folder (`data`, `./data/`, links to it): the cache's fingerprint
+    // holds the input files' paths, which would otherwise differ with it and rebuild the cache
+    // for nothing. (Not inside Dataset::load: sessions store the path they were created with,
+    // canonical since `new` makes it so, and their recorded fingerprints must stay valid.)
+    let dir = a.dir.canonicalize().unwrap_or_else(|_| a.dir.clone());
+    Ok(Dataset::load(&dir, &opts)?)
 }
 
 fn cmd_dataset(a: DatasetArgs) -> Result<()> {

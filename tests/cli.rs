@@ -123,6 +123,16 @@ fn phantom_then_dataset_json_summary_then_cache_hit() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["cache"]["status"]["state"], "hit");
     assert!(v["verify_seconds"].is_number());
+    // Another spelling of the same folder is the same data set: still a hit.
+    let spelled = format!("{}/./", data.display());
+    let out = run(&["dataset", &spelled, "--json"], tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["cache"]["status"]["state"],
+        "hit",
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = run(
         &[

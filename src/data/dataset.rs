@@ -106,11 +106,6 @@ impl Dataset {
     pub fn load(root: &Path, opts: &LoadOptions) -> Result<(Dataset, LoadReport), DataError> {
         let start = Instant::now();
         opts.preprocessing.validate()?;
-        // One spelling of the folder (`data`, `./data/`, `/abs/data` and links to it): the
-        // fingerprint holds the input files' paths, which would otherwise differ with it and
-        // rebuild the cache for nothing.
-        let canonical = root.canonicalize();
-        let root = canonical.as_deref().unwrap_or(root);
         let layout = discover(root)?;
         let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
         let dir = cache::cache_dir_for(&opts.cache_root, root, &opts.preprocessing);

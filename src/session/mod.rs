@@ -224,8 +224,9 @@ impl Session {
         let st = &self.state;
         if let Some(started) = &st.config {
             // The device may change between runs (a session started on the CPU can go on on a
-            // GPU), and the data set's path (the data set itself is checked by its
-            // fingerprint); everything else shapes the plan or the numbers.
+            // GPU). The data set's path is left to the data set's own check (Runner::open: its
+            // fingerprint, which holds its files' paths, sizes and times, and says what
+            // changed in counts). Everything else shapes the plan or the numbers.
             let mut changed = started.changed_keys(&self.config);
             changed.retain(|k| k != "experiment.device" && k != "dataset.path");
             if !changed.is_empty() {

@@ -298,14 +298,20 @@ fn main() -> ExitCode {
     // Before any thread allocates: libtorch's CPU tensors reuse freed heap blocks instead of
     // faulting fresh pages in at every step (engine::host_memory).
     suggestive::engine::host_memory::keep_freed_blocks();
-    // Output into a closed pipe (`suggestive status S | head -3`) ends the process quietly, as
-    // it does for other command-line tools, instead of a panic in println!. Session writes
-    // are atomic and the lock is the kernel's, so this ending leaves nothing half-done.
-    // SAFETY: called before any thread starts; restores the default disposition.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Output into a closed pipe (`suggestive status S | head -3`) ends a reporting command
+    // quietly, as it does other command-line tools, instead of a panic in println!. Not a
+    // run, the TUI or the demo: `run --jsonl | head` must not end the training (their writes
+    // to a closed pipe fail and are ignored).
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Tui(_) | Command::Demo { .. }
+    ) {
+        // SAFETY: called before any thread starts; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Dataset(a) => cmd_dataset(a),
         Command::Phantom(a) => cmd_phantom(a),
@@ -632,17 +638,26 @@ struct Progress {
     terminal: bool,
 }
 
+/// A line of a run's progress on stdout; a failed write (stdout closed, as by `| head`) is
+/// ignored: the run goes on.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 impl Progress {
     fn on(&mut self, ev: &Event) {
         match ev {
             Event::Started { session, device, steps_done, steps_total, .. } => {
-                println!("session {session} on {device}: {steps_done}/{steps_total} steps done");
+                say!("session {session} on {device}: {steps_done}/{steps_total} steps done");
             }
             Event::StepStarted { index, total, description, .. } => {
                 if let Some(b) = self.bar.take() {
                     b.finish_and_clear();
                 }
-                println!("[{}/{total}] {description}", index + 1);
+                say!("[{}/{total}] {description}", index + 1);
             }
             Event::EpochDone { epoch, epochs, loss, .. } => {
                 if self.terminal {
@@ -654,7 +669,7 @@ impl Progress {
                     b.set_position(*epoch as u64);
                     b.set_message(format!("loss {loss:.4}"));
                 } else {
-                    println!("    epoch {epoch}/{epochs} loss {loss:.4}");
+                    say!("    epoch {epoch}/{epochs} loss {loss:.4}");
                 }
             }
             Event::PicksMade { arm, round, picks, fallbacks, tumour_picks, .. } => {
@@ -662,13 +677,13 @@ impl Progress {
                     Some(s) => format!("{}#{s}", p.patient),
                     None => p.patient.clone(),
                 }).collect();
-                println!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", names.join(", "), tumour_picks);
+                say!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", names.join(", "), tumour_picks);
             }
             Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
-                println!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
+                say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
             }
-            Event::Stopped { steps_done, steps_total } => println!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
-            Event::Finished { steps_total } => println!("finished: {steps_total} steps"),
+            Event::Stopped { steps_done, steps_total } => say!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
+            Event::Finished { steps_total } => say!("finished: {steps_total} steps"),
             Event::Error { message } => eprintln!("error in the run: {message}"),
             // Timing for the report; the step's own lines say enough on the terminal.
             Event::StepDone { .. } => {}

@@ -216,9 +216,29 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
         "{err}"
     );
     assert_eq!(state(&dir)["done"], 0);
-    // Let go without removing the file, as a killed run does: the file still names a live pid
-    // (this process: what a reused pid looks like), but nobody holds the lock. The run proceeds.
     drop(held);
+    // A run of a version from before the advisory lock wrote its pid and took no lock: a live
+    // suggestive process named by the file still counts as the writer.
+    let mut older = env
+        .cmd(&["run", env.session("other").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("lock"), format!("{}\n", older.id())).unwrap();
+    assert_eq!(
+        suggestive::session::store::live_holder(&dir),
+        Some(older.id())
+    );
+    let out = env.cmd(&["run", "locked"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = older.kill();
+    let _ = older.wait();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("pid {}", older.id())), "{err}");
+    // The file names a live pid that is not a suggestive run (this test: what a reused pid
+    // looks like), and nobody holds the lock, as after a killed run. The run proceeds.
+    std::fs::write(dir.join("lock"), format!("{me}\n")).unwrap();
     assert_eq!(suggestive::session::store::live_holder(&dir), None);
     let out = env.cmd(&["run", "locked"]).output().unwrap();
     assert_ok(&out);
@@ -246,6 +266,26 @@ fn of_two_runs_started_together_one_writes_and_the_other_is_refused() {
         .filter(|o| String::from_utf8_lossy(&o.stderr).contains("being written by another process"))
         .count();
     assert_eq!((ok, refused), (1, 1), "{outs:?}");
+    assert_eq!(state(&dir)["done"], 16);
+}
+
+#[test]
+fn a_run_whose_output_pipe_closes_goes_on_to_the_end() {
+    // `suggestive run S | head -1`: the reader goes away; the training must not.
+    let env = Env::new();
+    let dir = env.root.join("sessions").join("piped");
+    Session::create(&dir, tiny_session_config(&env.data, &[])).unwrap();
+    for jsonl in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut args = vec!["run", "piped"];
+        if jsonl {
+            args.push("--jsonl");
+        }
+        let out = env.cmd(&args).stdout(writer).output().unwrap();
+        assert_ok(&out);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
     assert_eq!(state(&dir)["done"], 16);
 }
 

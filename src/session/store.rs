@@ -42,20 +42,50 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// The pid of the process that holds `session`'s lock (is writing the session), if any.
+/// The pid of the process that holds `session`'s lock (is writing the session), if any; 0 when
+/// the lock is held but its file does not name the holder yet.
 pub fn live_holder(session: &Path) -> Option<u32> {
     let path = session.join("lock");
     let f = File::open(&path).ok()?;
     // A shared lock is granted unless a writer holds the exclusive one; held for an instant
     // (an `acquire` at that moment retries).
     match f.try_lock_shared() {
-        Ok(()) => None,
-        Err(_) => Some(read_pid(&path).unwrap_or(0)),
+        Ok(()) => legacy_holder(&path),
+        Err(fs::TryLockError::WouldBlock) => Some(read_pid(&path).unwrap_or(0)),
+        Err(fs::TryLockError::Error(e)) if flock_unsupported(&e) => pid_alive(&path),
+        Err(fs::TryLockError::Error(_)) => None,
     }
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The pid in the lock file when that process is alive and is not this one.
+fn pid_alive(path: &Path) -> Option<u32> {
+    read_pid(path).filter(|&p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// A live suggestive process named by a lock file that nobody holds: a run of a version from
+/// before this lock, which wrote its pid and took no flock. (Any other live process of that
+/// pid is a reused pid, and not a writer.)
+fn legacy_holder(path: &Path) -> Option<u32> {
+    pid_alive(path).filter(|p| {
+        fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| {
+            exe.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("suggestive"))
+        })
+    })
+}
+
+/// File systems without `flock` (Lustre mounted without it, NFS without its lock daemon) say
+/// so with one of these.
+fn flock_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOLCK | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
 }
 
 /// Exclusive right to write a session, held while a process runs it: an advisory lock
@@ -88,7 +118,11 @@ impl Lock {
                 .open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             match file.try_lock() {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(pid) = legacy_holder(&path) {
+                        return Err(busy(Some(pid)));
+                    }
+                }
                 Err(fs::TryLockError::WouldBlock) => {
                     // Maybe only `live_holder` looking for an instant: try again shortly.
                     if attempt < 4 {
@@ -96,6 +130,18 @@ impl Lock {
                         continue;
                     }
                     return Err(busy(read_pid(&path)));
+                }
+                Err(fs::TryLockError::Error(e)) if flock_unsupported(&e) => {
+                    // No flock here: the pid in the file, checked against the running
+                    // processes, is the lock (weaker: two runs starting in the same instant
+                    // can both pass).
+                    if let Some(pid) = pid_alive(&path) {
+                        return Err(busy(Some(pid)));
+                    }
+                    eprintln!(
+                        "warning: {} does not support file locks (flock); the session's lock is its pid file only",
+                        session.display()
+                    );
                 }
                 Err(fs::TryLockError::Error(e)) => {
                     return Err(e).with_context(|| format!("cannot lock {}", path.display()))

@@ -613,7 +613,9 @@ fn cmd_new(a: NewArgs) -> Result<()> {
     if path.as_os_str().is_empty() {
         bail!("preset {} needs --dataset DIR (a BraTS folder)", a.preset);
     }
-    if path.as_os_str() != "demo" {
+    // `demo` (the embedded phantom) is a keyword of the presets and --set; --dataset always
+    // names a folder, also one called demo.
+    if from == "--dataset" || path.as_os_str() != "demo" {
         if !path.is_dir() {
             bail!("{from} {}: no such folder", path.display());
         }

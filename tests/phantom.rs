@@ -241,25 +241,34 @@ fn a_new_phantom_replaces_an_old_one_whole_and_an_interrupted_one_leaves_nothing
         .map(|p| p.id.clone())
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
+    // Files that are not the phantom's are not removed with it: refused, nothing changes.
+    fs::write(out.join("notes.txt"), "mine").unwrap();
+    let before = tree(&out);
+    let cfg = PhantomConfig {
+        sites: vec![("CBICA".into(), 1)],
+        shape: [32, 32, 24],
+        ..Default::default()
+    };
+    let err = suggestive::phantom::generate(&cfg, &out, &|| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other files (notes.txt)"), "{err}");
+    assert_eq!(tree(&out), before);
+    // Through a link: the link's target is replaced, the link stays a link.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(tmp.path().join("real"), &link).unwrap();
+    fs::create_dir(tmp.path().join("real")).unwrap();
+    tiny_phantom(&link, &[("CBICA", 1)], PhantomLayout::Brats2019, 4);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(tmp.path().join("real/phantom.json").exists());
 
     // Killed mid-way (Ctrl-C during the demo's first start): the folder is either complete
     // or absent, never a half data set that a later run refuses; a temporary folder of a
     // process that is gone is cleared by the next run.
     let big = tmp.path().join("big");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_suggestive"))
-        .args(["phantom", "--out", big.to_str().unwrap()])
-        .args(["--sites", "CBICA=30", "--shape", "96,96,64"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        !big.exists() || big.join("phantom.json").exists(),
-        "an interrupted generation left a partial folder"
-    );
     let leftovers = || -> Vec<String> {
         fs::read_dir(tmp.path())
             .unwrap()
@@ -267,6 +276,29 @@ fn a_new_phantom_replaces_an_old_one_whole_and_an_interrupted_one_leaves_nothing
             .filter(|n| n.starts_with(".big."))
             .collect()
     };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["phantom", "--out", big.to_str().unwrap()])
+        .args(["--sites", "CBICA=30", "--shape", "96,96,64"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once the generation is under way (its temporary folder exists).
+    let started = std::time::Instant::now();
+    while leftovers().is_empty() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the generation never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !big.exists() || big.join("phantom.json").exists(),
+        "an interrupted generation left a partial folder"
+    );
     tiny_phantom(&big, &[("CBICA", 1)], PhantomLayout::Brats2019, 3);
     assert!(big.join("phantom.json").exists());
     assert!(leftovers().is_empty(), "{:?}", leftovers());

@@ -490,6 +490,11 @@ fn new_takes_the_data_folder_from_either_option_and_names_go_to_the_sessions_fol
     let (ok, err) = new("viaflag", &["--dataset", d, "--set", "dataset.path=\"\""]);
     assert!(ok, "{err}");
     assert_eq!(data_path("viaflag"), data);
+    // --dataset demo is a folder called demo, not the embedded phantom's keyword.
+    std::os::unix::fs::symlink(&env.data, env.root.join("demo")).unwrap();
+    let (ok, err) = new("folder", &["--dataset", "demo"]);
+    assert!(ok, "{err}");
+    assert_eq!(data_path("folder"), data);
     let (ok, err) = new("missing", &["--set", "dataset.path=\"/no/such/folder\""]);
     assert!(
         !ok && err.contains("dataset.path /no/such/folder: no such folder"),

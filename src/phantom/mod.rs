@@ -185,6 +185,10 @@ pub fn generate(
     out: &Path,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<CaseSpec>> {
+    // The folder itself, where it exists: a link is followed (its target is replaced, not the
+    // link), and `.` gets a name.
+    let canonical = out.canonicalize();
+    let out = canonical.as_deref().unwrap_or(out);
     if out.exists() {
         let non_empty = fs::read_dir(out)
             .with_context(|| format!("cannot read {}", out.display()))?
@@ -194,6 +198,14 @@ pub fn generate(
             bail!(
                 "{} is not empty and holds no phantom ({MANIFEST}); choose an empty or new folder",
                 out.display()
+            );
+        }
+        let foreign = foreign_entries(out)?;
+        if !foreign.is_empty() {
+            bail!(
+                "{} holds a phantom and other files ({}), which a new phantom would remove; move them or choose another folder",
+                out.display(),
+                foreign.join(", ")
             );
         }
     }
@@ -229,6 +241,34 @@ pub fn generate(
         let _ = fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// What a phantom folder holds besides the phantom its manifest lists (none for an empty or
+/// new folder).
+fn foreign_entries(out: &Path) -> Result<Vec<String>> {
+    let manifest = out.join(MANIFEST);
+    if !manifest.exists() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: damaged", manifest.display()))?;
+    let mut ours: std::collections::HashSet<String> =
+        [MANIFEST, "name_mapping.csv"].map(String::from).into();
+    for c in v["cases"].as_array().into_iter().flatten() {
+        if let Some(first) = c["path"].as_str().and_then(|p| Path::new(p).iter().next()) {
+            ours.insert(first.to_string_lossy().into_owned());
+        }
+    }
+    let mut foreign: Vec<String> = fs::read_dir(out)
+        .with_context(|| format!("cannot read {}", out.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !ours.contains(n))
+        .collect();
+    foreign.sort();
+    Ok(foreign)
 }
 
 /// Temporary folders of generations of `name` whose process is gone (killed mid-way).

@@ -86,8 +86,9 @@ pub struct SessionState {
     pub picks: Vec<PickRecord>,
     pub results: Vec<ResultRow>,
     pub device: Option<String>,
-    /// session.toml as it was when the session first ran: a started session keeps its
-    /// settings (resuming indexes the plan by `done`), so later edits are refused by name.
+    /// session.toml as it was when a run first opened the session (for sessions started by
+    /// older versions: when this version first ran them): a started session keeps its settings
+    /// (resuming indexes the plan by `done`), so later edits are refused by name.
     #[serde(default)]
     pub config: Option<super::config::SessionConfig>,
 }

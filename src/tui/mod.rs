@@ -64,13 +64,16 @@ pub fn run(opts: TuiOptions) -> Result<()> {
     let log_path = opts.sessions_dir.join("tui-stderr.log");
     let _ = std::fs::create_dir_all(&opts.sessions_dir);
     let stderr_log = stderr_log::StderrToLog::start(&log_path).ok();
-    // Outermost: a panic on a worker thread is caught there and shown in the interface, which
-    // stays up; the hooks below would restore the terminal under it (raw mode off, so keys no
-    // longer arrive). Its message goes to the log instead (when stderr is one).
+    // Outermost: only a panic on this (the interface's) thread restores the terminal. One on
+    // any other thread (the workers, the threads they use, such as the cache build's) is
+    // caught by its worker and shown in the interface, which stays up; the hooks below would
+    // restore the terminal under it (raw mode off, so keys no longer arrive). Its message
+    // goes to the log instead (when stderr is one).
     let to_log = stderr_log.is_some();
+    let ui_thread = std::thread::current().id();
     let inner_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if worker::panics_are_caught_here() {
+        if std::thread::current().id() != ui_thread {
             if to_log {
                 let thread = std::thread::current();
                 eprintln!("thread '{}' {info}", thread.name().unwrap_or("<unnamed>"));

@@ -25,18 +25,10 @@ use crate::session::run::{sample_latents, Control, Outcome, Runner};
 use crate::session::state::SessionState;
 use crate::session::Session;
 
-/// The names of the worker threads. Their panics are caught and reported to the UI, so the panic
-/// hook must leave the terminal alone for them (see `tui::run`).
+/// The names of the worker threads (their panics are caught and reported to the UI; the panic
+/// hook leaves the terminal alone for every thread but the interface's, see `tui::run`).
 pub const SESSION_THREAD: &str = "session";
 pub const PREVIEW_THREAD: &str = "preview";
-
-/// Whether a panic on the current thread will be caught by a worker's `catch_panic`.
-pub fn panics_are_caught_here() -> bool {
-    matches!(
-        std::thread::current().name(),
-        Some(SESSION_THREAD) | Some(PREVIEW_THREAD)
-    )
-}
 
 /// Runs `f`, turning a panic into an error that carries the panic's message.
 pub fn catch_panic<T>(f: impl FnOnce() -> Result<T> + UnwindSafe) -> Result<T> {

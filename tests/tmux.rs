@@ -50,37 +50,8 @@ impl Drop for Kill {
 fn tui_steps_a_round_in_a_real_terminal_and_restores_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let data = tiny_phantom(
-        &root.join("data"),
-        &[("CBICA", 4), ("TCIA", 4)],
-        PhantomLayout::Brats2019,
-        6,
-    );
-    let cfg = tiny_session_config(&data, &["experiment.rounds=1"]);
-    let dir = root.join("sessions/live");
-    Session::create(&dir, cfg).unwrap();
-
-    let name = format!("suggestive-test-{}", std::process::id());
-    let env = |k: &str, v: &Path| format!("{k}={}", v.display());
-    let cmd = format!(
-        "env {} {} {} {} tui live --images halfblocks; echo EXIT:$?; sleep 60",
-        env("SUGGESTIVE_SESSIONS_DIR", &root.join("sessions")),
-        env("SUGGESTIVE_CACHE_DIR", &root.join("cache")),
-        env("SUGGESTIVE_DATA_DIR", &root.join("share")),
-        env!("CARGO_BIN_EXE_suggestive"),
-    );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "160",
-        "-y",
-        "48",
-        &cmd,
-    ]);
-    let _kill = Kill(name.clone());
+    let dir = tiny_live_session(root);
+    let (name, _kill) = start_tui(root, &[], "tui live");
 
     let s = wait_for(&name, "the dashboard", |s| {
         s.contains("paused") && s.contains("Work in progress")

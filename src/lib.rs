@@ -8,6 +8,7 @@
 //! - [`session`]: resumable experiment folders and the runner that executes them.
 //! - [`tui`]: the interactive terminal interface (session browser and live dashboard).
 //! - [`torch_info`]: what libtorch this binary runs on.
+//! - [`staged_dir`]: folders built beside their place and moved there whole.
 
 pub mod data;
 pub mod engine;
@@ -15,5 +16,6 @@ pub mod paths;
 pub mod phantom;
 pub mod preview;
 pub mod session;
+pub mod staged_dir;
 pub mod torch_info;
 pub mod tui;

@@ -273,7 +273,7 @@ fn a_new_phantom_replaces_an_old_one_whole_and_an_interrupted_one_leaves_nothing
         fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".big."))
+            .filter(|n| n.starts_with("big.tmp-") || n.starts_with("big.old-"))
             .collect()
     };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_suggestive"))

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::{PatientInfo, SkippedPatient};
 use super::{DataError, Preprocessing};
+use crate::staged_dir::StagedDir;
 
 /// Bumped whenever the layout of the cache files changes; older caches are rebuilt.
 /// 2: patients record their blank slices.
@@ -129,21 +130,15 @@ pub fn read_index(dir: &Path) -> Result<Option<CacheIndex>, String> {
 
 /// A cache under construction, in a temporary folder next to its final place.
 pub struct CacheBuilder {
-    tmp: PathBuf,
-    dest: PathBuf,
+    dir: StagedDir,
     pub images: File,
     pub masks: File,
-    done: bool,
 }
 
 impl CacheBuilder {
     pub fn create(dest: &Path) -> Result<Self, DataError> {
-        let parent = dest.parent().expect("cache dir has a parent");
-        fs::create_dir_all(parent).map_err(|e| DataError::cache(parent, e))?;
-        remove_stale_siblings(dest);
-        let tmp = sibling(dest, &format!("tmp-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir(&tmp).map_err(|e| DataError::cache(&tmp, e))?;
+        let dir = StagedDir::create(dest).map_err(|e| DataError::cache(dest, e))?;
+        let tmp = dir.path().to_path_buf();
         let open = |name: &str| {
             File::options()
                 .read(true)
@@ -155,14 +150,12 @@ impl CacheBuilder {
         Ok(CacheBuilder {
             images: open(IMAGES_FILE)?,
             masks: open(MASKS_FILE)?,
-            tmp: tmp.clone(),
-            dest: dest.to_path_buf(),
-            done: false,
+            dir,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.tmp
+        self.dir.path()
     }
 
     /// Writes `images` and `masks` at slice offset `first_slice`.
@@ -203,8 +196,9 @@ impl CacheBuilder {
     }
 
     /// Sizes the files, syncs everything, writes the index and renames the folder into place.
-    pub fn finish(mut self, index: &CacheIndex) -> Result<PathBuf, DataError> {
-        let err = |e: std::io::Error| DataError::cache(&self.tmp, e);
+    pub fn finish(self, index: &CacheIndex) -> Result<PathBuf, DataError> {
+        let tmp = self.dir.path().to_path_buf();
+        let err = |e: std::io::Error| DataError::cache(&tmp, e);
         self.images
             .set_len((index.slices * index.image_elems_per_slice() * 2) as u64)
             .map_err(err)?;
@@ -213,60 +207,11 @@ impl CacheBuilder {
             .map_err(err)?;
         self.images.sync_all().map_err(err)?;
         self.masks.sync_all().map_err(err)?;
-        let mut f = File::create(self.tmp.join(INDEX_FILE)).map_err(err)?;
+        let mut f = File::create(tmp.join(INDEX_FILE)).map_err(err)?;
         f.write_all(&serde_json::to_vec_pretty(index).expect("index serialises"))
             .map_err(err)?;
         f.sync_all().map_err(err)?;
-        File::open(&self.tmp)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        // Swap: the old cache (if any) is moved aside first, since a folder cannot be renamed
-        // over a non-empty one.
-        let old = sibling(&self.dest, &format!("old-{}", std::process::id()));
-        if self.dest.exists() {
-            fs::rename(&self.dest, &old).map_err(|e| DataError::cache(&self.dest, e))?;
-        }
-        fs::rename(&self.tmp, &self.dest).map_err(|e| DataError::cache(&self.dest, e))?;
-        let _ = fs::remove_dir_all(&old);
-        if let Some(parent) = self.dest.parent() {
-            let _ = File::open(parent).and_then(|d| d.sync_all());
-        }
-        self.done = true;
-        Ok(self.dest.clone())
-    }
-}
-
-impl Drop for CacheBuilder {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_dir_all(&self.tmp);
-        }
-    }
-}
-
-fn sibling(dest: &Path, tag: &str) -> PathBuf {
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    dest.with_file_name(format!("{name}.{tag}"))
-}
-
-/// Removes leftovers of builds that died (a killed process cannot clean up after itself).
-fn remove_stale_siblings(dest: &Path) {
-    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
-        return;
-    };
-    let prefix = format!("{}.", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let Some(tag) = n.strip_prefix(&prefix) else {
-            continue;
-        };
-        let pid = tag.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if !alive || pid == Some(std::process::id()) {
-            let _ = fs::remove_dir_all(e.path());
-        }
+        File::open(&tmp).and_then(|d| d.sync_all()).map_err(err)?;
+        self.dir.commit().map_err(err)
     }
 }

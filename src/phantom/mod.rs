@@ -25,6 +25,8 @@ use serde::Serialize;
 pub use case::{CaseSpec, Hardness};
 use site::Acquisition;
 
+use crate::staged_dir::StagedDir;
+
 /// Folder layout to write, as the BraTS releases did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum PhantomLayout {
@@ -213,34 +215,13 @@ pub fn generate(
     // interrupted run (Ctrl-C during the demo's first start) leaves no half data set that
     // later runs would refuse, and a new phantom replaces an old one whole (cases of the old
     // one no longer there).
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a folder name", out.display()))?
-        .to_string_lossy()
-        .into_owned();
-    fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    remove_abandoned(&parent, &name);
-    let tmp = parent.join(format!(".{name}.generating-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let result = write_phantom(cfg, &tmp, progress).and_then(|cases| {
-        if out.exists() {
-            let old = parent.join(format!(".{name}.replaced-{}", std::process::id()));
-            fs::rename(out, &old).with_context(|| format!("cannot replace {}", out.display()))?;
-            fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-            let _ = fs::remove_dir_all(&old);
-        } else {
-            fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-        }
-        Ok(cases)
-    });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
+    let staged =
+        StagedDir::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cases = write_phantom(cfg, staged.path(), progress)?;
+    staged
+        .commit()
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(cases)
 }
 
 /// What a phantom folder holds besides the phantom its manifest lists (none for an empty or
@@ -269,23 +250,6 @@ fn foreign_entries(out: &Path) -> Result<Vec<String>> {
         .collect();
     foreign.sort();
     Ok(foreign)
-}
-
-/// Temporary folders of generations of `name` whose process is gone (killed mid-way).
-fn remove_abandoned(parent: &Path, name: &str) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let f = e.file_name().to_string_lossy().into_owned();
-        let pid = [".generating-", ".replaced-"]
-            .iter()
-            .find_map(|tag| f.strip_prefix(&format!(".{name}{tag}")))
-            .and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 fn write_phantom(
@@ -329,7 +293,7 @@ fn write_phantom(
             }
         }
     }
-    write_atomic(&out.join("name_mapping.csv"), csv.as_bytes())?;
+    write_file(&out.join("name_mapping.csv"), csv.as_bytes())?;
     let manifest = Manifest {
         generator: concat!("suggestive ", env!("CARGO_PKG_VERSION")),
         seed: cfg.seed,
@@ -348,7 +312,7 @@ fn write_phantom(
             })
             .collect(),
     };
-    write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+    write_file(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     Ok(cases)
 }
 
@@ -358,16 +322,13 @@ fn write_nifti<T: nifti::DataElement + bytemuck::Pod>(
     suffix: &str,
     a: &Array3<T>,
 ) -> Result<()> {
+    // Plain writes: the whole folder is staged (`generate`), so no file needs its own swap.
     let path = dir.join(format!("{id}_{suffix}.nii.gz"));
-    let tmp = dir.join(format!(".tmp-{id}_{suffix}.nii.gz"));
-    WriterOptions::new(&tmp)
+    WriterOptions::new(&path)
         .write_nifti(a)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -263,6 +263,13 @@ impl Session {
             )));
         }
         let patients = ds.patients().len();
+        // Samples in each repeat's pool (patients, or their slices), for the index checks below.
+        let granularity = self.config.experiment.granularity;
+        let pool_len: Vec<usize> = st
+            .repeats
+            .iter()
+            .map(|rd| pool::Pool::new(ds, rd, granularity).len())
+            .collect();
         for (r, rd) in st.repeats.iter().enumerate() {
             if let Some(&p) = [&rd.train, &rd.test, &rd.source]
                 .into_iter()
@@ -274,7 +281,7 @@ impl Session {
                     r + 1
                 )));
             }
-            let pool = pool::Pool::new(ds, rd, self.config.experiment.granularity).len();
+            let pool = pool_len[r];
             if let Some(&o) = rd.order.iter().find(|&&o| o >= pool) {
                 return Err(damaged(format!(
                     "repeat {}: sample {o} in the random order, of a pool of {pool}",
@@ -283,13 +290,12 @@ impl Session {
             }
         }
         for rec in &st.picks {
-            let rd = st.repeats.get(rec.repeat).ok_or_else(|| {
+            let pool = *pool_len.get(rec.repeat).ok_or_else(|| {
                 damaged(format!(
                     "picks of repeat {}, which has no split",
                     rec.repeat + 1
                 ))
             })?;
-            let pool = pool::Pool::new(ds, rd, self.config.experiment.granularity).len();
             let outside = |i: usize| i >= pool;
             if let Some(p) = rec
                 .picks

@@ -1,4 +1,4 @@
-//! Link details that make or break a tch binary (see DESIGN.md):
+//! Link details that make or break a tch binary (see docs/development.md, "Linking libtorch"):
 //! - an rpath to torch's lib folder, so the binary runs without LD_LIBRARY_PATH;
 //! - `libtorch_cuda.so` kept as NEEDED when it exists: the linker's `--as-needed` would drop it,
 //!   since no symbol of ours refers to it, and then libtorch never registers its CUDA backend.

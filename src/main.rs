@@ -218,8 +218,13 @@ impl PrepArgs {
 
 #[derive(Args)]
 struct DatasetArgs {
-    /// BraTS folder: [HGG|LGG/]<ID>/<ID>_{flair,t1,t1ce,t2,seg}.nii[.gz]
+    /// Data set folder as downloaded: BraTS 2019-2021 ([HGG|LGG/]<ID>/<ID>_flair.nii.gz …),
+    /// BraTS 2023+ (<ID>/<ID>-t2f.nii.gz …) or a Decathlon task (dataset.json, imagesTr/, labelsTr/)
     dir: PathBuf,
+    /// CSV of `case ID,site` rows (optional header `case,site`): sites for data sets whose IDs
+    /// carry none (BraTS 2021, 2023, the Decathlon). Every case must be listed.
+    #[arg(long, value_name = "FILE.csv")]
+    sites: Option<PathBuf>,
     #[command(flatten)]
     prep: PrepArgs,
     /// Load the good patients and list the bad ones instead of stopping at the first.
@@ -258,10 +263,15 @@ struct PhantomArgs {
     shape: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Folder layout: brats2019 (HGG/LGG folders, site in the ID) or brats2020 (flat, site and
-    /// grade only in name_mapping.csv).
+    /// Folder layout: brats2019 (HGG/LGG folders, site in the ID), brats2020 (flat, site and
+    /// grade only in name_mapping.csv), brats2023 (<ID>-t2f.nii.gz …, labels 1/2/3) or msd (the
+    /// Decathlon's Task01: dataset.json, 4D imagesTr/, labelsTr/, imagesTs/). Layouts whose IDs
+    /// carry no site get a sites.csv for `dataset --sites`.
     #[arg(long, value_enum, default_value_t = PhantomLayout::Brats2019)]
     layout: PhantomLayout,
+    /// Cases without a segmentation, written after the others into imagesTs/ (msd only).
+    #[arg(long, default_value_t = 0)]
+    unlabelled: usize,
     /// Share of hard cases (small, low-contrast, multifocal, near the ventricles).
     #[arg(long, default_value_t = 0.25)]
     hard_fraction: f64,
@@ -350,6 +360,7 @@ fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadRepor
         rebuild: a.rebuild_cache,
         progress: stderr_is_terminal() && !a.json,
         threads: a.threads,
+        sites: a.sites.clone(),
     };
     // One spelling of the folder (`data`, `./data/`, links to it): the cache's fingerprint
     // holds the input files' paths, which would otherwise differ with it and rebuild the cache
@@ -368,7 +379,7 @@ fn cmd_dataset(a: DatasetArgs) -> Result<()> {
     } else {
         None
     };
-    let summary = Summary::new(&ds, &report);
+    let summary = Summary::new(&ds, &report, a.sites.as_deref());
     if a.json {
         let mut v = serde_json::to_value(&summary)?;
         if let Some(s) = verified {
@@ -427,6 +438,7 @@ fn phantom_config(a: &PhantomArgs) -> Result<PhantomConfig> {
         seed: a.seed,
         layout: a.layout,
         hard_fraction: a.hard_fraction,
+        unlabelled: a.unlabelled,
         ..Default::default()
     })
 }
@@ -434,7 +446,7 @@ fn phantom_config(a: &PhantomArgs) -> Result<PhantomConfig> {
 fn run_phantom(cfg: &PhantomConfig, out: &Path) -> Result<()> {
     let n: usize = cfg.sites.iter().map(|(_, c)| c).sum();
     let bar = if stderr_is_terminal() {
-        ProgressBar::new(n as u64)
+        ProgressBar::new((n + cfg.unlabelled) as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -452,8 +464,12 @@ fn run_phantom(cfg: &PhantomConfig, out: &Path) -> Result<()> {
         .count();
     let sites: Vec<String> = cfg.sites.iter().map(|(s, c)| format!("{s} {c}")).collect();
     let [x, y, z] = cfg.shape;
+    let unlabelled = match cfg.unlabelled {
+        0 => String::new(),
+        u => format!(" and {u} unlabelled cases"),
+    };
     eprintln!(
-        "wrote {n} patients ({}; {hard} hard cases) of {x}×{y}×{z} to {}",
+        "wrote {n} patients ({}; {hard} hard cases){unlabelled} of {x}×{y}×{z} to {}",
         sites.join(", "),
         out.display()
     );
@@ -620,6 +636,21 @@ fn cmd_new(a: NewArgs) -> Result<()> {
             bail!("{from} {}: no such folder", path.display());
         }
         cfg.dataset.path = path.canonicalize().unwrap_or(path);
+    }
+    // Kept absolute too; a relative name is first looked for in the data folder.
+    if let Some(sites) = cfg.dataset.sites.clone() {
+        let candidates = [cfg.dataset.path.join(&sites), sites.clone()];
+        let found = if sites.is_absolute() {
+            Some(sites.clone())
+        } else {
+            candidates.into_iter().find(|c| c.is_file())
+        };
+        match found {
+            Some(f) if f.is_file() => {
+                cfg.dataset.sites = Some(f.canonicalize().unwrap_or(f));
+            }
+            _ => bail!("dataset.sites {}: no such file", sites.display()),
+        }
     }
     let dir = a.dirs.resolve(&a.name);
     let s = Session::create(&dir, cfg)?;

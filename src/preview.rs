@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 
-use crate::data::{read_seg, read_volume, Modality, Volume};
+use crate::data::{read_labels, read_volume, Modality, Volume};
 
 /// A volume to preview and its segmentation, when one was found.
 pub struct PreviewSource {
@@ -65,7 +65,8 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
     let image = read_volume(&id, &image_path)?;
     let labels = match seg_path {
         Some(p) => {
-            let (seg, labels) = read_seg(&id, &p)?;
+            // Any layout's labels: the outline is of the whole tumour (non-zero).
+            let (seg, labels) = read_labels(&id, &p)?;
             if seg.dims != image.dims {
                 bail!(
                     "{}: shape {:?} differs from the image's {:?}",

@@ -583,7 +583,7 @@ fn empty_and_non_brats_folders_are_refused() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("photos") && err.contains("no BraTS patient folders"),
+        err.contains("photos") && err.contains("no BraTS case folders"),
         "{err}"
     );
 

@@ -316,7 +316,7 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
         "central difference disagrees: {}",
         cosine(&auto.direction, &cd.direction)
     );
-    // Plain float32 at this step is rounding noise (what DESIGN.md warns about): it either
+    // Plain float32 at this step is rounding noise (docs/method.md, "Numerical care"): it either
     // vanishes or points elsewhere.
     let f32dir = dir(1e-4, DirectionMethod::Float32);
     assert!(

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::cache::{self, CacheBuilder, CacheIndex, CacheStatus, CACHE_FORMAT_VERSION};
-use super::layout::{discover, PatientFiles};
+use super::layout::{discover, DatasetLayout, ImageFile, PatientFiles};
 use super::preprocess::{preprocess, PatientStats};
-use super::volume::{read_dims, read_seg, read_volume};
+use super::volume::{read_channels, read_dims, read_seg, Volume};
 use super::{DataError, Preprocessing};
 
 /// One loaded patient, as recorded in the cache index.
@@ -68,6 +68,8 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Worker threads for decoding; `None`: one per core.
     pub threads: Option<usize>,
+    /// A CSV of `case ID, site` rows, for data sets whose IDs carry no site.
+    pub sites: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -79,6 +81,7 @@ impl LoadOptions {
             rebuild: false,
             progress: false,
             threads: None,
+            sites: None,
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct Dataset {
     cache_dir: PathBuf,
     /// Per slice of the data set: blank (see `PatientInfo::blank_slices`).
     blank: Vec<bool>,
+    /// The folder's cases and files as found by this load.
+    layout: DatasetLayout,
 }
 
 impl Dataset {
@@ -106,7 +111,10 @@ impl Dataset {
     pub fn load(root: &Path, opts: &LoadOptions) -> Result<(Dataset, LoadReport), DataError> {
         let start = Instant::now();
         opts.preprocessing.validate()?;
-        let layout = discover(root)?;
+        let mut layout = discover(root)?;
+        if let Some(file) = &opts.sites {
+            layout.apply_sites(file)?;
+        }
         let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
         let dir = cache::cache_dir_for(&opts.cache_root, root, &opts.preprocessing);
 
@@ -115,7 +123,7 @@ impl Dataset {
             match cache::read_index(&dir) {
                 Ok(Some(index)) if index.inputs_fingerprint == fingerprint => {
                     refuse_skipped(&index.skipped, opts.skip_bad)?;
-                    let ds = Dataset::open(&dir, index)?;
+                    let ds = Dataset::open(&dir, index, layout)?;
                     let report = LoadReport {
                         status: CacheStatus::Hit,
                         seconds: start.elapsed().as_secs_f64(),
@@ -140,7 +148,7 @@ impl Dataset {
                 .install(build)?,
             None => build()?,
         };
-        let ds = Dataset::open(&dir, index)?;
+        let ds = Dataset::open(&dir, index, layout)?;
         let report = LoadReport {
             status,
             seconds: start.elapsed().as_secs_f64(),
@@ -149,7 +157,7 @@ impl Dataset {
         Ok((ds, report))
     }
 
-    fn open(dir: &Path, index: CacheIndex) -> Result<Dataset, DataError> {
+    fn open(dir: &Path, index: CacheIndex, layout: DatasetLayout) -> Result<Dataset, DataError> {
         let map = |name: &str| -> Result<Mmap, DataError> {
             let path = dir.join(name);
             let file = std::fs::File::open(&path).map_err(|e| DataError::cache(&path, e))?;
@@ -171,9 +179,18 @@ impl Dataset {
             index,
             cache_dir: dir.to_path_buf(),
             blank,
+            layout,
         })
     }
 
+    /// The cases and files of the folder, as found by this load (unlabelled cases included).
+    pub fn layout(&self) -> &DatasetLayout {
+        &self.layout
+    }
+    /// The files of a loaded patient.
+    pub fn files_of(&self, id: &str) -> Option<&PatientFiles> {
+        self.layout.patients.iter().find(|p| p.id == id)
+    }
     pub fn root(&self) -> &Path {
         &self.index.root
     }
@@ -306,10 +323,13 @@ fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing) -> String {
         h.update(p.id.as_bytes());
         h.update(p.site.as_bytes());
         h.update(p.grade.as_deref().unwrap_or("-").as_bytes());
-        let files = prep
-            .modalities
-            .iter()
-            .map(|m| p.images.get(m))
+        let channels = prep.modalities.iter().map(|m| p.images.get(m));
+        for c in channels.clone() {
+            // The channel order of a 4D file comes from dataset.json, not from the file.
+            h.update(&c.and_then(|c| c.channel).map_or(-1i64, |c| c as i64).to_le_bytes());
+        }
+        let files = channels
+            .map(|c| c.map(|c| &c.path))
             .chain([p.seg.as_ref()]);
         for f in files {
             match f.and_then(|f| std::fs::metadata(f).ok().map(|m| (f, m))) {
@@ -338,23 +358,47 @@ struct Planned<'a> {
     voxel_mm: [f32; 3],
 }
 
-/// Phase 1: every requested file exists, has a readable 3D header, and all share one shape.
+/// Phase 1: every requested file exists, has a readable header with the channels the layout
+/// says, and all share one shape.
 fn plan_patient<'a>(p: &'a PatientFiles, prep: &Preprocessing) -> Result<Planned<'a>, DataError> {
     let mut first: Option<([usize; 3], [f32; 3], &Path)> = None;
-    let files = prep
-        .modalities
-        .iter()
-        .map(|m| (m.suffix(), p.images.get(m)))
-        .chain([("seg", p.seg.as_ref())]);
-    for (suffix, path) in files {
-        let Some(path) = path else {
+    let images = prep.modalities.iter().map(|&m| {
+        (
+            Some(m),
+            p.images.get(&m).map(|f: &ImageFile| (&f.path, f.channel)),
+        )
+    });
+    let seg = std::iter::once((None, p.seg.as_ref().map(|path| (path, None))));
+    for (modality, file) in images.chain(seg) {
+        let Some((path, channel)) = file else {
             return Err(DataError::file(
                 &p.id,
-                p.expected_path(suffix),
-                format!("missing {suffix} file"),
+                p.expected_path(modality),
+                p.missing_message(modality),
             ));
         };
-        let (dims, vox) = read_dims(&p.id, path)?;
+        let (dims, vox, channels) = read_dims(&p.id, path)?;
+        match (channel, &p.channels) {
+            (Some(_), Some(listed)) if channels != listed.len() => {
+                return Err(DataError::file(
+                    &p.id,
+                    path,
+                    format!(
+                        "a 4D image of {channels} channels, but dataset.json lists {} ({})",
+                        listed.len(),
+                        listed.join(", ")
+                    ),
+                ))
+            }
+            (None, _) if channels != 1 => {
+                return Err(DataError::file(
+                    &p.id,
+                    path,
+                    format!("expected a 3D volume, found dimensions {dims:?} × {channels} channels"),
+                ))
+            }
+            _ => {}
+        }
         match first {
             None => first = Some((dims, vox, path)),
             Some((d, _, other)) if d != dims => {
@@ -542,14 +586,24 @@ fn load_patient(
     shape: (usize, usize),
 ) -> Result<PatientInfo, DataError> {
     let p = plan.files;
+    // A 4D file holds several modalities: each file is decoded once.
+    let mut decoded: Vec<(&Path, Vec<Volume>)> = Vec::new();
     let mut volumes = Vec::with_capacity(prep.modalities.len());
     for m in &prep.modalities {
-        let path = &p.images[m];
-        let v = read_volume(&p.id, path)?;
+        let file = &p.images[m];
+        let at = match decoded.iter().position(|(path, _)| *path == file.path) {
+            Some(at) => at,
+            None => {
+                decoded.push((&file.path, read_channels(&p.id, &file.path)?));
+                decoded.len() - 1
+            }
+        };
+        let channels = &mut decoded[at].1;
+        let v = std::mem::take(&mut channels[file.channel.unwrap_or(0)]);
         if v.dims != plan.dims {
             return Err(DataError::file(
                 &p.id,
-                path,
+                &file.path,
                 format!(
                     "shape {:?} differs from its header's {:?}",
                     v.dims, plan.dims
@@ -558,8 +612,9 @@ fn load_patient(
         }
         volumes.push(v);
     }
+    drop(decoded);
     let seg_path = p.seg.as_ref().expect("checked in phase 1");
-    let (seg, labels) = read_seg(&p.id, seg_path)?;
+    let (seg, labels) = read_seg(&p.id, seg_path, p.kind)?;
     if seg.dims != plan.dims {
         return Err(DataError::file(
             &p.id,

@@ -1,4 +1,4 @@
-//! The data layer: discovery of BraTS folders, NIfTI reading with validation, preprocessing,
+//! The data layer: discovery of BraTS and Decathlon folders, NIfTI reading with validation, preprocessing,
 //! and the memory-mapped cache that later loads read instead of the NIfTI files.
 
 mod cache;
@@ -13,8 +13,8 @@ mod volume;
 pub use cache::{CacheStatus, CACHE_FORMAT_VERSION};
 pub use dataset::{Dataset, LoadOptions, LoadReport, PatientInfo, SkippedPatient};
 pub use error::DataError;
-pub use layout::{discover, site_from_id, DatasetLayout, PatientFiles};
+pub use layout::{discover, site_from_id, DatasetLayout, ImageFile, LayoutKind, PatientFiles};
 pub use modality::{parse_modalities, Modality};
 pub use preprocess::Preprocessing;
 pub use summary::Summary;
-pub use volume::{read_seg, read_volume, Volume};
+pub use volume::{read_channels, read_dims, read_labels, read_seg, read_volume, Volume};

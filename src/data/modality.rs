@@ -8,9 +8,13 @@ use super::DataError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Modality {
+    #[serde(alias = "t2f")]
     Flair,
+    #[serde(alias = "t1n")]
     T1,
+    #[serde(alias = "t1c")]
     T1ce,
+    #[serde(alias = "t2w")]
     T2,
 }
 
@@ -27,10 +31,26 @@ impl Modality {
         }
     }
 
+    /// The BraTS 2023 file-name suffix: `<ID>-<suffix>.nii.gz`.
+    pub fn suffix_2023(self) -> &'static str {
+        match self {
+            Modality::Flair => "t2f",
+            Modality::T1 => "t1n",
+            Modality::T1ce => "t1c",
+            Modality::T2 => "t2w",
+        }
+    }
+
+    /// Any spelling a data set uses: BraTS 2019-2021 (`t1ce`), BraTS 2023 (`t1c`), and the
+    /// Medical Segmentation Decathlon's `dataset.json` (`T1w`, `t1gd`, `T2w`, `FLAIR`).
     pub fn parse(s: &str) -> Option<Modality> {
-        Modality::ALL
-            .into_iter()
-            .find(|m| m.suffix().eq_ignore_ascii_case(s.trim()))
+        match s.trim().to_ascii_lowercase().as_str() {
+            "flair" | "t2f" | "t2-flair" => Some(Modality::Flair),
+            "t1" | "t1n" | "t1w" => Some(Modality::T1),
+            "t1ce" | "t1c" | "t1gd" | "t1-gd" | "t1w-ce" => Some(Modality::T1ce),
+            "t2" | "t2w" => Some(Modality::T2),
+            _ => None,
+        }
     }
 }
 
@@ -46,7 +66,7 @@ pub fn parse_modalities(list: &str) -> Result<Vec<Modality>, DataError> {
     for part in list.split(',').filter(|p| !p.trim().is_empty()) {
         let m = Modality::parse(part).ok_or_else(|| {
             DataError::Config(format!(
-                "unknown modality '{}' (expected some of flair,t1,t1ce,t2)",
+                "unknown modality '{}' (expected some of flair,t1,t1ce,t2, or t2f,t1n,t1c,t2w)",
                 part.trim()
             ))
         })?;

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{Dataset, LoadReport, Modality, Preprocessing, SkippedPatient};
+use super::{Dataset, LayoutKind, LoadReport, Modality, Preprocessing, SkippedPatient};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TumourStats {
@@ -31,7 +31,15 @@ pub struct CacheSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub root: String,
+    /// Which release's layout the folder has.
+    pub layout: LayoutKind,
     pub patients: usize,
+    /// Cases without a segmentation (the Decathlon's `imagesTs/`): counted, not loaded.
+    pub unlabelled: usize,
+    /// Cases whose segmentation was found under an unusual name: `case: file name`.
+    pub odd_names: Vec<String>,
+    /// The sites file the sites came from, if any.
+    pub sites_file: Option<String>,
     pub sites: BTreeMap<String, usize>,
     pub grades: BTreeMap<String, usize>,
     pub modalities: Vec<Modality>,
@@ -47,7 +55,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(ds: &Dataset, report: &LoadReport) -> Summary {
+    /// `sites_file`: where the sites came from, when a sites file gave them.
+    pub fn new(ds: &Dataset, report: &LoadReport, sites_file: Option<&std::path::Path>) -> Summary {
         let patients = ds.patients();
         let mut sites = BTreeMap::new();
         let mut grades = BTreeMap::new();
@@ -83,9 +92,23 @@ impl Summary {
             .map(|(name, v)| (name.to_string(), v as f64 / total as f64))
             .collect();
         let tumour_slices: usize = patients.iter().map(|p| p.stats.tumour_slices).sum();
+        let layout = ds.layout();
+        let odd_names = layout
+            .patients
+            .iter()
+            .filter(|p| p.odd_seg_name)
+            .filter_map(|p| {
+                let file = p.seg.as_ref()?.file_name()?.to_string_lossy().into_owned();
+                Some(format!("{}: {file}", p.id))
+            })
+            .collect();
         Summary {
             root: ds.root().display().to_string(),
+            layout: layout.kind,
             patients: patients.len(),
+            unlabelled: layout.unlabelled.len(),
+            odd_names,
+            sites_file: sites_file.map(|f| f.display().to_string()),
             sites,
             grades,
             modalities: ds.preprocessing().modalities.clone(),
@@ -121,10 +144,27 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "dataset   {}\n          {} patients, {} slices",
-            self.root, self.patients, self.slices
+            "dataset   {} ({})\n          {} patients, {} slices",
+            self.root,
+            self.layout.describe(),
+            self.patients,
+            self.slices
         );
-        let _ = writeln!(s, "sites     {}", counts(&self.sites));
+        if self.unlabelled > 0 {
+            let _ = writeln!(
+                s,
+                "          unlabelled: {} (no segmentation; not loaded)",
+                self.unlabelled
+            );
+        }
+        for odd in &self.odd_names {
+            let _ = writeln!(s, "          segmentation under an unusual name, {odd}");
+        }
+        let from = match &self.sites_file {
+            Some(f) => format!("  (from {f})"),
+            None => String::new(),
+        };
+        let _ = writeln!(s, "sites     {}{from}", counts(&self.sites));
         let _ = writeln!(s, "grades    {}", counts(&self.grades));
         let [c, h, w] = self.slice_shape;
         let shapes: Vec<String> = self

@@ -1,14 +1,15 @@
-//! Reading one NIfTI volume, with the checks that catch broken BraTS files early.
+//! Reading one NIfTI volume (3D, or 4D with channels), with the checks that catch broken files
+//! early, and segmentations in each layout's labels.
 
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use nifti::{Endianness, NiftiError, NiftiHeader, NiftiType};
 
-use super::DataError;
+use super::{DataError, LayoutKind};
 
 /// A 3D volume. `data` is laid out `[z][y][x]` (x fastest), which is NIfTI's on-disk order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Volume {
     /// (x, y, z) sizes.
     pub dims: [usize; 3],
@@ -165,8 +166,22 @@ fn to_f32(h: &NiftiHeader, raw: &[u8]) -> Result<Vec<f32>, String> {
     Ok(v)
 }
 
-/// Reads a volume as f32 (scl_slope / scl_inter applied). `patient` names the case in errors.
-pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
+/// A header's (x, y, z) sizes and channel count: a 3D volume, possibly written with trailing
+/// singleton dimensions (x, y, z, 1), or a 4D one whose fourth dimension holds the channels (the
+/// Decathlon's images).
+fn spatial_dims(dim: &[usize]) -> Result<([usize; 3], usize), String> {
+    if dim.len() < 3 || dim.len() > 4 && dim[4..].iter().any(|&d| d != 1) || dim.contains(&0) {
+        return Err(format!(
+            "expected a 3D volume or a 4D one of channels, found dimensions {dim:?}"
+        ));
+    }
+    Ok(([dim[0], dim[1], dim[2]], dim.get(3).copied().unwrap_or(1)))
+}
+
+/// Reads a volume as f32 (scl_slope / scl_inter applied): one `Volume` per channel, so one for a
+/// 3D file and one per entry of the fourth dimension for a 4D file. `patient` names the case in
+/// errors.
+pub fn read_channels(patient: &str, path: &Path) -> Result<Vec<Volume>, DataError> {
     let err = |msg: String| DataError::file(patient, path, msg);
     let (header, raw) = decode(path).map_err(err)?;
     let dim: Vec<usize> = header
@@ -175,14 +190,9 @@ pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
         .iter()
         .map(|&d| d as usize)
         .collect();
-    // A 3D volume, possibly written with trailing singleton dimensions (x, y, z, 1).
-    if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) || dim[..3].contains(&0) {
-        return Err(err(format!(
-            "expected a 3D volume, found dimensions {dim:?}"
-        )));
-    }
-    let dims = [dim[0], dim[1], dim[2]];
-    // NIfTI stores x fastest, then y, then z: the [z][y][x] layout we want.
+    let (dims, channels) = spatial_dims(&dim).map_err(err)?;
+    // NIfTI stores x fastest, then y, then z, then the channel: each channel is one [z][y][x]
+    // block.
     let data = to_f32(&header, &raw).map_err(err)?;
     drop(raw);
     let float = matches!(
@@ -195,43 +205,65 @@ pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
     } else {
         None
     };
+    let n = dims.iter().product::<usize>();
     if let Some(i) = bad {
         let (x, y, z) = (
             i % dims[0],
             (i / dims[0]) % dims[1],
-            i / (dims[0] * dims[1]),
+            (i / (dims[0] * dims[1])) % dims[2],
         );
+        let at_channel = if channels > 1 {
+            format!(", channel {}", i / n)
+        } else {
+            String::new()
+        };
         return Err(err(format!(
-            "non-finite voxel value {} at (x={x}, y={y}, z={z})",
+            "non-finite voxel value {} at (x={x}, y={y}, z={z}){at_channel}",
             data[i]
         )));
     }
     let p = header.pixdim;
     let pixdim = [p[1].abs(), p[2].abs(), p[3].abs()].map(|v| if v > 0.0 { v } else { 1.0 });
-    Ok(Volume { dims, pixdim, data })
+    if channels == 1 {
+        return Ok(vec![Volume { dims, pixdim, data }]);
+    }
+    Ok(data
+        .chunks_exact(n)
+        .map(|c| Volume {
+            dims,
+            pixdim,
+            data: c.to_vec(),
+        })
+        .collect())
 }
 
-/// Reads a BraTS segmentation and checks its labels are in {0, 1, 2, 4}.
+/// Reads a 3D volume as f32 (scl_slope / scl_inter applied). `patient` names the case in errors.
+pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
+    let mut volumes = read_channels(patient, path)?;
+    if volumes.len() != 1 {
+        return Err(DataError::file(
+            patient,
+            path,
+            format!("expected a 3D volume, found {} channels", volumes.len()),
+        ));
+    }
+    Ok(volumes.remove(0))
+}
+
+/// Reads a label volume as whole numbers from 0 to 255 (float files may carry rounding noise).
 /// The returned volume's `data` is emptied: the labels are the payload.
-pub fn read_seg(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataError> {
+pub fn read_labels(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataError> {
     let mut vol = read_volume(patient, path)?;
     let mut labels = Vec::with_capacity(vol.data.len());
     for (i, &v) in vol.data.iter().enumerate() {
-        // Exact label values are the rule; float segmentations may carry rounding noise.
-        let l = if v == 0.0 || v == 1.0 || v == 2.0 || v == 4.0 {
-            v
-        } else {
-            v.round()
-        };
-        if (l - v).abs() > 1e-3 || !matches!(l as i32, 0 | 1 | 2 | 4) {
+        let l = v.round();
+        if (l - v).abs() > 1e-3 || !(0.0..=255.0).contains(&l) {
             let d = vol.dims;
             let (x, y, z) = (i % d[0], (i / d[0]) % d[1], i / (d[0] * d[1]));
             return Err(DataError::file(
                 patient,
                 path,
-                format!(
-                    "segmentation label {v} at (x={x}, y={y}, z={z}); BraTS labels are 0, 1, 2, 4"
-                ),
+                format!("segmentation value {v} at (x={x}, y={y}, z={z}) is not a label"),
             ));
         }
         labels.push(l as u8);
@@ -240,8 +272,42 @@ pub fn read_seg(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataErr
     Ok((vol, labels))
 }
 
-/// The (x, y, z) dimensions and voxel size from a file's header alone (cheap: no volume decode).
-pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3]), DataError> {
+/// Reads a segmentation of a `kind` layout, checks its labels are that layout's, and returns
+/// them as BraTS 2019 values (1 core, 2 edema, 4 enhancing; see `LayoutKind::canonical_label`).
+pub fn read_seg(
+    patient: &str,
+    path: &Path,
+    kind: LayoutKind,
+) -> Result<(Volume, Vec<u8>), DataError> {
+    let (vol, mut labels) = read_labels(patient, path)?;
+    let mut table = [None; 256];
+    for (l, slot) in table.iter_mut().enumerate() {
+        *slot = kind.canonical_label(l as u8);
+    }
+    for (i, l) in labels.iter_mut().enumerate() {
+        match table[*l as usize] {
+            Some(c) => *l = c,
+            None => {
+                let d = vol.dims;
+                let (x, y, z) = (i % d[0], (i / d[0]) % d[1], i / (d[0] * d[1]));
+                return Err(DataError::file(
+                    patient,
+                    path,
+                    format!(
+                        "segmentation label {l} at (x={x}, y={y}, z={z}); {} labels are {}",
+                        kind.describe(),
+                        kind.label_values()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((vol, labels))
+}
+
+/// The (x, y, z) dimensions, voxel size and channel count from a file's header alone (cheap:
+/// no volume decode).
+pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3], usize), DataError> {
     let err = |msg: String| DataError::file(patient, path, msg);
     let h = nifti::NiftiHeader::from_file(path).map_err(|e| err(describe(e)))?;
     // The same checks as a decode, so that a damaged header is refused before the data set's
@@ -251,13 +317,9 @@ pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3]), D
         .len();
     check_header(&h, len as usize, is_gz(path)).map_err(err)?;
     let n = h.dim[0] as usize;
-    let dim: Vec<usize> = h.dim[1..=n.min(7)].iter().map(|&d| d as usize).collect();
-    if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) || dim[..3].contains(&0) {
-        return Err(err(format!(
-            "expected a 3D volume, found dimensions {dim:?}"
-        )));
-    }
+    let dim: Vec<usize> = h.dim[1..=n.clamp(1, 7)].iter().map(|&d| d as usize).collect();
+    let (dims, channels) = spatial_dims(&dim).map_err(err)?;
     let p = h.pixdim;
     let pixdim = [p[1].abs(), p[2].abs(), p[3].abs()].map(|v| if v > 0.0 { v } else { 1.0 });
-    Ok(([dim[0], dim[1], dim[2]], pixdim))
+    Ok((dims, pixdim, channels))
 }

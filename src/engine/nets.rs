@@ -10,7 +10,7 @@ use tch::Tensor;
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
     Batch,
-    /// Per-sample (group norm with one group per channel). Note DESIGN.md: it makes the input
+    /// Per-sample (group norm with one group per channel). Note (docs/method.md): it makes the input
     /// gradient of empty slices large; the gradient step masks it to the brain.
     Instance,
     Group,

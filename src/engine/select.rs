@@ -229,7 +229,7 @@ pub struct GradientStep {
     pub direction: Vec<f64>,
 }
 
-/// Below this relative step, float32 cannot resolve `x' − x` (DESIGN.md): use float64.
+/// Below this relative step, float32 cannot resolve `x' − x` (docs/method.md): use float64.
 const FLOAT32_RESOLUTION: f64 = 1e-6;
 
 /// The gradient step of one labelled sample (see [`gradient_directions`]).

@@ -34,6 +34,20 @@ pub enum PhantomLayout {
     Brats2019,
     /// `BraTS20_Training_<N>/…` with grade and site only in name_mapping.csv.
     Brats2020,
+    /// `BraTS-GLI-<N>-000/BraTS-GLI-<N>-000-{t2f,t1n,t1c,t2w,seg}.nii.gz`, labels 1, 2, 3; sites
+    /// only in `sites.csv`.
+    Brats2023,
+    /// The Decathlon's Task01_BrainTumour: `dataset.json`, 4D `imagesTr/BRATS_<N>.nii.gz`,
+    /// `labelsTr/` (1 edema, 2 non-enhancing, 3 enhancing), `imagesTs/` for the unlabelled cases,
+    /// and the `._*` files of an archive made on a Mac; sites only in `sites.csv`.
+    Msd,
+}
+
+impl PhantomLayout {
+    /// Whether patient IDs carry the site (else `sites.csv` does).
+    fn site_in_id(self) -> bool {
+        matches!(self, PhantomLayout::Brats2019)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +60,8 @@ pub struct PhantomConfig {
     pub layout: PhantomLayout,
     pub hard_fraction: f64,
     pub hgg_fraction: f64,
+    /// Cases written without a segmentation, after the others (the Decathlon's `imagesTs/`).
+    pub unlabelled: usize,
 }
 
 impl Default for PhantomConfig {
@@ -57,6 +73,7 @@ impl Default for PhantomConfig {
             layout: PhantomLayout::Brats2019,
             hard_fraction: 0.25,
             hgg_fraction: 0.75,
+            unlabelled: 0,
         }
     }
 }
@@ -135,6 +152,8 @@ struct Manifest<'a> {
 }
 
 pub const MANIFEST: &str = "phantom.json";
+/// `case,site` rows, written for the layouts whose IDs carry no site.
+pub const SITES_FILE: &str = "sites.csv";
 
 /// The demo phantom: CPU-sized, large enough to be interesting (40 patients, two sites).
 pub fn demo_config() -> PhantomConfig {
@@ -146,11 +165,16 @@ pub fn demo_config() -> PhantomConfig {
 }
 
 /// Draws the cases (cheap; no voxels yet).
+/// Draws the cases (cheap; no voxels yet): each site's, then `cfg.unlabelled` more of the last
+/// site. A case's draw depends on its number alone, so a phantom in another layout, or with
+/// unlabelled cases added, has the same labelled cases.
 pub fn draw_cases(cfg: &PhantomConfig) -> Vec<CaseSpec> {
     let mut cases = Vec::new();
     let mut n = 0u64;
-    for (site, count) in &cfg.sites {
-        for _ in 0..*count {
+    let last_site = cfg.sites.last().map(|(s, _)| s.clone()).unwrap_or_default();
+    let extra = std::iter::once((last_site, cfg.unlabelled));
+    for (site, count) in cfg.sites.iter().cloned().chain(extra) {
+        for _ in 0..count {
             n += 1;
             let id = match cfg.layout {
                 PhantomLayout::Brats2019 => {
@@ -159,6 +183,8 @@ pub fn draw_cases(cfg: &PhantomConfig) -> Vec<CaseSpec> {
                     format!("BraTS19_{site}{tag}_P{n:03}_1")
                 }
                 PhantomLayout::Brats2020 => format!("BraTS20_Training_{n:03}"),
+                PhantomLayout::Brats2023 => format!("BraTS-GLI-{n:05}-000"),
+                PhantomLayout::Msd => format!("BRATS_{n:03}"),
             };
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
             rng.set_stream(n);
@@ -177,8 +203,71 @@ pub fn draw_cases(cfg: &PhantomConfig) -> Vec<CaseSpec> {
 fn case_dir(cfg: &PhantomConfig, c: &CaseSpec) -> PathBuf {
     match cfg.layout {
         PhantomLayout::Brats2019 => PathBuf::from(c.grade).join(&c.id),
-        PhantomLayout::Brats2020 => PathBuf::from(&c.id),
+        PhantomLayout::Brats2020 | PhantomLayout::Brats2023 => PathBuf::from(&c.id),
+        PhantomLayout::Msd => PathBuf::from(MSD_IMAGES),
     }
+}
+
+const MSD_IMAGES: &str = "imagesTr";
+const MSD_LABELS: &str = "labelsTr";
+const MSD_UNLABELLED: &str = "imagesTs";
+
+/// The Decathlon's channel order and label names (Task01_BrainTumour's dataset.json).
+const MSD_DESCRIPTION: &str = r#"{
+  "name": "BRATS",
+  "description": "suggestive phantom in the layout of the Medical Segmentation Decathlon's Task01_BrainTumour",
+  "tensorImageSize": "4D",
+  "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+  "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+}
+"#;
+
+/// BraTS 2019 labels (1 core, 2 edema, 4 enhancing) as a layout writes them.
+fn layout_label(layout: PhantomLayout, label: u8) -> u8 {
+    match (layout, label) {
+        (PhantomLayout::Brats2023, 4) => 3,
+        (PhantomLayout::Msd, 1) => 2,
+        (PhantomLayout::Msd, 2) => 1,
+        (PhantomLayout::Msd, 4) => 3,
+        _ => label,
+    }
+}
+
+/// Writes one case's images (and segmentation, when `labelled`) in the layout.
+fn write_case(cfg: &PhantomConfig, out: &Path, c: &CaseSpec, labelled: bool) -> Result<()> {
+    let r = case::render(c, cfg.shape, &Acquisition::for_site(&c.site));
+    let [x, y, z] = cfg.shape;
+    let seg: Vec<u8> = r.seg.iter().map(|&l| layout_label(cfg.layout, l)).collect();
+    let seg = Array3::from_shape_vec((x, y, z).f(), seg).expect("shape matches");
+    if cfg.layout == PhantomLayout::Msd {
+        // One 4D file of the four channels (FLAIR, T1w, t1gd, T2w: the phantom's own order).
+        let images_dir = out.join(if labelled { MSD_IMAGES } else { MSD_UNLABELLED });
+        let data: Vec<i16> = r.images.concat();
+        let a = ndarray::Array4::from_shape_vec((x, y, z, 4).f(), data).expect("shape matches");
+        write_nifti_at(&images_dir.join(format!("{}.nii.gz", c.id)), &a)?;
+        // What macOS's archiver adds beside each file: not an image.
+        write_file(
+            &images_dir.join(format!("._{}.nii.gz", c.id)),
+            b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ",
+        )?;
+        if labelled {
+            write_nifti_at(&out.join(MSD_LABELS).join(format!("{}.nii.gz", c.id)), &seg)?;
+        }
+        return Ok(());
+    }
+    let dir = out.join(case_dir(cfg, c));
+    let (sep, suffixes) = match cfg.layout {
+        PhantomLayout::Brats2023 => ("-", ["t2f", "t1n", "t1c", "t2w"]),
+        _ => ("_", ["flair", "t1", "t1ce", "t2"]),
+    };
+    for (suffix, data) in suffixes.iter().zip(r.images) {
+        let a = Array3::from_shape_vec((x, y, z).f(), data).expect("shape matches");
+        write_nifti_at(&dir.join(format!("{}{sep}{suffix}.nii.gz", c.id)), &a)?;
+    }
+    if labelled {
+        write_nifti_at(&dir.join(format!("{}{sep}seg.nii.gz", c.id)), &seg)?;
+    }
+    Ok(())
 }
 
 /// Writes the data set into `out` (created if needed). `progress` is called after each case.
@@ -236,7 +325,17 @@ fn foreign_entries(out: &Path) -> Result<Vec<String>> {
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: damaged", manifest.display()))?;
     let mut ours: std::collections::HashSet<String> =
-        [MANIFEST, "name_mapping.csv"].map(String::from).into();
+        [
+            MANIFEST,
+            "name_mapping.csv",
+            SITES_FILE,
+            "dataset.json",
+            MSD_IMAGES,
+            MSD_LABELS,
+            MSD_UNLABELLED,
+        ]
+        .map(String::from)
+        .into();
     for c in v["cases"].as_array().into_iter().flatten() {
         if let Some(first) = c["path"].as_str().and_then(|p| Path::new(p).iter().next()) {
             ours.insert(first.to_string_lossy().into_owned());
@@ -258,25 +357,39 @@ fn write_phantom(
     progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<CaseSpec>> {
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let cases = draw_cases(cfg);
-    cases.par_iter().try_for_each(|c| -> Result<()> {
-        let dir = out.join(case_dir(cfg, c));
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let r = case::render(c, cfg.shape, &Acquisition::for_site(&c.site));
-        let [x, y, z] = cfg.shape;
-        for (suffix, data) in ["flair", "t1", "t1ce", "t2"].iter().zip(r.images) {
-            let a = Array3::from_shape_vec((x, y, z).f(), data).expect("shape matches");
-            write_nifti(&dir, &c.id, suffix, &a)?;
+    let mut cases = draw_cases(cfg);
+    if cfg.unlabelled > 0 && cfg.layout != PhantomLayout::Msd {
+        bail!("unlabelled cases are written only in the msd layout (its imagesTs/ folder)");
+    }
+    let unlabelled = cases.split_off(cases.len() - cfg.unlabelled.min(cases.len()));
+    if cfg.layout == PhantomLayout::Msd {
+        for d in [MSD_IMAGES, MSD_LABELS, MSD_UNLABELLED] {
+            fs::create_dir_all(out.join(d))
+                .with_context(|| format!("cannot create {}", out.join(d).display()))?;
         }
-        let a = Array3::from_shape_vec((x, y, z).f(), r.seg).expect("shape matches");
-        write_nifti(&dir, &c.id, "seg", &a)?;
+        write_file(&out.join("dataset.json"), MSD_DESCRIPTION.as_bytes())?;
+    }
+    let all: Vec<(&CaseSpec, bool)> = cases
+        .iter()
+        .map(|c| (c, true))
+        .chain(unlabelled.iter().map(|c| (c, false)))
+        .collect();
+    all.par_iter().try_for_each(|&(c, labelled)| -> Result<()> {
+        write_case(cfg, out, c, labelled)?;
         progress();
         Ok(())
     })?;
 
+    if !cfg.layout.site_in_id() {
+        let mut csv = String::from("case,site\n");
+        for c in &cases {
+            csv += &format!("{},{}\n", c.id, c.site);
+        }
+        write_file(&out.join(SITES_FILE), csv.as_bytes())?;
+    }
     let mut csv = String::from(match cfg.layout {
-        PhantomLayout::Brats2019 => "Grade,BraTS_2019_subject_ID\n",
         PhantomLayout::Brats2020 => "Grade,BraTS_2019_subject_ID,BraTS_2020_subject_ID\n",
+        _ => "Grade,BraTS_2019_subject_ID\n",
     });
     for (i, c) in cases.iter().enumerate() {
         match cfg.layout {
@@ -291,9 +404,12 @@ fn write_phantom(
                     c.id
                 )
             }
+            PhantomLayout::Brats2023 | PhantomLayout::Msd => {}
         }
     }
-    write_file(&out.join("name_mapping.csv"), csv.as_bytes())?;
+    if matches!(cfg.layout, PhantomLayout::Brats2019 | PhantomLayout::Brats2020) {
+        write_file(&out.join("name_mapping.csv"), csv.as_bytes())?;
+    }
     let manifest = Manifest {
         generator: concat!("suggestive ", env!("CARGO_PKG_VERSION")),
         seed: cfg.seed,
@@ -308,7 +424,7 @@ fn write_phantom(
             .iter()
             .map(|c| ManifestCase {
                 spec: c,
-                path: case_dir(cfg, c).display().to_string(),
+                path: case_path(cfg, c).display().to_string(),
             })
             .collect(),
     };
@@ -316,15 +432,25 @@ fn write_phantom(
     Ok(cases)
 }
 
-fn write_nifti<T: nifti::DataElement + bytemuck::Pod>(
-    dir: &Path,
-    id: &str,
-    suffix: &str,
-    a: &Array3<T>,
-) -> Result<()> {
+/// Where a case is, relative to the data set's folder: its folder, or its 4D image file.
+fn case_path(cfg: &PhantomConfig, c: &CaseSpec) -> PathBuf {
+    match cfg.layout {
+        PhantomLayout::Msd => case_dir(cfg, c).join(format!("{}.nii.gz", c.id)),
+        _ => case_dir(cfg, c),
+    }
+}
+
+fn write_nifti_at<A, D>(path: &Path, a: &ndarray::ArrayBase<A, D>) -> Result<()>
+where
+    A: ndarray::Data,
+    A::Elem: nifti::DataElement + bytemuck::Pod,
+    D: ndarray::Dimension + ndarray::RemoveAxis,
+{
     // Plain writes: the whole folder is staged (`generate`), so no file needs its own swap.
-    let path = dir.join(format!("{id}_{suffix}.nii.gz"));
-    WriterOptions::new(&path)
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    WriterOptions::new(path)
         .write_nifti(a)
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -35,6 +35,10 @@ pub struct DatasetConfig {
     pub pad_to: Option<usize>,
     pub drop_first: usize,
     pub drop_last: usize,
+    /// A CSV of `case ID,site` rows, for data sets whose IDs carry no site (the transfer
+    /// scenario needs sites).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites: Option<PathBuf>,
 }
 
 impl DatasetConfig {
@@ -193,7 +197,7 @@ impl VaeTrain {
     }
 }
 
-/// How `z' − z` is computed (see DESIGN.md, "numerical care").
+/// How `z' − z` is computed (see docs/method.md, "Numerical care").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DirectionMethod {
@@ -369,8 +373,8 @@ impl SessionConfig {
                     .with_context(|| format!("--set {set}: no section '{part}'"))?;
             }
             let last = path[path.len() - 1];
-            // pad_to is optional, so absent from a config that does not set it.
-            if !table.contains_key(last) && last != "pad_to" {
+            // pad_to and sites are optional, so absent from a config that does not set them.
+            if !table.contains_key(last) && last != "pad_to" && last != "sites" {
                 bail!("--set {set}: unknown key '{key}'");
             }
             table.insert(last.to_string(), parsed);

@@ -209,6 +209,7 @@ impl Session {
         let mut opts = LoadOptions::new(cache_root);
         opts.preprocessing = self.config.dataset.preprocessing();
         opts.progress = progress;
+        opts.sites = self.config.dataset.sites.clone();
         let dir = self.dataset_dir()?;
         let ds = Dataset::load(&dir, &opts)
             .with_context(|| format!("session {}: data set {}", self.name(), dir.display()))?

@@ -1,6 +1,6 @@
-//! The real binary in a real terminal (tmux): open a session in the TUI, step through the shared
-//! start and one round, read the screen (Dice values and picks appear), quit, and find the
-//! terminal restored and the session unlocked.
+//! The real binary in a real terminal (tmux): open a session in the TUI with the default image
+//! setting, step through the shared start and one round, read the screen (Dice values and picks
+//! appear), quit, and find the terminal restored and the session unlocked.
 
 mod common;
 
@@ -9,11 +9,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use suggestive::phantom::PhantomLayout;
-use suggestive::session::Session;
 
+/// tmux on a server of the tests' own (not the user's).
 fn tmux(args: &[&str]) -> String {
+    let socket = format!("suggestive-tests-{}", std::process::id());
     let out = Command::new("tmux")
+        .args(["-L", &socket, "-f", "/dev/null"])
         .args(args)
         .output()
         .expect("tmux is needed for this test (apt-get install tmux)");
@@ -51,7 +52,9 @@ fn tui_steps_a_round_in_a_real_terminal_and_restores_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let dir = tiny_live_session(root);
-    let (name, _kill) = start_tui(root, &[], "tui live");
+    // The default image setting (no --images): the interface asks the terminal what it can
+    // draw, as a user's first `suggestive demo` does, in the TERM a user's shell has.
+    let (name, _kill) = start_tui_with(root, &["TERM=xterm-256color"], "tui live", true);
 
     let s = wait_for(&name, "the dashboard", |s| {
         s.contains("paused") && s.contains("Work in progress")
@@ -101,16 +104,38 @@ fn tui_steps_a_round_in_a_real_terminal_and_restores_it() {
 
     // q: the TUI ends, the alternate screen is gone, the shell line is back.
     tmux(&["send-keys", "-t", &name, "q"]);
-    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    let s = wait_for(&name, "exit", |s| s.contains("TTY:"));
     assert!(s.contains("EXIT:0"), "{s}");
     assert!(
         !s.contains("Work in progress"),
         "the dashboard is still on screen after quitting:\n{s}"
     );
+    assert!(
+        s.contains("TTY: icanon echo"),
+        "the terminal is not back in its cooked mode:\n{s}"
+    );
     assert!(!dir.join("lock").exists(), "the session is still locked");
     let st: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
     assert_eq!(st["results"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn tui_clears_what_the_pane_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_live_session(root);
+    let (name, _kill) = start_tui_with(root, &[], "tui live", false);
+    let s = wait_for(&name, "the dashboard", |s| {
+        s.contains("paused") && s.contains("Work in progress")
+    });
+    assert!(
+        !s.contains("BEFORE-THE-INTERFACE"),
+        "the pane's earlier text shows through the interface:\n{s}"
+    );
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("TTY:"));
+    assert!(s.contains("EXIT:0") && s.contains("TTY: icanon echo"), "{s}");
 }
 
 #[test]
@@ -127,23 +152,23 @@ fn tui_refuses_a_non_terminal_and_points_to_run() {
     );
 }
 
-/// A tiny session `live` under `root/sessions` (phantom data, one round).
-fn tiny_live_session(root: &Path) -> std::path::PathBuf {
-    let data = tiny_phantom(
-        &root.join("data"),
-        &[("CBICA", 4), ("TCIA", 4)],
-        PhantomLayout::Brats2019,
-        6,
-    );
-    let cfg = tiny_session_config(&data, &["experiment.rounds=1"]);
-    let dir = root.join("sessions/live");
-    Session::create(&dir, cfg).unwrap();
-    dir
+/// Starts `suggestive ARGS` at 160×48 in a tmux session, with the test's folders and `env`
+/// (`K=V` words), images drawn with half-blocks; the shell prints EXIT:code afterwards.
+fn start_tui(root: &Path, env: &[&str], args: &str) -> (String, Kill) {
+    start_tui_with(root, env, &format!("{args} --images halfblocks"), true)
 }
 
-/// Starts `suggestive ARGS` at 160×48 in a tmux session, with the test's folders and `env`
-/// (`K=V` words); the shell prints EXIT:code afterwards.
-fn start_tui(root: &Path, env: &[&str], args: &str) -> (String, Kill) {
+/// As `start_tui`, with ARGS as given (no `--images`: the default, which asks the terminal).
+/// A line is printed on the pane first, which the interface must clear; after the exit line
+/// the shell prints the terminal's `icanon` and `echo` settings (TTY: …). Without
+/// `alternate_screen` the pane has tmux's `alternate-screen off`, as some users set it, so
+/// the interface draws over what the pane held.
+fn start_tui_with(
+    root: &Path,
+    env: &[&str],
+    args: &str,
+    alternate_screen: bool,
+) -> (String, Kill) {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let name = format!(
         "suggestive-test-{}-{}",
@@ -152,14 +177,15 @@ fn start_tui(root: &Path, env: &[&str], args: &str) -> (String, Kill) {
     );
     let var = |k: &str, v: &Path| format!("{k}={}", v.display());
     let cmd = format!(
-        "env {} {} {} {} {} {args} --images halfblocks; echo EXIT:$?; sleep 60",
+        "sleep 0.3; printf '%150s\\n' BEFORE-THE-INTERFACE; env {} {} {} {} {} {args}; echo EXIT:$?; \
+         echo TTY: $(stty -a | tr ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$'); sleep 60",
         var("SUGGESTIVE_SESSIONS_DIR", &root.join("sessions")),
         var("SUGGESTIVE_CACHE_DIR", &root.join("cache")),
         var("SUGGESTIVE_DATA_DIR", &root.join("share")),
         env.join(" "),
         env!("CARGO_BIN_EXE_suggestive"),
     );
-    tmux(&[
+    let mut tmux_args = vec![
         "new-session",
         "-d",
         "-s",
@@ -169,7 +195,12 @@ fn start_tui(root: &Path, env: &[&str], args: &str) -> (String, Kill) {
         "-y",
         "48",
         &cmd,
-    ]);
+    ];
+    // Set before the command's first output (it sleeps a moment first).
+    if !alternate_screen {
+        tmux_args.extend([";", "set-window-option", "-t", &name, "alternate-screen", "off"]);
+    }
+    tmux(&tmux_args);
     (name.clone(), Kill(name))
 }
 

@@ -59,6 +59,11 @@ pub fn run(opts: TuiOptions) -> Result<()> {
     // ratatui::init enters raw mode and the alternate screen, and installs a panic hook that
     // restores the terminal before the panic message is printed.
     let mut terminal = ratatui::init();
+    // Some terminals (tmux among them) show the alternate screen with what the pane held
+    // before; ratatui only draws the cells it changes, so clear it first. (Not
+    // `Terminal::clear`: it asks the terminal for the cursor position, and one that never
+    // answers fails it.)
+    ratatui::backend::Backend::clear(terminal.backend_mut())?;
     // After ratatui's hook is installed, so that on a panic stderr is back before the terminal
     // is restored and the message printed.
     let log_path = opts.sessions_dir.join("tui-stderr.log");
@@ -142,8 +147,12 @@ pub fn run(opts: TuiOptions) -> Result<()> {
 fn make_picker(p: ImageProtocol) -> Picker {
     let mut picker = match p {
         ImageProtocol::Halfblocks => Picker::halfblocks(),
-        // Asking the terminal must happen before raw mode and the alternate screen.
-        _ => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+        // Asking the terminal must happen before raw mode and the alternate screen. It waits
+        // for the answer with poll() and leaves no reader behind, so a terminal that never
+        // answers (screen, a Linux console) costs its timeout and gets half-blocks.
+        _ => with_terminal_mode_kept(|| {
+            Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks())
+        }),
     };
     match p {
         ImageProtocol::Sixel => picker.set_protocol_type(ProtocolType::Sixel),
@@ -152,6 +161,26 @@ fn make_picker(p: ImageProtocol) -> Picker {
         _ => {}
     }
     picker
+}
+
+/// Runs `f` and puts the terminal's mode back as it was. The query above switches echo and line
+/// mode off while it waits, and when the terminal never answers it returns without switching
+/// them back (ratatui-image 12.0.0-rc.3); the interface's own raw mode would then take that
+/// state for the one to restore at exit, leaving the user's shell without echo.
+fn with_terminal_mode_kept<T>(f: impl FnOnce() -> T) -> T {
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed struct that tcgetattr fills.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(fd, &mut t) == 0).then_some(t)
+    };
+    let out = f();
+    if let Some(t) = saved {
+        unsafe {
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+        }
+    }
+    out
 }
 
 fn spawn_input() -> Receiver<TermEvent> {

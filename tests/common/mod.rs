@@ -171,3 +171,17 @@ pub fn assert_close(a: &serde_json::Value, b: &serde_json::Value, rel: f64, at: 
         _ => assert_eq!(a, b, "{at}"),
     }
 }
+
+/// A tiny session `live` under `root/sessions` (phantom data, one round).
+pub fn tiny_live_session(root: &Path) -> std::path::PathBuf {
+    let data = tiny_phantom(
+        &root.join("data"),
+        &[("CBICA", 4), ("TCIA", 4)],
+        PhantomLayout::Brats2019,
+        6,
+    );
+    let cfg = tiny_session_config(&data, &["experiment.rounds=1"]);
+    let dir = root.join("sessions/live");
+    Session::create(&dir, cfg).unwrap();
+    dir
+}

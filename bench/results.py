@@ -30,7 +30,7 @@ HISTORY = 10
 def record(results):
     """Writes `results` into the file, replacing the entries of the same name and device. Each
     entry keeps a `history` of its last HISTORY runs ({ours, reference, ratio, date, commit},
-    this one last), so that a range over runs quoted in the README comes from the file
+    this one last), so that a range over runs quoted in docs/performance.md comes from the file
     (`python3 bench/results.py` prints them)."""
     old = []
     if os.path.exists(PATH):
@@ -66,7 +66,7 @@ def ranges(last=None):
         print(f"{r['device'][:24]:24}  {r['name'][:96]:96}  ratio {span:>9} over {len(ratios)} run(s)")
 
 
-# The README table's order: groups by the start of an entry's name (the file keeps the order in
+# The table's order (docs/performance.md): groups by the start of an entry's name (the file keeps the order in
 # which benchmarks last ran); the file's order within a group.
 GROUPS = [("cold load", "cached reload", "nibabel"), ("dashboard", "key to screen", "idle dashboard"),
           ("host RSS after",), ("UNet training", "VAE training", "gradient to input", "peak host RSS of the training"),
@@ -78,7 +78,7 @@ def group(name):
 
 
 def markdown(device):
-    """The README's table: the last run of each entry whose device starts with `device`."""
+    """The table in docs/performance.md: the last run of each entry whose device starts with `device`."""
     with open(PATH) as fh:
         entries = json.load(fh)
     print("| benchmark | suggestive | reference | unit | ratio |\n|---|---|---|---|---|")
@@ -93,7 +93,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="each entry's ratio range over its recorded runs")
     ap.add_argument("--last", type=int, help="only the last N runs of each entry")
     ap.add_argument("--markdown", metavar="DEVICE", help="print the last run of DEVICE's entries (e.g. cpu) as "
-                    "the README's table instead")
+                    "the table in docs/performance.md instead")
     a = ap.parse_args()
     if a.markdown:
         markdown(a.markdown)

@@ -279,7 +279,8 @@ struct PhantomArgs {
 
 #[derive(Args)]
 struct PreviewArgs {
-    /// A patient folder or a NIfTI volume.
+    /// A case folder (BraTS 2019-2021 or 2023+), a Decathlon image (imagesTr/<ID>.nii.gz), or
+    /// a NIfTI volume.
     target: PathBuf,
     /// Axial slice (default: the one with the most tumour).
     #[arg(long)]
@@ -482,12 +483,16 @@ fn cmd_phantom(a: PhantomArgs) -> Result<()> {
 }
 
 fn cmd_preview(a: PreviewArgs) -> Result<()> {
-    let modality = Modality::parse(&a.modality)
-        .with_context(|| format!("unknown modality '{}' (flair, t1, t1ce, t2)", a.modality))?;
+    let modality = Modality::parse(&a.modality).with_context(|| {
+        format!(
+            "unknown modality '{}' (flair, t1, t1ce, t2, or t2f, t1n, t1c, t2w)",
+            a.modality
+        )
+    })?;
     let src = preview::load(&a.target, modality)?;
     if a.overlay && src.labels.is_none() {
         bail!(
-            "{}: --overlay asked for, but no segmentation (<ID>_seg.nii.gz) was found beside it",
+            "{}: --overlay asked for, but no segmentation was found for it",
             a.target.display()
         );
     }

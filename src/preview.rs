@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 
-use crate::data::{read_labels, read_volume, Modality, Volume};
+use crate::data::{find_case, read_channels, read_labels, read_volume, Modality, Volume};
 
 /// A volume to preview and its segmentation, when one was found.
 pub struct PreviewSource {
@@ -15,12 +15,55 @@ pub struct PreviewSource {
     pub labels: Option<Vec<u8>>,
 }
 
-/// `target` is a patient folder (`<ID>_<modality>.nii[.gz]` inside) or a volume file; the
-/// segmentation is `<ID>_seg.nii[.gz]` beside it.
+/// `target` is a case folder (BraTS 2019-2021 or 2023+), a Decathlon image
+/// (`imagesTr/<ID>.nii.gz`: the modality's channel, its label from `labelsTr/`), or a volume
+/// file, whose segmentation is `<ID>_seg.nii[.gz]` beside it.
 pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
     // `.` or `..` name no folder: the canonical path does.
     let canonical = target.canonicalize();
     let target = canonical.as_deref().unwrap_or(target);
+    if let Some(case) = find_case(target)? {
+        let file = case.images.get(&modality).with_context(|| {
+            format!(
+                "{}: {} ({modality}) of case {}",
+                case.expected_path(Some(modality)).display(),
+                case.missing_message(Some(modality)),
+                case.id
+            )
+        })?;
+        let mut channels = read_channels(&case.id, &file.path)?;
+        let Some(at) = Some(file.channel.unwrap_or(0)).filter(|&c| c < channels.len()) else {
+            bail!(
+                "{}: has {} channels, no channel {} ({modality})",
+                file.path.display(),
+                channels.len(),
+                file.channel.unwrap_or(0)
+            );
+        };
+        let image = channels.swap_remove(at);
+        let labels = case
+            .seg
+            .as_deref()
+            .map(|p| outline_labels(&case.id, p, &image))
+            .transpose()?;
+        let name = match file.channel {
+            Some(_) => format!(
+                "{} ({modality})",
+                file.path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            None => file
+                .path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        };
+        return Ok(PreviewSource {
+            name,
+            image,
+            labels,
+        });
+    }
     let (image_path, seg_path, id) = if target.is_dir() {
         let id = target
             .file_name()
@@ -63,22 +106,9 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
         bail!("{}: no such file or folder", target.display());
     };
     let image = read_volume(&id, &image_path)?;
-    let labels = match seg_path {
-        Some(p) => {
-            // Any layout's labels: the outline is of the whole tumour (non-zero).
-            let (seg, labels) = read_labels(&id, &p)?;
-            if seg.dims != image.dims {
-                bail!(
-                    "{}: shape {:?} differs from the image's {:?}",
-                    p.display(),
-                    seg.dims,
-                    image.dims
-                );
-            }
-            Some(labels)
-        }
-        None => None,
-    };
+    let labels = seg_path
+        .map(|p| outline_labels(&id, &p, &image))
+        .transpose()?;
     let kind = image_path
         .file_name()
         .unwrap_or_default()
@@ -89,6 +119,21 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
         image,
         labels,
     })
+}
+
+/// A segmentation's labels, of the image's shape. Any layout's labels: the outline is of the
+/// whole tumour (non-zero).
+fn outline_labels(id: &str, path: &Path, image: &Volume) -> Result<Vec<u8>> {
+    let (seg, labels) = read_labels(id, path)?;
+    if seg.dims != image.dims {
+        bail!(
+            "{}: shape {:?} differs from the image's {:?}",
+            path.display(),
+            seg.dims,
+            image.dims
+        );
+    }
+    Ok(labels)
 }
 
 /// The axial slice with the most tumour, or the middle one without a segmentation.

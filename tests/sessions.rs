@@ -755,18 +755,30 @@ fn report_and_export_write_what_they_promise() {
         .output()
         .unwrap();
     assert_ok(&out);
-    let csv = std::fs::read_to_string(&file).unwrap();
-    let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 2 * 3, "{csv}"); // 2 repeats × 3 picks
+    let mut reader = csv::Reader::from_path(&file).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2 * 3); // 2 repeats × 3 picks
     for r in rows {
-        let f: Vec<&str> = r.split(',').collect();
-        assert_eq!(f[0], "proposed");
-        assert!(f[5].starts_with("BraTS19_"), "{r}");
+        assert_eq!(&r[col("arm")], "proposed");
+        assert!(r[col("patient")].starts_with("BraTS19_"), "{r:?}");
         assert!(
-            !f[6].is_empty() && !f[7].is_empty(),
-            "slice and context expected: {r}"
+            !r[col("slice")].is_empty() && !r[col("context")].is_empty(),
+            "slice and context expected: {r:?}"
         );
-        assert!(f[8].parse::<f64>().is_ok(), "distance expected: {r}");
+        // The original volume's z: the kept index after the 2 slices the preset drops.
+        let slice: usize = r[col("slice")].parse().unwrap();
+        assert_eq!(r[col("z")].parse::<usize>().unwrap(), slice + 2, "{r:?}");
+        // Four modality files and the segmentation, all there.
+        let images: Vec<&str> = r[col("images")].split(';').collect();
+        assert_eq!(images.len(), 4, "{r:?}");
+        assert!(images.iter().all(|p| Path::new(p).is_file()), "{r:?}");
+        assert!(r[col("label")].ends_with("_seg.nii.gz"), "{r:?}");
+        assert!(
+            r[col("distance")].parse::<f64>().is_ok(),
+            "distance expected: {r:?}"
+        );
     }
     let json = env.root.join("picks.json");
     let out = env

@@ -135,7 +135,10 @@ fn tui_clears_what_the_pane_held() {
     );
     tmux(&["send-keys", "-t", &name, "q"]);
     let s = wait_for(&name, "exit", |s| s.contains("TTY:"));
-    assert!(s.contains("EXIT:0") && s.contains("TTY: icanon echo"), "{s}");
+    assert!(
+        s.contains("EXIT:0") && s.contains("TTY: icanon echo"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -163,12 +166,7 @@ fn start_tui(root: &Path, env: &[&str], args: &str) -> (String, Kill) {
 /// the shell prints the terminal's `icanon` and `echo` settings (TTY: …). Without
 /// `alternate_screen` the pane has tmux's `alternate-screen off`, as some users set it, so
 /// the interface draws over what the pane held.
-fn start_tui_with(
-    root: &Path,
-    env: &[&str],
-    args: &str,
-    alternate_screen: bool,
-) -> (String, Kill) {
+fn start_tui_with(root: &Path, env: &[&str], args: &str, alternate_screen: bool) -> (String, Kill) {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let name = format!(
         "suggestive-test-{}-{}",
@@ -198,7 +196,14 @@ fn start_tui_with(
     ];
     // Set before the command's first output (it sleeps a moment first).
     if !alternate_screen {
-        tmux_args.extend([";", "set-window-option", "-t", &name, "alternate-screen", "off"]);
+        tmux_args.extend([
+            ";",
+            "set-window-option",
+            "-t",
+            &name,
+            "alternate-screen",
+            "off",
+        ]);
     }
     tmux(&tmux_args);
     (name.clone(), Kill(name))

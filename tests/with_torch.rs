@@ -59,7 +59,10 @@ fn run(machine: &Machine, command: &[&str]) -> (Output, PathBuf, tempfile::TempD
     } else {
         r#"echo "/usr/bin/python3: No module named venv" >&2; exit 1"#.into()
     };
-    write_script(&tmp.path().join("venv-python"), &venv_python(machine.pip_works));
+    write_script(
+        &tmp.path().join("venv-python"),
+        &venv_python(machine.pip_works),
+    );
     write_script(
         &bin.join("python3"),
         &format!(
@@ -101,10 +104,7 @@ fn without_the_venv_module_it_says_so() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("venv"), "the error names venv: {err}");
-    assert!(
-        err.contains("python3-venv"),
-        "and how to get it: {err}"
-    );
+    assert!(err.contains("python3-venv"), "and how to get it: {err}");
     assert!(!text(&out.stdout).contains("ran"));
 }
 
@@ -139,11 +139,16 @@ fn a_fresh_machine_installs_torch_then_runs_the_command() {
     assert!(out.status.success(), "{err}");
     // It says what is coming before it starts, and shows pip's progress.
     let warn = err.find("4.6 GB").expect("the download size is announced");
-    let pip = err.find("Downloading torch").expect("pip's progress is shown");
+    let pip = err
+        .find("Downloading torch")
+        .expect("pip's progress is shown");
     assert!(warn < pip, "{err}");
     assert!(stdout.contains("ran LIBTORCH_USE_PYTORCH=1"), "{stdout}");
     assert!(
-        stdout.contains(&format!("SUGGESTIVE_PYTHON={}", venv.join("bin/python").display())),
+        stdout.contains(&format!(
+            "SUGGESTIVE_PYTHON={}",
+            venv.join("bin/python").display()
+        )),
         "{stdout}"
     );
     // A second run finds the venv and installs nothing.
@@ -165,7 +170,10 @@ fn a_python_with_another_torch_is_left_alone() {
         "{err}"
     );
     assert!(
-        stdout.contains(&format!("SUGGESTIVE_PYTHON={}", venv.join("bin/python").display())),
+        stdout.contains(&format!(
+            "SUGGESTIVE_PYTHON={}",
+            venv.join("bin/python").display()
+        )),
         "the private venv is used: {stdout}"
     );
     assert!(stdout.contains("LIBTORCH_USE_PYTORCH=1"), "{stdout}");

@@ -326,11 +326,13 @@ fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing) -> String {
         let channels = prep.modalities.iter().map(|m| p.images.get(m));
         for c in channels.clone() {
             // The channel order of a 4D file comes from dataset.json, not from the file.
-            h.update(&c.and_then(|c| c.channel).map_or(-1i64, |c| c as i64).to_le_bytes());
+            h.update(
+                &c.and_then(|c| c.channel)
+                    .map_or(-1i64, |c| c as i64)
+                    .to_le_bytes(),
+            );
         }
-        let files = channels
-            .map(|c| c.map(|c| &c.path))
-            .chain([p.seg.as_ref()]);
+        let files = channels.map(|c| c.map(|c| &c.path)).chain([p.seg.as_ref()]);
         for f in files {
             match f.and_then(|f| std::fs::metadata(f).ok().map(|m| (f, m))) {
                 Some((f, m)) => {
@@ -394,7 +396,9 @@ fn plan_patient<'a>(p: &'a PatientFiles, prep: &Preprocessing) -> Result<Planned
                 return Err(DataError::file(
                     &p.id,
                     path,
-                    format!("expected a 3D volume, found dimensions {dims:?} × {channels} channels"),
+                    format!(
+                        "expected a 3D volume, found dimensions {dims:?} × {channels} channels"
+                    ),
                 ))
             }
             _ => {}

@@ -13,7 +13,9 @@ mod volume;
 pub use cache::{CacheStatus, CACHE_FORMAT_VERSION};
 pub use dataset::{Dataset, LoadOptions, LoadReport, PatientInfo, SkippedPatient};
 pub use error::DataError;
-pub use layout::{discover, site_from_id, DatasetLayout, ImageFile, LayoutKind, PatientFiles};
+pub use layout::{
+    discover, find_case, site_from_id, DatasetLayout, ImageFile, LayoutKind, PatientFiles,
+};
 pub use modality::{parse_modalities, Modality};
 pub use preprocess::Preprocessing;
 pub use summary::Summary;

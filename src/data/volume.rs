@@ -317,7 +317,10 @@ pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3], us
         .len();
     check_header(&h, len as usize, is_gz(path)).map_err(err)?;
     let n = h.dim[0] as usize;
-    let dim: Vec<usize> = h.dim[1..=n.clamp(1, 7)].iter().map(|&d| d as usize).collect();
+    let dim: Vec<usize> = h.dim[1..=n.clamp(1, 7)]
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
     let (dims, channels) = spatial_dims(&dim).map_err(err)?;
     let p = h.pixdim;
     let pixdim = [p[1].abs(), p[2].abs(), p[3].abs()].map(|v| if v > 0.0 { v } else { 1.0 });

@@ -324,18 +324,17 @@ fn foreign_entries(out: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: damaged", manifest.display()))?;
-    let mut ours: std::collections::HashSet<String> =
-        [
-            MANIFEST,
-            "name_mapping.csv",
-            SITES_FILE,
-            "dataset.json",
-            MSD_IMAGES,
-            MSD_LABELS,
-            MSD_UNLABELLED,
-        ]
-        .map(String::from)
-        .into();
+    let mut ours: std::collections::HashSet<String> = [
+        MANIFEST,
+        "name_mapping.csv",
+        SITES_FILE,
+        "dataset.json",
+        MSD_IMAGES,
+        MSD_LABELS,
+        MSD_UNLABELLED,
+    ]
+    .map(String::from)
+    .into();
     for c in v["cases"].as_array().into_iter().flatten() {
         if let Some(first) = c["path"].as_str().and_then(|p| Path::new(p).iter().next()) {
             ours.insert(first.to_string_lossy().into_owned());
@@ -374,11 +373,12 @@ fn write_phantom(
         .map(|c| (c, true))
         .chain(unlabelled.iter().map(|c| (c, false)))
         .collect();
-    all.par_iter().try_for_each(|&(c, labelled)| -> Result<()> {
-        write_case(cfg, out, c, labelled)?;
-        progress();
-        Ok(())
-    })?;
+    all.par_iter()
+        .try_for_each(|&(c, labelled)| -> Result<()> {
+            write_case(cfg, out, c, labelled)?;
+            progress();
+            Ok(())
+        })?;
 
     if !cfg.layout.site_in_id() {
         let mut csv = String::from("case,site\n");
@@ -407,7 +407,10 @@ fn write_phantom(
             PhantomLayout::Brats2023 | PhantomLayout::Msd => {}
         }
     }
-    if matches!(cfg.layout, PhantomLayout::Brats2019 | PhantomLayout::Brats2020) {
+    if matches!(
+        cfg.layout,
+        PhantomLayout::Brats2019 | PhantomLayout::Brats2020
+    ) {
         write_file(&out.join("name_mapping.csv"), csv.as_bytes())?;
     }
     let manifest = Manifest {

@@ -113,8 +113,22 @@ fn to_csv(rows: &[ExportRow]) -> Result<Vec<u8>> {
     let num = |v: Option<usize>| v.map(|x| x.to_string()).unwrap_or_default();
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
-        "arm", "repeat", "stage", "round", "rank", "patient", "slice", "context", "z",
-        "context_z", "images", "label", "distance", "angle_deg", "fallback", "dice",
+        "arm",
+        "repeat",
+        "stage",
+        "round",
+        "rank",
+        "patient",
+        "slice",
+        "context",
+        "z",
+        "context_z",
+        "images",
+        "label",
+        "distance",
+        "angle_deg",
+        "fallback",
+        "dice",
     ])?;
     for r in rows {
         let images: Vec<String> = r.images.iter().map(|p| p.display().to_string()).collect();
@@ -130,12 +144,15 @@ fn to_csv(rows: &[ExportRow]) -> Result<Vec<u8>> {
             num(r.z),
             join(&r.context_z),
             images.join(";"),
-            r.label.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            r.label
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             opt(r.distance),
             opt(r.angle_deg),
             r.fallback.to_string(),
             opt(r.dice),
         ])?;
     }
-    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }

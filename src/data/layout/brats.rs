@@ -107,6 +107,11 @@ fn scan_case_dir(dir: &Path) -> Result<Option<Scanned>, DataError> {
     }))
 }
 
+/// One case folder on its own.
+pub(super) fn case_at(dir: &Path) -> Result<Option<PatientFiles>, DataError> {
+    Ok(scan_case_dir(dir)?.map(|c| c.files))
+}
+
 pub(super) fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
     let mut found = Vec::new();
     for dir in subdirs(root)? {
@@ -228,7 +233,10 @@ fn apply_name_mapping(path: &Path, patients: &mut [PatientFiles]) -> Result<(), 
     for record in reader.records() {
         let record = record.map_err(|e| match e.kind() {
             csv::ErrorKind::UnequalLengths {
-                pos, expected_len, len, ..
+                pos,
+                expected_len,
+                len,
+                ..
             } => err(format!(
                 "row {} has {len} columns, the header has {expected_len}",
                 pos.as_ref().map_or(0, |p| p.line())

@@ -120,10 +120,9 @@ impl PatientFiles {
     pub fn missing_message(&self, modality: Option<Modality>) -> String {
         match (self.kind, modality, &self.channels) {
             (LayoutKind::Msd, None, _) => "missing label file in labelsTr/".into(),
-            (LayoutKind::Msd, Some(m), Some(listed)) => format!(
-                "no {m} channel: dataset.json lists {}",
-                listed.join(", ")
-            ),
+            (LayoutKind::Msd, Some(m), Some(listed)) => {
+                format!("no {m} channel: dataset.json lists {}", listed.join(", "))
+            }
             (LayoutKind::Brats2023, Some(m), _) => format!("missing {} file", m.suffix_2023()),
             (_, m, _) => format!("missing {} file", m.map_or("seg", Modality::suffix)),
         }
@@ -245,6 +244,16 @@ pub fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
         }
     }
     Ok(layout)
+}
+
+/// The case at `path` on its own, as `preview` takes it: a BraTS case folder (either
+/// generation), or a Decathlon image (`imagesTr/<ID>.nii.gz` beside the task's `dataset.json`).
+/// `None`: neither (a plain volume file, or a folder without BraTS files).
+pub fn find_case(path: &Path) -> Result<Option<PatientFiles>, DataError> {
+    if path.is_dir() {
+        return brats::case_at(path);
+    }
+    msd::case_at(path)
 }
 
 #[cfg(test)]

@@ -98,37 +98,62 @@ fn cases_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
         .collect())
 }
 
+/// A case of the task: its 4D image at `path` split by the channels `dataset.json` lists.
+fn case(id: String, path: &Path, channels: &[String], seg: Option<PathBuf>) -> PatientFiles {
+    let images = channels
+        .iter()
+        .enumerate()
+        .filter_map(|(c, name)| {
+            let m = Modality::parse(name)?;
+            let file = ImageFile {
+                path: path.to_path_buf(),
+                channel: Some(c),
+            };
+            Some((m, file))
+        })
+        .collect();
+    PatientFiles {
+        seg,
+        id,
+        dir: path.parent().unwrap_or(path).to_path_buf(),
+        kind: LayoutKind::Msd,
+        grade: None,
+        site: "unknown".into(),
+        images,
+        channels: Some(channels.to_vec()),
+        odd_seg_name: false,
+    }
+}
+
+/// The case of one image file of a task (`imagesTr/` or `imagesTs/`), if `path` is one.
+pub(super) fn case_at(path: &Path) -> Result<Option<PatientFiles>, DataError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let (Some(id), Some(dir)) = (nifti_stem(&name), path.parent()) else {
+        return Ok(None);
+    };
+    let in_task = [IMAGES, UNLABELLED]
+        .iter()
+        .any(|d| dir.file_name().is_some_and(|n| n == *d));
+    let Some(root) = dir
+        .parent()
+        .filter(|r| in_task && r.join(DESCRIPTION).is_file())
+    else {
+        return Ok(None);
+    };
+    let channels = read_channels(root)?;
+    let label = label_path(dir, id);
+    let seg = label.is_file().then_some(label);
+    Ok(Some(case(id.to_string(), path, &channels, seg)))
+}
+
 pub(super) fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
     let channels = read_channels(root)?;
     let images_dir = root.join(IMAGES);
     let labels: BTreeMap<String, PathBuf> = cases_in(&root.join(LABELS))?.into_iter().collect();
     let mut patients = Vec::new();
     for (id, path) in cases_in(&images_dir)? {
-        let images = channels
-            .iter()
-            .enumerate()
-            .filter_map(|(c, name)| {
-                let m = Modality::parse(name)?;
-                Some((
-                    m,
-                    ImageFile {
-                        path: path.clone(),
-                        channel: Some(c),
-                    },
-                ))
-            })
-            .collect();
-        patients.push(PatientFiles {
-            seg: labels.get(&id).cloned(),
-            id,
-            dir: images_dir.clone(),
-            kind: LayoutKind::Msd,
-            grade: None,
-            site: "unknown".into(),
-            images,
-            channels: Some(channels.clone()),
-            odd_seg_name: false,
-        });
+        let seg = labels.get(&id).cloned();
+        patients.push(case(id, &path, &channels, seg));
     }
     let unlabelled: Vec<String> = cases_in(&root.join(UNLABELLED))?
         .into_iter()

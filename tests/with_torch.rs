@@ -42,45 +42,66 @@ exit 1
     )
 }
 
-/// Runs `with-torch COMMAND` on `machine`, with an empty cache folder. Returns the output and
-/// the cache folder's venv path.
-fn run(machine: &Machine, command: &[&str]) -> (Output, PathBuf, tempfile::TempDir) {
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = tmp.path().join("bin");
-    let torch = match machine.torch {
-        Some(v) => format!("echo {v}; exit 0"),
-        None => "echo \"ModuleNotFoundError: No module named 'torch'\" >&2; exit 1".into(),
-    };
-    let venv = if machine.venv_works {
-        format!(
-            r#"mkdir -p "$3/bin" && cp "{}" "$3/bin/python" && exit 0"#,
-            tmp.path().join("venv-python").display()
-        )
-    } else {
-        r#"echo "/usr/bin/python3: No module named venv" >&2; exit 1"#.into()
-    };
-    write_script(
-        &tmp.path().join("venv-python"),
-        &venv_python(machine.pip_works),
-    );
-    write_script(
-        &bin.join("python3"),
-        &format!(
-            "#!/bin/bash\ncase \"$1 $2\" in\n  \"-c \"*) {torch} ;;\n  \"-m venv\") {venv} ;;\nesac\nexit 1\n"
-        ),
-    );
-    let cache = tmp.path().join("cache");
-    let out = std::process::Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("with-torch"))
-        .args(command)
-        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-        .env("XDG_CACHE_HOME", &cache)
-        .env_remove("LIBTORCH")
-        .env_remove("LIBTORCH_USE_PYTORCH")
-        .env_remove("VIRTUAL_ENV")
-        .output()
-        .unwrap();
-    (out, cache.join("suggestive/torch-2.11.0"), tmp)
+/// A fresh machine: the stub python3 on PATH and an empty cache folder.
+struct Fresh {
+    tmp: tempfile::TempDir,
+}
+
+impl Fresh {
+    fn new(machine: &Machine) -> Fresh {
+        let tmp = tempfile::tempdir().unwrap();
+        let torch = match machine.torch {
+            Some(v) => format!("echo {v}; exit 0"),
+            None => "echo \"ModuleNotFoundError: No module named 'torch'\" >&2; exit 1".into(),
+        };
+        let venv = if machine.venv_works {
+            format!(
+                r#"mkdir -p "$3/bin" && cp "{}" "$3/bin/python" && exit 0"#,
+                tmp.path().join("venv-python").display()
+            )
+        } else {
+            r#"echo "/usr/bin/python3: No module named venv" >&2; exit 1"#.into()
+        };
+        write_script(
+            &tmp.path().join("venv-python"),
+            &venv_python(machine.pip_works),
+        );
+        write_script(
+            &tmp.path().join("bin/python3"),
+            &format!(
+                "#!/bin/bash\ncase \"$1 $2\" in\n  \"-c \"*) {torch} ;;\n  \"-m venv\") {venv} ;;\nesac\nexit 1\n"
+            ),
+        );
+        Fresh { tmp }
+    }
+
+    /// Runs `with-torch COMMAND` here.
+    fn run(&self, command: &[&str]) -> Output {
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("with-torch"))
+            .args(command)
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", self.tmp.path().join("bin").display()),
+            )
+            .env("XDG_CACHE_HOME", self.tmp.path().join("cache"))
+            .env_remove("LIBTORCH")
+            .env_remove("LIBTORCH_USE_PYTORCH")
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap()
+    }
+
+    /// Where with-torch keeps its private venv.
+    fn venv(&self) -> PathBuf {
+        self.tmp.path().join("cache/suggestive/torch-2.11.0")
+    }
+}
+
+/// Runs `with-torch COMMAND` on a fresh `machine`: the output and the venv's path.
+fn run(machine: &Machine, command: &[&str]) -> (Output, PathBuf, Fresh) {
+    let fresh = Fresh::new(machine);
+    (fresh.run(command), fresh.venv(), fresh)
 }
 
 fn text(b: &[u8]) -> String {
@@ -186,20 +207,10 @@ fn a_second_run_reuses_the_venv_quietly() {
         venv_works: true,
         pip_works: true,
     };
-    let (first, venv, tmp) = run(&machine, &SHOW_ENV);
+    let (first, venv, fresh) = run(&machine, &SHOW_ENV);
     assert!(first.status.success());
     // The same cache folder again: no install message this time.
-    let out = std::process::Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("with-torch"))
-        .args(SHOW_ENV)
-        .env(
-            "PATH",
-            format!("{}:/usr/bin:/bin", tmp.path().join("bin").display()),
-        )
-        .env("XDG_CACHE_HOME", tmp.path().join("cache"))
-        .env_remove("LIBTORCH")
-        .output()
-        .unwrap();
+    let out = fresh.run(&SHOW_ENV);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("installing"), "{err}");

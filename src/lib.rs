@@ -10,6 +10,19 @@
 //! - [`torch_info`]: what libtorch this binary runs on.
 //! - [`staged_dir`]: folders built beside their place and moved there whole.
 
+/// `Display` for enums shown to users: the name they are written with in files (serde's).
+macro_rules! display_as_serde {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                f.write_str(v.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+pub(crate) use display_as_serde;
+
 pub mod data;
 pub mod engine;
 pub mod paths;

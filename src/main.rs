@@ -345,6 +345,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// A progress bar on stderr for a cache build, when stderr is a terminal.
+fn loading_bar() -> Option<suggestive::data::LoadProgress> {
+    if !stderr_is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template(
+            "loading {bar:30.cyan/blue} {pos}/{len} patients  {elapsed_precise} (eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    Some(std::sync::Arc::new(move |done, total| {
+        if bar.is_hidden() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length(total as u64);
+        }
+        bar.set_position(done as u64);
+        if done == total {
+            bar.finish_and_clear();
+        }
+    }))
+}
+
 fn stderr_is_terminal() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal()
@@ -359,7 +383,7 @@ fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadRepor
             .unwrap_or_else(paths::dataset_cache_root),
         skip_bad: a.skip_bad,
         rebuild: a.rebuild_cache,
-        progress: stderr_is_terminal() && !a.json,
+        progress: if a.json { None } else { loading_bar() },
         threads: a.threads,
         sites: a.sites.clone(),
     };
@@ -619,46 +643,13 @@ fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
 }
 
 fn cmd_new(a: NewArgs) -> Result<()> {
-    let mut cfg = session::preset(&a.preset)?;
-    cfg.apply_overrides(&a.sets)?;
-    // --dataset wins over a --set dataset.path; either way the folder must exist, and is kept
-    // as an absolute path (a run from another folder must find the same data).
-    let from = match &a.dataset {
-        Some(d) => {
-            cfg.dataset.path = d.clone();
-            "--dataset"
-        }
-        None => "dataset.path",
+    let new = session::NewSession {
+        preset: &a.preset,
+        sets: &a.sets,
+        dataset: a.dataset.as_deref(),
     };
-    let path = cfg.dataset.path.clone();
-    if path.as_os_str().is_empty() {
-        bail!("preset {} needs --dataset DIR (a BraTS folder)", a.preset);
-    }
-    // `demo` (the embedded phantom) is a keyword of the presets and --set; --dataset always
-    // names a folder, also one called demo.
-    if from == "--dataset" || path.as_os_str() != "demo" {
-        if !path.is_dir() {
-            bail!("{from} {}: no such folder", path.display());
-        }
-        cfg.dataset.path = path.canonicalize().unwrap_or(path);
-    }
-    // Kept absolute too; a relative name is first looked for in the data folder.
-    if let Some(sites) = cfg.dataset.sites.clone() {
-        let candidates = [cfg.dataset.path.join(&sites), sites.clone()];
-        let found = if sites.is_absolute() {
-            Some(sites.clone())
-        } else {
-            candidates.into_iter().find(|c| c.is_file())
-        };
-        match found {
-            Some(f) if f.is_file() => {
-                cfg.dataset.sites = Some(f.canonicalize().unwrap_or(f));
-            }
-            _ => bail!("dataset.sites {}: no such file", sites.display()),
-        }
-    }
     let dir = a.dirs.resolve(&a.name);
-    let s = Session::create(&dir, cfg)?;
+    let s = new.create(&dir)?;
     let steps = session::plan::plan(&s.config).len();
     println!(
         "created session {} ({steps} steps) at {}",
@@ -737,7 +728,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         .device
         .as_deref()
         .or(a.devices.first().map(String::as_str));
-    let mut runner = Runner::open(s, terminal, &paths::dataset_cache_root(), device)?;
+    let mut runner = Runner::open(s, loading_bar(), &paths::dataset_cache_root(), device)?;
     if a.devices.len() > 1 {
         let devices = a
             .devices
@@ -777,16 +768,7 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let plan = session::plan::plan(&s.config);
-    let holder = session::store::live_holder(&dir);
-    let state = if s.state.done >= plan.len() {
-        "finished"
-    } else if holder.is_some() {
-        "running"
-    } else if s.state.done == 0 && s.state.partial_epochs == 0 {
-        "new"
-    } else {
-        "paused"
-    };
+    let (state, holder) = s.status();
     if a.json {
         let v = serde_json::json!({
             "session": s.name(),
@@ -809,7 +791,7 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
         holder.map(|p| format!(", pid {p}")).unwrap_or_default()
     );
     println!(
-        "setting   {:?} / {:?} / {:?}, arms {}, {} repeat(s)",
+        "setting   {} / {} / {}, arms {}, {} repeat(s)",
         e.scenario,
         e.granularity,
         e.protocol,
@@ -888,7 +870,7 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
 fn cmd_export(a: ExportArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
-    let ds = s.load_dataset(false, &paths::dataset_cache_root())?;
+    let ds = s.load_dataset(None, &paths::dataset_cache_root())?;
     let rows = session::export::rows(&s, &ds, a.arm, a.round);
     if rows.is_empty() {
         bail!(

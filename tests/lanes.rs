@@ -15,7 +15,7 @@ use tch::Device;
 /// after `stop_after` epoch events of the arms when given.
 fn run_in_lanes(dir: &std::path::Path, cache: &std::path::Path, stop_after: Option<usize>) {
     let open = || {
-        let mut r = Runner::open(Session::open(dir).unwrap(), false, cache, None).unwrap();
+        let mut r = Runner::open(Session::open(dir).unwrap(), None, cache, None).unwrap();
         r.set_lanes(vec![Device::Cpu, Device::Cpu]).unwrap();
         r
     };

@@ -321,7 +321,7 @@ fn a_session_on_the_decathlon_layout_exports_files_and_original_slices() {
     let file = root.join("picks.csv");
     cmd(&["export", "msd", "--out", file.to_str().unwrap()]);
 
-    let ds = s.load_dataset(false, &root.join("cache")).unwrap();
+    let ds = s.load_dataset(None, &root.join("cache")).unwrap();
     let drop_first = s.config.dataset.drop_first;
     let mut rows = csv::Reader::from_path(&file).unwrap();
     let header = rows.headers().unwrap().clone();

@@ -335,8 +335,8 @@ fn browser_lists_sessions_with_their_state() {
     std::fs::rename(dir.join("half"), dir.join(".half.creating-1")).unwrap();
     let mut b = Browser::new(dir.clone());
     assert_eq!(b.entries.len(), 2);
-    assert_eq!(b.entries[0].state, "new");
-    assert_eq!(b.entries[1].state, "broken");
+    assert_eq!(b.entries[0].state, Some(suggestive::session::Status::New));
+    assert_eq!(b.entries[1].state, None);
     let theme = Theme::default_theme(false);
     let shot = |b: &Browser, w: u16, h: u16| {
         let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();

@@ -13,9 +13,46 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{PatientInfo, SkippedPatient};
+use super::preprocess::PatientStats;
 use super::{DataError, Preprocessing};
 use crate::staged_dir::StagedDir;
+
+/// One loaded patient, as recorded in the cache index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientInfo {
+    pub id: String,
+    pub site: String,
+    pub grade: Option<String>,
+    /// Index of this patient's first slice in the data set.
+    pub first_slice: usize,
+    pub slices: usize,
+    /// Original (x, y, z) size and voxel size in mm.
+    pub dims: [usize; 3],
+    pub voxel_mm: [f32; 3],
+    pub stats: PatientStats,
+    /// xxh3 of this patient's cached image and mask bytes, for `--verify`.
+    pub checksum: String,
+    /// Slices (offsets within this patient) whose image is zero in every channel: outside the
+    /// head. A network gives all of them the same output, so evaluation computes it once.
+    pub blank_slices: Vec<usize>,
+}
+
+impl PatientInfo {
+    pub fn slice_range(&self) -> std::ops::Range<usize> {
+        self.first_slice..self.first_slice + self.slices
+    }
+    /// Whole-tumour volume in millilitres.
+    pub fn tumour_ml(&self) -> f64 {
+        let v: f32 = self.voxel_mm.iter().product();
+        self.stats.tumour_voxels as f64 * v as f64 / 1000.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedPatient {
+    pub id: String,
+    pub reason: String,
+}
 
 /// Bumped whenever the layout of the cache files changes; older caches are rebuilt.
 /// 2: patients record their blank slices.

@@ -6,56 +6,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use half::f16;
-use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::cache::{self, CacheBuilder, CacheIndex, CacheStatus, CACHE_FORMAT_VERSION};
+use super::cache::{
+    self, CacheBuilder, CacheIndex, CacheStatus, PatientInfo, SkippedPatient, CACHE_FORMAT_VERSION,
+};
 use super::layout::{discover, DatasetLayout, ImageFile, PatientFiles};
-use super::preprocess::{preprocess, PatientStats};
+use super::preprocess::preprocess;
 use super::volume::{read_channels, read_dims, read_seg, Volume};
 use super::{DataError, Preprocessing};
 
-/// One loaded patient, as recorded in the cache index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PatientInfo {
-    pub id: String,
-    pub site: String,
-    pub grade: Option<String>,
-    /// Index of this patient's first slice in the data set.
-    pub first_slice: usize,
-    pub slices: usize,
-    /// Original (x, y, z) size and voxel size in mm.
-    pub dims: [usize; 3],
-    pub voxel_mm: [f32; 3],
-    pub stats: PatientStats,
-    /// xxh3 of this patient's cached image and mask bytes, for `--verify`.
-    pub checksum: String,
-    /// Slices (offsets within this patient) whose image is zero in every channel: outside the
-    /// head. A network gives all of them the same output, so evaluation computes it once.
-    pub blank_slices: Vec<usize>,
-}
+/// Told after each patient a cache build has decoded: (patients done, patients in all). Called
+/// from the decoding threads; the caller draws what it likes (the CLI: a progress bar).
+pub type LoadProgress = std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>;
 
-impl PatientInfo {
-    pub fn slice_range(&self) -> std::ops::Range<usize> {
-        self.first_slice..self.first_slice + self.slices
-    }
-    /// Whole-tumour volume in millilitres.
-    pub fn tumour_ml(&self) -> f64 {
-        let v: f32 = self.voxel_mm.iter().product();
-        self.stats.tumour_voxels as f64 * v as f64 / 1000.0
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SkippedPatient {
-    pub id: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     pub preprocessing: Preprocessing,
     /// Folder holding the caches of all data sets.
@@ -64,8 +32,8 @@ pub struct LoadOptions {
     pub skip_bad: bool,
     /// Ignore an existing cache and build it again.
     pub rebuild: bool,
-    /// Draw a progress bar on stderr (only when it is a terminal).
-    pub progress: bool,
+    /// Told of each decoded patient while a cache is built.
+    pub progress: Option<LoadProgress>,
     /// Worker threads for decoding; `None`: one per core.
     pub threads: Option<usize>,
     /// A CSV of `case ID, site` rows, for data sets whose IDs carry no site.
@@ -79,7 +47,7 @@ impl LoadOptions {
             cache_root: cache_root.into(),
             skip_bad: false,
             rebuild: false,
-            progress: false,
+            progress: None,
             threads: None,
             sites: None,
         }
@@ -488,17 +456,7 @@ fn build_cache(
     }
 
     let builder = CacheBuilder::create(dir)?;
-    let progress = if opts.progress {
-        ProgressBar::new(planned.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    progress.set_style(
-        ProgressStyle::with_template(
-            "loading {bar:30.cyan/blue} {pos}/{len} patients  {elapsed_precise} (eta {eta})  {msg}",
-        )
-        .expect("valid template"),
-    );
+    let done = std::sync::atomic::AtomicUsize::new(0);
     // Without --skip-bad the first failure stops the workers from starting new patients.
     let abort = AtomicBool::new(false);
     let results: Vec<Option<Result<PatientInfo, DataError>>> = planned
@@ -509,15 +467,15 @@ fn build_cache(
                 return None;
             }
             let r = load_patient(plan, prep, geom, first_slice, &builder, shape);
-            progress.inc(1);
+            if let Some(progress) = &opts.progress {
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, planned.len());
+            }
             if r.is_err() {
-                progress.set_message(format!("bad: {}", plan.files.id));
                 abort.store(!opts.skip_bad, Ordering::Relaxed);
             }
             Some(r)
         })
         .collect();
-    progress.finish_and_clear();
     if abort.load(Ordering::Relaxed) {
         // The first failing patient in folder order; `builder` removes the temporary folder.
         let err = results.into_iter().flatten().find_map(|r| r.err());

@@ -10,8 +10,8 @@ mod preprocess;
 mod summary;
 mod volume;
 
-pub use cache::{CacheStatus, CACHE_FORMAT_VERSION};
-pub use dataset::{Dataset, LoadOptions, LoadReport, PatientInfo, SkippedPatient};
+pub use cache::{CacheStatus, PatientInfo, SkippedPatient, CACHE_FORMAT_VERSION};
+pub use dataset::{Dataset, LoadOptions, LoadProgress, LoadReport};
 pub use error::DataError;
 pub use layout::{
     discover, find_case, site_from_id, DatasetLayout, ImageFile, LayoutKind, PatientFiles,

@@ -12,7 +12,20 @@ use tch::{Device, Kind, Tensor};
 use super::batch::{to_device_async, Feed};
 use super::nets::{dice_loss, UNet, Vae};
 use crate::data::Dataset;
-use crate::session::config::DirectionMethod;
+
+/// How `z' − z` is computed (see docs/method.md, "Numerical care"); a session setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectionMethod {
+    /// float32 step; falls back to float64 when the step is below float32 resolution.
+    Auto,
+    Float32,
+    Float64,
+    /// (enc(x + h·g) − enc(x − h·g)) / 2h · α with a step h large enough to resolve.
+    CentralDifference,
+}
+
+crate::display_as_serde!(DirectionMethod);
 
 /// One suggested sample (a patient or a slice, by pool index).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

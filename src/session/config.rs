@@ -54,6 +54,10 @@ impl DatasetConfig {
     }
 }
 
+pub use crate::engine::select::DirectionMethod;
+
+crate::display_as_serde!(Scenario, Granularity, Protocol, Precision);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
@@ -195,18 +199,6 @@ impl VaeTrain {
             levels: self.levels,
         }
     }
-}
-
-/// How `z' − z` is computed (see docs/method.md, "Numerical care").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DirectionMethod {
-    /// float32 step; falls back to float64 when the step is below float32 resolution.
-    Auto,
-    Float32,
-    Float64,
-    /// (enc(x + h·g) − enc(x − h·g)) / 2h · α with a step h large enough to resolve.
-    CentralDifference,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

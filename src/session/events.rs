@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Arm;
 
+crate::display_as_serde!(Phase);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {

@@ -24,8 +24,9 @@ pub mod store;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
-use crate::data::{Dataset, LoadOptions};
+use crate::data::{Dataset, LoadOptions, LoadProgress};
 use config::SessionConfig;
 use state::{SessionState, STATE_FORMAT_VERSION};
 
@@ -97,6 +98,76 @@ pub struct Session {
     pub state: SessionState,
 }
 
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Nothing run yet.
+    New,
+    /// Started, not running now, not finished.
+    Paused,
+    /// A live process holds its lock.
+    Running,
+    Finished,
+}
+
+crate::display_as_serde!(Status);
+
+/// A session to create: a preset (a name or a session.toml) with `--set` overrides and,
+/// optionally, the data folder (which wins over a `dataset.path` override).
+pub struct NewSession<'a> {
+    pub preset: &'a str,
+    pub sets: &'a [String],
+    pub dataset: Option<&'a Path>,
+}
+
+impl NewSession<'_> {
+    /// The configuration, with the data folder and the sites file checked and made absolute
+    /// (a run from another folder must find the same files).
+    pub fn config(&self) -> Result<SessionConfig> {
+        let mut cfg = preset(self.preset)?;
+        cfg.apply_overrides(self.sets)?;
+        let from = match self.dataset {
+            Some(d) => {
+                cfg.dataset.path = d.to_path_buf();
+                "data folder"
+            }
+            None => "dataset.path",
+        };
+        let path = cfg.dataset.path.clone();
+        if path.as_os_str().is_empty() {
+            bail!(
+                "preset {} needs a data set folder (--dataset DIR)",
+                self.preset
+            );
+        }
+        // `demo` (the embedded phantom) is a keyword of the presets and --set; a data folder
+        // given as such is always a folder, also one called demo.
+        if self.dataset.is_some() || path.as_os_str() != "demo" {
+            if !path.is_dir() {
+                bail!("{from} {}: no such folder", path.display());
+            }
+            cfg.dataset.path = std::path::absolute(&path)
+                .and_then(|p| p.canonicalize())
+                .unwrap_or(path);
+        }
+        // A relative sites file is looked for in the data folder first.
+        if let Some(sites) = cfg.dataset.sites.clone() {
+            let found = [cfg.dataset.path.join(&sites), sites.clone()]
+                .into_iter()
+                .find(|c| c.is_file())
+                .with_context(|| format!("dataset.sites {}: no such file", sites.display()))?;
+            cfg.dataset.sites = Some(found.canonicalize().unwrap_or(found));
+        }
+        Ok(cfg)
+    }
+
+    /// Creates the session at `dir`.
+    pub fn create(&self, dir: &Path) -> Result<Session> {
+        Session::create(dir, self.config()?)
+    }
+}
+
 impl Session {
     /// Creates a new session folder; an existing one is never overwritten.
     pub fn create(dir: &Path, config: SessionConfig) -> Result<Session> {
@@ -166,7 +237,8 @@ impl Session {
             .get("format_version")
             .and_then(|v| v.as_u64());
         if version != Some(STATE_FORMAT_VERSION as u64) {
-            bail!("{}: state format version {:?} is not supported (this suggestive reads {STATE_FORMAT_VERSION}); nothing was changed", state_path.display(), version);
+            let version = version.map_or("missing".to_string(), |v| v.to_string());
+            bail!("{}: state format version {version} is not supported (this suggestive reads {STATE_FORMAT_VERSION}); nothing was changed", state_path.display());
         }
         let state: SessionState = serde_json::from_str(&text)
             .with_context(|| format!("{}: damaged; nothing was changed", state_path.display()))?;
@@ -205,7 +277,27 @@ impl Session {
     }
 
     /// Loads the session's data set through the preprocessed cache under `cache_root`.
-    pub fn load_dataset(&self, progress: bool, cache_root: &Path) -> Result<Dataset> {
+    /// `progress` is told of each patient decoded while a cache is built.
+    /// Where the session stands, with the pid of the process running it.
+    pub fn status(&self) -> (Status, Option<u32>) {
+        let holder = store::live_holder(&self.dir);
+        let status = if self.state.done >= plan::plan(&self.config).len() {
+            Status::Finished
+        } else if holder.is_some() {
+            Status::Running
+        } else if self.state.done == 0 && self.state.partial_epochs == 0 {
+            Status::New
+        } else {
+            Status::Paused
+        };
+        (status, holder)
+    }
+
+    pub fn load_dataset(
+        &self,
+        progress: Option<LoadProgress>,
+        cache_root: &Path,
+    ) -> Result<Dataset> {
         let mut opts = LoadOptions::new(cache_root);
         opts.preprocessing = self.config.dataset.preprocessing();
         opts.progress = progress;
@@ -304,10 +396,10 @@ impl Session {
                 .find(|p| outside(p.sample) || p.source.is_some_and(outside))
             {
                 return Err(damaged(format!(
-                    "{} pick {} (source {:?}) in round {} of repeat {}, of a pool of {pool}",
+                    "{} pick {} (source {}) in round {} of repeat {}, of a pool of {pool}",
                     rec.arm,
                     p.sample,
-                    p.source,
+                    p.source.map_or("none".to_string(), |s| s.to_string()),
                     rec.round,
                     rec.repeat + 1
                 )));

@@ -77,7 +77,7 @@ impl Runner {
     /// `device` overrides the session's configured device for this run.
     pub fn open(
         session: Session,
-        progress: bool,
+        progress: Option<crate::data::LoadProgress>,
         cache_root: &Path,
         device: Option<&str>,
     ) -> Result<Runner> {
@@ -497,7 +497,7 @@ impl Runner {
             .max()
             .unwrap_or(0);
         if need > pool {
-            bail!("the protocol needs {need} samples per arm but the pool has {pool} ({} training patients, granularity {:?})", rd.train.len(), e.granularity);
+            bail!("the protocol needs {need} samples per arm but the pool has {pool} ({} training patients, granularity {})", rd.train.len(), e.granularity);
         }
         let mut order: Vec<usize> = (0..pool).collect();
         order.shuffle(&mut rng);
@@ -1024,9 +1024,7 @@ impl Runner {
                     .collect();
                 let mut methods = BTreeMap::new();
                 for (_, g) in &steps {
-                    *methods
-                        .entry(format!("{:?}", g.method).to_lowercase())
-                        .or_insert(0) += 1;
+                    *methods.entry(g.method.to_string()).or_insert(0) += 1;
                 }
                 let median = |mut v: Vec<f64>| {
                     v.sort_by(f64::total_cmp);

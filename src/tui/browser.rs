@@ -12,7 +12,7 @@ use ratatui::Frame;
 
 use super::theme::Theme;
 use super::ui::centred;
-use crate::session::{self, Session};
+use crate::session::{self, Session, Status};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -22,7 +22,8 @@ pub struct Entry {
     pub setting: String,
     pub progress: String,
     pub last_dice: String,
-    pub state: String,
+    /// Where the session stands; `None`: it cannot be read (the reason is in `last_dice`).
+    pub state: Option<Status>,
 }
 
 /// Reads the sessions folder (sorted by name). A session that cannot be read is listed as broken.
@@ -51,16 +52,7 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
         match Session::open(&d) {
             Ok(s) => {
                 let total = session::plan::plan(&s.config).len();
-                let running = session::store::live_holder(&d).is_some();
-                let state = if s.state.done >= total {
-                    "finished"
-                } else if running {
-                    "running"
-                } else if s.state.done == 0 && s.state.partial_epochs == 0 {
-                    "new"
-                } else {
-                    "paused"
-                };
+                let (state, _) = s.status();
                 let mut last = Vec::new();
                 for arm in &s.config.experiment.arms {
                     if let Some(r) = s.state.results.iter().rev().find(|r| r.arm == *arm) {
@@ -79,13 +71,12 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
                     dir: d.clone(),
                     dataset: ds,
                     setting: format!(
-                        "{:?}/{:?}",
+                        "{}/{}",
                         s.config.experiment.scenario, s.config.experiment.granularity
-                    )
-                    .to_lowercase(),
+                    ),
                     progress: format!("{}/{}", s.state.done, total),
                     last_dice: last.join(" "),
-                    state: state.into(),
+                    state: Some(state),
                 });
             }
             Err(e) => out.push(Entry {
@@ -96,7 +87,7 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
                 progress: String::new(),
                 // The reason relative to the session folder: "state.json: damaged …".
                 last_dice: format!("{e:#}").replace(&format!("{}/", d.display()), ""),
-                state: "broken".into(),
+                state: None,
             }),
         }
     }
@@ -175,7 +166,7 @@ impl Browser {
                 KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(1),
                 KeyCode::Enter | KeyCode::Char('o') => {
                     if let Some(e) = self.entries.get(self.selected) {
-                        if e.state == "broken" {
+                        if e.state.is_none() {
                             self.message =
                                 Some(format!("{} cannot be opened: {}", e.name, e.last_dice));
                         } else {
@@ -270,20 +261,16 @@ impl Browser {
         if name.is_empty() || name.contains('/') {
             anyhow::bail!("give the session a name (no '/')");
         }
-        let preset = session::PRESETS[form.preset].0;
-        let mut cfg = session::preset(preset)?;
         let ds = form.dataset.trim();
-        if ds != "demo" {
-            let p = PathBuf::from(ds);
-            if !p.is_dir() {
-                anyhow::bail!("dataset folder {ds} does not exist");
-            }
-            cfg.dataset.path = p;
-        } else if preset != "demo" {
-            anyhow::bail!("preset {preset} needs a BraTS folder");
-        }
+        // `demo` is the embedded phantom, as in presets; anything else is a folder.
+        let folder = (ds != "demo").then(|| Path::new(ds));
         let dir = self.dir.join(name);
-        Session::create(&dir, cfg)?;
+        session::NewSession {
+            preset: session::PRESETS[form.preset].0,
+            sets: &[],
+            dataset: folder,
+        }
+        .create(&dir)?;
         Ok(dir)
     }
 
@@ -330,18 +317,19 @@ impl Browser {
             .entries
             .iter()
             .map(|e| {
-                let state_style = match e.state.as_str() {
-                    "broken" => Style::default().fg(t.error),
-                    "running" => Style::default().fg(t.highlight),
-                    _ => Style::default().fg(t.text),
+                let state_style = match e.state {
+                    None => Style::default().fg(t.error),
+                    Some(Status::Running) => Style::default().fg(t.highlight),
+                    Some(_) => Style::default().fg(t.text),
                 };
+                let state = e.state.map_or("broken".to_string(), |s| s.to_string());
                 Row::new(vec![
                     Cell::from(e.name.clone()),
                     Cell::from(e.dataset.clone()),
                     Cell::from(e.setting.clone()),
                     Cell::from(e.progress.clone()),
                     Cell::from(e.last_dice.clone()),
-                    Cell::from(Span::styled(e.state.clone(), state_style)),
+                    Cell::from(Span::styled(state, state_style)),
                 ])
                 .style(Style::default().fg(t.text))
             })

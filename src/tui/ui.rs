@@ -126,13 +126,7 @@ fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     let setting = app
         .config
         .as_ref()
-        .map(|c| {
-            format!(
-                "{:?} · {:?}",
-                c.experiment.scenario, c.experiment.granularity
-            )
-            .to_lowercase()
-        })
+        .map(|c| format!("{} · {}", c.experiment.scenario, c.experiment.granularity))
         .unwrap_or_default();
     let state_style = match app.run {
         RunState::Failed(_) => Style::default().fg(t.error).add_modifier(Modifier::BOLD),
@@ -217,10 +211,7 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             ]));
             lines.push(Line::from(vec![
                 Span::styled("phase ", Style::default().fg(t.dim)),
-                Span::styled(
-                    format!("{:?}", s.phase).to_lowercase(),
-                    Style::default().fg(t.text),
-                ),
+                Span::styled(s.phase.to_string(), Style::default().fg(t.text)),
             ]));
             let loss = s
                 .loss

@@ -150,7 +150,7 @@ fn session_thread(
     out: &Sender<Message>,
 ) -> Result<()> {
     let session = Session::open(dir)?;
-    let mut runner = Runner::open(session, false, cache_root, device)?;
+    let mut runner = Runner::open(session, None, cache_root, device)?;
     let views = runner
         .session()
         .state
@@ -273,7 +273,7 @@ pub fn start_preview_worker(
                 .map(|(config, _)| *config != session.config)
                 .unwrap_or(true)
             {
-                let ds = session.load_dataset(false, &cache_root)?;
+                let ds = session.load_dataset(None, &cache_root)?;
                 ctx = Some((session.config.clone(), ds));
                 net = None;
             }

@@ -131,13 +131,8 @@ pub fn run_to_end(tmp: &std::path::Path, extra: &[&str]) -> Session {
     let cfg = tiny_session_config(&data, extra);
     let dir = tmp.join(format!("s{}", extra.join("_").replace(['"', '=', '.'], "")));
     Session::create(&dir, cfg).unwrap();
-    let mut runner = Runner::open(
-        Session::open(&dir).unwrap(),
-        false,
-        &tmp.join("cache"),
-        None,
-    )
-    .unwrap();
+    let mut runner =
+        Runner::open(Session::open(&dir).unwrap(), None, &tmp.join("cache"), None).unwrap();
     let outcome = runner.run(&Control::default(), &mut |_| {}).unwrap();
     assert_eq!(outcome, Outcome::Finished);
     drop(runner);

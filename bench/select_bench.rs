@@ -30,8 +30,10 @@ use suggestive::engine::nets::{
     dice_loss, fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae,
     VaeConfig,
 };
-use suggestive::engine::select::{encode_slices, gradient_directions, pick_proposed, Source};
-use suggestive::engine::train::train_unet;
+use suggestive::engine::select::{
+    encode_slices, gradient_directions, pick_proposed, DirectionNets, Source, StepSettings,
+};
+use suggestive::engine::train::{train_unet, Schedule};
 use suggestive::session::config::DirectionMethod;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -134,17 +136,16 @@ fn main() -> anyhow::Result<()> {
 
     let samples: Vec<Vec<usize>> = labelled.iter().map(|&i| vec![i]).collect();
     let t = Instant::now();
-    let steps = gradient_directions(
-        &unet_eval,
-        &vae,
-        &vae64,
-        &ds,
-        &samples,
-        ALPHA,
-        DirectionMethod::Auto,
-        &feed,
-        BATCH,
-    )?;
+    let nets = DirectionNets {
+        unet: &unet_eval,
+        vae: &vae,
+        vae64: &vae64,
+    };
+    let step = StepSettings {
+        alpha: ALPHA,
+        method: DirectionMethod::Auto,
+    };
+    let steps = gradient_directions(&nets, &ds, &feed, &samples, step, BATCH)?;
     sync(device);
     let gradients_s = t.elapsed().as_secs_f64();
 
@@ -230,18 +231,15 @@ fn fed_against_fixed(
         let mut go_on = |_: usize, _: f64, _: &Adam| -> anyhow::Result<ControlFlow<()>> {
             Ok(ControlFlow::Continue(()))
         };
-        train_unet(
-            &net,
-            opt,
+        let schedule = Schedule {
             ds,
-            &slices,
-            TRAIN_BATCH,
-            false,
             feed,
-            epoch..epoch + 1,
-            0,
-            &mut go_on,
-        )?;
+            slices: &slices,
+            batch_size: TRAIN_BATCH,
+            epochs: epoch..epoch + 1,
+            seed: 0,
+        };
+        train_unet(&net, opt, &schedule, false, &mut go_on)?;
         epoch += 1;
         Ok(())
     };

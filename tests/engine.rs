@@ -10,7 +10,9 @@ use suggestive::data::Dataset;
 use suggestive::engine::batch::{self, Feed};
 use suggestive::engine::eval;
 use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
-use suggestive::engine::select::{gradient_direction, gradient_directions};
+use suggestive::engine::select::{
+    gradient_direction, gradient_directions, DirectionNets, StepSettings,
+};
 use suggestive::phantom::{PhantomConfig, PhantomLayout};
 use suggestive::session::config::{Arm, DirectionMethod, Granularity, Scenario};
 use suggestive::session::Session;
@@ -287,8 +289,13 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
     let (_stores, unet, vae, vae64) = tiny_nets(2);
     let slices = tumour_slices(&ds);
     let cpu = Feed::host(Device::Cpu);
-    let dir = |alpha: f64, m: DirectionMethod| {
-        gradient_direction(&unet, &vae, &vae64, &ds, &slices, alpha, m, &cpu).unwrap()
+    let nets = DirectionNets {
+        unet: &unet,
+        vae: &vae,
+        vae64: &vae64,
+    };
+    let dir = |alpha: f64, method: DirectionMethod| {
+        gradient_direction(&nets, &ds, &cpu, &slices, StepSettings { alpha, method }).unwrap()
     };
 
     // α = 1e-4 on z-scored images is below float32 resolution: auto takes float64 and says so.
@@ -348,12 +355,16 @@ fn batched_gradient_directions_equal_one_sample_at_a_time() {
         (1e-4, DirectionMethod::Auto),
     ] {
         // Batches of up to 4 slices: [s0, s1(3 slices)], [s2, s3] ...
-        let batched =
-            gradient_directions(&unet, &vae, &vae64, &ds, &samples, alpha, method, &cpu, 4)
-                .unwrap();
+        let nets = DirectionNets {
+            unet: &unet,
+            vae: &vae,
+            vae64: &vae64,
+        };
+        let step = StepSettings { alpha, method };
+        let batched = gradient_directions(&nets, &ds, &cpu, &samples, step, 4).unwrap();
         assert_eq!(batched.len(), samples.len());
         for (s, b) in samples.iter().zip(&batched) {
-            let one = gradient_direction(&unet, &vae, &vae64, &ds, s, alpha, method, &cpu).unwrap();
+            let one = gradient_direction(&nets, &ds, &cpu, s, step).unwrap();
             assert_eq!(b.method, one.method, "{method:?}");
             assert!((b.loss - one.loss).abs() < 1e-6, "{method:?} loss");
             assert!(

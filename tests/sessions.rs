@@ -207,7 +207,10 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
     let held = std::fs::File::create(dir.join("lock")).unwrap();
     held.try_lock().unwrap();
     writeln!(&held, "{me}").unwrap();
-    assert_eq!(suggestive::session::store::live_holder(&dir), Some(me));
+    assert_eq!(
+        suggestive::session::SessionFiles::new(&dir).live_holder(),
+        Some(me)
+    );
     let out = env.cmd(&["run", "locked"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -227,7 +230,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
         .unwrap();
     std::fs::write(dir.join("lock"), format!("{}\n", older.id())).unwrap();
     assert_eq!(
-        suggestive::session::store::live_holder(&dir),
+        suggestive::session::SessionFiles::new(&dir).live_holder(),
         Some(older.id())
     );
     let out = env.cmd(&["run", "locked"]).output().unwrap();
@@ -239,7 +242,10 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
     // The file names a live pid that is not a suggestive run (this test: what a reused pid
     // looks like), and nobody holds the lock, as after a killed run. The run proceeds.
     std::fs::write(dir.join("lock"), format!("{me}\n")).unwrap();
-    assert_eq!(suggestive::session::store::live_holder(&dir), None);
+    assert_eq!(
+        suggestive::session::SessionFiles::new(&dir).live_holder(),
+        None
+    );
     let out = env.cmd(&["run", "locked"]).output().unwrap();
     assert_ok(&out);
     assert_eq!(state(&dir)["done"], 16);
@@ -439,19 +445,19 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     // A latents file of the wrong shape is an error that names it, not an index panic.
     let session = Session::open(&dir).unwrap();
     let ds = session.load_dataset(None, &env.root.join("cache")).unwrap();
-    assert_eq!(
-        suggestive::session::run::sample_latents(&session, &ds, 0)
-            .unwrap()
-            .len(),
-        6
+    let pool = suggestive::session::pool::Pool::new(
+        &ds,
+        &session.state.repeats[0],
+        session.config.experiment.granularity,
     );
-    let latents = dir.join("latents").join("r0.safetensors");
+    let latents = session.files().latents(0);
+    assert_eq!(pool.sample_latents(&latents).unwrap().len(), 6);
     for bad in [
         tch::Tensor::zeros([7], tch::kind::FLOAT_CPU),
         tch::Tensor::zeros([5, 3], tch::kind::FLOAT_CPU),
     ] {
         tch::Tensor::write_safetensors(&[("z", &bad)], &latents).unwrap();
-        let e = suggestive::session::run::sample_latents(&session, &ds, 0).unwrap_err();
+        let e = pool.sample_latents(&latents).unwrap_err();
         assert!(
             format!("{e:#}").contains("r0.safetensors: latents of"),
             "{e:#}"

@@ -245,53 +245,49 @@ pub struct GradientStep {
 /// Below this relative step, float32 cannot resolve `x' − x` (docs/method.md): use float64.
 const FLOAT32_RESOLUTION: f64 = 1e-6;
 
+/// The networks of a gradient step: the UNet (in eval mode), the VAE whose encoder projects,
+/// and its float64 copy for steps below float32 resolution.
+pub struct DirectionNets<'a> {
+    pub unet: &'a UNet,
+    pub vae: &'a Vae,
+    pub vae64: &'a Vae,
+}
+
+/// How far the images move (`x' = x + alpha ∂L/∂x`) and how `z' − z` is computed.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSettings {
+    pub alpha: f64,
+    pub method: DirectionMethod,
+}
+
 /// The gradient step of one labelled sample (see [`gradient_directions`]).
-#[allow(clippy::too_many_arguments)]
 pub fn gradient_direction(
-    unet: &UNet,
-    vae: &Vae,
-    vae64: &Vae,
+    nets: &DirectionNets,
     ds: &Dataset,
-    slices: &[usize],
-    alpha: f64,
-    method: DirectionMethod,
     feed: &Feed,
+    slices: &[usize],
+    step: StepSettings,
 ) -> Result<GradientStep> {
     let samples = [slices.to_vec()];
-    let mut steps = gradient_directions(
-        unet,
-        vae,
-        vae64,
-        ds,
-        &samples,
-        alpha,
-        method,
-        feed,
-        usize::MAX,
-    )?;
+    let mut steps = gradient_directions(nets, ds, feed, &samples, step, usize::MAX)?;
     Ok(steps.remove(0))
 }
 
 /// `z' − z` for each labelled sample (a list of its slices): the Dice-loss gradient w.r.t. the
 /// input (the UNet in eval mode; the weights' gradients untouched), masked to the brain, a step
-/// of `alpha`, and the encoder mean before and after, by `method`. `vae64` is the float64 copy
-/// of the encoder.
+/// of `step.alpha`, and the encoder mean before and after, by `step.method`.
 ///
 /// Samples are packed into batches of up to `batch_slices` slices (a sample larger than that
 /// is a batch of its own) and one backward pass serves the whole batch: the loss is the sum of
 /// the samples' own Dice losses and the UNet is in eval mode, so each slice's input gradient is
 /// exactly its sample's gradient. At image granularity this replaces one backward pass per
 /// labelled slice with one per batch.
-#[allow(clippy::too_many_arguments)]
 pub fn gradient_directions(
-    unet: &UNet,
-    vae: &Vae,
-    vae64: &Vae,
+    nets: &DirectionNets,
     ds: &Dataset,
-    samples: &[Vec<usize>],
-    alpha: f64,
-    method: DirectionMethod,
     feed: &Feed,
+    samples: &[Vec<usize>],
+    step: StepSettings,
     batch_slices: usize,
 ) -> Result<Vec<GradientStep>> {
     let mut out = Vec::with_capacity(samples.len());
@@ -302,16 +298,7 @@ pub fn gradient_directions(
             n += samples[end].len();
             end += 1;
         }
-        out.extend(direction_batch(
-            unet,
-            vae,
-            vae64,
-            ds,
-            &samples[start..end],
-            alpha,
-            method,
-            feed,
-        )?);
+        out.extend(direction_batch(nets, ds, feed, &samples[start..end], step)?);
         start = end;
     }
     Ok(out)
@@ -384,17 +371,15 @@ fn mean_rows(dz: &Tensor, ranges: &[(i64, i64)]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn direction_batch(
-    unet: &UNet,
-    vae: &Vae,
-    vae64: &Vae,
+    nets: &DirectionNets,
     ds: &Dataset,
-    group: &[Vec<usize>],
-    alpha: f64,
-    method: DirectionMethod,
     feed: &Feed,
+    group: &[Vec<usize>],
+    step: StepSettings,
 ) -> Result<Vec<GradientStep>> {
+    let DirectionNets { unet, vae, vae64 } = *nets;
+    let StepSettings { alpha, method } = step;
     let slices = group.concat();
     let mut ranges = Vec::with_capacity(group.len());
     let mut at = 0i64;

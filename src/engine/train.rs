@@ -36,24 +36,33 @@ const NOISE_KEY: u64 = 0x005E_ED0F_1A7E;
 /// `Break` to stop.
 pub type AfterEpoch<'a> = dyn FnMut(usize, f64, &Adam) -> Result<ControlFlow<()>> + 'a;
 
-/// What both training loops share: per epoch, a seeded order of `slices`, batches of
-/// `batch_size`, one optimiser step per batch on the loss `loss_of` computes, then
-/// `after_epoch` with the epoch's mean loss. Returns the epoch count reached (less than
-/// `epochs.end` when `after_epoch` asked to stop).
-#[allow(clippy::too_many_arguments)]
+/// What a training run goes over: `slices` of `ds` (reaching the device through `feed`), in
+/// batches of `batch_size` in a seeded order per epoch, for the epochs of `epochs` (a resumed
+/// run starts later).
+pub struct Schedule<'a> {
+    pub ds: &'a Dataset,
+    pub feed: &'a Feed,
+    pub slices: &'a [usize],
+    pub batch_size: usize,
+    pub epochs: Range<usize>,
+    pub seed: u64,
+}
+
+/// What both training loops share: per epoch, a seeded order of the slices, one optimiser step
+/// per batch on the loss `loss_of` computes, then `after_epoch` with the epoch's mean loss.
+/// Returns the epoch count reached (less than the schedule's end when `after_epoch` asked to
+/// stop).
 fn run_epochs(
     opt: &mut Adam,
-    slices: &[usize],
-    batch_size: usize,
-    epochs: Range<usize>,
-    seed: u64,
+    s: &Schedule,
     after_epoch: &mut AfterEpoch,
     before_epoch: &mut dyn FnMut(usize),
     loss_of: &mut dyn FnMut(&[usize]) -> tch::Tensor,
 ) -> Result<usize> {
-    for epoch in epochs.clone() {
+    let batch_size = s.batch_size;
+    for epoch in s.epochs.clone() {
         before_epoch(epoch);
-        let order = epoch_order(slices, seed, epoch);
+        let order = epoch_order(s.slices, s.seed, epoch);
         // The losses add up on the device and are read once per epoch: reading each step's
         // value would make the host wait for the GPU at every step.
         let mut sum: Option<tch::Tensor> = None;
@@ -78,86 +87,57 @@ fn run_epochs(
             return Ok(epoch + 1);
         }
     }
-    Ok(epochs.end)
+    Ok(s.epochs.end)
 }
 
-/// Trains the UNet with the Dice loss for `epochs` over `slices`. `mixed`: the forward pass
-/// under CUDA autocast (float16 where safe; the loss in float32), for an optimiser with loss
-/// scaling.
-#[allow(clippy::too_many_arguments)]
+/// Trains the UNet with the Dice loss over the schedule. `mixed`: the forward pass under CUDA
+/// autocast (float16 where safe; the loss in float32), for an optimiser with loss scaling.
 pub fn train_unet(
     net: &UNet,
     opt: &mut Adam,
-    ds: &Dataset,
-    slices: &[usize],
-    batch_size: usize,
+    schedule: &Schedule,
     mixed: bool,
-    feed: &Feed,
-    epochs: Range<usize>,
-    seed: u64,
     after_epoch: &mut AfterEpoch,
 ) -> Result<usize> {
-    run_epochs(
-        opt,
-        slices,
-        batch_size,
-        epochs,
-        seed,
-        after_epoch,
-        &mut |_| {},
-        &mut |chunk| {
-            let (x, y) = feed.batch(ds, chunk);
-            // Only enter autocast for mixed precision, and through mixed::autocast_fp16:
-            // libtorch 2.11 warns on every tch autocast call, even a disabled one.
-            let logits = if mixed {
-                crate::engine::mixed::autocast_fp16(|| net.forward_t(&x, true))
-            } else {
-                net.forward_t(&x, true)
-            };
-            dice_loss(&logits.to_kind(tch::Kind::Float), &y)
-        },
-    )
+    let (ds, feed) = (schedule.ds, schedule.feed);
+    run_epochs(opt, schedule, after_epoch, &mut |_| {}, &mut |chunk| {
+        let (x, y) = feed.batch(ds, chunk);
+        // Only enter autocast for mixed precision, and through mixed::autocast_fp16:
+        // libtorch 2.11 warns on every tch autocast call, even a disabled one.
+        let logits = if mixed {
+            crate::engine::mixed::autocast_fp16(|| net.forward_t(&x, true))
+        } else {
+            net.forward_t(&x, true)
+        };
+        dice_loss(&logits.to_kind(tch::Kind::Float), &y)
+    })
 }
 
-/// Trains the VAE (MSE + KL) over `slices`.
-#[allow(clippy::too_many_arguments)]
+/// Trains the VAE (MSE + `kl_weight` × KL) over the schedule.
 pub fn train_vae(
     net: &Vae,
     opt: &mut Adam,
-    ds: &Dataset,
-    slices: &[usize],
-    batch_size: usize,
+    schedule: &Schedule,
     kl_weight: f64,
-    feed: &Feed,
-    epochs: Range<usize>,
-    seed: u64,
     after_epoch: &mut AfterEpoch,
 ) -> Result<usize> {
+    let (ds, feed, seed) = (schedule.ds, schedule.feed, schedule.seed);
     // The reparameterisation noise comes from its own seeded stream per epoch (not libtorch's
     // global generator, which anything else in the process, such as the TUI's preview thread
     // building a network, would advance): a resumed run draws what an uninterrupted one would,
     // on any device.
-    let noise = std::cell::RefCell::new(epoch_rng(seed ^ NOISE_KEY, epochs.start));
+    let noise = std::cell::RefCell::new(epoch_rng(seed ^ NOISE_KEY, schedule.epochs.start));
     let mut start_epoch = |epoch: usize| *noise.borrow_mut() = epoch_rng(seed ^ NOISE_KEY, epoch);
     let latent = net.latent() as usize;
-    run_epochs(
-        opt,
-        slices,
-        batch_size,
-        epochs,
-        seed,
-        after_epoch,
-        &mut start_epoch,
-        &mut |chunk| {
-            let eps = standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
-            let eps = Tensor::from_slice(&eps).view([chunk.len() as i64, latent as i64]);
-            net.loss(
-                &feed.images(ds, chunk),
-                kl_weight,
-                &to_device_async(eps, feed.device()),
-            )
-        },
-    )
+    run_epochs(opt, schedule, after_epoch, &mut start_epoch, &mut |chunk| {
+        let eps = standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
+        let eps = Tensor::from_slice(&eps).view([chunk.len() as i64, latent as i64]);
+        net.loss(
+            &feed.images(ds, chunk),
+            kl_weight,
+            &to_device_async(eps, feed.device()),
+        )
+    })
 }
 
 /// `n` draws of N(0, 1) (Box–Muller), as float32.

@@ -1,5 +1,5 @@
-//! What a running session tells the world: the same events feed `events.jsonl`, `run --jsonl`,
-//! the progress display and (later) the TUI.
+//! What a running session tells the world: the same events feed `events.jsonl` (as
+//! `LoggedEvent` lines), `run --jsonl`, the progress display and the TUI.
 
 use serde::{Deserialize, Serialize};
 
@@ -102,4 +102,71 @@ pub enum Event {
     Error {
         message: String,
     },
+}
+
+/// The format of `events.jsonl`'s lines (`LoggedEvent`).
+pub const EVENT_FORMAT_VERSION: u32 = 1;
+
+fn first_format() -> u32 {
+    1
+}
+
+/// One line of `events.jsonl`: an event, when it happened, and the line's format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    /// Lines written before the version was recorded are the first format.
+    #[serde(default = "first_format")]
+    pub format_version: u32,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl LoggedEvent {
+    /// `event`, stamped now.
+    pub fn now(event: Event) -> LoggedEvent {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        LoggedEvent {
+            format_version: EVENT_FORMAT_VERSION,
+            time,
+            event,
+        }
+    }
+
+    /// The events of a log file, in order; lines that are not events (the last line of a
+    /// killed run, cut mid-write) are skipped. A missing file has none.
+    pub fn read_all(path: &std::path::Path) -> Vec<LoggedEvent> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_events_round_trip_with_time_and_version() {
+        let e = LoggedEvent::now(Event::StepDone {
+            index: 3,
+            seconds: 1.5,
+            evaluation_s: 0.25,
+        });
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains(r#""event":"step_done""#) && line.contains(r#""format_version":1"#));
+        assert_eq!(serde_json::from_str::<LoggedEvent>(&line).unwrap(), e);
+        // A line of a log written before the version was recorded.
+        let old = r#"{"event":"finished","steps_total":4,"time":12.5}"#;
+        let e: LoggedEvent = serde_json::from_str(old).unwrap();
+        assert_eq!((e.format_version, e.time), (1, 12.5));
+        assert_eq!(e.event, Event::Finished { steps_total: 4 });
+    }
 }

@@ -97,7 +97,7 @@ pub fn write(rows: &[ExportRow], out: &Path) -> Result<()> {
         "csv" => to_csv(rows)?,
         _ => bail!("{}: the output must end in .csv or .json", out.display()),
     };
-    super::store::write_atomic(out, &bytes)
+    super::files::write_atomic(out, &bytes)
 }
 
 /// One row per pick; lists (files, context slices) are `;`-separated within their field, and

@@ -1,19 +1,11 @@
 //! Sessions: a folder that holds one active-learning experiment and everything needed to
-//! reproduce and resume it.
-//!
-//! ```text
-//! SESSION/
-//!   session.toml    the configuration (from a preset, editable before the first run)
-//!   state.json      machine-written progress: split, picks, results, epoch of the step in progress
-//!   events.jsonl    the event log
-//!   checkpoints/    safetensors: VAE, UNets per step; partial ones with optimiser state
-//!   latents/        encoder means of the pool
-//!   lock            flock-ed by the process writing the session (holds its pid; one left by a killed run is stale)
-//! ```
+//! reproduce and resume it (its layout: `files.rs`). This module creates, opens, checks and
+//! describes sessions; `run` executes them.
 
 pub mod config;
 pub mod events;
 pub mod export;
+pub mod files;
 pub mod plan;
 pub mod pool;
 pub mod report;
@@ -28,6 +20,7 @@ use serde::Serialize;
 
 use crate::data::{Dataset, LoadOptions, LoadProgress};
 use config::SessionConfig;
+pub use files::SessionFiles;
 use state::{SessionState, STATE_FORMAT_VERSION};
 
 /// Presets shipped in the top-level `sessions/` folder, embedded so an installed binary has them.
@@ -83,7 +76,7 @@ pub fn default_sessions_dir() -> PathBuf {
 pub fn resolve(arg: &str, sessions_dir: &Path) -> PathBuf {
     let p = Path::new(arg);
     let named = sessions_dir.join(arg);
-    let here_is_a_session = p.join("session.toml").is_file();
+    let here_is_a_session = SessionFiles::is_session(p);
     if arg.contains('/') || arg == "." || arg == ".." || (!named.exists() && here_is_a_session) {
         p.to_path_buf()
     } else {
@@ -137,7 +130,7 @@ impl NewSession<'_> {
         let path = cfg.dataset.path.clone();
         if path.as_os_str().is_empty() {
             bail!(
-                "preset {} needs a data set folder (--dataset DIR)",
+                "preset {} needs --dataset DIR (a data set folder)",
                 self.preset
             );
         }
@@ -194,14 +187,9 @@ impl Session {
             state: SessionState::default(),
         };
         let build = || -> Result<()> {
-            std::fs::create_dir_all(tmp.join("checkpoints"))
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            std::fs::create_dir_all(tmp.join("latents"))
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            store::write_atomic(
-                &tmp.join("session.toml"),
-                session.config.to_toml().as_bytes(),
-            )?;
+            let files = session.files();
+            files.create_folders()?;
+            files::write_atomic(&files.config(), session.config.to_toml().as_bytes())?;
             session.save_state()?;
             std::fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display()))
         };
@@ -217,14 +205,15 @@ impl Session {
 
     /// Reads a session; refuses unknown versions and damaged files without touching anything.
     pub fn open(dir: &Path) -> Result<Session> {
-        if !dir.join("session.toml").is_file() {
+        let files = SessionFiles::new(dir);
+        if !SessionFiles::is_session(dir) {
             bail!("{} is not a session (no session.toml)", dir.display());
         }
-        let cfg_path = dir.join("session.toml");
+        let cfg_path = files.config();
         let text = std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("cannot read {}", cfg_path.display()))?;
         let config = SessionConfig::from_toml(&text, &cfg_path.display().to_string())?;
-        let state_path = dir.join("state.json");
+        let state_path = files.state();
         let text = std::fs::read_to_string(&state_path)
             .with_context(|| format!("cannot read {}", state_path.display()))?;
         let version = serde_json::from_str::<serde_json::Value>(&text)
@@ -256,9 +245,14 @@ impl Session {
             .unwrap_or_default()
     }
 
+    /// The session folder's files.
+    pub fn files(&self) -> SessionFiles {
+        SessionFiles::new(&self.dir)
+    }
+
     pub fn save_state(&self) -> Result<()> {
-        store::write_atomic(
-            &self.dir.join("state.json"),
+        files::write_atomic(
+            &self.files().state(),
             &serde_json::to_vec_pretty(&self.state)?,
         )
     }
@@ -280,7 +274,7 @@ impl Session {
     /// `progress` is told of each patient decoded while a cache is built.
     /// Where the session stands, with the pid of the process running it.
     pub fn status(&self) -> (Status, Option<u32>) {
-        let holder = store::live_holder(&self.dir);
+        let holder = self.files().live_holder();
         let status = if self.state.done >= plan::plan(&self.config).len() {
             Status::Finished
         } else if holder.is_some() {
@@ -325,7 +319,7 @@ impl Session {
             if !changed.is_empty() {
                 bail!(
                     "{}: changed since the session started ({}); a started session keeps its settings (create a new session for others, or put the old values back); nothing was written",
-                    self.dir.join("session.toml").display(),
+                    self.files().config().display(),
                     changed.join(", ")
                 );
             }
@@ -334,7 +328,7 @@ impl Session {
         let damaged = |what: String| {
             anyhow::anyhow!(
                 "{}: does not fit the session ({what}); nothing was changed",
-                self.dir.join("state.json").display()
+                self.files().state().display()
             )
         };
         if st.done > steps.len() {

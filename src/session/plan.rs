@@ -72,6 +72,21 @@ pub enum Step {
     },
 }
 
+/// The model arm `arm` selects with in round `round` and continues training from: its previous
+/// round's, or the stage's shared initial UNet before its first round.
+pub fn previous_model(repeat: usize, stage: usize, arm: Arm, round: usize) -> Step {
+    if round <= 1 {
+        Step::Init { repeat, stage }
+    } else {
+        Step::Train {
+            repeat,
+            stage,
+            arm,
+            round: round - 1,
+        }
+    }
+}
+
 impl Step {
     pub fn repeat(&self) -> usize {
         match *self {

@@ -2,6 +2,10 @@
 //! and how a sample reads to a person.
 
 use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tch::{Kind, Tensor};
 
 use super::config::Granularity;
 use super::events::PickView;
@@ -65,6 +69,52 @@ impl<'a> Pool<'a> {
         self.sample_slices(&[sample])
             .iter()
             .any(|&s| self.ds.mask(s).iter().any(|&m| m != 0))
+    }
+
+    /// Latent of every sample (image: the slice's; patient: the mean of its slices'), from
+    /// the pool's latents file (`SessionFiles::latents`). The runner and the interface's
+    /// preview worker read them through this.
+    pub fn sample_latents(&self, path: &Path) -> Result<Vec<Vec<f64>>> {
+        let t = Tensor::read_safetensors(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let z = &t
+            .iter()
+            .find(|(n, _)| n == "z")
+            .context("latents file without 'z'")?
+            .1;
+        let (n, d) = match z.size()[..] {
+            [n, d] if n >= 0 && d > 0 => (n as usize, d as usize),
+            ref other => bail!(
+                "{}: latents of shape {other:?}, expected (slices, latent)",
+                path.display()
+            ),
+        };
+        if n != self.slices.len() {
+            bail!(
+                "{}: latents of {n} slices, but the pool has {}",
+                path.display(),
+                self.slices.len()
+            );
+        }
+        let flat: Vec<f64> = Vec::try_from(z.to_kind(Kind::Double).reshape([-1]))?;
+        let rows: Vec<Vec<f64>> = flat.chunks(d).map(|c| c.to_vec()).collect();
+        Ok(match self.granularity {
+            Granularity::Image => rows,
+            Granularity::Patient => {
+                let mut out = Vec::new();
+                let mut at = 0;
+                for &p in &self.repeat.train {
+                    let n = self.ds.patients()[p].slices;
+                    let mut m = vec![0.0; d];
+                    for r in &rows[at..at + n] {
+                        m.iter_mut().zip(r).for_each(|(a, b)| *a += b / n as f64);
+                    }
+                    out.push(m);
+                    at += n;
+                }
+                out
+            }
+        })
     }
 
     /// A pick as a person reads it: patient ID and, image-wise, the slice within the patient.

@@ -13,6 +13,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::config::{Arm, Granularity, Protocol, SessionConfig};
+use super::events::{Event, LoggedEvent, Phase};
+use super::files::{write_atomic, write_atomic_with};
 use super::state::{ResultRow, SessionState};
 use crate::engine::eval::mean_sd;
 
@@ -237,44 +239,48 @@ impl Report {
     /// before `step_done` existed: a step lasts until the next step starts, and its evaluation
     /// is what follows its last epoch.
     pub fn with_timings(mut self, events: &Path) -> Report {
-        let Ok(text) = std::fs::read_to_string(events) else {
-            return self;
-        };
-        let events: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v: &serde_json::Value| v["event"].is_string() && v["time"].is_f64())
-            .collect();
-        let by_index = events.iter().any(|v| v["event"] == "step_done");
+        let events = LoggedEvent::read_all(events);
+        let by_index = events
+            .iter()
+            .any(|e| matches!(e.event, Event::StepDone { .. }));
         // Steps in progress, by index (one at a time in logs without step_done).
-        let mut open: BTreeMap<u64, OpenStep> = BTreeMap::new();
-        for v in &events {
-            let kind = v["event"].as_str().unwrap_or("");
-            let t = v["time"].as_f64().unwrap_or(0.0);
-            let index = v["index"].as_u64().unwrap_or(0);
-            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-            match kind {
-                "started" => self.add_time(IO_DATA, f("data_load_s")),
-                "epoch_done" => {
+        let mut open: BTreeMap<usize, OpenStep> = BTreeMap::new();
+        for logged in &events {
+            let t = logged.time;
+            match &logged.event {
+                Event::Started { data_load_s, .. } => self.add_time(IO_DATA, *data_load_s),
+                Event::EpochDone {
+                    index,
+                    checkpoint_s,
+                    ..
+                } => {
                     let step = if by_index {
-                        open.get_mut(&index)
+                        open.get_mut(index)
                     } else {
                         open.values_mut().next()
                     };
                     if let Some(o) = step {
                         o.last_epoch = Some(t);
-                        o.checkpoints += f("checkpoint_s");
+                        o.checkpoints += checkpoint_s;
                     }
                 }
-                "step_done" => {
-                    if let Some(o) = open.remove(&index) {
-                        self.add_step(&o, f("seconds"), f("evaluation_s"));
+                Event::StepDone {
+                    index,
+                    seconds,
+                    evaluation_s,
+                } => {
+                    if let Some(o) = open.remove(index) {
+                        self.add_step(&o, *seconds, *evaluation_s);
                     }
                 }
                 _ => {}
             }
-            let ends_all = matches!(kind, "stopped" | "finished" | "error");
-            if ends_all || (!by_index && kind == "step_started") {
+            let ends_all = matches!(
+                logged.event,
+                Event::Stopped { .. } | Event::Finished { .. } | Event::Error { .. }
+            );
+            let starts = matches!(logged.event, Event::StepStarted { .. });
+            if ends_all || (!by_index && starts) {
                 for (_, o) in std::mem::take(&mut open) {
                     let evaluation = match o.last_epoch {
                         Some(end) if o.training && !by_index => t - end,
@@ -283,16 +289,20 @@ impl Report {
                     self.add_step(&o, t - o.start, evaluation);
                 }
             }
-            if kind == "step_started" {
-                let (label, training) =
-                    match (v["phase"].as_str().unwrap_or("?"), v["arm"].as_str()) {
-                        ("training", None) => ("shared initial UNet".to_string(), true),
-                        ("training", Some(arm)) => (arm.to_string(), true),
-                        ("gradient" | "search", Some(arm)) => (format!("selection: {arm}"), false),
-                        (p, _) => (p.to_string(), false),
-                    };
+            if let Event::StepStarted {
+                index, phase, arm, ..
+            } = &logged.event
+            {
+                let (label, training) = match (phase, arm) {
+                    (Phase::Training, None) => ("shared initial UNet".to_string(), true),
+                    (Phase::Training, Some(arm)) => (arm.to_string(), true),
+                    (Phase::Gradient | Phase::Search, Some(arm)) => {
+                        (format!("selection: {arm}"), false)
+                    }
+                    (p, _) => (p.to_string(), false),
+                };
                 open.insert(
-                    index,
+                    *index,
                     OpenStep {
                         label,
                         training,
@@ -449,36 +459,31 @@ impl Report {
     pub fn write(&self, cfg: &SessionConfig, out: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let csv = out.join("results.csv");
-        super::store::write_atomic(&csv, self.csv().as_bytes())?;
+        write_atomic(&csv, self.csv().as_bytes())?;
         let json = out.join("results.json");
-        super::store::write_atomic(&json, &serde_json::to_vec_pretty(self)?)?;
+        write_atomic(&json, &serde_json::to_vec_pretty(self)?)?;
         let png = out.join("dice_vs_budget.png");
         let svg = out.join("dice_vs_budget.svg");
         register_font();
         let series = self.series(cfg);
-        // Drawn under temporary names (same extension: the backend picks the format by it) and
-        // renamed into place, like every other file the session writes.
-        let tmp = |p: &Path| {
-            out.join(format!(
-                ".tmp-{}",
-                p.file_name().unwrap_or_default().to_string_lossy()
-            ))
-        };
-        let (png_tmp, svg_tmp) = (tmp(&png), tmp(&svg));
-        draw(
-            BitMapBackend::new(&png_tmp, (900, 560)).into_drawing_area(),
-            &series,
-            self.unit,
-        )
-        .with_context(|| format!("cannot draw {}", png.display()))?;
-        super::store::commit_file(&png_tmp, &png)?;
-        draw(
-            SVGBackend::new(&svg_tmp, (900, 560)).into_drawing_area(),
-            &series,
-            self.unit,
-        )
-        .with_context(|| format!("cannot draw {}", svg.display()))?;
-        super::store::commit_file(&svg_tmp, &svg)?;
+        // Drawn into temporary files of the same extension (the backend picks the format by
+        // it) and renamed into place, like every other file the session writes.
+        write_atomic_with(&png, |tmp| {
+            draw(
+                BitMapBackend::new(tmp, (900, 560)).into_drawing_area(),
+                &series,
+                self.unit,
+            )
+            .with_context(|| format!("cannot draw {}", png.display()))
+        })?;
+        write_atomic_with(&svg, |tmp| {
+            draw(
+                SVGBackend::new(tmp, (900, 560)).into_drawing_area(),
+                &series,
+                self.unit,
+            )
+            .with_context(|| format!("cannot draw {}", svg.display()))
+        })?;
         Ok(vec![csv, json, png, svg])
     }
 
@@ -623,14 +628,14 @@ mod tests {
     /// matched by its index, its evaluation and checkpoints split off.
     #[test]
     fn interleaved_lanes_are_matched_by_step_index() {
-        let log = r#"{"event":"started","time":0.0,"data_load_s":2.5}
-{"event":"step_started","index":5,"phase":"training","arm":"random","time":10.0}
-{"event":"step_started","index":6,"phase":"training","arm":"oracle","time":10.5}
-{"event":"epoch_done","index":5,"time":14.0,"checkpoint_s":0.5}
-{"event":"epoch_done","index":6,"time":15.0,"checkpoint_s":0.25}
+        let log = r#"{"event":"started","session":"s","device":"cpu","steps_done":5,"steps_total":9,"time":0.0,"data_load_s":2.5}
+{"event":"step_started","index":5,"total":9,"phase":"training","arm":"random","description":"d","time":10.0}
+{"event":"step_started","index":6,"total":9,"phase":"training","arm":"oracle","description":"d","time":10.5}
+{"event":"epoch_done","index":5,"phase":"training","arm":"random","epoch":1,"epochs":1,"loss":0.5,"time":14.0,"checkpoint_s":0.5}
+{"event":"epoch_done","index":6,"phase":"training","arm":"oracle","epoch":1,"epochs":1,"loss":0.5,"time":15.0,"checkpoint_s":0.25}
 {"event":"step_done","index":5,"time":16.0,"seconds":6.0,"evaluation_s":1.5}
 {"event":"step_done","index":6,"time":17.0,"seconds":6.5,"evaluation_s":2.0}
-{"event":"finished","time":17.0}
+{"event":"finished","steps_total":9,"time":17.0}
 "#;
         let t = timings(log);
         close(&t, IO_DATA, 2.5);
@@ -645,11 +650,12 @@ mod tests {
     /// last epoch is evaluation.
     #[test]
     fn old_logs_are_timed_by_the_next_step() {
-        let log = r#"{"event":"step_started","index":0,"phase":"vae","arm":null,"time":0.0}
-{"event":"epoch_done","index":0,"time":3.0}
-{"event":"step_started","index":1,"phase":"training","arm":"proposed","time":4.0}
-{"event":"epoch_done","index":1,"time":9.0}
-{"event":"stopped","time":10.0}
+        let log = r#"{"event":"step_started","index":0,"total":2,"phase":"vae","arm":null,"description":"d","time":0.0}
+{"event":"epoch_done","index":0,"phase":"vae","arm":null,"epoch":1,"epochs":1,"loss":0.5,"time":3.0}
+{"event":"step_started","index":1,"total":2,"phase":"training","arm":"proposed","description":"d","time":4.0}
+{"event":"epoch_done","index":1,"phase":"training","arm":"proposed","epoch":1,"epochs":1,"loss":0.5,"time":9.0}
+{"event":"stopped","steps_done":1,"steps_total":2,"time":10.0}
+{"event":"epoch_d
 "#;
         let t = timings(log);
         close(&t, "vae", 4.0);

@@ -1,5 +1,5 @@
-//! The session folder on disk: atomic writes (temp file, fsync, rename), the writer lock, and
-//! the append-only event log.
+//! The writer lock of a session and its append-only event log (their paths come from
+//! `SessionFiles`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -7,45 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("cannot sync {}", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    sync_dir(dir);
-    Ok(())
-}
+use super::events::{Event, LoggedEvent};
 
-/// Moves an already written temporary file into place atomically.
-pub fn commit_file(tmp: &Path, path: &Path) -> Result<()> {
-    File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", tmp.display()))?;
-    fs::rename(tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")));
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// The pid of the process that holds `session`'s lock (is writing the session), if any; 0 when
-/// the lock is held but its file does not name the holder yet.
-pub fn live_holder(session: &Path) -> Option<u32> {
-    let path = session.join("lock");
+/// The pid of the process that holds the lock file `path` (is writing the session), if any; 0
+/// when the lock is held but its file does not name the holder yet.
+pub fn live_holder(path: &Path) -> Option<u32> {
+    let path = path.to_path_buf();
     let f = File::open(&path).ok()?;
     // A shared lock is granted unless a writer holds the exclusive one; held for an instant
     // (an `acquire` at that moment retries).
@@ -100,8 +67,9 @@ pub struct Lock {
 }
 
 impl Lock {
-    pub fn acquire(session: &Path) -> Result<Lock> {
-        let path = session.join("lock");
+    /// Takes the lock file `path` of the session in `session`.
+    pub fn acquire(session: &Path, path: &Path) -> Result<Lock> {
+        let path = path.to_path_buf();
         let busy = |pid: Option<u32>| {
             anyhow::anyhow!(
                 "session {} is being written by another process (pid {}); stop it first or wait",
@@ -182,19 +150,21 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    pub fn open(session: &Path) -> Result<EventLog> {
-        let path = session.join("events.jsonl");
+    pub fn open(path: &Path) -> Result<EventLog> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(EventLog { file })
     }
 
-    pub fn append(&mut self, line: &str) -> Result<()> {
+    /// Appends `event`, stamped with the time and the log's format version.
+    pub fn append(&mut self, event: &Event) -> Result<()> {
+        let mut line = serde_json::to_string(&LoggedEvent::now(event.clone()))?;
+        line.push('\n');
         // One write per line: a killed run loses at most the line being written.
-        self.file.write_all(format!("{line}\n").as_bytes())?;
+        self.file.write_all(line.as_bytes())?;
         Ok(())
     }
 }

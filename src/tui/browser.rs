@@ -12,7 +12,7 @@ use ratatui::Frame;
 
 use super::theme::Theme;
 use super::ui::centred;
-use crate::session::{self, Session, Status};
+use crate::session::{self, Session, SessionFiles, Status};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -40,7 +40,7 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
             !p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         })
-        .filter(|p| p.join("session.toml").is_file())
+        .filter(|p| SessionFiles::is_session(p))
         .collect();
     dirs.sort();
     for d in dirs {
@@ -96,7 +96,7 @@ pub fn scan(dir: &Path) -> Vec<Entry> {
 
 /// Why `e` must not be deleted now: a live process holds its lock (it is being run).
 fn running_elsewhere(e: &Entry) -> Option<String> {
-    session::store::live_holder(&e.dir).map(|pid| {
+    SessionFiles::new(&e.dir).live_holder().map(|pid| {
         format!(
             "{} is being run by process {pid}: stop it first, then delete",
             e.name

@@ -113,16 +113,15 @@ pub fn run(opts: TuiOptions) -> Result<()> {
                     true,
                 ),
             };
-            let back_to_browser = dashboard(
-                &mut terminal,
-                &keys,
-                dir,
-                &opts,
-                &theme,
-                theme_msg.as_deref(),
-                &picker,
-                from_browser,
-            )?;
+            let ui = Ui {
+                terminal: &mut terminal,
+                keys: &keys,
+                opts: &opts,
+                theme: &theme,
+                theme_msg: theme_msg.as_deref(),
+                picker: &picker,
+            };
+            let back_to_browser = dashboard(ui, dir, from_browser)?;
             if !back_to_browser {
                 return Ok(());
             }
@@ -198,19 +197,28 @@ fn spawn_input() -> Receiver<TermEvent> {
     rx
 }
 
+/// What every screen of the interface works with: the terminal, its keys, the options, the
+/// theme (and what loading it said), and how images are drawn.
+struct Ui<'a> {
+    terminal: &'a mut ratatui::DefaultTerminal,
+    keys: &'a Receiver<TermEvent>,
+    opts: &'a TuiOptions,
+    theme: &'a Theme,
+    theme_msg: Option<&'a str>,
+    picker: &'a Picker,
+}
+
 /// Runs the dashboard of one session. Returns true to go back to the browser: the dashboard was
 /// opened from it and closed with q or esc (ctrl-c quits the program).
-#[allow(clippy::too_many_arguments)]
-fn dashboard(
-    terminal: &mut ratatui::DefaultTerminal,
-    keys: &Receiver<TermEvent>,
-    dir: PathBuf,
-    opts: &TuiOptions,
-    theme: &Theme,
-    theme_msg: Option<&str>,
-    picker: &Picker,
-    from_browser: bool,
-) -> Result<bool> {
+fn dashboard(ui: Ui, dir: PathBuf, from_browser: bool) -> Result<bool> {
+    let Ui {
+        terminal,
+        keys,
+        opts,
+        theme,
+        theme_msg,
+        picker,
+    } = ui;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -19,9 +19,9 @@ use crate::engine::nets::UNet;
 use crate::engine::{batch, device};
 use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, PickView};
-use crate::session::plan::Step;
+use crate::session::plan::{previous_model, Step};
 use crate::session::pool::Pool;
-use crate::session::run::{sample_latents, Control, Outcome, Runner};
+use crate::session::run::{Control, Outcome, Runner};
 use crate::session::state::SessionState;
 use crate::session::Session;
 
@@ -292,7 +292,12 @@ pub fn start_preview_worker(
                     .unwrap_or_default();
                 replies.push(PreviewReply::Latents {
                     repeat,
-                    latents: sample_latents(&session, ds, repeat)?,
+                    latents: Pool::new(
+                        ds,
+                        &session.state.repeats[repeat],
+                        session.config.experiment.granularity,
+                    )
+                    .sample_latents(&session.files().latents(repeat))?,
                     initial: order,
                 });
             }
@@ -452,32 +457,18 @@ fn predict(
     slices: &[usize],
     cache: &mut Option<LoadedNet>,
 ) -> Result<Vec<Vec<u8>>> {
-    let trained = Step::Train {
+    // The round's own model once it is trained, the one it started from before.
+    let files = s.files();
+    let trained = files.checkpoint(&Step::Train {
         repeat: req.repeat,
         stage: req.stage,
         arm: req.arm,
         round: req.round,
-    };
-    let ckpt = |step: Step| {
-        s.dir
-            .join("checkpoints")
-            .join(format!("{}.safetensors", step.key()))
-    };
-    let latest = ckpt(trained);
-    let path = if latest.exists() {
-        latest
-    } else if req.round <= 1 {
-        ckpt(Step::Init {
-            repeat: req.repeat,
-            stage: req.stage,
-        })
+    });
+    let path = if trained.exists() {
+        trained
     } else {
-        ckpt(Step::Train {
-            repeat: req.repeat,
-            stage: req.stage,
-            arm: req.arm,
-            round: req.round - 1,
-        })
+        files.checkpoint(&previous_model(req.repeat, req.stage, req.arm, req.round))
     };
     let dev = tch::Device::Cpu;
     let file = file_identity(&path);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 use tch::Device;
 
-use super::{Control, Event, EventLog, Feed, Runner, Step};
+use super::{Control, Event, Feed, Runner, Step, StepContext};
 
 impl Runner {
     /// Runs the arms of each round concurrently on `devices` (more than one). Checks each.
@@ -96,6 +96,7 @@ impl Runner {
         session.state.partial_epochs = 0;
         Ok(Runner {
             session,
+            files: self.files.clone(),
             _lock: Arc::clone(&self._lock),
             ds: Arc::clone(&self.ds),
             device,
@@ -104,7 +105,7 @@ impl Runner {
             lane_feeds: Vec::new(),
             persist: false,
             data_load_s: 0.0,
-            log: EventLog::open(&self.session.dir)?,
+            log: self.files.event_log()?,
             plan: self.plan.clone(),
         })
     }
@@ -156,7 +157,12 @@ impl Runner {
                         };
                         let mut outcome = Ok(true);
                         for (index, step) in steps {
-                            match lane.run_step(index, step, control, &mut forward) {
+                            let mut cx = StepContext {
+                                index,
+                                control,
+                                sink: &mut forward,
+                            };
+                            match lane.run_step(step, &mut cx) {
                                 Ok(true) => lane.session.state.partial_epochs = 0,
                                 other => {
                                     outcome = other;
@@ -223,7 +229,7 @@ impl Runner {
         self.session.state.partial_epochs = 0;
         self.save_state()?;
         for step in &self.plan[start..end] {
-            self.remove_partial(step);
+            self.files.remove_partials(step);
         }
         Ok(true)
     }

@@ -1,0 +1,376 @@
+//! Running a session: the plan's steps one after another, each leaving the session resumable.
+//! This module holds the step loop (events, stop, commit); the steps live beside it: the data
+//! of a repeat (`repeat.rs`), training (`training.rs`), latents, selection and evaluation
+//! (`selection.rs`), and the arms of a round on several devices (`lanes.rs`).
+//!
+//! Crash safety: training steps checkpoint weights and optimiser moments after every epoch
+//! (atomically), then record the epoch in `state.json`; a step's final weights are written before
+//! the step is counted done. Killed anywhere, a run resumes from its last finished epoch and, on
+//! CPU with the same seed, ends with the same picks and metrics as an uninterrupted run.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tch::Device;
+
+use super::config::{Arm, Precision, SessionConfig};
+use super::events::{Event, Phase};
+use super::files::SessionFiles;
+use super::plan::{plan, Step};
+use super::state::{DatasetStamp, PickRecord};
+use super::store::{EventLog, Lock};
+use super::Session;
+use crate::data::Dataset;
+use crate::engine::batch::Feed;
+use crate::engine::device;
+
+mod lanes;
+mod repeat;
+mod selection;
+mod training;
+
+use selection::Evaluation;
+use training::Trained;
+
+/// Asks a running session to stop at its next safe point (the end of an epoch or step).
+#[derive(Default, Clone)]
+pub struct Control {
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    Stopped,
+}
+
+pub struct Runner {
+    session: Session,
+    files: SessionFiles,
+    _lock: Arc<Lock>,
+    ds: Arc<Dataset>,
+    device: Device,
+    /// How batches reach the device (the pool on a GPU when it fits).
+    feed: Feed,
+    /// `--devices`: the devices that run the arms of a round concurrently (see lanes.rs);
+    /// empty: every step on `device`, one after another.
+    lanes: Vec<Device>,
+    /// Each lane's feed, kept between rounds (a pool uploaded once per device).
+    lane_feeds: Vec<Option<Feed>>,
+    /// Only the main runner writes state.json; a lane's state is merged when its round ends.
+    persist: bool,
+    /// Seconds spent opening the data set and placing the pool on the device (reported once).
+    data_load_s: f64,
+    log: EventLog,
+    plan: Vec<Step>,
+}
+
+/// Evaluation and prediction batch size (no gradients, so larger than training's).
+const EVAL_BATCH: usize = 32;
+
+/// What a step is given besides the runner: its index in the plan, the stop flag, and where
+/// its events go.
+struct StepContext<'a> {
+    index: usize,
+    control: &'a Control,
+    sink: &'a mut dyn FnMut(&Event),
+}
+
+impl Runner {
+    /// Takes the session's lock and loads its data set (through the cache under `cache_root`).
+    /// `device` overrides the session's configured device for this run.
+    pub fn open(
+        session: Session,
+        progress: Option<crate::data::LoadProgress>,
+        cache_root: &Path,
+        device: Option<&str>,
+    ) -> Result<Runner> {
+        let files = session.files();
+        let lock = files.lock()?;
+        let load_started = std::time::Instant::now();
+        let ds = session.load_dataset(progress, cache_root)?;
+        let stamp = DatasetStamp {
+            fingerprint: ds.fingerprint().to_string(),
+            patients: ds.patients().len(),
+            slices: ds.num_slices(),
+        };
+        match &session.state.dataset {
+            Some(s) if *s != stamp => bail!(
+                "session {}: its data set changed since the session started ({} patients / {} slices then, {} / {} now); nothing was written",
+                session.dir.display(),
+                s.patients,
+                s.slices,
+                stamp.patients,
+                stamp.slices
+            ),
+            _ => {}
+        }
+        session
+            .config
+            .check_slice_size(ds.size())
+            .with_context(|| format!("session {}", session.dir.display()))?;
+        let device = device::parse_device(device.unwrap_or(&session.config.experiment.device))?;
+        device::check_device(device)?;
+        if session.config.unet.precision == Precision::Fp16 && !matches!(device, Device::Cuda(_)) {
+            bail!(
+                "unet.precision = \"fp16\" (mixed precision) needs a CUDA device, and this run is on {}; use \"fp32\"",
+                device::describe(device)
+            );
+        }
+        let log = files.event_log()?;
+        let plan = plan(&session.config);
+        if let Device::Cuda(_) = device {
+            // Shapes are fixed within a session: let cuDNN time its algorithms once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let feed = Feed::auto(&ds, device);
+        // Opening the data set and, on a GPU, uploading the pool: the run's data I/O.
+        let data_load_s = load_started.elapsed().as_secs_f64();
+        let mut r = Runner {
+            session,
+            files,
+            _lock: Arc::new(lock),
+            ds: Arc::new(ds),
+            device,
+            feed,
+            lanes: Vec::new(),
+            lane_feeds: Vec::new(),
+            persist: true,
+            data_load_s,
+            log,
+            plan,
+        };
+        if r.session.state.dataset.is_none() {
+            r.session.state.dataset = Some(stamp);
+        }
+        if r.session.state.config.is_none() {
+            r.session.state.config = Some(r.session.config.clone());
+        }
+        r.session.state.device = Some(format!(
+            "{} ({})",
+            device::describe(device),
+            r.feed.describe()
+        ));
+        Ok(r)
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.ds
+    }
+
+    /// The picks of a record as a person reads them.
+    pub fn views(&self, rec: &PickRecord) -> Vec<super::events::PickView> {
+        let pool = self.pool(rec.repeat);
+        rec.picks.iter().map(|p| pool.pick_view(p)).collect()
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    fn cfg(&self) -> &SessionConfig {
+        &self.session.config
+    }
+
+    fn emit(&mut self, ev: Event, sink: &mut dyn FnMut(&Event)) {
+        emit_to(&mut self.log, sink, ev);
+    }
+
+    fn save_state(&self) -> Result<()> {
+        self.session.save_state()
+    }
+
+    /// Runs (or resumes) until the plan is done or `control.stop` is set.
+    pub fn run(&mut self, control: &Control, sink: &mut dyn FnMut(&Event)) -> Result<Outcome> {
+        let total = self.plan.len();
+        let started = Event::Started {
+            session: self.session.name(),
+            device: device::describe(self.device),
+            steps_done: self.session.state.done,
+            steps_total: total,
+            data_load_s: self.data_load_s,
+        };
+        self.emit(started, sink);
+        while self.session.state.done < total {
+            if control.stop.load(Ordering::Relaxed) {
+                let done = self.session.state.done;
+                self.emit(
+                    Event::Stopped {
+                        steps_done: done,
+                        steps_total: total,
+                    },
+                    sink,
+                );
+                return Ok(Outcome::Stopped);
+            }
+            let index = self.session.state.done;
+            // A round of several arms on several devices (lanes.rs records it when it ends),
+            // or the next step on its own.
+            let result = match self.parallel_round(index) {
+                Some(end) => self.run_round_in_lanes(index, end, control, sink),
+                None => {
+                    let step = self.plan[index];
+                    let mut cx = StepContext {
+                        index,
+                        control,
+                        sink: &mut *sink,
+                    };
+                    let r = self.run_step(step, &mut cx);
+                    if let Ok(true) = r {
+                        self.session.state.done += 1;
+                        self.session.state.partial_epochs = 0;
+                        self.save_state()?;
+                        self.files.remove_partials(&step);
+                    }
+                    r
+                }
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    let done = self.session.state.done;
+                    self.emit(
+                        Event::Stopped {
+                            steps_done: done,
+                            steps_total: total,
+                        },
+                        sink,
+                    );
+                    return Ok(Outcome::Stopped);
+                }
+                Err(e) => {
+                    self.emit(
+                        Event::Error {
+                            message: format!("{e:#}"),
+                        },
+                        sink,
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        self.emit(Event::Finished { steps_total: total }, sink);
+        Ok(Outcome::Finished)
+    }
+
+    /// Returns Ok(false) when stopped before the step finished.
+    fn run_step(&mut self, step: Step, cx: &mut StepContext) -> Result<bool> {
+        let (index, total) = (cx.index, self.plan.len());
+        let (phase, arm) = match step {
+            Step::Split { .. } => (Phase::Split, None),
+            Step::Vae { .. } => (Phase::Vae, None),
+            Step::Latents { .. } => (Phase::Latents, None),
+            Step::Pretrain { .. } => (Phase::Pretraining, None),
+            Step::Init { .. } => (Phase::Training, None),
+            Step::Select { arm, .. } => (
+                if arm == Arm::Proposed {
+                    Phase::Gradient
+                } else {
+                    Phase::Search
+                },
+                Some(arm),
+            ),
+            Step::Train { arm, .. } => (Phase::Training, Some(arm)),
+        };
+        self.emit(
+            Event::StepStarted {
+                index,
+                total,
+                phase,
+                arm,
+                description: step.describe(),
+            },
+            cx.sink,
+        );
+        let started = std::time::Instant::now();
+        let mut evaluation_s = 0.0;
+        let done = self.execute(step, cx, &mut evaluation_s)?;
+        if done {
+            self.emit(
+                Event::StepDone {
+                    index,
+                    seconds: started.elapsed().as_secs_f64(),
+                    evaluation_s,
+                },
+                cx.sink,
+            );
+        }
+        Ok(done)
+    }
+
+    /// The work of one step; `evaluation_s` receives the time spent evaluating the model it
+    /// trained (Init and Train steps). Ok(false) when stopped before the step finished.
+    fn execute(
+        &mut self,
+        step: Step,
+        cx: &mut StepContext,
+        evaluation_s: &mut f64,
+    ) -> Result<bool> {
+        match step {
+            Step::Split { repeat } => self.split(repeat).map(|_| true),
+            Step::Latents { repeat } => self.latents(repeat).map(|_| true),
+            Step::Select {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => self
+                .select(repeat, stage, arm, round, cx.sink)
+                .map(|_| true),
+            Step::Vae { .. } | Step::Pretrain { .. } => Ok(self.train(step, cx)?.is_some()),
+            Step::Init { repeat, stage } => {
+                let arms = self.cfg().experiment.arms.clone();
+                let at = Evaluation {
+                    repeat,
+                    stage,
+                    arms: &arms,
+                    round: 0,
+                };
+                self.train_and_evaluate(step, cx, at, evaluation_s)
+            }
+            Step::Train {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => {
+                let at = Evaluation {
+                    repeat,
+                    stage,
+                    arms: &[arm],
+                    round,
+                };
+                self.train_and_evaluate(step, cx, at, evaluation_s)
+            }
+        }
+    }
+
+    /// Trains a UNet step, then evaluates the model for the arms of `at`. Ok(false) when
+    /// stopped before the training finished.
+    fn train_and_evaluate(
+        &mut self,
+        step: Step,
+        cx: &mut StepContext,
+        at: Evaluation,
+        evaluation_s: &mut f64,
+    ) -> Result<bool> {
+        let Some(Trained::Unet(net)) = self.train(step, cx)? else {
+            return Ok(false);
+        };
+        *evaluation_s = self.evaluate(&net, at, cx.sink)?;
+        Ok(true)
+    }
+}
+
+/// Logs an event with its wall-clock time (the report's time breakdown reads it), then hands it
+/// to the sink.
+fn emit_to(log: &mut EventLog, sink: &mut dyn FnMut(&Event), ev: Event) {
+    let _ = log.append(&ev);
+    sink(&ev);
+}

@@ -1,0 +1,130 @@
+//! The data of a repeat: its seeded train/test split and sample order, its pool, and the
+//! labelled set of an arm after some rounds.
+
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::Runner;
+use crate::session::config::{Arm, Scenario};
+use crate::session::plan::{seed_for, stages, Step};
+use crate::session::pool::Pool;
+use crate::session::state::RepeatData;
+
+impl Runner {
+    pub(super) fn patient_slices(&self, patients: &[usize]) -> Vec<usize> {
+        patients
+            .iter()
+            .flat_map(|&p| self.ds.patients()[p].slice_range())
+            .collect()
+    }
+
+    pub(super) fn pool(&self, repeat: usize) -> Pool<'_> {
+        Pool::new(
+            &self.ds,
+            &self.session.state.repeats[repeat],
+            self.session.config.experiment.granularity,
+        )
+    }
+
+    pub(super) fn pool_slices(&self, repeat: usize) -> Vec<usize> {
+        self.pool(repeat).slices().to_vec()
+    }
+
+    pub(super) fn sample_slices(&self, repeat: usize, samples: &[usize]) -> Vec<usize> {
+        self.pool(repeat).sample_slices(samples)
+    }
+
+    /// Labelled samples of `arm` after `round` rounds (round 0: the shared initial set).
+    pub(super) fn labelled(
+        &self,
+        repeat: usize,
+        stage: usize,
+        arm: Option<Arm>,
+        round: usize,
+    ) -> Vec<usize> {
+        let st = &stages(self.cfg())[stage];
+        let mut out: Vec<usize> = self.session.state.repeats[repeat].order[..st.initial].to_vec();
+        if let Some(arm) = arm {
+            for rec in &self.session.state.picks {
+                if rec.repeat == repeat
+                    && rec.stage == stage
+                    && rec.arm == arm
+                    && rec.round <= round
+                {
+                    out.extend(rec.picks.iter().map(|p| p.sample));
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn split(&mut self, repeat: usize) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let e = &cfg.experiment;
+        let key = Step::Split { repeat }.key();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed_for(e.seed, &key, "split"));
+        let by_site = |site: &str| -> Vec<usize> {
+            (0..self.ds.patients().len())
+                .filter(|&i| self.ds.patients()[i].site == site)
+                .collect()
+        };
+        let sites = || {
+            let mut s: Vec<String> = self.ds.patients().iter().map(|p| p.site.clone()).collect();
+            s.sort();
+            s.dedup();
+            s.join(", ")
+        };
+        let (mut candidates, source) = match e.scenario {
+            Scenario::Scratch => (
+                (0..self.ds.patients().len()).collect::<Vec<_>>(),
+                Vec::new(),
+            ),
+            Scenario::Transfer => {
+                let (t, s) = (by_site(&e.target_site), by_site(&e.source_site));
+                if t.is_empty() || s.is_empty() {
+                    bail!("transfer scenario: source site '{}' has {} patients and target site '{}' has {}; the data set's sites are {}", e.source_site, s.len(), e.target_site, t.len(), sites());
+                }
+                (t, s)
+            }
+        };
+        candidates.shuffle(&mut rng);
+        let n_test = ((candidates.len() as f64 * e.test_fraction).round() as usize)
+            .clamp(1, candidates.len().saturating_sub(1).max(1));
+        if candidates.len() < 2 {
+            bail!(
+                "only {} patient(s) available: need at least 2 for a train/test split",
+                candidates.len()
+            );
+        }
+        let test = candidates[..n_test].to_vec();
+        let mut train = candidates[n_test..].to_vec();
+        train.sort();
+        let mut rd = RepeatData {
+            train,
+            test,
+            source,
+            order: Vec::new(),
+        };
+        self.session
+            .state
+            .repeats
+            .resize(repeat + 1, RepeatData::default());
+        self.session.state.repeats[repeat] = rd.clone();
+        let pool = self.pool(repeat).len();
+        let need = stages(&cfg)
+            .iter()
+            .map(|s| s.initial + s.rounds.iter().sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        if need > pool {
+            bail!("the protocol needs {need} samples per arm but the pool has {pool} ({} training patients, granularity {})", rd.train.len(), e.granularity);
+        }
+        let mut order: Vec<usize> = (0..pool).collect();
+        order.shuffle(&mut rng);
+        rd.order = order;
+        self.session.state.repeats[repeat] = rd;
+        Ok(())
+    }
+}

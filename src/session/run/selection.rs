@@ -1,0 +1,260 @@
+//! The steps around training: the pool's latents, the picks of a round (random, oracle, the
+//! gradient-guided cone search), and the evaluation on the test set.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use super::{Runner, EVAL_BATCH};
+use crate::engine::eval;
+use crate::engine::nets::UNet;
+use crate::engine::select::{
+    encode_slices, gradient_directions, pick_oracle, pick_proposed, pick_random, DirectionNets,
+    GradientStep, Pick, Source, StepSettings,
+};
+use crate::session::config::{Arm, Granularity};
+use crate::session::events::Event;
+use crate::session::files::write_atomic_with;
+use crate::session::plan::{previous_model, seed_for, stages, Step};
+use crate::session::state::{DirectionSummary, PickRecord, ResultRow};
+
+/// Which model's test Dice is recorded: a repeat's stage, after `round` rounds (0: the shared
+/// initial model), for `arms`.
+pub(super) struct Evaluation<'a> {
+    pub repeat: usize,
+    pub stage: usize,
+    pub arms: &'a [Arm],
+    pub round: usize,
+}
+
+impl Runner {
+    /// Encoder means of every pool slice of `repeat`, saved for selection and the interface.
+    pub(super) fn latents(&mut self, repeat: usize) -> Result<()> {
+        let (_vs, vae) = self.load_vae(repeat)?;
+        let slices = self.pool_slices(repeat);
+        let z = encode_slices(&vae, &self.ds, &slices, &self.feed, EVAL_BATCH);
+        let path = self.files.latents(repeat);
+        std::fs::create_dir_all(path.parent().expect("has parent"))?;
+        write_atomic_with(&path, |tmp| {
+            Tensor::write_safetensors(&[("z", &z)], tmp)
+                .with_context(|| format!("cannot write {}", path.display()))
+        })
+    }
+
+    /// Latent of every pool sample of `repeat` (see `Pool::sample_latents`).
+    pub fn sample_latents(&self, repeat: usize) -> Result<Vec<Vec<f64>>> {
+        self.pool(repeat)
+            .sample_latents(&self.files.latents(repeat))
+    }
+
+    pub(super) fn select(
+        &mut self,
+        repeat: usize,
+        stage: usize,
+        arm: Arm,
+        round: usize,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let k = stages(&cfg)[stage].rounds[round - 1];
+        let labelled = self.labelled(repeat, stage, Some(arm), round - 1);
+        let taken: HashSet<usize> = labelled.iter().copied().collect();
+        let pool = self.pool(repeat).len();
+        let image = cfg.experiment.granularity == Granularity::Image;
+        let key = Step::Select {
+            repeat,
+            stage,
+            arm,
+            round,
+        }
+        .key();
+        let mut directions = None;
+        let picks: Vec<Pick> = match arm {
+            Arm::Random => {
+                let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "random"));
+                pick_random(&unlabelled, k, &mut rng)
+            }
+            Arm::Oracle => {
+                let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
+                let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
+                let scores: Vec<(usize, f64)> = if image {
+                    // Per-slice Dice is degenerate without tumour (one false positive scores 0),
+                    // so the oracle ranks the slices that contain tumour.
+                    let slices = self.sample_slices(repeat, &unlabelled);
+                    let ov = eval::slice_overlaps(&net, &self.ds, &slices, &self.feed, EVAL_BATCH);
+                    unlabelled
+                        .iter()
+                        .zip(ov)
+                        .filter(|(_, o)| o.truth > 0)
+                        .map(|(&s, o)| (s, o.dice()))
+                        .collect()
+                } else {
+                    let patients: Vec<usize> = unlabelled
+                        .iter()
+                        .map(|&s| self.session.state.repeats[repeat].train[s])
+                        .collect();
+                    let d = eval::patient_dice(&net, &self.ds, &patients, &self.feed, EVAL_BATCH);
+                    unlabelled.iter().copied().zip(d).collect()
+                };
+                pick_oracle(&scores, k)
+            }
+            Arm::Proposed => {
+                let (_u, unet) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
+                let (vs, vae) = self.load_vae(repeat)?;
+                // The float64 copy of the encoder for steps below float32 resolution.
+                let mut vs64 = VarStore::new(self.device);
+                let vae64 = self.new_vae(&vs64);
+                vs64.copy(&vs)?;
+                vs64.double();
+                let latents = self
+                    .pool(repeat)
+                    .sample_latents(&self.files.latents(repeat))?;
+                let samples: Vec<Vec<usize>> = labelled
+                    .iter()
+                    .map(|&s| self.sample_slices(repeat, &[s]))
+                    .collect();
+                let nets = DirectionNets {
+                    unet: &unet,
+                    vae: &vae,
+                    vae64: &vae64,
+                };
+                let step = StepSettings {
+                    alpha: cfg.selection.alpha,
+                    method: cfg.selection.direction,
+                };
+                let gradients =
+                    gradient_directions(&nets, &self.ds, &self.feed, &samples, step, EVAL_BATCH)?;
+                let mut steps: Vec<(usize, GradientStep)> =
+                    labelled.iter().copied().zip(gradients).collect();
+                // The hardest labelled samples lead: highest loss first.
+                steps.sort_by(|a, b| b.1.loss.total_cmp(&a.1.loss).then(a.0.cmp(&b.0)));
+                let sources: Vec<Source> = steps
+                    .iter()
+                    .map(|(s, g)| Source {
+                        sample: *s,
+                        z: latents[*s].clone(),
+                        direction: g.direction.clone(),
+                    })
+                    .collect();
+                let candidates: Vec<(usize, Vec<f64>)> = (0..pool)
+                    .filter(|s| !taken.contains(s))
+                    .map(|s| (s, latents[s].clone()))
+                    .collect();
+                let mut methods = BTreeMap::new();
+                for (_, g) in &steps {
+                    *methods.entry(g.method.to_string()).or_insert(0) += 1;
+                }
+                let median = |mut v: Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v.get(v.len() / 2).copied().unwrap_or(0.0)
+                };
+                directions = Some(DirectionSummary {
+                    methods,
+                    median_rel_dx: median(steps.iter().map(|(_, g)| g.rel_dx).collect()),
+                    median_dz: median(steps.iter().map(|(_, g)| g.dz_norm).collect()),
+                    zero_directions: steps.iter().filter(|(_, g)| g.dz_norm == 0.0).count(),
+                });
+                pick_proposed(&sources, &candidates, k, cfg.selection.cone_degrees)
+            }
+        };
+        if picks.len() < k {
+            bail!(
+                "{arm} found only {} of {k} picks in round {round} (pool exhausted)",
+                picks.len()
+            );
+        }
+        let pool = self.pool(repeat);
+        let tumour_picks = picks.iter().filter(|p| pool.has_tumour(p.sample)).count();
+        let fallbacks = picks.iter().filter(|p| p.fallback).count();
+        let views = picks.iter().map(|p| pool.pick_view(p)).collect();
+        self.session.state.picks.push(PickRecord {
+            repeat,
+            stage,
+            arm,
+            round,
+            picks,
+            fallbacks,
+            tumour_picks,
+            directions,
+        });
+        self.emit(
+            Event::PicksMade {
+                repeat,
+                stage,
+                arm,
+                round,
+                picks: views,
+                fallbacks,
+                tumour_picks,
+            },
+            sink,
+        );
+        Ok(())
+    }
+
+    /// Test Dice of `net`, recorded for each arm of `at`; returns the seconds it took (the
+    /// report's evaluation line).
+    pub(super) fn evaluate(
+        &mut self,
+        net: &UNet,
+        at: Evaluation,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<f64> {
+        let Evaluation {
+            repeat,
+            stage,
+            arms,
+            round,
+        } = at;
+        let started = std::time::Instant::now();
+        let test = self.session.state.repeats[repeat].test.clone();
+        let mut total_pred = 0;
+        let mut dice = Vec::new();
+        let mut slice_dice = Vec::new();
+        for ov in eval::patient_slice_overlaps(net, &self.ds, &test, &self.feed, EVAL_BATCH) {
+            let o = eval::Overlap::total(&ov);
+            total_pred += o.pred;
+            dice.push(o.dice());
+            // Slice Dice only where there is tumour to find (it is degenerate elsewhere).
+            slice_dice.extend(ov.iter().filter(|o| o.truth > 0).map(|o| o.dice()));
+        }
+        let (mean, sd) = eval::mean_sd(&dice);
+        let slice_dice_mean = eval::mean_sd(&slice_dice).0;
+        for &arm in arms {
+            let labelled = self.labelled(repeat, stage, Some(arm), round);
+            let row = ResultRow {
+                repeat,
+                stage,
+                arm,
+                round,
+                annotated: labelled.len(),
+                viewed: self.pool(repeat).viewed(&labelled),
+                dice_mean: mean,
+                dice_sd: sd,
+                dice: dice.clone(),
+                slice_dice_mean,
+                collapsed: total_pred == 0,
+            };
+            let ev = Event::Evaluated {
+                repeat,
+                stage,
+                arm,
+                round,
+                annotated: row.annotated,
+                viewed: row.viewed,
+                dice_mean: mean,
+                dice_sd: sd,
+                collapsed: row.collapsed,
+            };
+            self.session.state.results.push(row);
+            self.emit(ev, sink);
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+}

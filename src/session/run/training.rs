@@ -1,0 +1,288 @@
+//! Training steps (the VAE, pre-training, the shared initial UNet, each arm's UNet after a
+//! round) through one epoch loop, with the per-epoch commit: weights and optimiser moments to
+//! the epoch's partial checkpoint files (each atomically), then the epoch into state.json (the
+//! commit point), then the previous epoch's files are removed. A kill at any point resumes from
+//! the epoch state.json names, whose files exist.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use tch::nn::VarStore;
+
+use super::{emit_to, Runner, StepContext};
+use crate::engine::adam::{Adam, LossScale};
+use crate::engine::nets::{fold_batch_norm, save_weights, seeded, use_channels_last, UNet, Vae};
+use crate::engine::train::{self, Schedule};
+use crate::session::config::{Precision, Scenario};
+use crate::session::events::{Event, Phase};
+use crate::session::files::{write_atomic_with, SessionFiles};
+use crate::session::plan::{previous_model, seed_for, Step};
+use crate::session::store::EventLog;
+use crate::session::Session;
+
+/// What a finished training step leaves for the step that follows: the UNet, ready for
+/// evaluation, or nothing (the VAE and pre-training are read back from their checkpoints).
+pub(super) enum Trained {
+    Unet(Box<UNet>),
+    Saved,
+}
+
+/// The network being trained.
+enum Net {
+    Unet(UNet),
+    Vae(Vae),
+}
+
+impl Runner {
+    pub(super) fn new_unet(&self, vs: &VarStore) -> UNet {
+        let net = UNet::new(
+            &vs.root(),
+            self.ds.channels() as i64,
+            &self.cfg().unet.net(),
+        );
+        use_channels_last(vs);
+        net
+    }
+
+    pub(super) fn new_vae(&self, vs: &VarStore) -> Vae {
+        let net = Vae::new(
+            &vs.root(),
+            self.ds.channels() as i64,
+            self.ds.size() as i64,
+            &self.cfg().vae.net(),
+        );
+        use_channels_last(vs);
+        net
+    }
+
+    /// Loads the final weights of `step` into `vs`.
+    fn load_final(&self, vs: &mut VarStore, step: &Step) -> Result<()> {
+        let path = self.files.checkpoint(step);
+        vs.load(&path).with_context(|| {
+            format!(
+                "cannot load checkpoint {} (was the session folder changed by hand?)",
+                path.display()
+            )
+        })
+    }
+
+    pub(super) fn load_vae(&self, repeat: usize) -> Result<(VarStore, Vae)> {
+        let mut vs = VarStore::new(self.device);
+        let net = self.new_vae(&vs);
+        self.load_final(&mut vs, &Step::Vae { repeat })?;
+        Ok((vs, net))
+    }
+
+    /// The UNet as evaluation, the oracle and the gradient step use it: batch norm folded into
+    /// the convolutions (nets::fold_batch_norm) when it has batch norm.
+    fn for_eval(&self, vs: VarStore, net: UNet) -> (VarStore, UNet) {
+        fold_batch_norm(&vs, self.ds.channels() as i64, &self.cfg().unet.net()).unwrap_or((vs, net))
+    }
+
+    /// The final weights of `step`, for evaluation (see `for_eval`).
+    pub(super) fn load_unet(&self, step: &Step) -> Result<(VarStore, UNet)> {
+        let mut vs = VarStore::new(self.device);
+        let net = self.new_unet(&vs);
+        self.load_final(&mut vs, step)?;
+        Ok(self.for_eval(vs, net))
+    }
+
+    /// The slices a training step trains on, its epoch count, and the step whose weights it
+    /// starts from (`None`: a seeded initialisation).
+    fn training_data(&self, step: Step) -> (Vec<usize>, usize, Option<Step>) {
+        let cfg = self.cfg();
+        match step {
+            Step::Vae { repeat } => (self.pool_slices(repeat), cfg.vae.epochs, None),
+            Step::Pretrain { repeat } => {
+                let source = &self.session.state.repeats[repeat].source;
+                let slices = self.patient_slices(source);
+                (slices, cfg.unet.epochs_pretrain, None)
+            }
+            Step::Init { repeat, stage } => {
+                let from = (cfg.experiment.scenario == Scenario::Transfer)
+                    .then_some(Step::Pretrain { repeat });
+                let labelled = self.labelled(repeat, stage, None, 0);
+                let slices = self.sample_slices(repeat, &labelled);
+                (slices, cfg.unet.epochs_initial, from)
+            }
+            Step::Train {
+                repeat,
+                stage,
+                arm,
+                round,
+            } => {
+                let labelled = self.labelled(repeat, stage, Some(arm), round);
+                let slices = self.sample_slices(repeat, &labelled);
+                let from = previous_model(repeat, stage, arm, round);
+                (slices, cfg.unet.epochs_per_round, Some(from))
+            }
+            Step::Split { .. } | Step::Latents { .. } | Step::Select { .. } => {
+                unreachable!("{} trains nothing", step.describe())
+            }
+        }
+    }
+
+    /// Trains the network of `step` epoch by epoch, with a checkpoint after each, resuming
+    /// from the epoch state.json records. `None` when stopped before the last epoch.
+    pub(super) fn train(&mut self, step: Step, cx: &mut StepContext) -> Result<Option<Trained>> {
+        let key = step.key();
+        let seed = self.cfg().experiment.seed;
+        let (slices, epochs, from) = self.training_data(step);
+        let mut vs = VarStore::new(self.device);
+        let vae = matches!(step, Step::Vae { .. });
+        let net = seeded(seed_for(seed, &key, "init"), || {
+            if vae {
+                Net::Vae(self.new_vae(&vs))
+            } else {
+                Net::Unet(self.new_unet(&vs))
+            }
+        });
+        let cfg = self.cfg();
+        let (lr, batch_size) = if vae {
+            (cfg.vae.lr, cfg.vae.batch_size)
+        } else {
+            (cfg.unet.lr, cfg.unet.batch_size)
+        };
+        let mixed = !vae && cfg.unet.precision == Precision::Fp16;
+        let kl_weight = cfg.vae.kl_weight;
+        let mut opt = Adam::new(&vs, lr);
+        if mixed {
+            opt.loss_scale = Some(LossScale::default());
+        }
+        let start = self.session.state.partial_epochs;
+        if start > 0 {
+            restore_partial(&self.files, &step, &mut vs, &mut opt, start)?;
+        } else if let Some(from) = from {
+            self.load_final(&mut vs, &from)?;
+        }
+        // Disjoint borrows: the data set is read while the state and log are written.
+        let Runner {
+            session,
+            files,
+            ds,
+            log,
+            feed,
+            persist,
+            ..
+        } = self;
+        let schedule = Schedule {
+            ds,
+            feed,
+            slices: &slices,
+            batch_size,
+            epochs: start..epochs,
+            seed: seed_for(seed, &key, "shuffle"),
+        };
+        let mut ck = EpochCheckpoint {
+            files,
+            session,
+            log,
+            vs: &vs,
+            step,
+            epochs,
+            persist: *persist,
+        };
+        let mut after = |epoch: usize, loss: f64, opt: &Adam| ck.save(cx, opt, epoch, loss);
+        let reached = match &net {
+            Net::Unet(n) => train::train_unet(n, &mut opt, &schedule, mixed, &mut after)?,
+            Net::Vae(n) => train::train_vae(n, &mut opt, &schedule, kl_weight, &mut after)?,
+        };
+        if reached < epochs {
+            return Ok(None);
+        }
+        save_var_store(&vs, &self.files.checkpoint(&step))?;
+        Ok(Some(match net {
+            Net::Unet(n) => Trained::Unet(Box::new(self.for_eval(vs, n).1)),
+            Net::Vae(_) => Trained::Saved,
+        }))
+    }
+}
+
+/// Saves a var store atomically (the temporary file keeps the .safetensors ending that tch
+/// picks the format by).
+fn save_var_store(vs: &VarStore, path: &std::path::Path) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        save_weights(vs, tmp).with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+/// Resumes a training step killed or stopped after `epochs` epochs: its weights and optimiser
+/// moments. Sessions written before the epoch was in the names have one pair of files, which
+/// then held the recorded epoch's state unless the kill fell between the two writes.
+fn restore_partial(
+    files: &SessionFiles,
+    step: &Step,
+    vs: &mut VarStore,
+    opt: &mut Adam,
+    epochs: usize,
+) -> Result<()> {
+    let (mut partial, mut adam) = files.partial(step, epochs);
+    if !partial.exists() {
+        if let Some(old) = files.legacy_partial(step) {
+            (partial, adam) = old;
+        }
+    }
+    vs.load(&partial)
+        .with_context(|| format!("cannot load the partial checkpoint {}", partial.display()))?;
+    opt.load(&adam)
+}
+
+/// What happens after every training epoch (see the module's comment); `Break` when a stop
+/// was asked for.
+struct EpochCheckpoint<'a> {
+    files: &'a SessionFiles,
+    session: &'a mut Session,
+    log: &'a mut EventLog,
+    vs: &'a VarStore,
+    step: Step,
+    epochs: usize,
+    /// False in a lane (lanes.rs): the epoch is not recorded in state.json.
+    persist: bool,
+}
+
+impl EpochCheckpoint<'_> {
+    fn save(
+        &mut self,
+        cx: &mut StepContext,
+        opt: &Adam,
+        epoch: usize,
+        loss: f64,
+    ) -> Result<ControlFlow<()>> {
+        let writing = std::time::Instant::now();
+        let (partial, adam) = self.files.partial(&self.step, epoch + 1);
+        save_var_store(self.vs, &partial)?;
+        write_atomic_with(&adam, |tmp| opt.save(tmp))?;
+        self.session.state.partial_epochs = epoch + 1;
+        if self.persist {
+            self.session.save_state()?;
+        }
+        let (old_partial, old_adam) = self.files.partial(&self.step, epoch);
+        let _ = std::fs::remove_file(old_partial);
+        let _ = std::fs::remove_file(old_adam);
+        let (phase, arm) = match self.step {
+            Step::Vae { .. } => (Phase::Vae, None),
+            Step::Pretrain { .. } => (Phase::Pretraining, None),
+            Step::Train { arm, .. } => (Phase::Training, Some(arm)),
+            _ => (Phase::Training, None),
+        };
+        emit_to(
+            self.log,
+            cx.sink,
+            Event::EpochDone {
+                index: cx.index,
+                phase,
+                arm,
+                epoch: epoch + 1,
+                epochs: self.epochs,
+                loss,
+                checkpoint_s: writing.elapsed().as_secs_f64(),
+            },
+        );
+        Ok(if cx.control.stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+}

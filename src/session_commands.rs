@@ -1,0 +1,423 @@
+//! The session commands: `new`, `run`, `status`, `report`, `export`, `tui` and `demo`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{loading_bar, run_phantom, stderr_is_terminal};
+use suggestive::session::events::Event;
+use suggestive::session::run::{Control, Outcome, Runner};
+use suggestive::session::{self, Session};
+use suggestive::{paths, phantom};
+
+#[derive(Args)]
+pub struct SessionsDir {
+    /// Folder of named sessions [env: SUGGESTIVE_SESSIONS_DIR; default ~/.local/share/suggestive/sessions]
+    #[arg(long, global = true)]
+    pub sessions_dir: Option<PathBuf>,
+}
+
+impl SessionsDir {
+    fn dir(&self) -> PathBuf {
+        self.sessions_dir
+            .clone()
+            .unwrap_or_else(session::default_sessions_dir)
+    }
+
+    fn resolve(&self, session: &str) -> PathBuf {
+        session::resolve(session, &self.dir())
+    }
+}
+
+#[derive(Args)]
+pub struct NewArgs {
+    /// Session name (a folder in the sessions folder) or a path.
+    pub name: String,
+    #[arg(long, default_value = "demo")]
+    pub preset: String,
+    /// The BraTS folder (required by the brats-* presets).
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Override a setting, e.g. --set experiment.repeats=3 --set unet.norm=instance
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Session name or path.
+    pub session: String,
+    /// One JSON event per line on stdout instead of progress output.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// cpu, cuda, cuda:N or auto; overrides the session's experiment.device for this run.
+    #[arg(long, conflicts_with = "devices")]
+    pub device: Option<String>,
+    /// Several devices, e.g. cuda:0,cuda:1: the arms of each round train concurrently, one
+    /// device per arm (arms beyond the device count share). The shared steps run on the first.
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
+    pub devices: Vec<String>,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    pub session: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+#[derive(Args)]
+pub struct UiArgs {
+    /// Colour theme: dark, light, high-contrast, colorblind, a user theme in
+    /// ~/.config/suggestive/themes, or a TOML file.
+    #[arg(long, default_value = "dark")]
+    pub theme: String,
+    /// How images are drawn: auto asks the terminal (kitty, sixel, iTerm2), else half-blocks.
+    #[arg(long, value_enum, default_value_t = suggestive::tui::ImageProtocol::Auto)]
+    pub images: suggestive::tui::ImageProtocol,
+    /// cpu, cuda, cuda:N or auto; overrides the session's device.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Args)]
+pub struct TuiArgs {
+    /// Session name or path (without: the session browser).
+    pub session: Option<String>,
+    #[command(flatten)]
+    pub ui: UiArgs,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    pub session: String,
+    /// Output folder (default: SESSION/report).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    pub session: String,
+    #[arg(long, value_enum)]
+    pub arm: Option<session::config::Arm>,
+    /// Only this round (1-based).
+    #[arg(long)]
+    pub round: Option<usize>,
+    /// FILE.csv or FILE.json
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+pub fn cmd_tui(a: TuiArgs) -> Result<()> {
+    let sessions_dir = a
+        .dirs
+        .sessions_dir
+        .clone()
+        .unwrap_or_else(session::default_sessions_dir);
+    let session = a.session.as_deref().map(|s| a.dirs.resolve(s));
+    if let Some(s) = &session {
+        Session::open(s)?; // a clear error before the terminal is taken over
+    }
+    suggestive::tui::run(suggestive::tui::TuiOptions {
+        session,
+        sessions_dir,
+        cache_root: paths::dataset_cache_root(),
+        theme: a.ui.theme,
+        images: a.ui.images,
+        device: a.ui.device,
+    })
+}
+
+pub fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
+    let data = paths::data_dir().join("demo-phantom");
+    if !data.join(phantom::MANIFEST).exists() {
+        eprintln!("generating the demo phantom in {}", data.display());
+        run_phantom(&phantom::demo_config(), &data)?;
+    }
+    // Always the sessions folder's: a folder called demo where the command runs is not it.
+    let dir = dirs.dir().join("demo");
+    if !dir.exists() {
+        let s = Session::create(&dir, session::preset("demo")?)?;
+        println!("created session {} at {}", s.name(), dir.display());
+    }
+    if !headless {
+        return cmd_tui(TuiArgs {
+            session: Some(dir.display().to_string()),
+            ui,
+            dirs,
+        });
+    }
+    cmd_run(RunArgs {
+        session: dir.display().to_string(),
+        jsonl: false,
+        device: ui.device,
+        devices: Vec::new(),
+        dirs: SessionsDir { sessions_dir: None },
+    })?;
+    cmd_report(ReportArgs {
+        session: dir.display().to_string(),
+        out: None,
+        dirs: SessionsDir { sessions_dir: None },
+    })
+}
+
+pub fn cmd_new(a: NewArgs) -> Result<()> {
+    let new = session::NewSession {
+        preset: &a.preset,
+        sets: &a.sets,
+        dataset: a.dataset.as_deref(),
+    };
+    let dir = a.dirs.resolve(&a.name);
+    let s = new.create(&dir)?;
+    let steps = session::plan::plan(&s.config).len();
+    println!(
+        "created session {} ({steps} steps) at {}",
+        s.name(),
+        dir.display()
+    );
+    println!("run it with: suggestive run {}", dir.display());
+    Ok(())
+}
+
+/// Human-readable progress for a headless run: a bar per training step on a terminal, plain
+/// lines otherwise.
+pub struct Progress {
+    pub bar: Option<ProgressBar>,
+    pub terminal: bool,
+}
+
+/// A line of a run's progress on stdout; a failed write (stdout closed, as by `| head`) is
+/// ignored: the run goes on.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+impl Progress {
+    fn on(&mut self, ev: &Event) {
+        match ev {
+            Event::Started { session, device, steps_done, steps_total, .. } => {
+                say!("session {session} on {device}: {steps_done}/{steps_total} steps done");
+            }
+            Event::StepStarted { index, total, description, .. } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                say!("[{}/{total}] {description}", index + 1);
+            }
+            Event::EpochDone { epoch, epochs, loss, .. } => {
+                if self.terminal {
+                    let b = self.bar.get_or_insert_with(|| {
+                        let b = ProgressBar::new(*epochs as u64);
+                        b.set_style(ProgressStyle::with_template("    epochs {bar:30.cyan/blue} {pos}/{len}  {msg}  (eta {eta})").expect("valid template"));
+                        b
+                    });
+                    b.set_position(*epoch as u64);
+                    b.set_message(format!("loss {loss:.4}"));
+                } else {
+                    say!("    epoch {epoch}/{epochs} loss {loss:.4}");
+                }
+            }
+            Event::PicksMade { arm, round, picks, fallbacks, tumour_picks, .. } => {
+                let names: Vec<String> = picks.iter().map(|p| match p.slice {
+                    Some(s) => format!("{}#{s}", p.patient),
+                    None => p.patient.clone(),
+                }).collect();
+                say!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", names.join(", "), tumour_picks);
+            }
+            Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
+                say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
+            }
+            Event::Stopped { steps_done, steps_total } => say!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
+            Event::Finished { steps_total } => say!("finished: {steps_total} steps"),
+            Event::Error { message } => eprintln!("error in the run: {message}"),
+            // Timing for the report; the step's own lines say enough on the terminal.
+            Event::StepDone { .. } => {}
+        }
+    }
+}
+
+pub fn cmd_run(a: RunArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    let terminal = stderr_is_terminal() && !a.jsonl;
+    let device = a
+        .device
+        .as_deref()
+        .or(a.devices.first().map(String::as_str));
+    let mut runner = Runner::open(s, loading_bar(), &paths::dataset_cache_root(), device)?;
+    if a.devices.len() > 1 {
+        let devices = a
+            .devices
+            .iter()
+            .map(|d| suggestive::engine::device::parse_device(d))
+            .collect::<Result<Vec<_>>>()?;
+        runner.set_lanes(devices)?;
+    }
+    let control = Control::default();
+    signal_hook::flag::register(signal_hook::consts::SIGINT, control.stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;
+    let outcome = if a.jsonl {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        runner.run(&control, &mut |ev| {
+            if let Ok(line) = serde_json::to_string(ev) {
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        })?
+    } else {
+        let mut p = Progress {
+            bar: None,
+            terminal,
+        };
+        runner.run(&control, &mut |ev| p.on(ev))?
+    };
+    if outcome == Outcome::Stopped {
+        // `exit` runs no destructors: let go of the session's lock first.
+        drop(runner);
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+pub fn cmd_status(a: StatusArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    let plan = session::plan::plan(&s.config);
+    let (state, holder) = s.status();
+    if a.json {
+        let v = serde_json::json!({
+            "session": s.name(),
+            "state": state,
+            "steps_done": s.state.done,
+            "steps_total": plan.len(),
+            "next_step": plan.get(s.state.done).map(|st| st.describe()),
+            "partial_epochs": s.state.partial_epochs,
+            "device": s.state.device,
+            "results": s.state.results,
+            "picks": s.state.picks,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let e = &s.config.experiment;
+    println!(
+        "session   {} ({state}{})",
+        s.name(),
+        holder.map(|p| format!(", pid {p}")).unwrap_or_default()
+    );
+    println!(
+        "setting   {} / {} / {}, arms {}, {} repeat(s)",
+        e.scenario,
+        e.granularity,
+        e.protocol,
+        e.arms
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        e.repeats
+    );
+    println!(
+        "progress  {}/{} steps{}",
+        s.state.done,
+        plan.len(),
+        plan.get(s.state.done)
+            .map(|st| format!(
+                "; next: {}{}",
+                st.describe(),
+                if s.state.partial_epochs > 0 {
+                    format!(" (epoch {} done)", s.state.partial_epochs)
+                } else {
+                    String::new()
+                }
+            ))
+            .unwrap_or_default()
+    );
+    if let Some(d) = &s.state.device {
+        println!("device    {d}");
+    }
+    if !s.state.results.is_empty() {
+        println!(
+            "\n{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  test Dice",
+            "repeat", "stage", "arm", "round", "annotated", "viewed"
+        );
+        for r in &s.state.results {
+            println!(
+                "{:>6} {:>5} {:>9} {:>5} {:>9} {:>7}  {:.3} ± {:.3}{}",
+                r.repeat + 1,
+                r.stage + 1,
+                r.arm.name(),
+                r.round,
+                r.annotated,
+                r.viewed,
+                r.dice_mean,
+                r.dice_sd,
+                if r.collapsed { " collapsed" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn cmd_report(a: ReportArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    if s.state.results.is_empty() {
+        bail!("session {} has no results yet; run it first", s.name());
+    }
+    let report =
+        session::report::Report::new(&s.config, &s.state).with_timings(&s.files().events());
+    let out = a.out.unwrap_or_else(|| dir.join("report"));
+    let files = report.write(&s.config, &out)?;
+    print!("{}", report.markdown());
+    if !report.selection.is_empty() {
+        print!("\n{}", report.selection_text());
+    }
+    if !report.timings.is_empty() {
+        print!("\n{}", report.timings_text());
+    }
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+pub fn cmd_export(a: ExportArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let s = Session::open(&dir)?;
+    let ds = s.load_dataset(None, &paths::dataset_cache_root())?;
+    let rows = session::export::rows(&s, &ds, a.arm, a.round);
+    if rows.is_empty() {
+        bail!(
+            "session {} has no picks{}",
+            s.name(),
+            if a.arm.is_some() || a.round.is_some() {
+                " matching --arm/--round"
+            } else {
+                " yet"
+            }
+        );
+    }
+    session::export::write(&rows, &a.out)?;
+    println!("wrote {} picks to {}", rows.len(), a.out.display());
+    Ok(())
+}

@@ -50,7 +50,7 @@ impl PrepArgs {
 #[derive(Args)]
 pub struct DatasetArgs {
     /// Data set folder as downloaded: BraTS 2019-2021 ([HGG|LGG/]<ID>/<ID>_flair.nii.gz …),
-    /// BraTS 2023+ (<ID>/<ID>-t2f.nii.gz …) or a Decathlon task (dataset.json, imagesTr/, labelsTr/)
+    /// BraTS 2023 (<ID>/<ID>-t2f.nii.gz …) or a Decathlon task (dataset.json, imagesTr/, labelsTr/)
     pub dir: PathBuf,
     /// CSV of `case ID,site` rows (optional header `case,site`): sites for data sets whose IDs
     /// carry none (BraTS 2021, 2023, the Decathlon). Every case must be listed.
@@ -110,7 +110,7 @@ pub struct PhantomArgs {
 
 #[derive(Args)]
 pub struct PreviewArgs {
-    /// A case folder (BraTS 2019-2021 or 2023+), a Decathlon image (imagesTr/<ID>.nii.gz), or
+    /// A case folder (BraTS 2019-2021 or 2023), a Decathlon image (imagesTr/<ID>.nii.gz), or
     /// a NIfTI volume.
     pub target: PathBuf,
     /// Axial slice (default: the one with the most tumour).

@@ -15,7 +15,7 @@ pub struct PreviewSource {
     pub labels: Option<Vec<u8>>,
 }
 
-/// `target` is a case folder (BraTS 2019-2021 or 2023+), a Decathlon image
+/// `target` is a case folder (BraTS 2019-2021 or 2023), a Decathlon image
 /// (`imagesTr/<ID>.nii.gz`: the modality's channel, its label from `labelsTr/`), or a volume
 /// file, whose segmentation is `<ID>_seg.nii[.gz]` beside it.
 pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
@@ -91,11 +91,14 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
             .to_string_lossy()
             .into_owned();
         let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
-        let (id, seg) = match stem.rsplit_once('_') {
-            Some((id, _)) => {
+        // `<ID>_<modality>` (BraTS 2019-2021) or `<ID>-<modality>` (2023), the
+        // segmentation beside it with the same separator.
+        let (id, seg) = match stem.rfind(['_', '-']) {
+            Some(at) => {
+                let (id, sep) = (&stem[..at], &stem[at..at + 1]);
                 let seg = ["nii.gz", "nii"]
                     .iter()
-                    .map(|ext| target.with_file_name(format!("{id}_seg.{ext}")))
+                    .map(|ext| target.with_file_name(format!("{id}{sep}seg.{ext}")))
                     .find(|p| p.is_file() && p != target);
                 (id.to_string(), seg)
             }

@@ -126,6 +126,25 @@ fn the_decathlon_layout_as_its_archive_has_it() {
 }
 
 #[test]
+fn a_sites_file_changes_sites_not_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = phantom_in(&tmp.path().join("b23"), PhantomLayout::Brats2023, 0);
+    let cache = tmp.path().join("cache");
+    let sites = root.join(phantom::SITES_FILE);
+    let load_with = |sites: Option<&Path>| {
+        let mut o = opts(&cache);
+        o.sites = sites.map(Path::to_path_buf);
+        Dataset::load(&root, &o).unwrap()
+    };
+    let (without, _) = load_with(None);
+    assert_eq!(site_counts(&without), vec![("unknown".to_string(), 5)]);
+    let (with, report) = load_with(Some(&sites));
+    assert_eq!(report.status, suggestive::data::CacheStatus::Hit);
+    assert_eq!(site_counts(&with).len(), 2);
+    assert_eq!(with.fingerprint(), without.fingerprint());
+}
+
+#[test]
 fn modalities_take_both_spellings() {
     let tmp = tempfile::tempdir().unwrap();
     let root = phantom_in(&tmp.path().join("b23"), PhantomLayout::Brats2023, 0);
@@ -167,6 +186,13 @@ fn a_segmentation_under_an_unusual_name_is_taken_and_named() {
         vec!["BraTS20_Training_003: W39_1998.09.19_Segm.nii".to_string()]
     );
     assert!(summary.to_text().contains("W39_1998.09.19_Segm.nii"));
+    // A file named after the case is no segmentation, whatever else the folder holds.
+    let mask = case.join("BraTS20_Training_003_brainmask.nii.gz");
+    let odd = case.join("W39_1998.09.19_Segm.nii");
+    fs::rename(&odd, &mask).unwrap();
+    let err = load(&root, &cache, None).err().expect("the load must fail");
+    assert!(err.contains("missing seg file"), "{err}");
+    fs::rename(&mask, &odd).unwrap();
     // Two candidates: no guess, the segmentation is missing.
     fs::write(case.join("notes.nii"), b"").unwrap();
     let err = load(&root, &cache, None).err().expect("the load must fail");

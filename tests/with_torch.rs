@@ -56,7 +56,7 @@ impl Fresh {
         };
         let venv = if machine.venv_works {
             format!(
-                r#"mkdir -p "$3/bin" && cp "{}" "$3/bin/python" && exit 0"#,
+                r#"dir="${{@: -1}}"; mkdir -p "$dir/bin" && cp "{}" "$dir/bin/python" && exit 0"#,
                 tmp.path().join("venv-python").display()
             )
         } else {
@@ -215,4 +215,21 @@ fn a_second_run_reuses_the_venv_quietly() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("installing"), "{err}");
     assert!(venv.join("bin/python").exists());
+}
+
+#[test]
+fn a_venv_left_without_pip_is_made_again() {
+    // What a `python3 -m venv` run before python3-venv was installed leaves behind.
+    let machine = Machine {
+        torch: None,
+        venv_works: true,
+        pip_works: true,
+    };
+    let fresh = Fresh::new(&machine);
+    write_script(&fresh.venv().join("bin/python"), "#!/bin/bash\nexit 1\n");
+    let out = fresh.run(&SHOW_ENV);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("has no pip: creating it again"), "{err}");
+    assert!(text(&out.stdout).contains("LIBTORCH_USE_PYTORCH=1"));
 }

@@ -80,10 +80,12 @@ impl Dataset {
         let start = Instant::now();
         opts.preprocessing.validate()?;
         let mut layout = discover(root)?;
+        // Before the sites file: sites come from it at every load (`open`), so one cache
+        // serves loads with and without it, and a changed row rebuilds nothing.
+        let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
         if let Some(file) = &opts.sites {
             layout.apply_sites(file)?;
         }
-        let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
         let dir = cache::cache_dir_for(&opts.cache_root, root, &opts.preprocessing);
 
         let mut status = CacheStatus::Built;
@@ -125,7 +127,17 @@ impl Dataset {
         Ok((ds, report))
     }
 
-    fn open(dir: &Path, index: CacheIndex, layout: DatasetLayout) -> Result<Dataset, DataError> {
+    fn open(
+        dir: &Path,
+        mut index: CacheIndex,
+        layout: DatasetLayout,
+    ) -> Result<Dataset, DataError> {
+        // Sites as this load found them (its sites file may differ from the cache build's).
+        for p in &mut index.patients {
+            if let Some(f) = layout.patients.iter().find(|f| f.id == p.id) {
+                p.site = f.site.clone();
+            }
+        }
         let map = |name: &str| -> Result<Mmap, DataError> {
             let path = dir.join(name);
             let file = std::fs::File::open(&path).map_err(|e| DataError::cache(&path, e))?;
@@ -292,13 +304,12 @@ fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing) -> String {
         h.update(p.site.as_bytes());
         h.update(p.grade.as_deref().unwrap_or("-").as_bytes());
         let channels = prep.modalities.iter().map(|m| p.images.get(m));
-        for c in channels.clone() {
-            // The channel order of a 4D file comes from dataset.json, not from the file.
-            h.update(
-                &c.and_then(|c| c.channel)
-                    .map_or(-1i64, |c| c as i64)
-                    .to_le_bytes(),
-            );
+        // The channel order of a 4D file comes from dataset.json, not from the file. Only 4D
+        // channels add bytes: the fingerprints of 3D layouts stay what sessions recorded.
+        for c in channels.clone().flatten() {
+            if let Some(channel) = c.channel {
+                h.update(&(channel as u64).to_le_bytes());
+            }
         }
         let files = channels.map(|c| c.map(|c| &c.path)).chain([p.seg.as_ref()]);
         for f in files {
@@ -605,4 +616,40 @@ fn load_patient(
         checksum: checksum(image_bytes, &out.masks),
         blank_slices: blank_slices(&out.images, out.slices),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{ImageFile, LayoutKind, Modality};
+
+    /// Sessions record this fingerprint and refuse to resume on another: the bytes it hashes
+    /// for BraTS-style (3D) cases must not change. (Missing files hash as such: the value
+    /// depends on nothing on disk.)
+    #[test]
+    fn the_fingerprint_of_3d_cases_is_stable() {
+        let image = |m: &str| ImageFile {
+            path: format!("/nowhere/P1/P1_{m}.nii.gz").into(),
+            channel: None,
+        };
+        let p = PatientFiles {
+            id: "P1".into(),
+            dir: "/nowhere/P1".into(),
+            kind: LayoutKind::Brats,
+            grade: Some("HGG".into()),
+            site: "CBICA".into(),
+            images: Modality::ALL
+                .into_iter()
+                .map(|m| (m, image(m.suffix())))
+                .collect(),
+            channels: None,
+            seg: Some("/nowhere/P1/P1_seg.nii.gz".into()),
+            odd_seg_name: false,
+        };
+        // xxh3 of: format version 2 (u32 LE), "P1", "CBICA", "HGG", "<missing>" × 5 files.
+        assert_eq!(
+            fingerprint(&[p], &Preprocessing::default()),
+            "2b2c778a921cb976"
+        );
+    }
 }

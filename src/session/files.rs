@@ -164,9 +164,12 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
+    // Readable as any new file is (0666 less the umask), not tempfile's owner-only default:
+    // exports and reports are for the group that annotates.
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(&suffix)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .with_context(|| format!("cannot write beside {}", path.display()))?;
     write(tmp.path())?;
@@ -202,6 +205,12 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "{names:?}");
+        // The mode a plain new file gets (the umask applied), not owner-only.
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain));
     }
 
     #[test]

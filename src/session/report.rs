@@ -93,7 +93,12 @@ impl SelectionSummary {
                 let mut zero = 0;
                 for d in mine.iter().filter_map(|r| r.directions.as_ref()) {
                     for (m, n) in &d.methods {
-                        *methods.entry(m.clone()).or_insert(0) += n;
+                        // Sessions of earlier versions wrote `centraldifference`.
+                        let m = match m.as_str() {
+                            "centraldifference" => "central-difference",
+                            other => other,
+                        };
+                        *methods.entry(m.to_string()).or_insert(0) += n;
                     }
                     rel.push(d.median_rel_dx);
                     zero += d.zero_directions;

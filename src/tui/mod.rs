@@ -59,11 +59,6 @@ pub fn run(opts: TuiOptions) -> Result<()> {
     // ratatui::init enters raw mode and the alternate screen, and installs a panic hook that
     // restores the terminal before the panic message is printed.
     let mut terminal = ratatui::init();
-    // Some terminals (tmux among them) show the alternate screen with what the pane held
-    // before; ratatui only draws the cells it changes, so clear it first. (Not
-    // `Terminal::clear`: it asks the terminal for the cursor position, and one that never
-    // answers fails it.)
-    ratatui::backend::Backend::clear(terminal.backend_mut())?;
     // After ratatui's hook is installed, so that on a panic stderr is back before the terminal
     // is restored and the message printed.
     let log_path = opts.sessions_dir.join("tui-stderr.log");
@@ -89,6 +84,11 @@ pub fn run(opts: TuiOptions) -> Result<()> {
     }));
     let keys = spawn_input();
     let result = (|| -> Result<()> {
+        // Some terminals (tmux among them) show the alternate screen with what the pane held
+        // before; ratatui only draws the cells it changes, so clear it first. (Not
+        // `Terminal::clear`: it asks the terminal for the cursor position, and one that never
+        // answers fails it.)
+        ratatui::backend::Backend::clear(terminal.backend_mut())?;
         let mut target = opts.session.clone();
         let mut browser = Browser::new(opts.sessions_dir.clone());
         browser.message = theme_msg.clone();

@@ -294,7 +294,11 @@ pub fn start_preview_worker(
                     repeat,
                     latents: Pool::new(
                         ds,
-                        &session.state.repeats[repeat],
+                        session
+                            .state
+                            .repeats
+                            .get(repeat)
+                            .context("no such repeat yet")?,
                         session.config.experiment.granularity,
                     )
                     .sample_latents(&session.files().latents(repeat))?,

@@ -2,7 +2,7 @@
 //! and later (`<ID>-t1c.nii.gz`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{file_names, nifti_stem, subdirs, DatasetLayout, ImageFile, LayoutKind, PatientFiles};
 use crate::data::{DataError, Modality};
@@ -50,7 +50,7 @@ fn scan_case_dir(dir: &Path) -> Result<Option<Scanned>, DataError> {
         };
         let path = dir.join(&os_name);
         let Some((id, suffix)) = split_case_name(stem) else {
-            others.push(path);
+            others.push((path, None));
             continue;
         };
         // Prefer files named after the folder; accept others (renamed copies) only once.
@@ -70,7 +70,7 @@ fn scan_case_dir(dir: &Path) -> Result<Option<Scanned>, DataError> {
                 );
             }
         } else {
-            others.push(path);
+            others.push((path, Some(id.to_string())));
             continue;
         }
         if file_id.is_none() || id == dir_id {
@@ -80,12 +80,18 @@ fn scan_case_dir(dir: &Path) -> Result<Option<Scanned>, DataError> {
     if images.is_empty() && seg.is_none() {
         return Ok(None);
     }
-    // The one NIfTI file that is no modality is the segmentation, whatever its name.
-    let odd_seg_name = seg.is_none() && !images.is_empty() && others.len() == 1;
-    if odd_seg_name {
-        seg = others.pop();
-    }
     let id = file_id.unwrap_or(dir_id);
+    // The one NIfTI file that is no modality is the segmentation, whatever its name; but not a
+    // file named after the case with another suffix (`<ID>_brainmask`, a saved prediction).
+    let candidates: Vec<PathBuf> = others
+        .into_iter()
+        .filter(|(_, of)| of.as_deref() != Some(id.as_str()))
+        .map(|(path, _)| path)
+        .collect();
+    let odd_seg_name = seg.is_none() && !images.is_empty() && candidates.len() == 1;
+    if odd_seg_name {
+        seg = candidates.into_iter().next();
+    }
     let kind = if style_2023 == Some(true) {
         LayoutKind::Brats2023
     } else {
@@ -142,7 +148,7 @@ pub(super) fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
                     .into()
             } else {
                 "no BraTS case folders found; expected [HGG|LGG/]<ID>/<ID>_{flair,t1,t1ce,t2,seg}.nii[.gz] \
-                 (BraTS 2019-2021), <ID>/<ID>-{t2f,t1n,t1c,t2w,seg}.nii.gz (BraTS 2023+) or a \
+                 (BraTS 2019-2021), <ID>/<ID>-{t2f,t1n,t1c,t2w,seg}.nii.gz (BraTS 2023) or a \
                  Decathlon task (dataset.json, imagesTr/, labelsTr/)"
                     .into()
             },

@@ -26,8 +26,8 @@ pub enum LayoutKind {
     /// BraTS 2019, 2020, 2021: `[HGG|LGG/]<ID>/<ID>_{flair,t1,t1ce,t2,seg}.nii[.gz]`; labels
     /// 1 necrotic and non-enhancing core, 2 edema, 4 enhancing.
     Brats,
-    /// BraTS 2023 and later (GLI, MEN, MET, PED, SSA): `<ID>/<ID>-{t2f,t1n,t1c,t2w,seg}.nii.gz`;
-    /// labels 1 necrotic core, 2 edema, 3 enhancing.
+    /// BraTS 2023 (GLI, MEN, MET, PED, SSA): `<ID>/<ID>-{t2f,t1n,t1c,t2w,seg}.nii.gz`; labels 1
+    /// necrotic core, 2 edema, 3 enhancing.
     Brats2023,
     /// Decathlon Task01_BrainTumour: `dataset.json`, 4D `imagesTr/<ID>.nii.gz`, `labelsTr/`
     /// (1 edema, 2 non-enhancing, 3 enhancing) and unlabelled `imagesTs/`.
@@ -38,7 +38,7 @@ impl LayoutKind {
     pub fn describe(self) -> &'static str {
         match self {
             LayoutKind::Brats => "BraTS 2019-2021",
-            LayoutKind::Brats2023 => "BraTS 2023+",
+            LayoutKind::Brats2023 => "BraTS 2023",
             LayoutKind::Msd => "MSD Task01_BrainTumour",
         }
     }

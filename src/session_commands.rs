@@ -61,8 +61,39 @@ pub struct RunArgs {
     /// device per arm (arms beyond the device count share). The shared steps run on the first.
     #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
     pub devices: Vec<String>,
+    /// Only these repeats (from 1), e.g. 3,4 or 1-5: processes that run different repeats of
+    /// one session run side by side (each repeat has its own files and lock).
+    #[arg(long, value_name = "N,...")]
+    pub repeats: Option<String>,
     #[command(flatten)]
     pub dirs: SessionsDir,
+}
+
+/// `3,4` or `1-5,8` (repeats from 1) → 0-based repeat indices.
+fn parse_repeats(list: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let number = |t: &str| -> Result<usize> {
+            match t.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(n - 1),
+                _ => bail!("--repeats {list}: '{t}' is not a repeat number (repeats count from 1)"),
+            }
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (number(a)?, number(b)?);
+                if a > b {
+                    bail!("--repeats {list}: the range {part} runs backwards");
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(number(part)?),
+        }
+    }
+    if out.is_empty() {
+        bail!("--repeats {list}: no repeat given");
+    }
+    Ok(out)
 }
 
 #[derive(Args)]
@@ -167,6 +198,7 @@ pub fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
         jsonl: false,
         device: ui.device,
         devices: Vec::new(),
+        repeats: None,
         dirs: SessionsDir { sessions_dir: None },
     })?;
     cmd_report(ReportArgs {
@@ -262,7 +294,14 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         .device
         .as_deref()
         .or(a.devices.first().map(String::as_str));
-    let mut runner = Runner::open(s, loading_bar(), &paths::dataset_cache_root(), device)?;
+    let repeats = a.repeats.as_deref().map(parse_repeats).transpose()?;
+    let mut runner = Runner::open_repeats(
+        s,
+        repeats.as_deref(),
+        loading_bar(),
+        &paths::dataset_cache_root(),
+        device,
+    )?;
     if a.devices.len() > 1 {
         let devices = a
             .devices
@@ -309,8 +348,20 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
             "state": state,
             "steps_done": s.state.done,
             "steps_total": plan.len(),
-            "next_step": plan.get(s.state.done).map(|st| st.describe()),
+            "next_step": s.next_step().map(|(st, _)| st.describe()),
             "partial_epochs": s.state.partial_epochs,
+            "repeats": (0..s.config.experiment.repeats)
+                .map(|r| {
+                    let p = s.state.progress_of(r);
+                    serde_json::json!({
+                        "repeat": r + 1,
+                        "steps_done": p.done,
+                        "steps_total": s.steps_per_repeat(),
+                        "partial_epochs": p.partial_epochs,
+                        "pid": s.files().repeat_holder(r),
+                    })
+                })
+                .collect::<Vec<_>>(),
             "device": s.state.device,
             "results": s.state.results,
             "picks": s.state.picks,
@@ -340,12 +391,12 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         "progress  {}/{} steps{}",
         s.state.done,
         plan.len(),
-        plan.get(s.state.done)
-            .map(|st| format!(
+        s.next_step()
+            .map(|(st, epochs)| format!(
                 "; next: {}{}",
                 st.describe(),
-                if s.state.partial_epochs > 0 {
-                    format!(" (epoch {} done)", s.state.partial_epochs)
+                if epochs > 0 {
+                    format!(" (epoch {epochs} done)")
                 } else {
                     String::new()
                 }
@@ -354,6 +405,21 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
     );
     if let Some(d) = &s.state.device {
         println!("device    {d}");
+    }
+    let per = s.steps_per_repeat();
+    let files = s.files();
+    for r in 0..e.repeats {
+        let p = s.state.progress_of(r);
+        let how = if p.done >= per {
+            "finished".to_string()
+        } else if let Some(pid) = files.repeat_holder(r) {
+            format!("running, pid {pid}")
+        } else if p.done == 0 && p.partial_epochs == 0 {
+            "not started".to_string()
+        } else {
+            "paused".to_string()
+        };
+        println!("repeat {:<3}{}/{per} steps ({how})", r + 1, p.done);
     }
     if !s.state.results.is_empty() {
         println!(
@@ -385,7 +451,7 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
         bail!("session {} has no results yet; run it first", s.name());
     }
     let report =
-        session::report::Report::new(&s.config, &s.state).with_timings(&s.files().events());
+        session::report::Report::new(&s.config, &s.state).with_timings(&s.files().event_logs());
     let out = a.out.unwrap_or_else(|| dir.join("report"));
     let files = report.write(&s.config, &out)?;
     print!("{}", report.markdown());

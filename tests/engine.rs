@@ -94,8 +94,11 @@ fn patient_wise_from_scratch_runs_and_the_oracle_picks_the_worst() {
     .unwrap();
     let mut vs = VarStore::new(Device::Cpu);
     let net = UNet::new(&vs.root(), ds.channels() as i64, &s.config.unet.net());
-    vs.load(s.dir.join("checkpoints/r0-s0-init.safetensors"))
-        .unwrap();
+    let init = suggestive::session::plan::Step::Init {
+        repeat: 0,
+        stage: 0,
+    };
+    vs.load(s.files().checkpoint(&init)).unwrap();
     let rd = &s.state.repeats[0];
     let labelled: HashSet<usize> = rd.order[..2].iter().copied().collect();
     let candidates: Vec<usize> = (0..rd.train.len())
@@ -178,7 +181,8 @@ fn transfer_pretrains_on_the_source_and_tests_on_the_target() {
         // Phantom IDs: P001..P005 are CBICA (indices 0..5), P006..P010 TCIA (5..10).
         assert!(rd.source.iter().all(|&p| p < 5) && rd.source.len() == 5);
         assert!(rd.train.iter().chain(&rd.test).all(|&p| p >= 5));
-        assert!(s.dir.join("checkpoints/r0-pretrain.safetensors").exists());
+        let pretrain = suggestive::session::plan::Step::Pretrain { repeat: 0 };
+        assert!(s.files().checkpoint(&pretrain).exists());
     }
 }
 

@@ -70,12 +70,9 @@ fn arms_on_several_devices_give_the_same_session_as_one_device() {
             s.state.device
         );
         // Rounds leave no partial checkpoints behind.
-        let partial = std::fs::read_dir(dir.join("checkpoints"))
-            .unwrap()
-            .filter(|e| {
-                let n = e.as_ref().unwrap().file_name();
-                n.to_string_lossy().contains(".partial")
-            })
+        let partial = tree(&dir)
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(".partial"))
             .count();
         assert_eq!(partial, 0, "{name}");
     }

@@ -78,11 +78,18 @@ fn assert_ok(out: &std::process::Output) {
     );
 }
 
+/// The events of every log of the session.
 fn events(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+    suggestive::session::SessionFiles::new(dir)
+        .event_logs()
+        .iter()
+        .flat_map(|log| {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -118,8 +125,9 @@ fn epochs_of(ev: &[serde_json::Value], phase: &str) -> usize {
         .count()
 }
 
+/// The session's state, gathered from its repeats.
 fn state(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
+    serde_json::to_value(Session::open(dir).unwrap().state).unwrap()
 }
 
 #[test]
@@ -139,7 +147,7 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
         recorded > 0,
         "the kill did not land inside the VAE's training"
     );
-    let ckpts = broken.join("checkpoints");
+    let ckpts = repeat_dir(&broken, 1).join("checkpoints");
     let mut planted = 0;
     for e in std::fs::read_dir(&ckpts).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -173,7 +181,7 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
         .output()
         .unwrap();
     assert_ok(&out);
-    assert!(!broken.join("lock").exists());
+    assert!(no_lock_left(&broken));
 
     let (a, b) = (state(&whole), state(&broken));
     assert_eq!(a["done"], b["done"]);
@@ -183,7 +191,7 @@ fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
     assert_close(&a["picks"], &b["picks"], 1e-12, "picks after resume");
     assert_close(&a["results"], &b["results"], 1e-12, "metrics after resume");
     assert_eq!(b["partial_epochs"], 0);
-    let partial: Vec<_> = std::fs::read_dir(broken.join("checkpoints"))
+    let partial: Vec<_> = std::fs::read_dir(repeat_dir(&broken, 1).join("checkpoints"))
         .unwrap()
         .flatten()
         .filter(|e| {
@@ -204,7 +212,9 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
     let dir = env.session("locked");
     // A live process holds the lock: this test, through the same advisory lock runs take.
     let me = std::process::id();
-    let held = std::fs::File::create(dir.join("lock")).unwrap();
+    let lock = repeat_dir(&dir, 1).join("lock");
+    std::fs::create_dir_all(repeat_dir(&dir, 1)).unwrap();
+    let held = std::fs::File::create(&lock).unwrap();
     held.try_lock().unwrap();
     writeln!(&held, "{me}").unwrap();
     assert_eq!(
@@ -228,7 +238,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::fs::write(dir.join("lock"), format!("{}\n", older.id())).unwrap();
+    std::fs::write(&lock, format!("{}\n", older.id())).unwrap();
     assert_eq!(
         suggestive::session::SessionFiles::new(&dir).live_holder(),
         Some(older.id())
@@ -241,7 +251,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
     assert!(err.contains(&format!("pid {}", older.id())), "{err}");
     // The file names a live pid that is not a suggestive run (this test: what a reused pid
     // looks like), and nobody holds the lock, as after a killed run. The run proceeds.
-    std::fs::write(dir.join("lock"), format!("{me}\n")).unwrap();
+    std::fs::write(&lock, format!("{me}\n")).unwrap();
     assert_eq!(
         suggestive::session::SessionFiles::new(&dir).live_holder(),
         None
@@ -249,7 +259,7 @@ fn a_second_writer_is_refused_and_a_stale_lock_is_taken_over() {
     let out = env.cmd(&["run", "locked"]).output().unwrap();
     assert_ok(&out);
     assert_eq!(state(&dir)["done"], 16);
-    assert!(!dir.join("lock").exists(), "the lock outlives the run");
+    assert!(no_lock_left(&dir), "the lock outlives the run");
 }
 
 #[test]
@@ -340,7 +350,7 @@ fn damaged_foreign_and_moved_sessions_are_refused_without_damage() {
     let dir = env.session("future");
     let text = std::fs::read_to_string(dir.join("state.json"))
         .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 99");
+        .replace("\"format_version\": 2", "\"format_version\": 99");
     std::fs::write(dir.join("state.json"), text).unwrap();
     assert_refused(&env, &dir, "version 99 is not supported");
 
@@ -426,21 +436,22 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     env.run_ok(&dir);
     std::fs::write(&toml_path, &original).unwrap();
 
-    // state.json with indices that point nowhere: refused by name, nothing panics.
-    let good = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    // A repeat's state.json with indices that point nowhere: refused by name, nothing panics.
+    let repeat_state = repeat_dir(&dir, 1).join("state.json");
+    let good = std::fs::read_to_string(&repeat_state).unwrap();
     let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
     state["picks"][0]["picks"][0]["sample"] = 9999.into();
-    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
     assert_run_and_export_refused(&env, &dir, "pick 9999");
     let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
     state["done"] = 999.into();
-    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
     assert_run_and_export_refused(&env, &dir, "999 steps done");
     let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
-    state["repeats"][0]["test"][0] = 77.into();
-    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    state["data"]["test"][0] = 77.into();
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
     assert_run_and_export_refused(&env, &dir, "patient 77, of a data set of 8");
-    std::fs::write(dir.join("state.json"), &good).unwrap();
+    std::fs::write(&repeat_state, &good).unwrap();
 
     // A latents file of the wrong shape is an error that names it, not an index panic.
     let session = Session::open(&dir).unwrap();
@@ -459,7 +470,7 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
         tch::Tensor::write_safetensors(&[("z", &bad)], &latents).unwrap();
         let e = pool.sample_latents(&latents).unwrap_err();
         assert!(
-            format!("{e:#}").contains("r0.safetensors: latents of"),
+            format!("{e:#}").contains("latents.safetensors: latents of"),
             "{e:#}"
         );
     }
@@ -842,4 +853,133 @@ fn mixed_precision_is_refused_on_the_cpu_with_the_setting_named() {
     assert_eq!(state(&dir)["done"], 0);
     // Nothing written but the (released) lock's absence.
     assert_eq!(snapshot(&dir), before);
+}
+
+/// A tiny session of two repeats.
+fn two_repeats(env: &Env, name: &str) -> PathBuf {
+    let cfg = tiny_session_config(&env.data, &["experiment.repeats=2"]);
+    let dir = env.root.join("sessions").join(name);
+    Session::create(&dir, cfg).unwrap();
+    dir
+}
+
+fn assert_same_results(a: &Path, b: &Path) {
+    let (a, b) = (state(a), state(b));
+    assert_eq!(a["done"], b["done"]);
+    assert_eq!(a["repeats"], b["repeats"], "splits differ");
+    assert_close(&a["picks"], &b["picks"], 1e-12, "picks");
+    assert_close(&a["results"], &b["results"], 1e-12, "metrics");
+}
+
+#[test]
+fn two_processes_run_two_repeats_side_by_side_as_one_runs_both() {
+    let env = Env::new();
+    let whole = two_repeats(&env, "whole");
+    env.run_ok(&whole);
+
+    let split = two_repeats(&env, "split");
+    let start = |repeats: &str| {
+        env.cmd(&["run", split.to_str().unwrap(), "--repeats", repeats])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start("1"), start("2"));
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert_ok(&out);
+    }
+    assert_same_results(&whole, &split);
+    // Each wrote its own repeat's files only, and let go of its lock.
+    for r in [1, 2] {
+        assert!(repeat_dir(&split, r).join("state.json").is_file());
+        assert!(repeat_dir(&split, r).join("events.jsonl").is_file());
+    }
+    assert!(no_lock_left(&split));
+    let out = env.cmd(&["status", "split"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("(finished)") && text.contains("repeat 2"),
+        "{text}"
+    );
+    // A repeat that is running is refused to a second process, by name.
+    let busy = two_repeats(&env, "busy");
+    std::fs::create_dir_all(repeat_dir(&busy, 2)).unwrap();
+    let held = std::fs::File::create(repeat_dir(&busy, 2).join("lock")).unwrap();
+    held.try_lock().unwrap();
+    let out = env
+        .cmd(&["run", busy.to_str().unwrap(), "--repeats", "1-2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("repeat 2") && err.contains("another process"),
+        "{err}"
+    );
+    let out = env
+        .cmd(&["run", busy.to_str().unwrap(), "--repeats", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no repeat 3"), "{err}");
+}
+
+/// Rewrites a session whose progress is all in repeat 1 as the earlier format kept it: one
+/// state.json (its `done` counted over the whole plan), events.jsonl, checkpoints/ and
+/// latents/ in the session folder.
+fn to_format_1(dir: &Path) {
+    let mut state = state(dir);
+    state["format_version"] = 1.into();
+    let unit = repeat_dir(dir, 1);
+    std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+    std::fs::create_dir_all(dir.join("latents")).unwrap();
+    for e in std::fs::read_dir(unit.join("checkpoints"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::rename(e.path(), dir.join("checkpoints").join(e.file_name())).unwrap();
+    }
+    let latents = unit.join("latents.safetensors");
+    if latents.exists() {
+        std::fs::rename(&latents, dir.join("latents/r0.safetensors")).unwrap();
+    }
+    std::fs::rename(unit.join("events.jsonl"), dir.join("events.jsonl")).unwrap();
+    std::fs::remove_dir_all(dir.join("repeats")).unwrap();
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+}
+
+#[test]
+fn a_session_of_the_earlier_format_is_read_then_converted_and_resumes_exactly() {
+    let env = Env::new();
+    let whole = two_repeats(&env, "whole");
+    env.run_ok(&whole);
+
+    let old = two_repeats(&env, "old");
+    // Killed inside repeat 1's training, so a step is half done (partial epochs) too.
+    kill_when(&env, &old, |e| epochs_of(e, "training") >= 3);
+    let before = state(&old);
+    assert!(before["partial_epochs"].as_u64().unwrap() > 0, "{before}");
+    to_format_1(&old);
+
+    // Read as it is: status and the session's state.
+    let s = Session::open(&old).unwrap();
+    assert_eq!(s.layout, suggestive::session::Layout::Flat);
+    assert_eq!(s.state.done, before["done"].as_u64().unwrap() as usize);
+    let out = env.cmd(&["status", "old"]).output().unwrap();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(epoch "));
+
+    // A run converts it and goes on to the end, as if nothing had happened.
+    env.run_ok(&old);
+    let top: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(old.join("state.json")).unwrap()).unwrap();
+    assert_eq!(top["format_version"], 2);
+    assert!(!old.join("checkpoints").exists() && !old.join("latents").exists());
+    assert!(repeat_dir(&old, 2).join("state.json").is_file());
+    assert_same_results(&whole, &old);
+    // The earlier log is kept and still counts in the report's time breakdown.
+    assert!(old.join("events.jsonl").is_file());
+    let out = env.cmd(&["report", "old"]).output().unwrap();
+    assert_ok(&out);
 }

@@ -114,10 +114,9 @@ fn tui_steps_a_round_in_a_real_terminal_and_restores_it() {
         s.contains("TTY: icanon echo"),
         "the terminal is not back in its cooked mode:\n{s}"
     );
-    assert!(!dir.join("lock").exists(), "the session is still locked");
-    let st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
-    assert_eq!(st["results"].as_array().unwrap().len(), 6);
+    assert!(no_lock_left(&dir), "the session is still locked");
+    let st = suggestive::session::Session::open(&dir).unwrap().state;
+    assert_eq!(st.results.len(), 6);
 }
 
 #[test]
@@ -234,7 +233,7 @@ fn tui_survives_a_worker_panic_and_quits_cleanly() {
     let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
     assert!(s.contains("EXIT:0"), "{s}");
     assert!(!s.contains("Work in progress"), "{s}");
-    assert!(!dir.join("lock").exists(), "the session is still locked");
+    assert!(no_lock_left(&dir), "the session is still locked");
     let log = std::fs::read_to_string(root.join("sessions/tui-stderr.log")).unwrap();
     assert!(
         log.contains("thread 'session'") && log.contains("SUGGESTIVE_TEST_PANIC=session"),
@@ -284,7 +283,7 @@ fn tui_whose_session_cannot_open_idles_and_n_reopens_it() {
     tmux(&["send-keys", "-t", &name, "q"]);
     let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
     assert!(s.contains("EXIT:0"), "{s}");
-    assert!(!dir.join("lock").exists(), "the session is still locked");
+    assert!(no_lock_left(&dir), "the session is still locked");
 }
 
 #[test]
@@ -306,7 +305,7 @@ fn tui_q_in_a_dashboard_opened_from_the_browser_goes_back_to_it() {
         s.contains("enter open · c create") || s.contains("EXIT:")
     });
     assert!(!s.contains("EXIT:") && s.contains("Sessions"), "{s}");
-    assert!(!dir.join("lock").exists(), "the session is still locked");
+    assert!(no_lock_left(&dir), "the session is still locked");
     // q in the browser quits.
     tmux(&["send-keys", "-t", &name, "q"]);
     let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));

@@ -3,15 +3,24 @@
 //! ask it for paths. Writes are atomic (`write_atomic`): a crash leaves the old file or the
 //! new one, never a mix.
 //!
+//! Each repeat is a unit of its own (format 2): its progress, checkpoints, events and lock live
+//! in its folder, so processes that run different repeats never write the same file.
+//!
 //! ```text
-//! session.toml     the settings (written by `new`, edited by people until the first run)
-//! state.json       machine-written progress (see state.rs)
-//! events.jsonl     one event per line (see events.rs)
-//! lock             held by the process running the session (see store.rs)
-//! checkpoints/     KEY.safetensors per finished training step; KEY.partial-eN / KEY.adam-eN
-//!                  after epoch N of the step in progress
-//! latents/         rR.safetensors: the pool's encoder means of repeat R
+//! session.toml               the settings (written by `new`, edited by people until the first run)
+//! state.json                 the format version
+//! repeats/NN/                repeat NN (from 01):
+//!   state.json               its progress, split, picks and results (see state.rs)
+//!   events.jsonl             one event per line (see events.rs)
+//!   lock                     held by the process running the repeat (see store.rs)
+//!   checkpoints/             KEY.safetensors per finished training step; KEY.partial-eN /
+//!                            KEY.adam-eN after epoch N of the step in progress
+//!   latents.safetensors      the pool's encoder means
 //! ```
+//!
+//! Format 1 (`Layout::Flat`) kept one state.json, events.jsonl, lock, checkpoints/ and
+//! latents/rR.safetensors for all repeats in the session folder; such sessions are read as they
+//! are and converted when a run opens them (`session::convert`).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -27,17 +36,40 @@ const EVENTS: &str = "events.jsonl";
 const LOCK: &str = "lock";
 const CHECKPOINTS: &str = "checkpoints";
 const LATENTS: &str = "latents";
+const REPEATS: &str = "repeats";
 const WEIGHTS: &str = ".safetensors";
+
+/// Where a session keeps its repeats' files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Format 2: a folder per repeat.
+    PerRepeat,
+    /// Format 1: all repeats' files together in the session folder.
+    Flat,
+}
 
 /// The files of the session in `dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionFiles {
     dir: PathBuf,
+    layout: Layout,
 }
 
 impl SessionFiles {
+    /// The files of a session of the current format.
     pub fn new(dir: impl Into<PathBuf>) -> SessionFiles {
-        SessionFiles { dir: dir.into() }
+        SessionFiles::with_layout(dir, Layout::PerRepeat)
+    }
+
+    pub fn with_layout(dir: impl Into<PathBuf>, layout: Layout) -> SessionFiles {
+        SessionFiles {
+            dir: dir.into(),
+            layout,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     pub fn dir(&self) -> &Path {
@@ -53,43 +85,124 @@ impl SessionFiles {
         self.dir.join(CONFIG)
     }
 
+    /// The session's own state file (format 2: the version; format 1: everything).
     pub fn state(&self) -> PathBuf {
         self.dir.join(STATE)
     }
 
-    pub fn events(&self) -> PathBuf {
-        self.dir.join(EVENTS)
+    /// The folder of `repeat`'s files (format 2).
+    fn repeat_dir(&self, repeat: usize) -> PathBuf {
+        self.dir.join(REPEATS).join(format!("{:02}", repeat + 1))
     }
 
-    /// The folders a new session starts with.
-    pub fn create_folders(&self) -> Result<()> {
-        for d in [CHECKPOINTS, LATENTS] {
-            let path = self.dir.join(d);
-            fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
+    /// Where a repeat's files go: its folder, or (format 1) the session folder.
+    fn unit(&self, repeat: usize) -> PathBuf {
+        match self.layout {
+            Layout::PerRepeat => self.repeat_dir(repeat),
+            Layout::Flat => self.dir.clone(),
         }
-        Ok(())
     }
 
-    /// Takes the session's writer lock (see `Lock`).
-    pub fn lock(&self) -> Result<Lock> {
+    /// The state file of `repeat` (format 1: the session's, shared by all repeats).
+    pub fn repeat_state(&self, repeat: usize) -> PathBuf {
+        self.unit(repeat).join(STATE)
+    }
+
+    /// The event log of `repeat` (format 1: the session's).
+    pub fn repeat_events(&self, repeat: usize) -> PathBuf {
+        self.unit(repeat).join(EVENTS)
+    }
+
+    /// Every event log of the session, each to be read on its own: the session folder's (all
+    /// of a format-1 session's history) and each repeat's, in repeat order.
+    pub fn event_logs(&self) -> Vec<PathBuf> {
+        let mut logs = vec![self.dir.join(EVENTS)];
+        logs.extend(self.repeat_dirs().into_iter().map(|d| d.join(EVENTS)));
+        logs.retain(|p| p.is_file());
+        logs
+    }
+
+    /// The repeat folders that exist, in order.
+    fn repeat_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(self.dir.join(REPEATS))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        dirs.retain(|d| d.is_dir());
+        dirs.sort();
+        dirs
+    }
+
+    /// Takes `repeat`'s writer lock (format 1: the session's), making its folders first.
+    pub fn lock_repeat(&self, repeat: usize) -> Result<Lock> {
+        let unit = self.unit(repeat);
+        let checkpoints = unit.join(CHECKPOINTS);
+        fs::create_dir_all(&checkpoints)
+            .with_context(|| format!("cannot create {}", checkpoints.display()))?;
+        if let Some(d) = self.latents(repeat).parent() {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        Lock::acquire(&unit, &unit.join(LOCK))
+    }
+
+    /// Takes the session folder's own lock: what format-1 runs held (a conversion holds it).
+    pub fn session_lock(&self) -> Result<Lock> {
         Lock::acquire(&self.dir, &self.dir.join(LOCK))
     }
 
-    /// The pid of a live process that holds the session's lock, if any.
+    /// The pid of a live process that holds the session's lock or any repeat's, if any.
     pub fn live_holder(&self) -> Option<u32> {
-        super::store::live_holder(&self.dir.join(LOCK))
+        std::iter::once(self.dir.clone())
+            .chain(self.repeat_dirs())
+            .find_map(|d| super::store::live_holder(&d.join(LOCK)))
     }
 
-    pub fn event_log(&self) -> Result<EventLog> {
-        EventLog::open(&self.events())
+    /// The pid of a live process running `repeat`, if any.
+    pub fn repeat_holder(&self, repeat: usize) -> Option<u32> {
+        super::store::live_holder(&self.unit(repeat).join(LOCK))
+    }
+
+    /// Opens `repeat`'s event log for appending.
+    pub fn event_log(&self, repeat: usize) -> Result<EventLog> {
+        EventLog::open(&self.repeat_events(repeat))
+    }
+
+    /// A format-1 session's files of `repeat`, each with where format 2 keeps it.
+    pub fn flat_files_of(&self, repeat: usize) -> Vec<(PathBuf, PathBuf)> {
+        let flat = SessionFiles::with_layout(&self.dir, Layout::Flat);
+        let ours = SessionFiles::new(&self.dir);
+        let mut out = vec![(flat.latents(repeat), ours.latents(repeat))];
+        let prefix = format!("r{repeat}-");
+        if let Ok(rd) = fs::read_dir(self.dir.join(CHECKPOINTS)) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with(&prefix) {
+                    let to = ours.repeat_dir(repeat).join(CHECKPOINTS).join(&name);
+                    out.push((e.path(), to));
+                }
+            }
+        }
+        out.retain(|(from, _)| from.exists());
+        out
+    }
+
+    /// What a conversion from format 1 removes once it is complete.
+    pub fn flat_folders(&self) -> [PathBuf; 2] {
+        [self.dir.join(CHECKPOINTS), self.dir.join(LATENTS)]
+    }
+
+    /// The folder that holds every repeat's folder.
+    pub fn repeats_root(&self) -> PathBuf {
+        self.dir.join(REPEATS)
     }
 
     /// The final weights of a training step.
     pub fn checkpoint(&self, step: &Step) -> PathBuf {
-        self.dir
-            .join(CHECKPOINTS)
+        self.checkpoints_of(step)
             .join(format!("{}{WEIGHTS}", step.key()))
+    }
+
+    fn checkpoints_of(&self, step: &Step) -> PathBuf {
+        self.unit(step.repeat()).join(CHECKPOINTS)
     }
 
     /// The weights and optimiser moments of a training step after `epochs` epochs. The epoch is
@@ -98,8 +211,7 @@ impl SessionFiles {
     /// epoch resumes from the recorded epoch's files, exactly.
     pub fn partial(&self, step: &Step, epochs: usize) -> (PathBuf, PathBuf) {
         let name = |what: &str| {
-            self.dir
-                .join(CHECKPOINTS)
+            self.checkpoints_of(step)
                 .join(format!("{}.{what}-e{epochs}{WEIGHTS}", step.key()))
         };
         (name("partial"), name("adam"))
@@ -109,8 +221,7 @@ impl SessionFiles {
     /// have (`KEY.partial`, `KEY.adam`), when it exists.
     pub fn legacy_partial(&self, step: &Step) -> Option<(PathBuf, PathBuf)> {
         let name = |what: &str| {
-            self.dir
-                .join(CHECKPOINTS)
+            self.checkpoints_of(step)
                 .join(format!("{}.{what}{WEIGHTS}", step.key()))
         };
         name("partial")
@@ -122,7 +233,7 @@ impl SessionFiles {
     pub fn remove_partials(&self, step: &Step) {
         let key = step.key();
         let prefixes = [format!("{key}.partial"), format!("{key}.adam")];
-        let Ok(entries) = fs::read_dir(self.dir.join(CHECKPOINTS)) else {
+        let Ok(entries) = fs::read_dir(self.checkpoints_of(step)) else {
             return;
         };
         for e in entries.flatten() {
@@ -139,7 +250,10 @@ impl SessionFiles {
 
     /// The pool's latents of `repeat`.
     pub fn latents(&self, repeat: usize) -> PathBuf {
-        self.dir.join(LATENTS).join(format!("r{repeat}{WEIGHTS}"))
+        match self.layout {
+            Layout::PerRepeat => self.repeat_dir(repeat).join(format!("{LATENTS}{WEIGHTS}")),
+            Layout::Flat => self.dir.join(LATENTS).join(format!("r{repeat}{WEIGHTS}")),
+        }
     }
 }
 
@@ -218,12 +332,19 @@ mod tests {
         let f = SessionFiles::new("/s");
         let step = Step::Vae { repeat: 2 };
         let (w, a) = f.partial(&step, 3);
-        assert_eq!(w, Path::new("/s/checkpoints/r2-vae.partial-e3.safetensors"));
-        assert_eq!(a, Path::new("/s/checkpoints/r2-vae.adam-e3.safetensors"));
+        let at = |p: &str| Path::new("/s/repeats/03").join(p);
+        assert_eq!(w, at("checkpoints/r2-vae.partial-e3.safetensors"));
+        assert_eq!(a, at("checkpoints/r2-vae.adam-e3.safetensors"));
+        assert_eq!(f.checkpoint(&step), at("checkpoints/r2-vae.safetensors"));
+        assert_eq!(f.latents(2), at("latents.safetensors"));
+        assert_eq!(f.repeat_state(2), at("state.json"));
+        // Format 1: all in the session folder.
+        let flat = SessionFiles::with_layout("/s", Layout::Flat);
         assert_eq!(
-            f.checkpoint(&step),
+            flat.checkpoint(&step),
             Path::new("/s/checkpoints/r2-vae.safetensors")
         );
-        assert_eq!(f.latents(2), Path::new("/s/latents/r2.safetensors"));
+        assert_eq!(flat.latents(2), Path::new("/s/latents/r2.safetensors"));
+        assert_eq!(flat.repeat_state(2), Path::new("/s/state.json"));
     }
 }

@@ -3,6 +3,7 @@
 //! describes sessions; `run` executes them.
 
 pub mod config;
+pub mod convert;
 pub mod events;
 pub mod export;
 pub mod files;
@@ -20,8 +21,8 @@ use serde::Serialize;
 
 use crate::data::{Dataset, LoadOptions, LoadProgress};
 use config::SessionConfig;
-pub use files::SessionFiles;
-use state::{SessionState, STATE_FORMAT_VERSION};
+pub use files::{Layout, SessionFiles};
+use state::{RepeatProgress, RepeatState, SessionState, FLAT_FORMAT_VERSION, STATE_FORMAT_VERSION};
 
 /// Presets shipped in the top-level `sessions/` folder, embedded so an installed binary has them.
 pub const PRESETS: [(&str, &str); 5] = [
@@ -88,7 +89,10 @@ pub fn resolve(arg: &str, sessions_dir: &Path) -> PathBuf {
 pub struct Session {
     pub dir: PathBuf,
     pub config: SessionConfig,
+    /// Gathered from every repeat's state (format 2) or the one file (format 1).
     pub state: SessionState,
+    /// Format 2 (`PerRepeat`) or a format-1 session not yet converted (`Flat`).
+    pub layout: Layout,
 }
 
 /// Where a session stands.
@@ -161,6 +165,31 @@ impl NewSession<'_> {
     }
 }
 
+/// The session's own state file: the format version (format 2).
+pub(crate) fn write_format_version(files: &SessionFiles) -> Result<()> {
+    let v = serde_json::json!({ "format_version": STATE_FORMAT_VERSION });
+    files::write_atomic(&files.state(), &serde_json::to_vec_pretty(&v)?)
+}
+
+/// A repeat's state file, when the repeat has one yet.
+fn read_repeat_state(path: &Path) -> Result<Option<RepeatState>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let rs: RepeatState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: damaged; nothing was changed", path.display()))?;
+    if rs.format_version != STATE_FORMAT_VERSION {
+        bail!(
+            "{}: state format version {} is not supported (this suggestive reads {STATE_FORMAT_VERSION}); nothing was changed",
+            path.display(),
+            rs.format_version
+        );
+    }
+    Ok(Some(rs))
+}
+
 impl Session {
     /// Creates a new session folder; an existing one is never overwritten.
     pub fn create(dir: &Path, config: SessionConfig) -> Result<Session> {
@@ -185,12 +214,14 @@ impl Session {
             dir: tmp.clone(),
             config,
             state: SessionState::default(),
+            layout: Layout::PerRepeat,
         };
         let build = || -> Result<()> {
+            std::fs::create_dir_all(&tmp)
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
             let files = session.files();
-            files.create_folders()?;
             files::write_atomic(&files.config(), session.config.to_toml().as_bytes())?;
-            session.save_state()?;
+            write_format_version(&files)?;
             std::fs::rename(&tmp, dir).with_context(|| format!("cannot create {}", dir.display()))
         };
         if let Err(e) = build() {
@@ -225,16 +256,36 @@ impl Session {
             })?
             .get("format_version")
             .and_then(|v| v.as_u64());
-        if version != Some(STATE_FORMAT_VERSION as u64) {
-            let version = version.map_or("missing".to_string(), |v| v.to_string());
-            bail!("{}: state format version {version} is not supported (this suggestive reads {STATE_FORMAT_VERSION}); nothing was changed", state_path.display());
-        }
-        let state: SessionState = serde_json::from_str(&text)
-            .with_context(|| format!("{}: damaged; nothing was changed", state_path.display()))?;
+        let steps_per_repeat = plan::plan(&config).len() / config.experiment.repeats.max(1);
+        let (state, layout) = match version {
+            Some(v) if v == FLAT_FORMAT_VERSION as u64 => {
+                let mut state: SessionState = serde_json::from_str(&text).with_context(|| {
+                    format!("{}: damaged; nothing was changed", state_path.display())
+                })?;
+                state.split_flat_progress(config.experiment.repeats, steps_per_repeat);
+                (state, Layout::Flat)
+            }
+            Some(v) if v == STATE_FORMAT_VERSION as u64 => {
+                let mut state = SessionState::default();
+                for r in 0..config.experiment.repeats {
+                    let path = files.repeat_state(r);
+                    match read_repeat_state(&path)? {
+                        Some(rs) => state.add_repeat(r, rs),
+                        None => state.set_progress(r, RepeatProgress::default()),
+                    }
+                }
+                (state, Layout::PerRepeat)
+            }
+            other => {
+                let version = other.map_or("missing".to_string(), |v| v.to_string());
+                bail!("{}: state format version {version} is not supported (this suggestive reads {FLAT_FORMAT_VERSION} and {STATE_FORMAT_VERSION}); nothing was changed", state_path.display());
+            }
+        };
         Ok(Session {
             dir: dir.to_path_buf(),
             config,
             state,
+            layout,
         })
     }
 
@@ -247,13 +298,36 @@ impl Session {
 
     /// The session folder's files.
     pub fn files(&self) -> SessionFiles {
-        SessionFiles::new(&self.dir)
+        SessionFiles::with_layout(&self.dir, self.layout)
     }
 
-    pub fn save_state(&self) -> Result<()> {
+    /// Steps of the plan per repeat (the plan runs one repeat after another).
+    pub fn steps_per_repeat(&self) -> usize {
+        plan::plan(&self.config).len() / self.config.experiment.repeats.max(1)
+    }
+
+    /// The next step to run (of the first repeat not finished), with the epochs it has done.
+    pub fn next_step(&self) -> Option<(plan::Step, usize)> {
+        let per = self.steps_per_repeat();
+        let steps = plan::plan(&self.config);
+        (0..self.config.experiment.repeats).find_map(|r| {
+            let p = self.state.progress_of(r);
+            (p.done < per).then(|| (steps[r * per + p.done], p.partial_epochs))
+        })
+    }
+
+    /// Writes `repeat`'s state file: its part of `state` (format 2; a format-1 session is
+    /// converted before anything is run).
+    pub fn save_repeat(&self, repeat: usize) -> Result<()> {
+        if self.layout != Layout::PerRepeat {
+            bail!(
+                "{}: a session of format {FLAT_FORMAT_VERSION} is converted before it runs",
+                self.dir.display()
+            );
+        }
         files::write_atomic(
-            &self.files().state(),
-            &serde_json::to_vec_pretty(&self.state)?,
+            &self.files().repeat_state(repeat),
+            &serde_json::to_vec_pretty(&self.state.repeat_state(repeat))?,
         )
     }
 
@@ -324,30 +398,29 @@ impl Session {
                 );
             }
         }
-        let steps = plan::plan(&self.config);
-        let damaged = |what: String| {
+        // Names the state file that holds the repeat (format 1: the session's one file).
+        let files = self.files();
+        let damaged = |repeat: usize, what: String| {
             anyhow::anyhow!(
                 "{}: does not fit the session ({what}); nothing was changed",
-                self.files().state().display()
+                files.repeat_state(repeat).display()
             )
         };
-        if st.done > steps.len() {
-            return Err(damaged(format!(
-                "{} steps done, but the session has {}",
-                st.done,
-                steps.len()
-            )));
-        }
-        let repeats_needed = steps[..st.done]
-            .iter()
-            .map(|s| s.repeat() + 1)
-            .max()
-            .unwrap_or(0);
-        if st.repeats.len() < repeats_needed {
-            return Err(damaged(format!(
-                "the steps done need {repeats_needed} repeat splits, it holds {}",
-                st.repeats.len()
-            )));
+        let per = self.steps_per_repeat();
+        for r in 0..self.config.experiment.repeats {
+            let done = st.progress_of(r).done;
+            if done > per {
+                return Err(damaged(
+                    r,
+                    format!("{done} steps done, but a repeat has {per}"),
+                ));
+            }
+            if done > 0 && st.repeats.get(r).is_none_or(|d| d.train.is_empty()) {
+                return Err(damaged(
+                    r,
+                    format!("{done} steps done, but no split recorded"),
+                ));
+            }
         }
         let patients = ds.patients().len();
         // Samples in each repeat's pool (patients, or their slices), for the index checks below.
@@ -363,25 +436,28 @@ impl Session {
                 .flatten()
                 .find(|&&p| p >= patients)
             {
-                return Err(damaged(format!(
-                    "repeat {}: patient {p}, of a data set of {patients}",
-                    r + 1
-                )));
+                return Err(damaged(
+                    r,
+                    format!("repeat {}: patient {p}, of a data set of {patients}", r + 1),
+                ));
             }
             let pool = pool_len[r];
             if let Some(&o) = rd.order.iter().find(|&&o| o >= pool) {
-                return Err(damaged(format!(
-                    "repeat {}: sample {o} in the random order, of a pool of {pool}",
-                    r + 1
-                )));
+                return Err(damaged(
+                    r,
+                    format!(
+                        "repeat {}: sample {o} in the random order, of a pool of {pool}",
+                        r + 1
+                    ),
+                ));
             }
         }
         for rec in &st.picks {
             let pool = *pool_len.get(rec.repeat).ok_or_else(|| {
-                damaged(format!(
-                    "picks of repeat {}, which has no split",
-                    rec.repeat + 1
-                ))
+                damaged(
+                    rec.repeat,
+                    format!("picks of repeat {}, which has no split", rec.repeat + 1),
+                )
             })?;
             let outside = |i: usize| i >= pool;
             if let Some(p) = rec
@@ -389,21 +465,24 @@ impl Session {
                 .iter()
                 .find(|p| outside(p.sample) || p.source.is_some_and(outside))
             {
-                return Err(damaged(format!(
-                    "{} pick {} (source {}) in round {} of repeat {}, of a pool of {pool}",
-                    rec.arm,
-                    p.sample,
-                    p.source.map_or("none".to_string(), |s| s.to_string()),
-                    rec.round,
-                    rec.repeat + 1
-                )));
+                return Err(damaged(
+                    rec.repeat,
+                    format!(
+                        "{} pick {} (source {}) in round {} of repeat {}, of a pool of {pool}",
+                        rec.arm,
+                        p.sample,
+                        p.source.map_or("none".to_string(), |s| s.to_string()),
+                        rec.round,
+                        rec.repeat + 1
+                    ),
+                ));
             }
         }
         if let Some(r) = st.results.iter().find(|r| r.repeat >= st.repeats.len()) {
-            return Err(damaged(format!(
-                "a result of repeat {}, which has no split",
-                r.repeat + 1
-            )));
+            return Err(damaged(
+                r.repeat,
+                format!("a result of repeat {}, which has no split", r.repeat + 1),
+            ));
         }
         Ok(())
     }

@@ -243,14 +243,22 @@ impl Report {
     /// time: lanes run at once). A step cut by a stop counts until the stop. Logs written
     /// before `step_done` existed: a step lasts until the next step starts, and its evaluation
     /// is what follows its last epoch.
-    pub fn with_timings(mut self, events: &Path) -> Report {
-        let events = LoggedEvent::read_all(events);
+    pub fn with_timings(mut self, logs: &[PathBuf]) -> Report {
+        for log in logs {
+            self.add_log(&LoggedEvent::read_all(log));
+        }
+        self
+    }
+
+    /// The time breakdown of one event log (see `with_timings`): each log on its own, as the
+    /// repeats that wrote them ran apart.
+    fn add_log(&mut self, events: &[LoggedEvent]) {
         let by_index = events
             .iter()
             .any(|e| matches!(e.event, Event::StepDone { .. }));
         // Steps in progress, by index (one at a time in logs without step_done).
         let mut open: BTreeMap<usize, OpenStep> = BTreeMap::new();
-        for logged in &events {
+        for logged in events {
             let t = logged.time;
             match &logged.event {
                 Event::Started { data_load_s, .. } => self.add_time(IO_DATA, *data_load_s),
@@ -318,7 +326,6 @@ impl Report {
                 );
             }
         }
-        self
     }
 
     fn add_time(&mut self, label: &str, seconds: f64) {
@@ -618,7 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, log).unwrap();
-        Report::default().with_timings(&path).timings
+        Report::default().with_timings(&[path]).timings
     }
 
     fn close(t: &BTreeMap<String, f64>, label: &str, want: f64) {

@@ -1,11 +1,24 @@
-//! `state.json`: what a session has done so far, machine-written after every step and epoch.
+//! What a session has done so far: each repeat's `state.json` (`RepeatState`, machine-written
+//! after every step and epoch of that repeat), and the session's state gathered from all of
+//! them (`SessionState`; sessions of format 1 kept all of it in one file).
 
 use serde::{Deserialize, Serialize};
 
 use super::config::Arm;
 use crate::engine::select::Pick;
 
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// Format 2: one state file per repeat (`repeats/NN/state.json`); the session's own
+/// `state.json` holds only the version. Format 1: everything in the session's `state.json`.
+pub const STATE_FORMAT_VERSION: u32 = 2;
+pub const FLAT_FORMAT_VERSION: u32 = 1;
+
+/// How far one repeat is: steps of its part of the plan done, and epochs of its step in
+/// progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatProgress {
+    pub done: usize,
+    pub partial_epochs: usize,
+}
 
 /// Identifies the data a session was started on, so a changed data set is noticed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +104,9 @@ pub struct SessionState {
     /// (resuming indexes the plan by `done`), so later edits are refused by name.
     #[serde(default)]
     pub config: Option<super::config::SessionConfig>,
+    /// Per repeat (not in files: format 2 keeps it in each repeat's file, format 1 as `done`).
+    #[serde(skip)]
+    pub progress: Vec<RepeatProgress>,
 }
 
 impl Default for SessionState {
@@ -105,6 +121,115 @@ impl Default for SessionState {
             results: Vec::new(),
             config: None,
             device: None,
+            progress: Vec::new(),
         }
     }
+}
+
+impl SessionState {
+    /// Records how far `repeat` is, and the totals over all repeats.
+    pub fn set_progress(&mut self, repeat: usize, progress: RepeatProgress) {
+        if self.progress.len() <= repeat {
+            self.progress.resize(repeat + 1, RepeatProgress::default());
+        }
+        self.progress[repeat] = progress;
+        self.done = self.progress.iter().map(|p| p.done).sum();
+        self.partial_epochs = self.progress.iter().map(|p| p.partial_epochs).sum();
+    }
+
+    pub fn progress_of(&self, repeat: usize) -> RepeatProgress {
+        self.progress.get(repeat).copied().unwrap_or_default()
+    }
+
+    /// A format-1 state's progress by repeat: its global step count cut into repeats of
+    /// `steps_per_repeat` steps (the plan runs one repeat after another), the epochs with the
+    /// repeat of the step in progress.
+    pub fn split_flat_progress(&mut self, repeats: usize, steps_per_repeat: usize) {
+        let (done, partial) = (self.done, self.partial_epochs);
+        for r in 0..repeats {
+            let start = r * steps_per_repeat;
+            let done_r = done.saturating_sub(start).min(steps_per_repeat);
+            let in_progress = done >= start && done < start + steps_per_repeat;
+            let partial_epochs = if in_progress { partial } else { 0 };
+            self.set_progress(
+                r,
+                RepeatProgress {
+                    done: done_r,
+                    partial_epochs,
+                },
+            );
+        }
+    }
+
+    /// The part of the state that belongs to `repeat`.
+    pub fn repeat_state(&self, repeat: usize) -> RepeatState {
+        let progress = self.progress_of(repeat);
+        RepeatState {
+            format_version: STATE_FORMAT_VERSION,
+            dataset: self.dataset.clone(),
+            config: self.config.clone(),
+            done: progress.done,
+            partial_epochs: progress.partial_epochs,
+            data: self.repeats.get(repeat).cloned(),
+            picks: self
+                .picks
+                .iter()
+                .filter(|p| p.repeat == repeat)
+                .cloned()
+                .collect(),
+            results: self
+                .results
+                .iter()
+                .filter(|r| r.repeat == repeat)
+                .cloned()
+                .collect(),
+            device: self.device.clone(),
+        }
+    }
+
+    /// Adds a repeat's state (read from its file) to the session's.
+    pub fn add_repeat(&mut self, repeat: usize, rs: RepeatState) {
+        if self.dataset.is_none() {
+            self.dataset = rs.dataset;
+        }
+        if self.config.is_none() {
+            self.config = rs.config;
+        }
+        if rs.device.is_some() {
+            self.device = rs.device;
+        }
+        if let Some(data) = rs.data {
+            if self.repeats.len() <= repeat {
+                self.repeats.resize(repeat + 1, RepeatData::default());
+            }
+            self.repeats[repeat] = data;
+        }
+        self.picks.extend(rs.picks);
+        self.results.extend(rs.results);
+        self.set_progress(
+            repeat,
+            RepeatProgress {
+                done: rs.done,
+                partial_epochs: rs.partial_epochs,
+            },
+        );
+    }
+}
+
+/// One repeat's `state.json` (format 2): written only by the process that runs the repeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatState {
+    pub format_version: u32,
+    /// The data set and settings the session started with (as in `SessionState`).
+    pub dataset: Option<DatasetStamp>,
+    #[serde(default)]
+    pub config: Option<super::config::SessionConfig>,
+    /// Steps of this repeat done, and epochs of its step in progress.
+    pub done: usize,
+    pub partial_epochs: usize,
+    /// The split, once the repeat's first step ran.
+    pub data: Option<RepeatData>,
+    pub picks: Vec<PickRecord>,
+    pub results: Vec<ResultRow>,
+    pub device: Option<String>,
 }

@@ -180,3 +180,15 @@ pub fn tiny_live_session(root: &Path) -> std::path::PathBuf {
     Session::create(&dir, cfg).unwrap();
     dir
 }
+
+/// A repeat's folder in a session folder (repeats count from 1).
+pub fn repeat_dir(session: &Path, repeat: usize) -> PathBuf {
+    session.join("repeats").join(format!("{repeat:02}"))
+}
+
+/// No lock file is left anywhere in a session folder (its own, or any repeat's).
+pub fn no_lock_left(session: &Path) -> bool {
+    !tree(session)
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n == "lock"))
+}

@@ -16,6 +16,7 @@ use anyhow::{anyhow, Result};
 use tch::Device;
 
 use super::{Control, Event, Feed, Runner, Step, StepContext};
+use crate::session::state::RepeatProgress;
 
 impl Runner {
     /// Runs the arms of each round concurrently on `devices` (more than one). Checks each.
@@ -49,7 +50,8 @@ impl Runner {
     /// the same repeat, stage and round), when it has more than one arm left to run. A step
     /// that stopped mid-way (partial epochs) first finishes on its own.
     pub(super) fn parallel_round(&self, index: usize) -> Option<usize> {
-        if self.lanes.is_empty() || self.session.state.partial_epochs > 0 {
+        let repeat = self.plan[index].repeat();
+        if self.lanes.is_empty() || self.session.state.progress_of(repeat).partial_epochs > 0 {
             return None;
         }
         let round_of = |s: &Step| match *s {
@@ -91,13 +93,22 @@ impl Runner {
     }
 
     /// A copy of this runner on `device` that leaves state.json alone.
-    fn lane(&self, device: Device, feed: Option<Feed>) -> Result<Runner> {
+    fn lane(&self, device: Device, feed: Option<Feed>, repeat: usize) -> Result<Runner> {
         let mut session = self.session.clone();
-        session.state.partial_epochs = 0;
+        let done = session.state.progress_of(repeat).done;
+        session.state.set_progress(
+            repeat,
+            RepeatProgress {
+                done,
+                partial_epochs: 0,
+            },
+        );
         Ok(Runner {
             session,
             files: self.files.clone(),
-            _lock: Arc::clone(&self._lock),
+            _locks: Arc::clone(&self._locks),
+            repeats: self.repeats.clone(),
+            steps_per_repeat: self.steps_per_repeat,
             ds: Arc::clone(&self.ds),
             device,
             feed: feed.unwrap_or_else(|| Feed::auto(&self.ds, device)),
@@ -105,7 +116,7 @@ impl Runner {
             lane_feeds: Vec::new(),
             persist: false,
             data_load_s: 0.0,
-            log: self.files.event_log()?,
+            log: self.files.event_log(repeat)?,
             plan: self.plan.clone(),
         })
     }
@@ -141,7 +152,11 @@ impl Runner {
                 .map(|i| (i, self.plan[i]))
                 .collect();
             if !steps.is_empty() {
-                lanes.push((j, steps, self.lane(device, feeds[j].take())?));
+                lanes.push((
+                    j,
+                    steps,
+                    self.lane(device, feeds[j].take(), self.plan[start].repeat())?,
+                ));
             }
         }
         let spawned = lanes.len();
@@ -163,7 +178,15 @@ impl Runner {
                                 sink: &mut forward,
                             };
                             match lane.run_step(step, &mut cx) {
-                                Ok(true) => lane.session.state.partial_epochs = 0,
+                                Ok(true) => {
+                                    let r = step.repeat();
+                                    let done = lane.session.state.progress_of(r).done;
+                                    let progress = RepeatProgress {
+                                        done,
+                                        partial_epochs: 0,
+                                    };
+                                    lane.session.state.set_progress(r, progress);
+                                }
                                 other => {
                                     outcome = other;
                                     break;
@@ -225,9 +248,9 @@ impl Runner {
         results.sort_by_key(|r| position(r.arm));
         self.session.state.picks.extend(picks);
         self.session.state.results.extend(results);
-        self.session.state.done = end;
-        self.session.state.partial_epochs = 0;
-        self.save_state()?;
+        let repeat = self.plan[start].repeat();
+        self.set_progress(repeat, end - repeat * self.steps_per_repeat, 0);
+        self.save_repeat(repeat)?;
         for step in &self.plan[start..end] {
             self.files.remove_partials(step);
         }

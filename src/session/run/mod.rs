@@ -17,9 +17,9 @@ use tch::Device;
 
 use super::config::{Arm, Precision, SessionConfig};
 use super::events::{Event, Phase};
-use super::files::SessionFiles;
+use super::files::{Layout, SessionFiles};
 use super::plan::{plan, Step};
-use super::state::{DatasetStamp, PickRecord};
+use super::state::{DatasetStamp, PickRecord, RepeatProgress};
 use super::store::{EventLog, Lock};
 use super::Session;
 use crate::data::Dataset;
@@ -49,7 +49,11 @@ pub enum Outcome {
 pub struct Runner {
     session: Session,
     files: SessionFiles,
-    _lock: Arc<Lock>,
+    /// The locks of the repeats this run may write.
+    _locks: Arc<Vec<Lock>>,
+    /// The repeats this run runs (0-based, in order), and the steps of each in the plan.
+    repeats: Vec<usize>,
+    steps_per_repeat: usize,
     ds: Arc<Dataset>,
     device: Device,
     /// How batches reach the device (the pool on a GPU when it fits).
@@ -63,6 +67,7 @@ pub struct Runner {
     persist: bool,
     /// Seconds spent opening the data set and placing the pool on the device (reported once).
     data_load_s: f64,
+    /// The event log of the repeat being run.
     log: EventLog,
     plan: Vec<Step>,
 }
@@ -87,8 +92,50 @@ impl Runner {
         cache_root: &Path,
         device: Option<&str>,
     ) -> Result<Runner> {
+        Runner::open_repeats(session, None, progress, cache_root, device)
+    }
+
+    /// As `open`, for some repeats only (0-based; `None`: all). Takes the lock of each of them
+    /// that is not finished, so processes that run different repeats of one session run side
+    /// by side. A session of format 1 is converted to format 2 first.
+    pub fn open_repeats(
+        mut session: Session,
+        repeats: Option<&[usize]>,
+        progress: Option<crate::data::LoadProgress>,
+        cache_root: &Path,
+        device: Option<&str>,
+    ) -> Result<Runner> {
+        let count = session.config.experiment.repeats;
+        let repeats: Vec<usize> = match repeats {
+            Some(list) => {
+                if let Some(&r) = list.iter().find(|&&r| r >= count) {
+                    bail!(
+                        "session {} has {count} repeats; there is no repeat {}",
+                        session.dir.display(),
+                        r + 1
+                    );
+                }
+                let mut list = list.to_vec();
+                list.sort_unstable();
+                list.dedup();
+                list
+            }
+            None => (0..count).collect(),
+        };
+        if session.layout == Layout::Flat {
+            super::convert::to_per_repeat(&mut session)?;
+        }
         let files = session.files();
-        let lock = files.lock()?;
+        let steps_per_repeat = session.steps_per_repeat();
+        let mut locks = Vec::new();
+        for &r in &repeats {
+            if session.state.progress_of(r).done < steps_per_repeat {
+                let lock = files
+                    .lock_repeat(r)
+                    .with_context(|| format!("repeat {}", r + 1))?;
+                locks.push(lock);
+            }
+        }
         let load_started = std::time::Instant::now();
         let ds = session.load_dataset(progress, cache_root)?;
         let stamp = DatasetStamp {
@@ -119,7 +166,15 @@ impl Runner {
                 device::describe(device)
             );
         }
-        let log = files.event_log()?;
+        // The log of the first repeat this run writes (a finished one's only when none is
+        // left: then nothing but the start and the end is logged).
+        let first = repeats
+            .iter()
+            .copied()
+            .find(|&r| session.state.progress_of(r).done < steps_per_repeat)
+            .or(repeats.first().copied())
+            .unwrap_or(0);
+        let log = files.event_log(first)?;
         let plan = plan(&session.config);
         if let Device::Cuda(_) = device {
             // Shapes are fixed within a session: let cuDNN time its algorithms once.
@@ -131,7 +186,9 @@ impl Runner {
         let mut r = Runner {
             session,
             files,
-            _lock: Arc::new(lock),
+            _locks: Arc::new(locks),
+            repeats,
+            steps_per_repeat,
             ds: Arc::new(ds),
             device,
             feed,
@@ -182,11 +239,22 @@ impl Runner {
         emit_to(&mut self.log, sink, ev);
     }
 
-    fn save_state(&self) -> Result<()> {
-        self.session.save_state()
+    /// Writes `repeat`'s state file (a lane writes nothing: lanes.rs).
+    fn save_repeat(&self, repeat: usize) -> Result<()> {
+        self.session.save_repeat(repeat)
     }
 
-    /// Runs (or resumes) until the plan is done or `control.stop` is set.
+    /// Records how far `repeat` is.
+    fn set_progress(&mut self, repeat: usize, done: usize, partial_epochs: usize) {
+        let p = RepeatProgress {
+            done,
+            partial_epochs,
+        };
+        self.session.state.set_progress(repeat, p);
+    }
+
+    /// Runs (or resumes) this run's repeats, one after another, until they are done or
+    /// `control.stop` is set.
     pub fn run(&mut self, control: &Control, sink: &mut dyn FnMut(&Event)) -> Result<Outcome> {
         let total = self.plan.len();
         let started = Event::Started {
@@ -197,41 +265,11 @@ impl Runner {
             data_load_s: self.data_load_s,
         };
         self.emit(started, sink);
-        while self.session.state.done < total {
-            if control.stop.load(Ordering::Relaxed) {
-                let done = self.session.state.done;
-                self.emit(
-                    Event::Stopped {
-                        steps_done: done,
-                        steps_total: total,
-                    },
-                    sink,
-                );
-                return Ok(Outcome::Stopped);
+        for repeat in self.repeats.clone() {
+            if self.session.state.progress_of(repeat).done < self.steps_per_repeat {
+                self.log = self.files.event_log(repeat)?;
             }
-            let index = self.session.state.done;
-            // A round of several arms on several devices (lanes.rs records it when it ends),
-            // or the next step on its own.
-            let result = match self.parallel_round(index) {
-                Some(end) => self.run_round_in_lanes(index, end, control, sink),
-                None => {
-                    let step = self.plan[index];
-                    let mut cx = StepContext {
-                        index,
-                        control,
-                        sink: &mut *sink,
-                    };
-                    let r = self.run_step(step, &mut cx);
-                    if let Ok(true) = r {
-                        self.session.state.done += 1;
-                        self.session.state.partial_epochs = 0;
-                        self.save_state()?;
-                        self.files.remove_partials(&step);
-                    }
-                    r
-                }
-            };
-            match result {
+            match self.run_repeat(repeat, control, sink) {
                 Ok(true) => {}
                 Ok(false) => {
                     let done = self.session.state.done;
@@ -257,6 +295,49 @@ impl Runner {
         }
         self.emit(Event::Finished { steps_total: total }, sink);
         Ok(Outcome::Finished)
+    }
+
+    /// Runs the rest of one repeat's steps; Ok(false) when stopped first.
+    fn run_repeat(
+        &mut self,
+        repeat: usize,
+        control: &Control,
+        sink: &mut dyn FnMut(&Event),
+    ) -> Result<bool> {
+        let first = repeat * self.steps_per_repeat;
+        loop {
+            let done = self.session.state.progress_of(repeat).done;
+            if done >= self.steps_per_repeat {
+                return Ok(true);
+            }
+            if control.stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let index = first + done;
+            // A round of several arms on several devices (lanes.rs records it when it ends),
+            // or the next step on its own.
+            let finished = match self.parallel_round(index) {
+                Some(end) => self.run_round_in_lanes(index, end, control, sink)?,
+                None => {
+                    let step = self.plan[index];
+                    let mut cx = StepContext {
+                        index,
+                        control,
+                        sink: &mut *sink,
+                    };
+                    let finished = self.run_step(step, &mut cx)?;
+                    if finished {
+                        self.set_progress(repeat, done + 1, 0);
+                        self.save_repeat(repeat)?;
+                        self.files.remove_partials(&step);
+                    }
+                    finished
+                }
+            };
+            if !finished {
+                return Ok(false);
+            }
+        }
     }
 
     /// Returns Ok(false) when stopped before the step finished.

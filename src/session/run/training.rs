@@ -18,6 +18,7 @@ use crate::session::config::{Precision, Scenario};
 use crate::session::events::{Event, Phase};
 use crate::session::files::{write_atomic_with, SessionFiles};
 use crate::session::plan::{previous_model, seed_for, Step};
+use crate::session::state::RepeatProgress;
 use crate::session::store::EventLog;
 use crate::session::Session;
 
@@ -150,7 +151,7 @@ impl Runner {
         if mixed {
             opt.loss_scale = Some(LossScale::default());
         }
-        let start = self.session.state.partial_epochs;
+        let start = self.session.state.progress_of(step.repeat()).partial_epochs;
         if start > 0 {
             restore_partial(&self.files, &step, &mut vs, &mut opt, start)?;
         } else if let Some(from) = from {
@@ -253,9 +254,15 @@ impl EpochCheckpoint<'_> {
         let (partial, adam) = self.files.partial(&self.step, epoch + 1);
         save_var_store(self.vs, &partial)?;
         write_atomic_with(&adam, |tmp| opt.save(tmp))?;
-        self.session.state.partial_epochs = epoch + 1;
+        let repeat = self.step.repeat();
+        let done = self.session.state.progress_of(repeat).done;
+        let progress = RepeatProgress {
+            done,
+            partial_epochs: epoch + 1,
+        };
+        self.session.state.set_progress(repeat, progress);
         if self.persist {
-            self.session.save_state()?;
+            self.session.save_repeat(repeat)?;
         }
         let (old_partial, old_adam) = self.files.partial(&self.step, epoch);
         let _ = std::fs::remove_file(old_partial);

@@ -9,6 +9,7 @@
 //! - [`tui`]: the interactive terminal interface (session browser and live dashboard).
 //! - [`torch_info`]: what libtorch this binary runs on.
 //! - [`staged_dir`]: folders built beside their place and moved there whole.
+//! - [`stats`]: paired statistics for comparing strategies over repeats.
 
 /// `Display` for enums shown to users: the name they are written with in files (serde's).
 macro_rules! display_as_serde {
@@ -30,5 +31,6 @@ pub mod phantom;
 pub mod preview;
 pub mod session;
 pub mod staged_dir;
+pub mod stats;
 pub mod torch_info;
 pub mod tui;

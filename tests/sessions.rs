@@ -674,6 +674,31 @@ fn report_and_export_write_what_they_promise() {
     assert_eq!(json["summary"].as_array().unwrap().len(), 3 * 3);
     assert_eq!(json["paired"].as_array().unwrap().len(), 2);
     assert_eq!(json["paired"][0]["repeats"], 2);
+    // Paired statistics: proposed and oracle against random at both rounds, and the areas.
+    let comparisons = json["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 2 * 2, "{comparisons:?}");
+    for c in comparisons {
+        assert_eq!(c["versus"], "random");
+        assert_eq!(c["n"], 2);
+        let ci = c["ci95"].as_array().unwrap();
+        let (lo, hi, m) = (
+            ci[0].as_f64().unwrap(),
+            ci[1].as_f64().unwrap(),
+            c["mean_diff"].as_f64().unwrap(),
+        );
+        assert!(lo <= m && m <= hi, "{c}");
+        assert_eq!(
+            c["wins"].as_u64().unwrap()
+                + c["ties"].as_u64().unwrap()
+                + c["losses"].as_u64().unwrap(),
+            2
+        );
+    }
+    assert_eq!(json["aubc"].as_array().unwrap().len(), 3);
+    assert!(
+        table.contains("proposed − random") && table.contains("AUBC"),
+        "{table}"
+    );
     for k in [
         "vae",
         "latents",

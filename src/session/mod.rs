@@ -2,6 +2,7 @@
 //! reproduce and resume it (its layout: `files.rs`). This module creates, opens, checks and
 //! describes sessions; `run` executes them.
 
+pub mod compare;
 pub mod config;
 pub mod convert;
 pub mod events;

@@ -12,6 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use super::compare::{self, ArmAubc, Comparison};
 use super::config::{Arm, Granularity, Protocol, SessionConfig};
 use super::events::{Event, LoggedEvent, Phase};
 use super::files::{write_atomic, write_atomic_with};
@@ -139,6 +140,11 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub summary: Vec<SummaryRow>,
     pub paired: Vec<Paired>,
+    /// Every arm against `random` at every budget: mean paired difference, its 95 % interval,
+    /// the Wilcoxon signed-rank p-value, wins, ties and losses.
+    pub comparisons: Vec<Comparison>,
+    /// Per arm: the normalised area under its budget curve, and paired against `random`.
+    pub aubc: Vec<ArmAubc>,
 }
 
 impl Report {
@@ -224,9 +230,12 @@ impl Report {
             Granularity::Patient => "patients",
             Granularity::Image => "slices",
         };
+        let arms = &cfg.experiment.arms;
         Report {
             unit,
             selection: Vec::new(),
+            comparisons: compare::comparisons(&rows, arms, Arm::Random),
+            aubc: compare::aubc(&rows, arms, cfg.experiment.protocol, Arm::Random),
             rows,
             summary,
             paired,
@@ -432,10 +441,10 @@ impl Report {
         for a in &arms {
             let _ = write!(s, " {a} |");
         }
-        s += " proposed − random (wins) |\n|---|";
-        s += &"---|".repeat(arms.len() + 1);
+        s += "\n|---|";
+        s += &"---|".repeat(arms.len());
         s += "\n";
-        for (stage, round, n) in budgets {
+        for &(stage, round, n) in &budgets {
             let _ = write!(s, "| {n}{} |", if round == 0 { " (initial)" } else { "" });
             for a in &arms {
                 match self
@@ -449,20 +458,70 @@ impl Report {
                     None => s += " |",
                 }
             }
-            match self
-                .paired
-                .iter()
-                .find(|p| p.stage == stage && p.round == round)
-            {
-                Some(p) => {
-                    let _ = writeln!(
-                        s,
-                        " {:+.3} ± {:.3} ({}/{}) |",
-                        p.mean_diff, p.sd_diff, p.proposed_wins, p.repeats
-                    );
+            s += "\n";
+        }
+        s += &self.comparisons_markdown(&budgets);
+        s
+    }
+
+    /// Each arm against random, paired by repeat, at every budget and over the whole curve.
+    fn comparisons_markdown(&self, budgets: &[(usize, usize, usize)]) -> String {
+        let mut s = String::new();
+        let mut arms: Vec<Arm> = self.comparisons.iter().map(|c| c.arm).collect();
+        arms.dedup();
+        if arms.is_empty() {
+            return s;
+        }
+        let cell = |p: &crate::stats::Paired| {
+            let ci = p
+                .ci95
+                .map(|[lo, hi]| format!(" [{lo:+.3}, {hi:+.3}]"))
+                .unwrap_or_default();
+            let pv = p
+                .p_wilcoxon
+                .map(|v| format!(", p = {v:.3}"))
+                .unwrap_or_default();
+            format!(
+                "{:+.3}{ci}{pv} ({}/{}/{})",
+                p.mean_diff, p.wins, p.ties, p.losses
+            )
+        };
+        let _ = write!(
+            s,
+            "\npaired against random, over repeats: mean difference [95 % t interval], Wilcoxon \
+             signed-rank p (wins/ties/losses)\n\n| annotated {} |",
+            self.unit
+        );
+        for a in &arms {
+            let _ = write!(s, " {a} − random |");
+        }
+        s += "\n|---|";
+        s += &"---|".repeat(arms.len());
+        s += "\n";
+        for &(stage, round, n) in budgets.iter().filter(|b| b.1 > 0) {
+            let _ = write!(s, "| {n} |");
+            for a in &arms {
+                match self
+                    .comparisons
+                    .iter()
+                    .find(|c| c.arm == *a && c.stage == stage && c.round == round)
+                {
+                    Some(c) => {
+                        let _ = write!(s, " {} |", cell(&c.paired));
+                    }
+                    None => s += " |",
                 }
-                None => s += " |\n",
             }
+            s += "\n";
+        }
+        s += "\narea under the budget curve (normalised to [0, 1]):\n\n| arm | AUBC [95 %] | − random |\n|---|---|---|\n";
+        for a in &self.aubc {
+            let ci = a
+                .ci95
+                .map(|[lo, hi]| format!(" [{lo:.3}, {hi:.3}]"))
+                .unwrap_or_default();
+            let vs = a.paired.as_ref().map(cell).unwrap_or_default();
+            let _ = writeln!(s, "| {} | {:.3}{ci} | {vs} |", a.arm, a.mean);
         }
         s
     }

@@ -268,11 +268,7 @@ impl Progress {
                 }
             }
             Event::PicksMade { arm, round, picks, fallbacks, tumour_picks, .. } => {
-                let names: Vec<String> = picks.iter().map(|p| match p.slice {
-                    Some(s) => format!("{}#{s}", p.patient),
-                    None => p.patient.clone(),
-                }).collect();
-                say!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", names.join(", "), tumour_picks);
+                say!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", suggestive::session::events::picks_line(picks), tumour_picks);
             }
             Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
                 say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
@@ -453,7 +449,13 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     let report =
         session::report::Report::new(&s.config, &s.state).with_timings(&s.files().event_logs());
     let out = a.out.unwrap_or_else(|| dir.join("report"));
-    let files = report.write(&s.config, &out)?;
+    let about = format!(
+        "suggestive report: session {}, on {} ({})",
+        s.name(),
+        s.state.device.as_deref().unwrap_or("an unknown device"),
+        machine()
+    );
+    let files = report.write(&s.config, &out, &about)?;
     print!("{}", report.markdown());
     if !report.selection.is_empty() {
         print!("\n{}", report.selection_text());
@@ -465,6 +467,21 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
         println!("wrote {}", f.display());
     }
     Ok(())
+}
+
+/// This machine in a few words: its processor and cores.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} cores")
 }
 
 pub fn cmd_export(a: ExportArgs) -> Result<()> {

@@ -35,6 +35,26 @@ pub struct PickView {
     pub dice: Option<f64>,
 }
 
+/// Picks named on one line are at most this many; the rest are counted (a round at paper
+/// scale picks hundreds; they all are in `export` and `--jsonl`).
+const PICKS_NAMED: usize = 4;
+
+/// A round's picks as one short line: the first few as `ID` or `ID#slice`, then how many more.
+pub fn picks_line(picks: &[PickView]) -> String {
+    let mut names: Vec<String> = picks
+        .iter()
+        .take(PICKS_NAMED)
+        .map(|p| match p.slice {
+            Some(s) => format!("{}#{s}", p.patient),
+            None => p.patient.clone(),
+        })
+        .collect();
+    if picks.len() > PICKS_NAMED {
+        names.push(format!("… {} more", picks.len() - PICKS_NAMED));
+    }
+    names.join(", ")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -152,6 +172,24 @@ impl LoggedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_of_many_picks_is_one_short_line() {
+        let pick = |i: usize| PickView {
+            sample: i,
+            source: None,
+            patient: format!("P{i}"),
+            slice: Some(i),
+            distance: None,
+            angle_deg: None,
+            fallback: false,
+            dice: None,
+        };
+        let few: Vec<PickView> = (0..3).map(pick).collect();
+        assert_eq!(picks_line(&few), "P0#0, P1#1, P2#2");
+        let many: Vec<PickView> = (0..1250).map(pick).collect();
+        assert_eq!(picks_line(&many), "P0#0, P1#1, P2#2, P3#3, … 1246 more");
+    }
 
     #[test]
     fn logged_events_round_trip_with_time_and_version() {

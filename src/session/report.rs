@@ -527,8 +527,48 @@ impl Report {
     }
 
     /// Writes results.csv, results.json, dice_vs_budget.png and .svg into `out`.
-    pub fn write(&self, cfg: &SessionConfig, out: &Path) -> Result<Vec<PathBuf>> {
+    /// The whole report as Markdown, ready to paste: a heading with the session, its settings
+    /// and the machine (`about`), then every table.
+    pub fn document(&self, cfg: &SessionConfig, about: &str) -> String {
+        let e = &cfg.experiment;
+        let mut s = format!(
+            "# {about}\n\n{} / {} / {}, arms {}, {} repeats, seed {}; UNet depth {} base {}, \
+             {}+{} epochs; VAE latent {}, {} epochs; cone {}°, α {}\n\n",
+            e.scenario,
+            e.granularity,
+            e.protocol,
+            e.arms
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            e.repeats,
+            e.seed,
+            cfg.unet.depth,
+            cfg.unet.base,
+            cfg.unet.epochs_initial,
+            cfg.unet.epochs_per_round,
+            cfg.vae.latent,
+            cfg.vae.epochs,
+            cfg.selection.cone_degrees,
+            cfg.selection.alpha,
+        );
+        s += &self.markdown();
+        if !self.selection.is_empty() {
+            let _ = write!(s, "\n```text\n{}```\n", self.selection_text());
+        }
+        if !self.timings.is_empty() {
+            let _ = write!(s, "\n```text\n{}```\n", self.timings_text());
+        }
+        s
+    }
+
+    /// Writes results.csv, results.json, report.md (see `document`), dice_vs_budget.png and
+    /// .svg into `out`.
+    pub fn write(&self, cfg: &SessionConfig, out: &Path, about: &str) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let md = out.join("report.md");
+        write_atomic(&md, self.document(cfg, about).as_bytes())?;
         let csv = out.join("results.csv");
         write_atomic(&csv, self.csv().as_bytes())?;
         let json = out.join("results.json");
@@ -555,7 +595,7 @@ impl Report {
             )
             .with_context(|| format!("cannot draw {}", svg.display()))
         })?;
-        Ok(vec![csv, json, png, svg])
+        Ok(vec![csv, json, md, png, svg])
     }
 
     /// Per arm: (annotated, mean, sd) points in budget order. The budgets protocol plots each

@@ -303,13 +303,8 @@ impl Dashboard {
                 fallbacks,
                 tumour_picks,
             } => {
-                let names: Vec<String> = picks
-                    .iter()
-                    .map(|p| {
-                        p.patient.clone() + &p.slice.map(|s| format!("#{s}")).unwrap_or_default()
-                    })
-                    .collect();
-                self.log(false, format!("{arm} round {round}: {} ({tumour_picks} with tumour, {fallbacks} fallbacks)", names.join(", ")));
+                let names = crate::session::events::picks_line(&picks);
+                self.log(false, format!("{arm} round {round}: {names} ({tumour_picks} with tumour, {fallbacks} fallbacks)"));
                 let rec = PickRecord {
                     repeat,
                     stage,

@@ -371,18 +371,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         s.name(),
         holder.map(|p| format!(", pid {p}")).unwrap_or_default()
     );
-    println!(
-        "setting   {} / {} / {}, arms {}, {} repeat(s)",
-        e.scenario,
-        e.granularity,
-        e.protocol,
-        e.arms
-            .iter()
-            .map(|a| a.name())
-            .collect::<Vec<_>>()
-            .join(","),
-        e.repeats
-    );
+    println!("setting   {}", e.describe());
     println!(
         "progress  {}/{} steps{}",
         s.state.done,

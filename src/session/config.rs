@@ -119,6 +119,22 @@ impl std::fmt::Display for Arm {
     }
 }
 
+impl ExperimentConfig {
+    /// The design in a line: `scratch / patient / rounds, arms random, proposed, 2 repeats`.
+    pub fn describe(&self) -> String {
+        let arms: Vec<&str> = self.arms.iter().map(|a| a.name()).collect();
+        format!(
+            "{} / {} / {}, arms {}, {} repeat{}",
+            self.scenario,
+            self.granularity,
+            self.protocol,
+            arms.join(", "),
+            self.repeats,
+            if self.repeats == 1 { "" } else { "s" }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {

@@ -532,17 +532,9 @@ impl Report {
     pub fn document(&self, cfg: &SessionConfig, about: &str) -> String {
         let e = &cfg.experiment;
         let mut s = format!(
-            "# {about}\n\n{} / {} / {}, arms {}, {} repeats, seed {}; UNet depth {} base {}, \
-             {}+{} epochs; VAE latent {}, {} epochs; cone {}°, α {}\n\n",
-            e.scenario,
-            e.granularity,
-            e.protocol,
-            e.arms
-                .iter()
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join(", "),
-            e.repeats,
+            "# {about}\n\n{}, seed {}; UNet depth {} base {}, {}+{} epochs; VAE latent {}, {} \
+             epochs; cone {}°, α {}\n\n",
+            e.describe(),
             e.seed,
             cfg.unet.depth,
             cfg.unet.base,

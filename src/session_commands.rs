@@ -135,6 +135,9 @@ pub struct ReportArgs {
     /// Output folder (default: SESSION/report).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Compare every arm with this one too, paired by repeat (random always).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "ARM,...")]
+    pub versus: Vec<session::config::Arm>,
     #[command(flatten)]
     pub dirs: SessionsDir,
 }
@@ -204,6 +207,7 @@ pub fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
     cmd_report(ReportArgs {
         session: dir.display().to_string(),
         out: None,
+        versus: Vec::new(),
         dirs: SessionsDir { sessions_dir: None },
     })
 }
@@ -435,8 +439,9 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     if s.state.results.is_empty() {
         bail!("session {} has no results yet; run it first", s.name());
     }
-    let report =
-        session::report::Report::new(&s.config, &s.state).with_timings(&s.files().event_logs());
+    let report = session::report::Report::new(&s.config, &s.state)
+        .versus(&s.config, &a.versus)
+        .with_timings(&s.files().event_logs());
     let out = a.out.unwrap_or_else(|| dir.join("report"));
     let about = format!(
         "suggestive report: session {}, on {} ({})",

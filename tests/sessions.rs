@@ -699,6 +699,37 @@ fn report_and_export_write_what_they_promise() {
         table.contains("proposed − random") && table.contains("AUBC"),
         "{table}"
     );
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(
+        md.starts_with("# suggestive report: session rep, on CPU")
+            && md.contains("scratch / image / rounds")
+            && md.contains("| annotated slices | random | proposed | oracle |")
+            && md.contains("where the time went"),
+        "{md}"
+    );
+    // --versus adds every arm against another.
+    let out = env
+        .cmd(&[
+            "report",
+            "rep",
+            "--out",
+            rep.to_str().unwrap(),
+            "--versus",
+            "oracle",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("proposed − oracle"));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("results.json")).unwrap()).unwrap();
+    let versus_oracle = again["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["versus"] == "oracle")
+        .count();
+    assert_eq!(versus_oracle, 2 * 2, "random and proposed at two rounds");
     for k in [
         "vae",
         "latents",

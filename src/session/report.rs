@@ -243,6 +243,15 @@ impl Report {
         }
     }
 
+    /// Adds the comparisons of every arm with each of `arms` (besides random, always there).
+    pub fn versus(mut self, cfg: &SessionConfig, arms: &[Arm]) -> Report {
+        for &v in arms.iter().filter(|&&v| v != Arm::Random) {
+            let more = compare::comparisons(&self.rows, &cfg.experiment.arms, v);
+            self.comparisons.extend(more);
+        }
+        self
+    }
+
     /// Adds the time breakdown from a session's event log, steps grouped by what they do (VAE,
     /// latents, pre-training, the shared initial UNet, and per arm: selection, training,
     /// evaluation). Each `step_done` gives its step's seconds and the part spent evaluating;
@@ -467,9 +476,14 @@ impl Report {
     /// Each arm against random, paired by repeat, at every budget and over the whole curve.
     fn comparisons_markdown(&self, budgets: &[(usize, usize, usize)]) -> String {
         let mut s = String::new();
-        let mut arms: Vec<Arm> = self.comparisons.iter().map(|c| c.arm).collect();
-        arms.dedup();
-        if arms.is_empty() {
+        // One column per (arm, versus), in the order they were made.
+        let mut columns: Vec<(Arm, Arm)> = Vec::new();
+        for c in &self.comparisons {
+            if !columns.contains(&(c.arm, c.versus)) {
+                columns.push((c.arm, c.versus));
+            }
+        }
+        if columns.is_empty() {
             return s;
         }
         let cell = |p: &crate::stats::Paired| {
@@ -488,23 +502,23 @@ impl Report {
         };
         let _ = write!(
             s,
-            "\npaired against random, over repeats: mean difference [95 % t interval], Wilcoxon \
-             signed-rank p (wins/ties/losses)\n\n| annotated {} |",
+            "\npaired by repeat: mean difference [95 % t interval], Wilcoxon signed-rank p \
+             (wins/ties/losses)\n\n| annotated {} |",
             self.unit
         );
-        for a in &arms {
-            let _ = write!(s, " {a} − random |");
+        for (a, v) in &columns {
+            let _ = write!(s, " {a} − {v} |");
         }
         s += "\n|---|";
-        s += &"---|".repeat(arms.len());
+        s += &"---|".repeat(columns.len());
         s += "\n";
         for &(stage, round, n) in budgets.iter().filter(|b| b.1 > 0) {
             let _ = write!(s, "| {n} |");
-            for a in &arms {
+            for &(a, v) in &columns {
                 match self
                     .comparisons
                     .iter()
-                    .find(|c| c.arm == *a && c.stage == stage && c.round == round)
+                    .find(|c| (c.arm, c.versus) == (a, v) && c.stage == stage && c.round == round)
                 {
                     Some(c) => {
                         let _ = write!(s, " {} |", cell(&c.paired));

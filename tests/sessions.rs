@@ -55,14 +55,18 @@ impl Env {
 
     /// A session with enough epochs per step that a kill lands mid-training.
     fn session(&self, name: &str) -> PathBuf {
-        let cfg = tiny_session_config(
-            &self.data,
-            &[
-                "unet.epochs_initial=6",
-                "unet.epochs_per_round=4",
-                "vae.epochs=4",
-            ],
-        );
+        self.session_with(name, &[])
+    }
+
+    /// `session` with more settings.
+    fn session_with(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let mut sets = vec![
+            "unet.epochs_initial=6",
+            "unet.epochs_per_round=4",
+            "vae.epochs=4",
+        ];
+        sets.extend(extra);
+        let cfg = tiny_session_config(&self.data, &sets);
         let dir = self.root.join("sessions").join(name);
         Session::create(&dir, cfg).unwrap();
         dir
@@ -133,10 +137,12 @@ fn state(dir: &Path) -> serde_json::Value {
 #[test]
 fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
     let env = Env::new();
-    let whole = env.session("whole");
+    // Every arm: each resumes exactly.
+    let arms = "experiment.arms=[\"random\", \"proposed\", \"oracle\", \"entropy\"]";
+    let whole = env.session_with("whole", &[arms]);
     env.run_ok(&whole);
 
-    let broken = env.session("broken");
+    let broken = env.session_with("broken", &[arms]);
     // Kill during the VAE, then during the shared initial UNet, then during an arm's round.
     kill_when(&env, &broken, |e| epochs_of(e, "vae") >= 2);
     // A kill can also fall after an epoch's checkpoint files are written and before state.json

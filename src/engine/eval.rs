@@ -109,6 +109,48 @@ pub fn patient_slice_overlaps(
         .collect()
 }
 
+/// Per slice: the summed binary entropy of the model's prediction over the brain (pixels that
+/// are non-zero in some channel), and the number of brain pixels. Blank slices (no brain)
+/// give (0, 0) without a network pass.
+pub fn slice_entropies(
+    net: &UNet,
+    ds: &Dataset,
+    slices: &[usize],
+    feed: &Feed,
+    batch: usize,
+) -> Vec<(f64, f64)> {
+    let _g = tch::no_grad_guard();
+    let mut out = vec![(0.0, 0.0); slices.len()];
+    let seen: Vec<usize> = (0..slices.len())
+        .filter(|&i| !ds.is_blank(slices[i]))
+        .collect();
+    let dims = [1i64, 2, 3];
+    for chunk in seen.chunks(batch.max(1)) {
+        let ids: Vec<usize> = chunk.iter().map(|&i| slices[i]).collect();
+        let x = feed.images(ds, &ids);
+        let brain = x
+            .abs()
+            .sum_dim_intlist(1, true, Kind::Float)
+            .gt(0.0)
+            .to_kind(Kind::Double);
+        let p = net
+            .forward_t(&x, false)
+            .to_kind(Kind::Double)
+            .sigmoid()
+            .clamp(1e-12, 1.0 - 1e-12);
+        let q: Tensor = 1.0 - &p;
+        let h = -(&p * p.log() + &q * q.log());
+        let sums = (h * &brain).sum_dim_intlist(dims.as_slice(), false, Kind::Double);
+        let counts = brain.sum_dim_intlist(dims.as_slice(), false, Kind::Double);
+        let pair = Tensor::stack(&[sums, counts], 1).to_device(Device::Cpu);
+        let v: Vec<f64> = Vec::try_from(pair.reshape([-1])).unwrap_or_default();
+        for (j, &i) in chunk.iter().enumerate() {
+            out[i] = (v[2 * j], v[2 * j + 1]);
+        }
+    }
+    out
+}
+
 /// 3D Dice of each patient (index into `ds.patients()`).
 pub fn patient_dice(
     net: &UNet,

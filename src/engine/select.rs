@@ -80,6 +80,19 @@ pub fn pick_oracle(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
         .collect()
 }
 
+/// The `k` samples with the highest score (uncertainty), ties by index.
+pub fn pick_highest(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
+    let mut s = scores.to_vec();
+    s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.into_iter()
+        .take(k)
+        .map(|(i, v)| Pick {
+            score: Some(v),
+            ..Pick::plain(i)
+        })
+        .collect()
+}
+
 /// Result of one cone search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConePick {

@@ -101,6 +101,9 @@ pub enum Arm {
     Random,
     Proposed,
     Oracle,
+    /// Uncertainty sampling: the samples on which the current model's prediction has the
+    /// highest mean binary entropy over the brain.
+    Entropy,
 }
 
 impl Arm {
@@ -109,6 +112,7 @@ impl Arm {
             Arm::Random => "random",
             Arm::Proposed => "proposed",
             Arm::Oracle => "oracle",
+            Arm::Entropy => "entropy",
         }
     }
 }

@@ -646,6 +646,7 @@ pub fn arm_colour(arm: Arm) -> RGBColor {
         Arm::Random => RGBColor(230, 159, 0),
         Arm::Proposed => RGBColor(0, 114, 178),
         Arm::Oracle => RGBColor(0, 158, 115),
+        Arm::Entropy => RGBColor(213, 94, 0),
     }
 }
 

@@ -35,6 +35,8 @@ struct ThemeFile {
     random: String,
     proposed: String,
     oracle: String,
+    /// Optional, for themes written before the arm existed.
+    entropy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,7 @@ pub struct Theme {
     pub random: Color,
     pub proposed: Color,
     pub oracle: Color,
+    pub entropy: Color,
 }
 
 impl Theme {
@@ -60,6 +63,7 @@ impl Theme {
             Arm::Random => self.random,
             Arm::Proposed => self.proposed,
             Arm::Oracle => self.oracle,
+            Arm::Entropy => self.entropy,
         }
     }
 
@@ -82,6 +86,8 @@ impl Theme {
             random: c("random", &f.random)?,
             proposed: c("proposed", &f.proposed)?,
             oracle: c("oracle", &f.oracle)?,
+            // Okabe–Ito vermillion where a theme names none.
+            entropy: c("entropy", f.entropy.as_deref().unwrap_or("#d55e00"))?,
         })
     }
 
@@ -193,8 +199,11 @@ mod tests {
             for tc in [true, false] {
                 let t = Theme::parse(text, name, tc).unwrap();
                 assert_eq!(t.name, name);
-                assert_ne!(t.random, t.proposed);
-                assert_ne!(t.proposed, t.oracle);
+                // Every arm its own colour, in 256 colours too.
+                let arms = [t.random, t.proposed, t.oracle, t.entropy];
+                for (i, a) in arms.iter().enumerate() {
+                    assert!(!arms[i + 1..].contains(a), "{name} ({tc}): {arms:?}");
+                }
             }
         }
     }

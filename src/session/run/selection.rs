@@ -13,8 +13,8 @@ use super::{Runner, EVAL_BATCH};
 use crate::engine::eval;
 use crate::engine::nets::UNet;
 use crate::engine::select::{
-    encode_slices, gradient_directions, pick_oracle, pick_proposed, pick_random, DirectionNets,
-    GradientStep, Pick, Source, StepSettings,
+    encode_slices, gradient_directions, pick_highest, pick_oracle, pick_proposed, pick_random,
+    DirectionNets, GradientStep, Pick, Source, StepSettings,
 };
 use crate::session::config::{Arm, Granularity};
 use crate::session::events::Event;
@@ -103,6 +103,32 @@ impl Runner {
                     unlabelled.iter().copied().zip(d).collect()
                 };
                 pick_oracle(&scores, k)
+            }
+            Arm::Entropy => {
+                let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
+                let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
+                // One pass over all unlabelled slices; a sample's entropy is its mean over the
+                // brain pixels of its slices (a patient's slices pooled).
+                let groups: Vec<Vec<usize>> = unlabelled
+                    .iter()
+                    .map(|&s| self.sample_slices(repeat, &[s]))
+                    .collect();
+                let slices: Vec<usize> = groups.concat();
+                let per_slice =
+                    eval::slice_entropies(&net, &self.ds, &slices, &self.feed, EVAL_BATCH);
+                let mut at = 0;
+                let scores: Vec<(usize, f64)> = unlabelled
+                    .iter()
+                    .zip(&groups)
+                    .map(|(&s, g)| {
+                        let (h, n) = per_slice[at..at + g.len()]
+                            .iter()
+                            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+                        at += g.len();
+                        (s, if n > 0.0 { h / n } else { 0.0 })
+                    })
+                    .collect();
+                pick_highest(&scores, k)
             }
             Arm::Proposed => {
                 let (_u, unet) = self.load_unet(&previous_model(repeat, stage, arm, round))?;

@@ -69,21 +69,22 @@ pub fn pick_random(unlabelled: &[usize], k: usize, rng: &mut ChaCha8Rng) -> Vec<
 
 /// The `k` samples with the lowest score (the current model's Dice), ties by index.
 pub fn pick_oracle(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
-    let mut s = scores.to_vec();
-    s.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    s.into_iter()
-        .take(k)
-        .map(|(i, d)| Pick {
-            score: Some(d),
-            ..Pick::plain(i)
-        })
-        .collect()
+    pick_ranked(scores, k, |a, b| a.total_cmp(b))
 }
 
 /// The `k` samples with the highest score (uncertainty), ties by index.
 pub fn pick_highest(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
+    pick_ranked(scores, k, |a, b| b.total_cmp(a))
+}
+
+/// The first `k` samples in `order` of their scores, ties by index; each pick keeps its score.
+fn pick_ranked(
+    scores: &[(usize, f64)],
+    k: usize,
+    order: impl Fn(&f64, &f64) -> std::cmp::Ordering,
+) -> Vec<Pick> {
     let mut s = scores.to_vec();
-    s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.sort_by(|a, b| order(&a.1, &b.1).then(a.0.cmp(&b.0)));
     s.into_iter()
         .take(k)
         .map(|(i, v)| Pick {
@@ -557,5 +558,12 @@ mod tests {
         let p = pick_oracle(&[(0, 0.9), (1, 0.1), (2, 0.5), (3, 0.1)], 3);
         let got: Vec<usize> = p.iter().map(|p| p.sample).collect();
         assert_eq!(got, [1, 3, 2]);
+    }
+
+    #[test]
+    fn entropy_takes_the_highest_scores() {
+        let p = pick_highest(&[(0, 0.2), (1, 0.6), (2, 0.1), (3, 0.6)], 3);
+        let got: Vec<(usize, Option<f64>)> = p.iter().map(|p| (p.sample, p.score)).collect();
+        assert_eq!(got, [(1, Some(0.6)), (3, Some(0.6)), (0, Some(0.2))]);
     }
 }

@@ -1,7 +1,7 @@
 //! `suggestive preview`: one axial slice of a volume as an image, with the tumour outline, printed
 //! inline by viuer (kitty / iTerm2 / sixel where the terminal has them, half-blocks otherwise).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
@@ -64,26 +64,14 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
             labels,
         });
     }
+    // A folder with case files was found above; any other folder holds nothing to preview.
     let (image_path, seg_path, id) = if target.is_dir() {
-        let id = target
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let find = |suffix: &str| -> Option<PathBuf> {
-            ["nii.gz", "nii"]
-                .iter()
-                .map(|ext| target.join(format!("{id}_{suffix}.{ext}")))
-                .find(|p| p.is_file())
-        };
-        let image = find(modality.suffix()).with_context(|| {
-            format!(
-                "{}: no {id}_{}.nii[.gz] in this folder",
-                target.display(),
-                modality.suffix()
-            )
-        })?;
-        (image, find("seg"), id)
+        bail!(
+            "{}: no case files (<ID>_{}.nii[.gz] or <ID>-{}.nii.gz) in this folder",
+            target.display(),
+            modality.suffix(),
+            modality.suffix_2023()
+        );
     } else if target.is_file() {
         let name = target
             .file_name()

@@ -30,8 +30,9 @@ use suggestive::engine::nets::{
     dice_loss, fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae,
     VaeConfig,
 };
+use suggestive::engine::cone::{pick_proposed, ConeFallback, ConeSettings, Source};
 use suggestive::engine::select::{
-    encode_slices, gradient_directions, pick_proposed, DirectionNets, Source, StepSettings,
+    encode_slices, gradient_directions, DirectionNets, StepSettings,
 };
 use suggestive::engine::train::{train_unet, Schedule};
 use suggestive::session::config::DirectionMethod;
@@ -171,7 +172,13 @@ fn main() -> anyhow::Result<()> {
         .map(|i| (i, row(i)))
         .collect();
     let t = Instant::now();
-    let picks = pick_proposed(&sources, &candidates, labelled.len(), CONE_DEGREES);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let cone = ConeSettings {
+        degrees: CONE_DEGREES,
+        fallback: ConeFallback::Nearest,
+        rng: &mut rng,
+    };
+    let picks = pick_proposed(&sources, &candidates, labelled.len(), cone);
     let cone_s = t.elapsed().as_secs_f64();
 
     let patients: Vec<usize> = (0..pool.len()).collect();

@@ -3,6 +3,8 @@
 
 pub mod adam;
 pub mod batch;
+pub mod cone;
+pub mod coreset;
 pub mod device;
 pub mod eval;
 pub mod host_memory;

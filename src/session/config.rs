@@ -104,6 +104,10 @@ pub enum Arm {
     /// Uncertainty sampling: the samples on which the current model's prediction has the
     /// highest mean binary entropy over the brain.
     Entropy,
+    /// Diversity: k-center greedy in the VAE's latent space, from the labelled set.
+    Coreset,
+    /// A reference, not a strategy: the UNet trained on the whole pool (once per repeat).
+    Full,
 }
 
 impl Arm {
@@ -113,7 +117,14 @@ impl Arm {
             Arm::Proposed => "proposed",
             Arm::Oracle => "oracle",
             Arm::Entropy => "entropy",
+            Arm::Coreset => "coreset",
+            Arm::Full => "full",
         }
+    }
+
+    /// Whether the arm picks samples round by round (every arm but the `full` reference).
+    pub fn is_strategy(self) -> bool {
+        self != Arm::Full
     }
 }
 
@@ -124,6 +135,16 @@ impl std::fmt::Display for Arm {
 }
 
 impl ExperimentConfig {
+    /// The arms that pick samples round by round, in the configured order.
+    pub fn strategies(&self) -> Vec<Arm> {
+        self.arms.iter().copied().filter(|a| a.is_strategy()).collect()
+    }
+
+    /// Whether the session trains the `full` reference.
+    pub fn has_full(&self) -> bool {
+        self.arms.contains(&Arm::Full)
+    }
+
     /// The design in a line: `scratch / patient / rounds, arms random, proposed, 2 repeats`.
     pub fn describe(&self) -> String {
         let arms: Vec<&str> = self.arms.iter().map(|a| a.name()).collect();
@@ -229,7 +250,12 @@ pub struct SelectionConfig {
     /// Half-angle of the search cone around `z' − z`, degrees.
     pub cone_degrees: f64,
     pub direction: DirectionMethod,
+    /// What `proposed` takes when a cone holds no candidate.
+    #[serde(default)]
+    pub fallback: ConeFallback,
 }
+
+pub use crate::engine::cone::ConeFallback;
 
 impl SessionConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<SessionConfig> {
@@ -295,8 +321,8 @@ impl SessionConfig {
 
     pub fn validate(&self) -> Result<()> {
         let e = &self.experiment;
-        if e.arms.is_empty() {
-            bail!("experiment.arms is empty");
+        if e.strategies().is_empty() {
+            bail!("experiment.arms names no strategy (full is a reference; add random, proposed, oracle, entropy or coreset)");
         }
         if e.repeats == 0 {
             bail!("experiment.repeats must be at least 1");

@@ -70,6 +70,24 @@ pub enum Step {
         arm: Arm,
         round: usize,
     },
+    /// The `full` reference: the UNet trained on the whole pool (see `full_epochs`), then
+    /// evaluated.
+    Full {
+        repeat: usize,
+    },
+}
+
+/// Epochs of the `full` reference: as many as the arms' final models have trained for in all
+/// (the initial epochs and every round's), from the same start (a seeded initialisation, or the
+/// pre-trained UNet in the transfer scenario). Each pool sample is seen that often, at least as
+/// often as any sample an arm labelled.
+pub fn full_epochs(cfg: &SessionConfig) -> usize {
+    let rounds = stages(cfg)
+        .iter()
+        .map(|s| s.rounds.len())
+        .max()
+        .unwrap_or(0);
+    cfg.unet.epochs_initial + rounds * cfg.unet.epochs_per_round
 }
 
 /// The model arm `arm` selects with in round `round` and continues training from: its previous
@@ -93,7 +111,8 @@ impl Step {
             Step::Split { repeat }
             | Step::Vae { repeat }
             | Step::Latents { repeat }
-            | Step::Pretrain { repeat } => repeat,
+            | Step::Pretrain { repeat }
+            | Step::Full { repeat } => repeat,
             Step::Init { repeat, .. }
             | Step::Select { repeat, .. }
             | Step::Train { repeat, .. } => repeat,
@@ -107,6 +126,7 @@ impl Step {
             Step::Vae { repeat } => format!("r{repeat}-vae"),
             Step::Latents { repeat } => format!("r{repeat}-latents"),
             Step::Pretrain { repeat } => format!("r{repeat}-pretrain"),
+            Step::Full { repeat } => format!("r{repeat}-full"),
             Step::Init { repeat, stage } => format!("r{repeat}-s{stage}-init"),
             Step::Select {
                 repeat,
@@ -134,6 +154,9 @@ impl Step {
             Step::Init { repeat, stage } => {
                 format!("repeat {}, stage {}: initial UNet", repeat + 1, stage + 1)
             }
+            Step::Full { repeat } => {
+                format!("repeat {}: full-data reference", repeat + 1)
+            }
             Step::Select {
                 repeat,
                 stage,
@@ -159,7 +182,7 @@ impl Step {
 }
 
 /// Every step of the session, in order. Within a stage, rounds are interleaved across arms so the
-/// comparison grows evenly.
+/// comparison grows evenly; the `full` reference closes each repeat.
 pub fn plan(cfg: &SessionConfig) -> Vec<Step> {
     let mut steps = Vec::new();
     for repeat in 0..cfg.experiment.repeats {
@@ -172,7 +195,7 @@ pub fn plan(cfg: &SessionConfig) -> Vec<Step> {
         for (stage, st) in stages(cfg).iter().enumerate() {
             steps.push(Step::Init { repeat, stage });
             for round in 1..=st.rounds.len() {
-                for &arm in &cfg.experiment.arms {
+                for arm in cfg.experiment.strategies() {
                     steps.push(Step::Select {
                         repeat,
                         stage,
@@ -187,6 +210,9 @@ pub fn plan(cfg: &SessionConfig) -> Vec<Step> {
                     });
                 }
             }
+        }
+        if cfg.experiment.has_full() {
+            steps.push(Step::Full { repeat });
         }
     }
     steps

@@ -162,7 +162,7 @@ impl Dashboard {
     pub fn arms(&self) -> Vec<Arm> {
         self.config
             .as_ref()
-            .map(|c| c.experiment.arms.clone())
+            .map(|c| c.experiment.strategies())
             .unwrap_or_default()
     }
 

@@ -35,8 +35,11 @@ struct ThemeFile {
     random: String,
     proposed: String,
     oracle: String,
-    /// Optional, for themes written before the arm existed.
+    /// Optional, for themes written before these arms existed.
     entropy: Option<String>,
+    coreset: Option<String>,
+    /// The `full` reference's line.
+    full: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +58,8 @@ pub struct Theme {
     pub proposed: Color,
     pub oracle: Color,
     pub entropy: Color,
+    pub coreset: Color,
+    pub full: Color,
 }
 
 impl Theme {
@@ -64,6 +69,8 @@ impl Theme {
             Arm::Proposed => self.proposed,
             Arm::Oracle => self.oracle,
             Arm::Entropy => self.entropy,
+            Arm::Coreset => self.coreset,
+            Arm::Full => self.full,
         }
     }
 
@@ -88,6 +95,9 @@ impl Theme {
             oracle: c("oracle", &f.oracle)?,
             // Okabe–Ito vermillion where a theme names none.
             entropy: c("entropy", f.entropy.as_deref().unwrap_or("#d55e00"))?,
+            // Okabe–Ito reddish purple, and a mid grey for the reference line.
+            coreset: c("coreset", f.coreset.as_deref().unwrap_or("#cc79a7"))?,
+            full: c("full", f.full.as_deref().unwrap_or("#a8a8a8"))?,
         })
     }
 
@@ -200,7 +210,9 @@ mod tests {
                 let t = Theme::parse(text, name, tc).unwrap();
                 assert_eq!(t.name, name);
                 // Every arm its own colour, in 256 colours too.
-                let arms = [t.random, t.proposed, t.oracle, t.entropy];
+                let arms = [
+                    t.random, t.proposed, t.oracle, t.entropy, t.coreset, t.full,
+                ];
                 for (i, a) in arms.iter().enumerate() {
                     assert!(!arms[i + 1..].contains(a), "{name} ({tc}): {arms:?}");
                 }

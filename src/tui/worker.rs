@@ -166,7 +166,7 @@ fn session_thread(
         device: device::describe(runner.device()),
         steps_total,
     });
-    let last_arm: Option<Arm> = runner.session().config.experiment.arms.last().copied();
+    let last_arm: Option<Arm> = runner.session().config.experiment.strategies().last().copied();
     while let Ok(cmd) = rx.recv() {
         #[cfg(debug_assertions)]
         if cmd != Command::Quit {
@@ -181,10 +181,11 @@ fn session_thread(
         control.stop.store(false, Ordering::Relaxed);
         let stop = control.stop.clone();
         let outcome = runner.run(control, &mut |ev| {
-            // A round is done when the last arm has been evaluated (round 0: the shared start).
+            // A round is done when the last arm has been evaluated (round 0: the shared start);
+            // the full-data reference is a step of its own.
             if step_mode {
                 if let Event::Evaluated { arm, .. } = ev {
-                    if Some(*arm) == last_arm {
+                    if Some(*arm) == last_arm || *arm == Arm::Full {
                         stop.store(true, Ordering::Relaxed);
                     }
                 }

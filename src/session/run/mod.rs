@@ -358,6 +358,7 @@ impl Runner {
                 Some(arm),
             ),
             Step::Train { arm, .. } => (Phase::Training, Some(arm)),
+            Step::Full { .. } => (Phase::Training, Some(Arm::Full)),
         };
         self.emit(
             Event::StepStarted {
@@ -406,7 +407,7 @@ impl Runner {
                 .map(|_| true),
             Step::Vae { .. } | Step::Pretrain { .. } => Ok(self.train(step, cx)?.is_some()),
             Step::Init { repeat, stage } => {
-                let arms = self.cfg().experiment.arms.clone();
+                let arms = self.cfg().experiment.strategies();
                 let at = Evaluation {
                     repeat,
                     stage,
@@ -426,6 +427,15 @@ impl Runner {
                     stage,
                     arms: &[arm],
                     round,
+                };
+                self.train_and_evaluate(step, cx, at, evaluation_s)
+            }
+            Step::Full { repeat } => {
+                let at = Evaluation {
+                    repeat,
+                    stage: 0,
+                    arms: &[Arm::Full],
+                    round: 0,
                 };
                 self.train_and_evaluate(step, cx, at, evaluation_s)
             }

@@ -36,7 +36,8 @@ impl Runner {
         self.pool(repeat).sample_slices(samples)
     }
 
-    /// Labelled samples of `arm` after `round` rounds (round 0: the shared initial set).
+    /// Labelled samples of `arm` after `round` rounds (round 0: the shared initial set); the
+    /// `full` reference has the whole pool.
     pub(super) fn labelled(
         &self,
         repeat: usize,
@@ -44,6 +45,9 @@ impl Runner {
         arm: Option<Arm>,
         round: usize,
     ) -> Vec<usize> {
+        if arm == Some(Arm::Full) {
+            return (0..self.pool(repeat).len()).collect();
+        }
         let st = &stages(self.cfg())[stage];
         let mut out: Vec<usize> = self.session.state.repeats[repeat].order[..st.initial].to_vec();
         if let Some(arm) = arm {

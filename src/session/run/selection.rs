@@ -10,11 +10,13 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use super::{Runner, EVAL_BATCH};
+use crate::engine::cone::{pick_proposed, ConeSettings, Source};
+use crate::engine::coreset::pick_coreset;
 use crate::engine::eval;
 use crate::engine::nets::UNet;
 use crate::engine::select::{
-    encode_slices, gradient_directions, pick_highest, pick_oracle, pick_proposed, pick_random,
-    DirectionNets, GradientStep, Pick, Source, StepSettings,
+    encode_slices, gradient_directions, pick_highest, pick_oracle, pick_random, DirectionNets,
+    GradientStep, Pick, StepSettings,
 };
 use crate::session::config::{Arm, Granularity};
 use crate::session::events::Event;
@@ -130,6 +132,19 @@ impl Runner {
                     .collect();
                 pick_highest(&scores, k)
             }
+            Arm::Coreset => {
+                let latents = self
+                    .pool(repeat)
+                    .sample_latents(&self.files.latents(repeat))?;
+                let centres: Vec<Vec<f64>> =
+                    labelled.iter().map(|&s| latents[s].clone()).collect();
+                let candidates: Vec<(usize, Vec<f64>)> = (0..pool)
+                    .filter(|s| !taken.contains(s))
+                    .map(|s| (s, latents[s].clone()))
+                    .collect();
+                pick_coreset(&centres, &candidates, k)
+            }
+            Arm::Full => unreachable!("the full reference picks nothing"),
             Arm::Proposed => {
                 let (_u, unet) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
                 let (vs, vae) = self.load_vae(repeat)?;
@@ -186,7 +201,14 @@ impl Runner {
                     median_dz: median(steps.iter().map(|(_, g)| g.dz_norm).collect()),
                     zero_directions: steps.iter().filter(|(_, g)| g.dz_norm == 0.0).count(),
                 });
-                pick_proposed(&sources, &candidates, k, cfg.selection.cone_degrees)
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "fallback"));
+                let cone = ConeSettings {
+                    degrees: cfg.selection.cone_degrees,
+                    fallback: cfg.selection.fallback,
+                    rng: &mut rng,
+                };
+                pick_proposed(&sources, &candidates, k, cone)
             }
         };
         if picks.len() < k {

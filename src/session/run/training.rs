@@ -14,10 +14,10 @@ use super::{emit_to, Runner, StepContext};
 use crate::engine::adam::{Adam, LossScale};
 use crate::engine::nets::{fold_batch_norm, save_weights, seeded, use_channels_last, UNet, Vae};
 use crate::engine::train::{self, Schedule};
-use crate::session::config::{Precision, Scenario};
+use crate::session::config::{Arm, Precision, Scenario};
 use crate::session::events::{Event, Phase};
 use crate::session::files::{write_atomic_with, SessionFiles};
-use crate::session::plan::{previous_model, seed_for, Step};
+use crate::session::plan::{full_epochs, previous_model, seed_for, Step};
 use crate::session::state::RepeatProgress;
 use crate::session::store::EventLog;
 use crate::session::Session;
@@ -117,6 +117,11 @@ impl Runner {
                 let slices = self.sample_slices(repeat, &labelled);
                 let from = previous_model(repeat, stage, arm, round);
                 (slices, cfg.unet.epochs_per_round, Some(from))
+            }
+            Step::Full { repeat } => {
+                let from = (cfg.experiment.scenario == Scenario::Transfer)
+                    .then_some(Step::Pretrain { repeat });
+                (self.pool_slices(repeat), full_epochs(cfg), from)
             }
             Step::Split { .. } | Step::Latents { .. } | Step::Select { .. } => {
                 unreachable!("{} trains nothing", step.describe())
@@ -271,6 +276,7 @@ impl EpochCheckpoint<'_> {
             Step::Vae { .. } => (Phase::Vae, None),
             Step::Pretrain { .. } => (Phase::Pretraining, None),
             Step::Train { arm, .. } => (Phase::Training, Some(arm)),
+            Step::Full { .. } => (Phase::Training, Some(Arm::Full)),
             _ => (Phase::Training, None),
         };
         emit_to(

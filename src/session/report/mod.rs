@@ -1,0 +1,260 @@
+//! `suggestive report`: results per arm, repeat and round as CSV and JSON, a summary over
+//! repeats, paired comparisons between arms, the full-data reference, and a plot of test Dice
+//! against the annotation budget (PNG and SVG). The text tables, the time breakdown and the
+//! plot each live in their own file beside this one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::compare::{self, ArmAubc, Comparison};
+use super::config::{Arm, Granularity, SessionConfig};
+use super::files::write_atomic;
+use super::state::{ResultRow, SessionState};
+use crate::engine::eval::mean_sd;
+
+mod plot;
+mod tables;
+mod timings;
+
+pub use plot::{arm_colour, budget_range, Curve};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub arm: Arm,
+    pub repeat: usize,
+    pub stage: usize,
+    pub round: usize,
+    pub annotated: usize,
+    pub viewed: usize,
+    pub dice_mean: f64,
+    pub dice_sd: f64,
+    pub slice_dice_mean: f64,
+    pub collapsed: bool,
+}
+
+/// One arm at one budget, over repeats.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryRow {
+    pub arm: Arm,
+    pub stage: usize,
+    pub round: usize,
+    pub annotated: usize,
+    pub viewed: f64,
+    pub repeats: usize,
+    /// Mean over repeats of the per-repeat mean test Dice.
+    pub dice_mean: f64,
+    /// Sd over repeats (with one repeat: the sd over test patients).
+    pub dice_sd: f64,
+}
+
+/// proposed − random at one budget, paired by repeat (same split, initial set and VAE).
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    pub stage: usize,
+    pub round: usize,
+    pub annotated: usize,
+    pub repeats: usize,
+    pub mean_diff: f64,
+    pub sd_diff: f64,
+    pub proposed_wins: usize,
+}
+
+
+/// One arm's picks over the whole session: how many, how many fell back to the nearest free
+/// sample (no candidate in the cone), how many contain tumour, and for the proposed arm how its
+/// gradient steps were computed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SelectionSummary {
+    pub arm: Arm,
+    pub rounds: usize,
+    pub picks: usize,
+    pub fallbacks: usize,
+    pub tumour_picks: usize,
+    /// Directions per path (float32 / float64 / central difference), summed over rounds.
+    pub direction_methods: BTreeMap<String, usize>,
+    /// The median over rounds of each round's median relative step ‖αg‖/‖x‖.
+    pub median_rel_dx: Option<f64>,
+    pub zero_directions: usize,
+}
+
+impl SelectionSummary {
+    fn of(records: &[crate::session::state::PickRecord]) -> Vec<SelectionSummary> {
+        let mut arms: Vec<Arm> = records.iter().map(|r| r.arm).collect();
+        arms.sort();
+        arms.dedup();
+        arms.into_iter()
+            .map(|arm| {
+                let mine: Vec<_> = records.iter().filter(|r| r.arm == arm).collect();
+                let mut methods = BTreeMap::new();
+                let mut rel: Vec<f64> = Vec::new();
+                let mut zero = 0;
+                for d in mine.iter().filter_map(|r| r.directions.as_ref()) {
+                    for (m, n) in &d.methods {
+                        // Sessions of earlier versions wrote `centraldifference`.
+                        let m = match m.as_str() {
+                            "centraldifference" => "central-difference",
+                            other => other,
+                        };
+                        *methods.entry(m.to_string()).or_insert(0) += n;
+                    }
+                    rel.push(d.median_rel_dx);
+                    zero += d.zero_directions;
+                }
+                rel.sort_by(f64::total_cmp);
+                SelectionSummary {
+                    arm,
+                    rounds: mine.len(),
+                    picks: mine.iter().map(|r| r.picks.len()).sum(),
+                    fallbacks: mine.iter().map(|r| r.fallbacks).sum(),
+                    tumour_picks: mine.iter().map(|r| r.tumour_picks).sum(),
+                    direction_methods: methods,
+                    median_rel_dx: rel.get(rel.len() / 2).copied(),
+                    zero_directions: zero,
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub unit: &'static str,
+    /// How the picks came about, per arm (from state.json's pick records).
+    pub selection: Vec<SelectionSummary>,
+    /// Where the wall time went, by kind of step (from events.jsonl), seconds.
+    pub timings: BTreeMap<String, f64>,
+    pub rows: Vec<Row>,
+    pub summary: Vec<SummaryRow>,
+    pub paired: Vec<Paired>,
+    /// Every arm against `random` at every budget: mean paired difference, its 95 % interval,
+    /// the Wilcoxon signed-rank p-value, wins, ties and losses.
+    pub comparisons: Vec<Comparison>,
+    /// Per arm: the normalised area under its budget curve, and paired against `random`.
+    pub aubc: Vec<ArmAubc>,
+}
+
+impl Report {
+    pub fn new(cfg: &SessionConfig, state: &SessionState) -> Report {
+        let mut report = Report::from_results(cfg, &state.results);
+        report.selection = SelectionSummary::of(&state.picks);
+        report
+    }
+
+    pub fn from_results(cfg: &SessionConfig, results: &[ResultRow]) -> Report {
+        let rows: Vec<Row> = results
+            .iter()
+            .map(|r| Row {
+                arm: r.arm,
+                repeat: r.repeat,
+                stage: r.stage,
+                round: r.round,
+                annotated: r.annotated,
+                viewed: r.viewed,
+                dice_mean: r.dice_mean,
+                dice_sd: r.dice_sd,
+                slice_dice_mean: r.slice_dice_mean,
+                collapsed: r.collapsed,
+            })
+            .collect();
+        let mut groups: BTreeMap<(Arm, usize, usize), Vec<&Row>> = BTreeMap::new();
+        for r in &rows {
+            groups.entry((r.arm, r.stage, r.round)).or_default().push(r);
+        }
+        let summary = groups
+            .iter()
+            .map(|(&(arm, stage, round), rs)| {
+                let means: Vec<f64> = rs.iter().map(|r| r.dice_mean).collect();
+                let (m, sd) = mean_sd(&means);
+                SummaryRow {
+                    arm,
+                    stage,
+                    round,
+                    annotated: rs[0].annotated,
+                    viewed: rs.iter().map(|r| r.viewed as f64).sum::<f64>() / rs.len() as f64,
+                    repeats: rs.len(),
+                    dice_mean: m,
+                    dice_sd: if rs.len() > 1 { sd } else { rs[0].dice_sd },
+                }
+            })
+            .collect();
+        let mut paired = Vec::new();
+        let keys: Vec<(usize, usize)> = groups
+            .keys()
+            .filter(|k| k.0 == Arm::Proposed && k.2 > 0)
+            .map(|k| (k.1, k.2))
+            .collect();
+        for (stage, round) in keys {
+            let (Some(p), Some(r)) = (
+                groups.get(&(Arm::Proposed, stage, round)),
+                groups.get(&(Arm::Random, stage, round)),
+            ) else {
+                continue;
+            };
+            let diffs: Vec<f64> = p
+                .iter()
+                .filter_map(|a| {
+                    r.iter()
+                        .find(|b| b.repeat == a.repeat)
+                        .map(|b| a.dice_mean - b.dice_mean)
+                })
+                .collect();
+            if diffs.is_empty() {
+                continue;
+            }
+            let (m, sd) = mean_sd(&diffs);
+            paired.push(Paired {
+                stage,
+                round,
+                annotated: p[0].annotated,
+                repeats: diffs.len(),
+                mean_diff: m,
+                sd_diff: sd,
+                proposed_wins: diffs.iter().filter(|d| **d > 0.0).count(),
+            });
+        }
+        let unit = match cfg.experiment.granularity {
+            Granularity::Patient => "patients",
+            Granularity::Image => "slices",
+        };
+        let arms = &cfg.experiment.arms;
+        Report {
+            unit,
+            selection: Vec::new(),
+            comparisons: compare::comparisons(&rows, arms, Arm::Random),
+            aubc: compare::aubc(&rows, arms, cfg.experiment.protocol, Arm::Random),
+            rows,
+            summary,
+            paired,
+            timings: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the comparisons of every arm with each of `arms` (besides random, always there).
+    pub fn versus(mut self, cfg: &SessionConfig, arms: &[Arm]) -> Report {
+        for &v in arms.iter().filter(|&&v| v != Arm::Random) {
+            let more = compare::comparisons(&self.rows, &cfg.experiment.arms, v);
+            self.comparisons.extend(more);
+        }
+        self
+    }
+
+
+    /// Writes results.csv, results.json, report.md (see `document`), dice_vs_budget.png and
+    /// .svg into `out`.
+    pub fn write(&self, cfg: &SessionConfig, out: &Path, about: &str) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let md = out.join("report.md");
+        write_atomic(&md, self.document(cfg, about).as_bytes())?;
+        let csv = out.join("results.csv");
+        write_atomic(&csv, self.csv().as_bytes())?;
+        let json = out.join("results.json");
+        write_atomic(&json, &serde_json::to_vec_pretty(self)?)?;
+        let png = out.join("dice_vs_budget.png");
+        let svg = out.join("dice_vs_budget.svg");
+        self.write_plots(cfg, &png, &svg)?;
+        Ok(vec![csv, json, md, png, svg])
+    }
+}

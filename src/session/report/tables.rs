@@ -1,0 +1,200 @@
+//! The report as text: results.csv, the Markdown tables of report.md, and the selection and
+//! timing summaries.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::session::config::{Arm, SessionConfig};
+
+impl Report {
+    /// One line per arm: picks, cone fallbacks, tumour content, and the proposed arm's steps.
+    pub fn selection_text(&self) -> String {
+        let mut s = String::from("how the picks came about (all repeats and rounds):\n");
+        for a in &self.selection {
+            let _ = write!(
+                s,
+                "  {:<9} {} picks in {} rounds, {} with tumour, {} cone fallbacks",
+                a.arm.to_string(),
+                a.picks,
+                a.rounds,
+                a.tumour_picks,
+                a.fallbacks
+            );
+            if let Some(rel) = a.median_rel_dx {
+                let methods: Vec<String> = a
+                    .direction_methods
+                    .iter()
+                    .map(|(m, n)| format!("{n} {m}"))
+                    .collect();
+                let _ = write!(
+                    s,
+                    "; directions: {}, median ‖αg‖/‖x‖ {rel:.2e}, {} without gradient",
+                    methods.join(", "),
+                    a.zero_directions
+                );
+            }
+            s += "\n";
+        }
+        s
+    }
+
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd,slice_dice_mean,collapsed\n",
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{:.6},{:.6},{:.6},{}",
+                r.arm,
+                r.repeat + 1,
+                r.stage + 1,
+                r.round,
+                r.annotated,
+                r.viewed,
+                r.dice_mean,
+                r.dice_sd,
+                r.slice_dice_mean,
+                r.collapsed
+            );
+        }
+        s
+    }
+
+    /// The summary as a Markdown table: budgets down, arms across.
+    pub fn markdown(&self) -> String {
+        let arms: Vec<Arm> = {
+            let mut a: Vec<Arm> = self.summary.iter().map(|r| r.arm).collect();
+            a.sort();
+            a.dedup();
+            a
+        };
+        let mut budgets: Vec<(usize, usize, usize)> = self
+            .summary
+            .iter()
+            .map(|r| (r.stage, r.round, r.annotated))
+            .collect();
+        budgets.sort();
+        budgets.dedup();
+        let mut s = format!("| annotated {} |", self.unit);
+        for a in &arms {
+            let _ = write!(s, " {a} |");
+        }
+        s += "\n|---|";
+        s += &"---|".repeat(arms.len());
+        s += "\n";
+        for &(stage, round, n) in &budgets {
+            let _ = write!(s, "| {n}{} |", if round == 0 { " (initial)" } else { "" });
+            for a in &arms {
+                match self
+                    .summary
+                    .iter()
+                    .find(|r| r.arm == *a && r.stage == stage && r.round == round)
+                {
+                    Some(r) => {
+                        let _ = write!(s, " {:.3} ± {:.3} |", r.dice_mean, r.dice_sd);
+                    }
+                    None => s += " |",
+                }
+            }
+            s += "\n";
+        }
+        s += &self.comparisons_markdown(&budgets);
+        s
+    }
+
+    /// Each arm against random, paired by repeat, at every budget and over the whole curve.
+    fn comparisons_markdown(&self, budgets: &[(usize, usize, usize)]) -> String {
+        let mut s = String::new();
+        // One column per (arm, versus), in the order they were made.
+        let mut columns: Vec<(Arm, Arm)> = Vec::new();
+        for c in &self.comparisons {
+            if !columns.contains(&(c.arm, c.versus)) {
+                columns.push((c.arm, c.versus));
+            }
+        }
+        if columns.is_empty() {
+            return s;
+        }
+        let cell = |p: &crate::stats::Paired| {
+            let ci = p
+                .ci95
+                .map(|[lo, hi]| format!(" [{lo:+.3}, {hi:+.3}]"))
+                .unwrap_or_default();
+            let pv = p
+                .p_wilcoxon
+                .map(|v| format!(", p = {v:.3}"))
+                .unwrap_or_default();
+            format!(
+                "{:+.3}{ci}{pv} ({}/{}/{})",
+                p.mean_diff, p.wins, p.ties, p.losses
+            )
+        };
+        let _ = write!(
+            s,
+            "\npaired by repeat: mean difference [95 % t interval], Wilcoxon signed-rank p \
+             (wins/ties/losses)\n\n| annotated {} |",
+            self.unit
+        );
+        for (a, v) in &columns {
+            let _ = write!(s, " {a} − {v} |");
+        }
+        s += "\n|---|";
+        s += &"---|".repeat(columns.len());
+        s += "\n";
+        for &(stage, round, n) in budgets.iter().filter(|b| b.1 > 0) {
+            let _ = write!(s, "| {n} |");
+            for &(a, v) in &columns {
+                match self
+                    .comparisons
+                    .iter()
+                    .find(|c| (c.arm, c.versus) == (a, v) && c.stage == stage && c.round == round)
+                {
+                    Some(c) => {
+                        let _ = write!(s, " {} |", cell(&c.paired));
+                    }
+                    None => s += " |",
+                }
+            }
+            s += "\n";
+        }
+        s += "\narea under the budget curve (normalised to [0, 1]):\n\n| arm | AUBC [95 %] | − random |\n|---|---|---|\n";
+        for a in &self.aubc {
+            let ci = a
+                .ci95
+                .map(|[lo, hi]| format!(" [{lo:.3}, {hi:.3}]"))
+                .unwrap_or_default();
+            let vs = a.paired.as_ref().map(cell).unwrap_or_default();
+            let _ = writeln!(s, "| {} | {:.3}{ci} | {vs} |", a.arm, a.mean);
+        }
+        s
+    }
+
+    /// The whole report as Markdown, ready to paste: a heading with the session, its settings
+    /// and the machine (`about`), then every table.
+    pub fn document(&self, cfg: &SessionConfig, about: &str) -> String {
+        let e = &cfg.experiment;
+        let mut s = format!(
+            "# {about}\n\n{}, seed {}; UNet depth {} base {}, {}+{} epochs; VAE latent {}, {} \
+             epochs; cone {}°, α {}\n\n",
+            e.describe(),
+            e.seed,
+            cfg.unet.depth,
+            cfg.unet.base,
+            cfg.unet.epochs_initial,
+            cfg.unet.epochs_per_round,
+            cfg.vae.latent,
+            cfg.vae.epochs,
+            cfg.selection.cone_degrees,
+            cfg.selection.alpha,
+        );
+        s += &self.markdown();
+        if !self.selection.is_empty() {
+            let _ = write!(s, "\n```text\n{}```\n", self.selection_text());
+        }
+        if !self.timings.is_empty() {
+            let _ = write!(s, "\n```text\n{}```\n", self.timings_text());
+        }
+        s
+    }
+}

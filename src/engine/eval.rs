@@ -109,6 +109,69 @@ pub fn patient_slice_overlaps(
         .collect()
 }
 
+/// A patient's predicted mask (`[slice][row][col]`, 1 where sigmoid > 0.5) and its per-slice
+/// overlaps with the truth.
+pub struct PatientPrediction {
+    pub mask: Vec<u8>,
+    pub slices: Vec<Overlap>,
+}
+
+/// The prediction of each of `patients` (index `ds.patients()`), handed to `each` in order with
+/// the patient's position in `patients`; one patient's mask is held at a time. The counts
+/// equal `patient_slice_overlaps`'s: the same threshold on the same network output (blank
+/// slices share the prediction on a zero image, computed once).
+pub fn patient_predictions(
+    net: &UNet,
+    ds: &Dataset,
+    patients: &[usize],
+    feed: &Feed,
+    batch: usize,
+    each: &mut dyn FnMut(usize, PatientPrediction),
+) {
+    let _g = tch::no_grad_guard();
+    let (c, s) = (ds.channels() as i64, ds.size() as i64);
+    let plane = (s * s) as usize;
+    let to_host = |t: Tensor| -> Vec<u8> {
+        Vec::try_from(t.to_kind(Kind::Uint8).reshape([-1]).to_device(Device::Cpu))
+            .unwrap_or_default()
+    };
+    let zero = Tensor::zeros([1, c, s, s], (Kind::Float, feed.device()));
+    let blank_prediction = to_host(net.forward_t(&zero, false).gt(0.0));
+    for (n, &p) in patients.iter().enumerate() {
+        let range = ds.patients()[p].slice_range();
+        let mut mask = vec![0u8; range.len() * plane];
+        let seen: Vec<usize> = range.clone().filter(|&i| !ds.is_blank(i)).collect();
+        for chunk in seen.chunks(batch.max(1)) {
+            let pred = to_host(net.forward_t(&feed.images(ds, chunk), false).gt(0.0));
+            for (j, &slice) in chunk.iter().enumerate() {
+                let at = (slice - range.start) * plane;
+                mask[at..at + plane].copy_from_slice(&pred[j * plane..(j + 1) * plane]);
+            }
+        }
+        for slice in range.clone().filter(|&i| ds.is_blank(i)) {
+            let at = (slice - range.start) * plane;
+            mask[at..at + plane].copy_from_slice(&blank_prediction);
+        }
+        let slices = range
+            .clone()
+            .map(|slice| {
+                let at = (slice - range.start) * plane;
+                let pred = &mask[at..at + plane];
+                let truth = ds.mask(slice);
+                let mut o = Overlap::default();
+                for (&a, &b) in pred.iter().zip(truth) {
+                    let (a, b) = (a != 0, b != 0);
+                    o.inter += (a && b) as u64;
+                    o.pred += a as u64;
+                    o.truth += b as u64;
+                }
+                o
+            })
+            .collect();
+        each(n, PatientPrediction { mask, slices });
+    }
+}
+
 /// Per slice: the summed binary entropy of the model's prediction over the brain (pixels that
 /// are non-zero in some channel), and the number of brain pixels. Blank slices (no brain)
 /// give (0, 0) without a network pass.

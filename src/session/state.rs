@@ -28,7 +28,8 @@ pub struct DatasetStamp {
     pub slices: usize,
 }
 
-/// Per repeat: the seeded split and the order in which random samples are taken.
+/// Per repeat: the seeded split and the order in which random samples are taken, and once the
+/// pool is encoded, how much of it the VAE's latent space holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RepeatData {
     /// Patient indices (into the data set) of the pool, the test set and, in the transfer
@@ -38,6 +39,11 @@ pub struct RepeatData {
     pub source: Vec<usize>,
     /// A seeded permutation of pool samples; stage initial sets are its prefixes.
     pub order: Vec<usize>,
+    /// The test patients' case IDs and sites, in `test` order (for results_long.csv).
+    #[serde(default)]
+    pub test_cases: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifold: Option<crate::engine::manifold::ManifoldStats>,
 }
 
 /// Summary of the gradient steps behind one round of proposed picks.
@@ -80,6 +86,10 @@ pub struct ResultRow {
     pub dice_sd: f64,
     /// Per test patient, in test-set order.
     pub dice: Vec<f64>,
+    /// Per test patient: the 95th-percentile Hausdorff distance in mm (null where exactly one
+    /// of prediction and truth is empty; sessions of earlier versions have none).
+    #[serde(default)]
+    pub hd95: Vec<Option<f64>>,
     /// Mean 2D Dice over the test slices that contain tumour.
     #[serde(default)]
     pub slice_dice_mean: f64,

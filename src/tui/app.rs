@@ -345,6 +345,7 @@ impl Dashboard {
                     dice_mean,
                     dice_sd,
                     dice: Vec::new(),
+                    hd95: Vec::new(),
                     slice_dice_mean: 0.0,
                     collapsed,
                 });

@@ -105,11 +105,20 @@ impl Runner {
         let test = candidates[..n_test].to_vec();
         let mut train = candidates[n_test..].to_vec();
         train.sort();
+        let test_cases = test
+            .iter()
+            .map(|&p| {
+                let info = &self.ds.patients()[p];
+                (info.id.clone(), info.site.clone())
+            })
+            .collect();
         let mut rd = RepeatData {
             train,
             test,
             source,
             order: Vec::new(),
+            test_cases,
+            manifold: None,
         };
         self.session
             .state

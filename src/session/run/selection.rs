@@ -12,10 +12,10 @@ use tch::Tensor;
 use super::{Runner, EVAL_BATCH};
 use crate::engine::cone::{pick_proposed, ConeSettings, Source};
 use crate::engine::coreset::pick_coreset;
-use crate::engine::eval;
+use crate::engine::{eval, manifold, surface};
 use crate::engine::nets::UNet;
 use crate::engine::select::{
-    encode_slices, gradient_directions, pick_highest, pick_oracle, pick_random, DirectionNets,
+    gradient_directions, pick_highest, pick_oracle, pick_random, DirectionNets,
     GradientStep, Pick, StepSettings,
 };
 use crate::session::config::{Arm, Granularity};
@@ -34,11 +34,14 @@ pub(super) struct Evaluation<'a> {
 }
 
 impl Runner {
-    /// Encoder means of every pool slice of `repeat`, saved for selection and the interface.
+    /// Encoder means of every pool slice of `repeat`, saved for selection and the interface,
+    /// and the manifold's statistics (recorded with the repeat's data).
     pub(super) fn latents(&mut self, repeat: usize) -> Result<()> {
         let (_vs, vae) = self.load_vae(repeat)?;
         let slices = self.pool_slices(repeat);
-        let z = encode_slices(&vae, &self.ds, &slices, &self.feed, EVAL_BATCH);
+        let (z, stats) =
+            manifold::encode_and_diagnose(&vae, &self.ds, &slices, &self.feed, EVAL_BATCH);
+        self.session.state.repeats[repeat].manifold = Some(stats);
         let path = self.files.latents(repeat);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         write_atomic_with(&path, |tmp| {
@@ -264,14 +267,30 @@ impl Runner {
         let test = self.session.state.repeats[repeat].test.clone();
         let mut total_pred = 0;
         let mut dice = Vec::new();
+        let mut hd95 = Vec::new();
         let mut slice_dice = Vec::new();
-        for ov in eval::patient_slice_overlaps(net, &self.ds, &test, &self.feed, EVAL_BATCH) {
-            let o = eval::Overlap::total(&ov);
+        let ds = &self.ds;
+        let downsample = ds.preprocessing().downsample as f64;
+        let mut each = |n: usize, p: eval::PatientPrediction| {
+            let o = eval::Overlap::total(&p.slices);
             total_pred += o.pred;
             dice.push(o.dice());
             // Slice Dice only where there is tumour to find (it is degenerate elsewhere).
-            slice_dice.extend(ov.iter().filter(|o| o.truth > 0).map(|o| o.dice()));
-        }
+            slice_dice.extend(p.slices.iter().filter(|o| o.truth > 0).map(|o| o.dice()));
+            let info = &ds.patients()[test[n]];
+            // The cache's voxel size is (x, y, z); slices are [z][row = y][col = x], down-sampled
+            // in plane.
+            let [vx, vy, vz] = info.voxel_mm.map(f64::from);
+            let plane = ds.mask(info.first_slice).len();
+            let truth = &ds.masks()[info.first_slice * plane..][..info.slices * plane];
+            let volume = |mask| surface::Volume {
+                mask,
+                dims: [info.slices, ds.size(), ds.size()],
+                spacing_mm: [vz, vy * downsample, vx * downsample],
+            };
+            hd95.push(surface::hd95(volume(&p.mask), volume(truth)));
+        };
+        eval::patient_predictions(net, ds, &test, &self.feed, EVAL_BATCH, &mut each);
         let (mean, sd) = eval::mean_sd(&dice);
         let slice_dice_mean = eval::mean_sd(&slice_dice).0;
         for &arm in arms {
@@ -286,6 +305,7 @@ impl Runner {
                 dice_mean: mean,
                 dice_sd: sd,
                 dice: dice.clone(),
+                hd95: hd95.clone(),
                 slice_dice_mean,
                 collapsed: total_pred == 0,
             };

@@ -1,0 +1,110 @@
+//! How much of the pool the VAE's latent space holds: the reconstruction error from the encoder
+//! mean against the error of predicting every image by the pool's mean image (their ratio gives
+//! the fraction of the pool's variance the latent space explains), the KL divergence per latent
+//! dimension, and the active dimensions (Burda et al., 2016: those whose encoder mean varies
+//! over the data by more than 0.01). Computed in the same pass that encodes the pool.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::batch::Feed;
+use super::nets::Vae;
+use crate::data::Dataset;
+
+/// Below this variance over the data, a latent dimension carries nothing (Burda et al.).
+pub const ACTIVE_VARIANCE: f64 = 0.01;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifoldStats {
+    /// Slices encoded (the pool's).
+    pub slices: usize,
+    /// Mean squared error per pixel of decode(encoder mean) against the image.
+    pub recon_mse: f64,
+    /// Mean squared error per pixel of the pool's mean image against each image.
+    pub mean_image_mse: f64,
+    /// 1 − recon_mse / mean_image_mse: the share of the pool's pixel variance the latent
+    /// space reproduces (0: no better than the mean image).
+    pub variance_explained: f64,
+    /// Per latent dimension: the mean over the pool of KL(q(z|x) ‖ N(0, 1)), nats.
+    pub kl_per_dim: Vec<f64>,
+    /// Per latent dimension: the variance of the encoder mean over the pool.
+    pub mean_variance: Vec<f64>,
+    /// Dimensions whose `mean_variance` exceeds `ACTIVE_VARIANCE`.
+    pub active_dims: usize,
+}
+
+/// The encoder means of `slices` (`(N, latent)` on the CPU, as `select::encode_slices`), and
+/// the manifold's statistics over them.
+pub fn encode_and_diagnose(
+    vae: &Vae,
+    ds: &Dataset,
+    slices: &[usize],
+    feed: &Feed,
+    batch_size: usize,
+) -> (Tensor, ManifoldStats) {
+    let _guard = tch::no_grad_guard();
+    let latent = vae.latent();
+    let (c, s) = (ds.channels() as i64, ds.size() as i64);
+    let dev = feed.device();
+    let f64s = (Kind::Double, dev);
+    // Sums on the device in float64: of x and x² per pixel, of the squared reconstruction
+    // error, and per latent dimension of μ, μ² and the KL.
+    let (mut sum_x, mut sum_x2) = (Tensor::zeros([c, s, s], f64s), Tensor::zeros([c, s, s], f64s));
+    let mut recon_sq = Tensor::zeros([], f64s);
+    let (mut sum_mu, mut sum_mu2, mut sum_kl) = (
+        Tensor::zeros([latent], f64s),
+        Tensor::zeros([latent], f64s),
+        Tensor::zeros([latent], f64s),
+    );
+    let mut parts = Vec::new();
+    for chunk in slices.chunks(batch_size.max(1)) {
+        let x = feed.images(ds, chunk);
+        let (mu, logvar) = vae.encode(&x);
+        let recon = vae.decode(&mu);
+        let x64 = x.to_kind(Kind::Double);
+        recon_sq += (recon.to_kind(Kind::Double) - &x64).square().sum(Kind::Double);
+        sum_x += x64.sum_dim_intlist(0, false, Kind::Double);
+        sum_x2 += x64.square().sum_dim_intlist(0, false, Kind::Double);
+        let (mu64, lv64) = (mu.to_kind(Kind::Double), logvar.to_kind(Kind::Double));
+        sum_mu += mu64.sum_dim_intlist(0, false, Kind::Double);
+        sum_mu2 += mu64.square().sum_dim_intlist(0, false, Kind::Double);
+        let kl = (mu64.square() + lv64.exp() - &lv64 - 1.0) * 0.5;
+        sum_kl += kl.sum_dim_intlist(0, false, Kind::Double);
+        parts.push(mu);
+    }
+    let z = if parts.is_empty() {
+        Tensor::zeros([0, latent], (Kind::Float, Device::Cpu))
+    } else {
+        Tensor::cat(&parts, 0).to_device(Device::Cpu)
+    };
+    let n = slices.len().max(1) as f64;
+    let pixels = n * (c * s * s) as f64;
+    let read = |t: &Tensor| -> Vec<f64> {
+        Vec::try_from(t.reshape([-1]).to_device(Device::Cpu)).unwrap_or_default()
+    };
+    let recon_mse = read(&recon_sq)[0] / pixels;
+    // Σᵢ‖xᵢ − x̄‖² = Σ x² − N‖x̄‖², per pixel.
+    let mean = &sum_x / n;
+    let spread = read(&(sum_x2 - mean.square() * n).sum(Kind::Double))[0];
+    let mean_image_mse = spread / pixels;
+    let (mu, mu2, kl) = (read(&sum_mu), read(&sum_mu2), read(&sum_kl));
+    let mean_variance: Vec<f64> = mu
+        .iter()
+        .zip(&mu2)
+        .map(|(m, m2)| (m2 / n - (m / n).powi(2)).max(0.0))
+        .collect();
+    let stats = ManifoldStats {
+        slices: slices.len(),
+        recon_mse,
+        mean_image_mse,
+        variance_explained: if mean_image_mse > 0.0 {
+            1.0 - recon_mse / mean_image_mse
+        } else {
+            0.0
+        },
+        kl_per_dim: kl.iter().map(|k| k / n).collect(),
+        active_dims: mean_variance.iter().filter(|&&v| v > ACTIVE_VARIANCE).count(),
+        mean_variance,
+    };
+    (z, stats)
+}

@@ -138,8 +138,19 @@ pub struct ReportArgs {
     /// Compare every arm with this one too, paired by repeat (random always).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "ARM,...")]
     pub versus: Vec<session::config::Arm>,
+    /// The headline: the smallest budget whose mean Dice is within DELTA of the full-data
+    /// reference's.
+    #[arg(long, default_value_t = session::report::DEFAULT_DELTA, value_parser = parse_delta)]
+    pub delta: f64,
     #[command(flatten)]
     pub dirs: SessionsDir,
+}
+
+fn parse_delta(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(d) if d.is_finite() && d >= 0.0 => Ok(d),
+        _ => Err(format!("--delta {v}: expected a Dice difference of 0 or more, such as 0.01")),
+    }
 }
 
 #[derive(Args)]
@@ -208,6 +219,7 @@ pub fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
         session: dir.display().to_string(),
         out: None,
         versus: Vec::new(),
+        delta: session::report::DEFAULT_DELTA,
         dirs: SessionsDir { sessions_dir: None },
     })
 }
@@ -272,7 +284,7 @@ impl Progress {
                 }
             }
             Event::PicksMade { arm, round, picks, fallbacks, tumour_picks, .. } => {
-                say!("    {arm} round {round}: {} ({} with tumour, {fallbacks} fallbacks)", suggestive::session::events::picks_line(picks), tumour_picks);
+                say!("    {arm} round {round}: {}", suggestive::session::events::picks_summary(picks, *tumour_picks, *fallbacks));
             }
             Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
                 say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
@@ -441,6 +453,7 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     }
     let report = session::report::Report::new(&s.config, &s.state)
         .versus(&s.config, &a.versus)
+        .with_delta(&s.config, a.delta)
         .with_timings(&s.files().event_logs());
     let out = a.out.unwrap_or_else(|| dir.join("report"));
     let about = format!(

@@ -1,8 +1,8 @@
 //! Paired statistics for comparing strategies over repeats: within a repeat every arm shares the
 //! split, the initial set, the VAE and the initial UNet, so arms are compared by their paired
 //! differences. The mean difference with its 95 % t interval, the Wilcoxon signed-rank p-value
-//! (exact for up to 25 pairs, the normal approximation above), wins, ties and losses; and the
-//! area under a budget curve.
+//! (exact for up to 25 pairs, the normal approximation above), wins, ties and losses, the
+//! minimum difference the repeats could detect; and the area under a budget curve.
 
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
@@ -23,6 +23,9 @@ pub struct Paired {
     pub wins: usize,
     pub ties: usize,
     pub losses: usize,
+    /// The smallest true mean difference a paired t-test at 5 % (two-sided) detects with 80 %
+    /// power, given these repeats' spread; `None` under two pairs.
+    pub mdd80: Option<f64>,
 }
 
 /// Compares `a` with `b`, pair by pair (equal lengths: one value per repeat).
@@ -36,7 +39,25 @@ pub fn paired(a: &[f64], b: &[f64]) -> Paired {
         wins: d.iter().filter(|&&x| x > 0.0).count(),
         ties: d.iter().filter(|&&x| x == 0.0).count(),
         losses: d.iter().filter(|&&x| x < 0.0).count(),
+        mdd80: minimum_detectable(sd(&d), d.len()),
     }
+}
+
+/// The minimum detectable mean difference of a paired t-test (two-sided, 5 %) at 80 % power
+/// with `n` pairs whose differences have standard deviation `sd`:
+/// `(t₀.₉₇₅ + t₀.₈₀) · sd / √n`, both quantiles with n − 1 degrees of freedom.
+pub fn minimum_detectable(sd: f64, n: usize) -> Option<f64> {
+    if n < 2 || !sd.is_finite() {
+        return None;
+    }
+    let t = StudentsT::new(0.0, 1.0, n as f64 - 1.0).ok()?;
+    Some((t.inverse_cdf(0.975) + t.inverse_cdf(0.8)) * sd / (n as f64).sqrt())
+}
+
+/// The fewest pairs whose minimum detectable difference is at most `target`, for differences
+/// with standard deviation `sd` (up to 10,000; `None` beyond).
+pub fn repeats_for(sd: f64, target: f64) -> Option<usize> {
+    (2..=10_000).find(|&n| minimum_detectable(sd, n).is_some_and(|m| m <= target))
 }
 
 pub fn mean(v: &[f64]) -> f64 {
@@ -214,6 +235,18 @@ mod tests {
         close(lo, 0.0013547891218488525, 1e-9);
         close(hi, 0.04445187754481782, 1e-9);
         assert_eq!(t_interval(&[0.3], 0.95), None);
+    }
+
+    // (scipy.stats.t.ppf(0.975, n - 1) + scipy.stats.t.ppf(0.8, n - 1)) * d.std(ddof=1) / sqrt(n);
+    // and the first n from 2 up where that is at most 0.03 for sd = 0.05.
+    #[test]
+    fn minimum_detectable_differences_match_scipy() {
+        close(minimum_detectable(sd(&D8), 8).unwrap(), 0.03791918584967025, 1e-9);
+        close(minimum_detectable(sd(&X30), 30).unwrap(), 0.030548312938519492, 1e-9);
+        assert_eq!(repeats_for(0.05, 0.03), Some(24));
+        assert_eq!(minimum_detectable(0.05, 1), None);
+        let p = paired(&D8, &[0.0; 8]);
+        close(p.mdd80.unwrap(), 0.03791918584967025, 1e-9);
     }
 
     #[test]

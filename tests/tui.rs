@@ -570,15 +570,17 @@ fn preview_is_asked_again_after_the_selected_arm_is_evaluated() {
     );
 }
 
-/// The chart's dotted lines are ± one sd over repeats: none while each point has one repeat
-/// (the evaluation's sd over test patients is not that), drawn once a second repeat is in.
+/// The chart's dotted lines are the 95 % interval over repeats: none while each point has one
+/// repeat (the evaluation's sd over test patients is not that), drawn once a second repeat is
+/// in.
 #[test]
 fn dice_chart_bands_only_over_several_repeats() {
     let mut app = mid_round();
     let spread = |app: &Dashboard| {
         ui::curves(app)
+            .0
             .iter()
-            .flat_map(|(_, p)| p.iter().map(|q| q.2))
+            .flat_map(|(_, p)| p.iter().filter_map(|q| q.band.map(|[lo, hi]| hi - lo)))
             .fold(0.0f64, f64::max)
     };
     assert_eq!(spread(&app), 0.0, "one repeat, yet a spread is drawn");

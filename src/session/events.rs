@@ -39,6 +39,17 @@ pub struct PickView {
 /// scale picks hundreds; they all are in `export` and `--jsonl`).
 const PICKS_NAMED: usize = 4;
 
+/// A round's picks as a person reads them: `8 picks, 5 with tumour, 2 fallbacks: P1, P7, …`.
+pub fn picks_summary(picks: &[PickView], tumour_picks: usize, fallbacks: usize) -> String {
+    format!(
+        "{} pick{}, {tumour_picks} with tumour, {fallbacks} fallback{}: {}",
+        picks.len(),
+        if picks.len() == 1 { "" } else { "s" },
+        if fallbacks == 1 { "" } else { "s" },
+        picks_line(picks)
+    )
+}
+
 /// A round's picks as one short line: the first few as `ID` or `ID#slice`, then how many more.
 pub fn picks_line(picks: &[PickView]) -> String {
     let mut names: Vec<String> = picks
@@ -189,6 +200,10 @@ mod tests {
         assert_eq!(picks_line(&few), "P0#0, P1#1, P2#2");
         let many: Vec<PickView> = (0..1250).map(pick).collect();
         assert_eq!(picks_line(&many), "P0#0, P1#1, P2#2, P3#3, … 1246 more");
+        assert_eq!(
+            picks_summary(&many, 700, 1),
+            "1250 picks, 700 with tumour, 1 fallback: P0#0, P1#1, P2#2, P3#3, … 1246 more"
+        );
     }
 
     #[test]

@@ -303,8 +303,8 @@ impl Dashboard {
                 fallbacks,
                 tumour_picks,
             } => {
-                let names = crate::session::events::picks_line(&picks);
-                self.log(false, format!("{arm} round {round}: {names} ({tumour_picks} with tumour, {fallbacks} fallbacks)"));
+                let line = crate::session::events::picks_summary(&picks, tumour_picks, fallbacks);
+                self.log(false, format!("{arm} round {round}: {line}"));
                 let rec = PickRecord {
                     repeat,
                     stage,

@@ -18,7 +18,7 @@ use ratatui_image::{Resize, StatefulImage};
 use super::app::{Dashboard, RunState, Tab};
 use super::theme::Theme;
 use crate::session::config::{Arm, Granularity};
-use crate::session::report::{budget_range, Curve, Report};
+use crate::session::report::{budget_range, Curve, FullLine, Report};
 
 /// The rendered preview, kept between frames (encoding an image is the costly part).
 #[derive(Default)]
@@ -282,46 +282,40 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     }
 }
 
-/// The curves of the report (mean over repeats, ± sd over repeats), from the results so far.
-/// A point of a single repeat has no spread over repeats: its sd is 0 here (the report's
-/// summary gives the sd over test patients there).
-pub fn curves(app: &Dashboard) -> Vec<Curve> {
+/// The curves of the report (mean over repeats with its 95 % interval once two repeats have a
+/// point) and the full-data reference, from the results so far.
+pub fn curves(app: &Dashboard) -> (Vec<Curve>, Option<FullLine>) {
     match &app.config {
         Some(cfg) => {
-            let mut report = Report::from_results(cfg, &app.results);
-            for row in &mut report.summary {
-                if row.repeats < 2 {
-                    row.dice_sd = 0.0;
-                }
-            }
-            report.series(cfg)
+            let report = Report::from_results(cfg, &app.results);
+            (report.series(cfg), report.full_line())
         }
-        None => Vec::new(),
+        None => (Vec::new(), None),
     }
 }
 
 fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
-    let curves = curves(app);
+    let (curves, full) = curves(app);
     let unit = match app.config.as_ref().map(|c| c.experiment.granularity) {
         Some(Granularity::Image) => "slices",
         _ => "patients",
     };
     let (x0, x1) = budget_range(&curves);
-    // Owned point lists: the mean line, and the spread over repeats as dotted lines.
+    // Owned point lists: the mean line, and the 95 % interval as dotted lines.
     let mut series: Vec<Series> = Vec::new();
+    if let Some(full) = full {
+        series.push((Arm::Full, vec![(x0, full.mean), (x1, full.mean)], true));
+    }
     for (arm, pts) in &curves {
-        series.push((*arm, pts.iter().map(|p| (p.0, p.1)).collect(), true));
-        if pts.iter().any(|p| p.2 > 0.0) {
-            series.push((
-                *arm,
-                pts.iter().map(|p| (p.0, (p.1 + p.2).min(1.0))).collect(),
-                false,
-            ));
-            series.push((
-                *arm,
-                pts.iter().map(|p| (p.0, (p.1 - p.2).max(0.0))).collect(),
-                false,
-            ));
+        series.push((*arm, pts.iter().map(|p| (p.budget, p.mean)).collect(), true));
+        if pts.iter().all(|p| p.band.is_some()) {
+            for side in [0, 1] {
+                let line = pts
+                    .iter()
+                    .map(|p| (p.budget, p.band.map_or(p.mean, |b| b[side]).clamp(0.0, 1.0)))
+                    .collect();
+                series.push((*arm, line, false));
+            }
         }
     }
     let datasets: Vec<Dataset> = series

@@ -12,14 +12,21 @@ use serde::Serialize;
 use super::compare::{self, ArmAubc, Comparison};
 use super::config::{Arm, Granularity, SessionConfig};
 use super::files::write_atomic;
-use super::state::{ResultRow, SessionState};
+use super::state::{PickRecord, ResultRow, SessionState};
 use crate::engine::eval::mean_sd;
+use crate::engine::manifold::ManifoldStats;
 
+mod cases;
 mod plot;
+mod reference;
 mod tables;
 mod timings;
 
-pub use plot::{arm_colour, budget_range, Curve};
+pub use cases::CaseRow;
+pub use tables::paired_text;
+pub use reference::{BudgetToFull, FullData, DEFAULT_DELTA};
+
+pub use plot::{arm_colour, budget_range, Curve, CurvePoint, FullLine};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -48,6 +55,49 @@ pub struct SummaryRow {
     pub dice_mean: f64,
     /// Sd over repeats (with one repeat: the sd over test patients).
     pub dice_sd: f64,
+    /// 95 % t interval of the mean over repeats (none under two repeats).
+    pub ci95: Option<[f64; 2]>,
+}
+
+/// How often `proposed`'s cones were empty in one round (all repeats): picks that fell back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FallbackRate {
+    pub arm: Arm,
+    pub stage: usize,
+    pub round: usize,
+    pub picks: usize,
+    pub fallbacks: usize,
+    pub rate: f64,
+}
+
+impl FallbackRate {
+    fn of(records: &[PickRecord]) -> Vec<FallbackRate> {
+        let mut by_round: BTreeMap<(Arm, usize, usize), (usize, usize)> = BTreeMap::new();
+        for r in records.iter().filter(|r| r.arm == Arm::Proposed) {
+            let e = by_round.entry((r.arm, r.stage, r.round)).or_default();
+            e.0 += r.picks.len();
+            e.1 += r.fallbacks;
+        }
+        by_round
+            .into_iter()
+            .map(|((arm, stage, round), (picks, fallbacks))| FallbackRate {
+                arm,
+                stage,
+                round,
+                picks,
+                fallbacks,
+                rate: fallbacks as f64 / picks.max(1) as f64,
+            })
+            .collect()
+    }
+}
+
+/// One repeat's manifold statistics (see `engine::manifold`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepeatManifold {
+    pub repeat: usize,
+    #[serde(flatten)]
+    pub stats: ManifoldStats,
 }
 
 /// proposed − random at one budget, paired by repeat (same split, initial set and VAE).
@@ -81,7 +131,7 @@ pub struct SelectionSummary {
 }
 
 impl SelectionSummary {
-    fn of(records: &[crate::session::state::PickRecord]) -> Vec<SelectionSummary> {
+    fn of(records: &[PickRecord]) -> Vec<SelectionSummary> {
         let mut arms: Vec<Arm> = records.iter().map(|r| r.arm).collect();
         arms.sort();
         arms.dedup();
@@ -134,12 +184,35 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
     /// Per arm: the normalised area under its budget curve, and paired against `random`.
     pub aubc: Vec<ArmAubc>,
+    /// The UNet trained on the whole pool, over repeats (sessions with the `full` arm).
+    pub full_data: Option<FullData>,
+    /// The headline: per arm, the smallest budget within `delta` of `full_data`'s mean.
+    pub delta: f64,
+    pub budget_to_full: BTreeMap<Arm, Option<BudgetToFull>>,
+    /// `proposed`'s empty cones, per round.
+    pub fallback_rates: Vec<FallbackRate>,
+    /// Per repeat: how much of the pool the VAE's latent space holds.
+    pub manifold: Vec<RepeatManifold>,
+    /// One row per repeat, arm, budget and test case (results_long.csv).
+    #[serde(skip)]
+    pub cases: Vec<CaseRow>,
 }
 
 impl Report {
     pub fn new(cfg: &SessionConfig, state: &SessionState) -> Report {
         let mut report = Report::from_results(cfg, &state.results);
         report.selection = SelectionSummary::of(&state.picks);
+        report.fallback_rates = FallbackRate::of(&state.picks);
+        report.manifold = state
+            .repeats
+            .iter()
+            .enumerate()
+            .filter_map(|(repeat, d)| {
+                let stats = d.manifold.clone()?;
+                Some(RepeatManifold { repeat, stats })
+            })
+            .collect();
+        report.cases = cases::rows(state);
         report
     }
 
@@ -165,6 +238,7 @@ impl Report {
         }
         let summary = groups
             .iter()
+            .filter(|((arm, _, _), _)| arm.is_strategy())
             .map(|(&(arm, stage, round), rs)| {
                 let means: Vec<f64> = rs.iter().map(|r| r.dice_mean).collect();
                 let (m, sd) = mean_sd(&means);
@@ -177,6 +251,7 @@ impl Report {
                     repeats: rs.len(),
                     dice_mean: m,
                     dice_sd: if rs.len() > 1 { sd } else { rs[0].dice_sd },
+                    ci95: crate::stats::t_interval(&means, 0.95),
                 }
             })
             .collect();
@@ -219,12 +294,19 @@ impl Report {
             Granularity::Patient => "patients",
             Granularity::Image => "slices",
         };
-        let arms = &cfg.experiment.arms;
+        let arms = &cfg.experiment.strategies();
+        let protocol = cfg.experiment.protocol;
         Report {
             unit,
             selection: Vec::new(),
             comparisons: compare::comparisons(&rows, arms, Arm::Random),
-            aubc: compare::aubc(&rows, arms, cfg.experiment.protocol, Arm::Random),
+            aubc: compare::aubc(&rows, arms, protocol, Arm::Random),
+            full_data: reference::full_data(&rows),
+            delta: DEFAULT_DELTA,
+            budget_to_full: reference::budget_to_full(&rows, arms, protocol, DEFAULT_DELTA),
+            fallback_rates: Vec::new(),
+            manifold: Vec::new(),
+            cases: Vec::new(),
             rows,
             summary,
             paired,
@@ -232,10 +314,19 @@ impl Report {
         }
     }
 
+    /// The headline with `delta` instead of the default (`report --delta`).
+    pub fn with_delta(mut self, cfg: &SessionConfig, delta: f64) -> Report {
+        let arms = cfg.experiment.strategies();
+        self.delta = delta;
+        self.budget_to_full =
+            reference::budget_to_full(&self.rows, &arms, cfg.experiment.protocol, delta);
+        self
+    }
+
     /// Adds the comparisons of every arm with each of `arms` (besides random, always there).
     pub fn versus(mut self, cfg: &SessionConfig, arms: &[Arm]) -> Report {
         for &v in arms.iter().filter(|&&v| v != Arm::Random) {
-            let more = compare::comparisons(&self.rows, &cfg.experiment.arms, v);
+            let more = compare::comparisons(&self.rows, &cfg.experiment.strategies(), v);
             self.comparisons.extend(more);
         }
         self
@@ -250,11 +341,13 @@ impl Report {
         write_atomic(&md, self.document(cfg, about).as_bytes())?;
         let csv = out.join("results.csv");
         write_atomic(&csv, self.csv().as_bytes())?;
+        let long = out.join("results_long.csv");
+        write_atomic(&long, &cases::csv(&self.cases)?)?;
         let json = out.join("results.json");
         write_atomic(&json, &serde_json::to_vec_pretty(self)?)?;
         let png = out.join("dice_vs_budget.png");
         let svg = out.join("dice_vs_budget.svg");
         self.write_plots(cfg, &png, &svg)?;
-        Ok(vec![csv, json, md, png, svg])
+        Ok(vec![csv, long, json, md, png, svg])
     }
 }

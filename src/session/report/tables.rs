@@ -6,6 +6,19 @@ use std::fmt::Write as _;
 use super::Report;
 use crate::session::config::{Arm, SessionConfig};
 
+/// `+0.031 [−0.004, +0.066], p = 0.080`: a paired difference with its interval and p-value.
+pub fn paired_text(p: &crate::stats::Paired) -> String {
+    let ci = p
+        .ci95
+        .map(|[lo, hi]| format!(" [{lo:+.3}, {hi:+.3}]"))
+        .unwrap_or_default();
+    let pv = p
+        .p_wilcoxon
+        .map(|v| format!(", p = {v:.3}"))
+        .unwrap_or_default();
+    format!("{:+.3}{ci}{pv}", p.mean_diff)
+}
+
 impl Report {
     /// One line per arm: picks, cone fallbacks, tumour content, and the proposed arm's steps.
     pub fn selection_text(&self) -> String {
@@ -99,7 +112,100 @@ impl Report {
             }
             s += "\n";
         }
+        s += &self.full_data_markdown();
         s += &self.comparisons_markdown(&budgets);
+        s += &self.fallbacks_markdown();
+        s += &self.manifold_markdown();
+        s
+    }
+
+    /// The full-data reference and, per arm, the smallest budget within δ of it.
+    fn full_data_markdown(&self) -> String {
+        let Some(f) = &self.full_data else {
+            return String::new();
+        };
+        let ci = f
+            .ci95
+            .map(|[lo, hi]| format!(" [95 %: {lo:.3}, {hi:.3}]"))
+            .unwrap_or_default();
+        let mut s = format!(
+            "\nfull-data reference (all {} {} of the pool, {} repeat{}): {:.3} ± {:.3}{ci}\n\n\
+             | arm | smallest budget within {} of full data | of the pool | 95 % bootstrap interval |\n\
+             |---|---|---|---|\n",
+            f.annotated,
+            self.unit,
+            f.repeats,
+            if f.repeats == 1 { "" } else { "s" },
+            f.mean,
+            f.sd,
+            self.delta
+        );
+        for (arm, b) in &self.budget_to_full {
+            let _ = match b {
+                Some(b) => {
+                    let end = |e: Option<usize>| e.map_or("not reached".to_string(), |v| v.to_string());
+                    writeln!(
+                        s,
+                        "| {arm} | {} | {:.0} % | {} – {} |",
+                        b.budget,
+                        100.0 * b.fraction,
+                        end(b.ci95[0]),
+                        end(b.ci95[1])
+                    )
+                }
+                None => writeln!(s, "| {arm} | not reached | | |"),
+            };
+        }
+        s
+    }
+
+    /// `proposed`'s empty cones per round: how many picks fell back.
+    fn fallbacks_markdown(&self) -> String {
+        if self.fallback_rates.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "\nproposed: picks whose cone was empty (fallbacks), all repeats\n\n             | stage | round | picks | fallbacks | rate |\n|---|---|---|---|---|\n",
+        );
+        for f in &self.fallback_rates {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.0} % |",
+                f.stage + 1,
+                f.round,
+                f.picks,
+                f.fallbacks,
+                100.0 * f.rate
+            );
+        }
+        s
+    }
+
+    /// Per repeat: the VAE's reconstruction against the mean image, and its latent dimensions.
+    fn manifold_markdown(&self) -> String {
+        if self.manifold.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "\nthe VAE's latent space over the pool (reconstruction from the encoder mean; KL in \
+             nats; active: variance of the mean above 0.01)\n\n\
+             | repeat | recon MSE | mean-image MSE | variance explained | active dims | KL per dim |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for m in &self.manifold {
+            let kl: Vec<String> = m.stats.kl_per_dim.iter().map(|k| format!("{k:.2}")).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {:.4} | {:.4} | {:.0} % | {} of {} | {} |",
+                m.repeat + 1,
+                m.stats.recon_mse,
+                m.stats.mean_image_mse,
+                100.0 * m.stats.variance_explained,
+                m.stats.active_dims,
+                m.stats.kl_per_dim.len(),
+                kl.join(", ")
+            );
+        }
         s
     }
 
@@ -117,23 +223,23 @@ impl Report {
             return s;
         }
         let cell = |p: &crate::stats::Paired| {
-            let ci = p
-                .ci95
-                .map(|[lo, hi]| format!(" [{lo:+.3}, {hi:+.3}]"))
-                .unwrap_or_default();
-            let pv = p
-                .p_wilcoxon
-                .map(|v| format!(", p = {v:.3}"))
+            let mdd = p
+                .mdd80
+                .map(|m| format!("; MDD {m:.3}"))
                 .unwrap_or_default();
             format!(
-                "{:+.3}{ci}{pv} ({}/{}/{})",
-                p.mean_diff, p.wins, p.ties, p.losses
+                "{} ({}/{}/{}{mdd})",
+                paired_text(p),
+                p.wins,
+                p.ties,
+                p.losses
             )
         };
         let _ = write!(
             s,
             "\npaired by repeat: mean difference [95 % t interval], Wilcoxon signed-rank p \
-             (wins/ties/losses)\n\n| annotated {} |",
+             (wins/ties/losses; MDD: the smallest difference these repeats detect with 80 % \
+             power at 5 %)\n\n| annotated {} |",
             self.unit
         );
         for (a, v) in &columns {

@@ -289,6 +289,7 @@ impl Progress {
             Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
                 say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
             }
+            Event::Manifold { repeat, stats } => say!("    repeat {}: {}", repeat + 1, stats.line()),
             Event::Stopped { steps_done, steps_total } => say!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
             Event::Finished { steps_total } => say!("finished: {steps_total} steps"),
             Event::Error { message } => eprintln!("error in the run: {message}"),

@@ -20,20 +20,38 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// Checks a finished session's records: every arm evaluated after every round, picks distinct
-/// and new, Dice in range.
+/// and new, Dice in range, a HD95 per test case; the full-data reference once, on the whole
+/// pool; the manifold's statistics.
 fn check_records(s: &Session, per_round: usize) {
     let cfg = &s.config;
-    let arms = &cfg.experiment.arms;
+    let arms = &cfg.experiment.strategies();
     let rounds = cfg.experiment.rounds;
-    assert_eq!(s.state.results.len(), arms.len() * (rounds + 1));
+    let full = usize::from(cfg.experiment.has_full());
+    assert_eq!(s.state.results.len(), arms.len() * (rounds + 1) + full);
+    let rd = &s.state.repeats[0];
     for r in &s.state.results {
         assert!(
             (0.0..=1.0).contains(&r.dice_mean) && (0.0..=1.0).contains(&r.slice_dice_mean),
             "{r:?}"
         );
-        assert_eq!(r.annotated, cfg.experiment.initial + r.round * per_round);
+        assert_eq!(r.hd95.len(), rd.test.len());
+        assert_eq!(rd.test_cases.len(), rd.test.len());
+        for (h, d) in r.hd95.iter().zip(&r.dice) {
+            // A perfect overlap is 0 mm apart; any HD95 is finite and non-negative.
+            assert!(h.is_none_or(|h| h.is_finite() && h >= 0.0 && (*d < 1.0 || h == 0.0)));
+        }
+        if r.arm == Arm::Full {
+            assert_eq!(r.round, 0);
+            assert_eq!(r.annotated, rd.order.len(), "full trains on the whole pool");
+        } else {
+            assert_eq!(r.annotated, cfg.experiment.initial + r.round * per_round);
+        }
         assert!(r.viewed >= r.annotated);
     }
+    let m = rd.manifold.as_ref().expect("manifold statistics");
+    assert_eq!(m.kl_per_dim.len(), cfg.vae.latent as usize);
+    assert!(m.active_dims <= m.kl_per_dim.len());
+    assert!(m.recon_mse >= 0.0 && m.mean_image_mse > 0.0 && m.variance_explained <= 1.0);
     let order = &s.state.repeats[0].order;
     let initial: HashSet<usize> = order[..cfg.experiment.initial].iter().copied().collect();
     for &arm in arms {
@@ -170,10 +188,61 @@ fn patient_wise_from_scratch_runs_and_the_oracle_picks_the_worst() {
     assert_eq!(picked.picks[0].sample, *most.0, "entropy {entropy:?}");
     // (The run scores with batch norm folded into the convolutions: the last digits differ.)
     assert!((picked.picks[0].score.unwrap() - most.1).abs() < 1e-5 * most.1);
+
+    // The coreset arm's first pick is the unlabelled patient farthest (in the VAE's latent
+    // space, its slices' mean) from every labelled one.
+    let pool = suggestive::session::pool::Pool::new(&ds, rd, Granularity::Patient);
+    let z = pool.sample_latents(&s.files().latents(0)).unwrap();
+    let gap = |c: usize| {
+        labelled
+            .iter()
+            .map(|&l| z[c].iter().zip(&z[l]).map(|(a, b)| (a - b).powi(2)).sum::<f64>())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let farthest = candidates
+        .iter()
+        .copied()
+        .max_by(|&a, &b| gap(a).total_cmp(&gap(b)).then(b.cmp(&a)))
+        .unwrap();
+    let coreset = s
+        .state
+        .picks
+        .iter()
+        .find(|p| p.arm == Arm::Coreset && p.round == 1)
+        .unwrap();
+    assert_eq!(coreset.picks[0].sample, farthest);
+
+    // The manifold's mean-image error, recomputed from the cached pool slices.
+    let slices = pool.slices();
+    let n = ds.image(slices[0]).len();
+    let mut mean = vec![0.0f64; n];
+    for &i in slices {
+        for (m, v) in mean.iter_mut().zip(ds.image(i)) {
+            *m += v.to_f64() / slices.len() as f64;
+        }
+    }
+    let spread: f64 = slices
+        .iter()
+        .map(|&i| {
+            ds.image(i)
+                .iter()
+                .zip(&mean)
+                .map(|(v, m)| (v.to_f64() - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / (slices.len() * n) as f64;
+    let m = rd.manifold.as_ref().unwrap();
+    assert!(
+        (m.mean_image_mse - spread).abs() < 1e-6 * spread,
+        "{} vs {spread}",
+        m.mean_image_mse
+    );
 }
 
 /// Every arm, so that each runs under every granularity, scenario and protocol below.
-const ALL_ARMS: &str = "experiment.arms=[\"random\", \"proposed\", \"oracle\", \"entropy\"]";
+const ALL_ARMS: &str =
+    "experiment.arms=[\"random\", \"proposed\", \"oracle\", \"entropy\", \"coreset\", \"full\"]";
 
 #[test]
 fn image_wise_from_scratch_counts_views_and_tumour_picks() {

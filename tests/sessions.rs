@@ -138,7 +138,8 @@ fn state(dir: &Path) -> serde_json::Value {
 fn sigkill_mid_training_then_resume_equals_an_uninterrupted_run() {
     let env = Env::new();
     // Every arm: each resumes exactly.
-    let arms = "experiment.arms=[\"random\", \"proposed\", \"oracle\", \"entropy\"]";
+    let arms =
+        "experiment.arms=[\"random\", \"proposed\", \"oracle\", \"entropy\", \"coreset\", \"full\"]";
     let whole = env.session_with("whole", &[arms]);
     env.run_ok(&whole);
 

@@ -263,6 +263,83 @@ fn help_overlay_lists_every_key() {
     assert!(!app.help, "any key closes the help");
 }
 
+/// Two more repeats' round 1 for random and proposed, the full-data reference of all three,
+/// and the VAE's latent space of the first.
+fn three_repeats() -> Dashboard {
+    let mut app = mid_round();
+    let evaluated = |repeat, arm, round, annotated, dice_mean| Event::Evaluated {
+        repeat,
+        stage: 0,
+        arm,
+        round,
+        annotated,
+        viewed: annotated * 43,
+        dice_mean,
+        dice_sd: 0.05,
+        collapsed: false,
+    };
+    let mut events = Vec::new();
+    for (repeat, random, proposed) in [(1, 0.62, 0.70), (2, 0.57, 0.58)] {
+        for arm in [Arm::Random, Arm::Proposed, Arm::Oracle] {
+            events.push(evaluated(repeat, arm, 0, 4, 0.5));
+        }
+        events.push(evaluated(repeat, Arm::Random, 1, 6, random));
+        events.push(evaluated(repeat, Arm::Proposed, 1, 6, proposed));
+    }
+    for (repeat, dice) in [(0, 0.80), (1, 0.82), (2, 0.78)] {
+        events.push(evaluated(repeat, Arm::Full, 0, 30, dice));
+    }
+    events.push(Event::Manifold {
+        repeat: 0,
+        stats: suggestive::engine::manifold::ManifoldStats {
+            slices: 2580,
+            recon_mse: 0.21,
+            mean_image_mse: 0.55,
+            variance_explained: 1.0 - 0.21 / 0.55,
+            kl_per_dim: vec![0.9, 0.4, 0.01, 0.0, 0.0],
+            mean_variance: vec![0.8, 0.3, 0.005, 0.0, 0.0],
+            active_dims: 2,
+        },
+    });
+    for e in events {
+        app.on_message(Message::Event(e));
+    }
+    app
+}
+
+/// `c` shows the selected arm against random, paired by repeat, as results come; the header
+/// gives the latest budget's line.
+#[test]
+fn comparison_view_shows_the_paired_table() {
+    let mut app = three_repeats();
+    // Differences proposed − random at 6: 0.05, 0.08, 0.01: mean 0.0467, all three wins, so the
+    // exact signed-rank p is 2 / 2³ = 0.25.
+    let text = render(&app, 80, 24);
+    assert!(
+        text.contains("proposed − random at 6: +0.047 [") && text.contains("p = 0.250 (n = 3)"),
+        "{text}"
+    );
+    app.on_key(key(KeyCode::Char('c')));
+    assert!(app.comparison);
+    let wide = render(&app, 160, 48);
+    for want in [
+        "proposed − random, paired by repeat",
+        "3/0/0",
+        "AUBC",
+        "full data 0.800 ± 0.020 (n = 3)",
+        "VAE explains 62 % of the pool's variance, 2 of 5 dims active",
+    ] {
+        assert!(wide.contains(want), "{want}:\n{wide}");
+    }
+    insta::assert_snapshot!("comparison_160x48", wide);
+    insta::assert_snapshot!("comparison_80x24", render(&app, 80, 24));
+    // Tab moves to the oracle, which has no round in any repeat yet; c closes the view.
+    app.on_key(key(KeyCode::Tab));
+    assert!(render(&app, 160, 48).contains("oracle − random, paired by repeat"));
+    app.on_key(key(KeyCode::Char('c')));
+    assert!(!app.comparison);
+}
+
 #[test]
 fn worker_errors_are_shown_not_crashed_on() {
     let mut app = mid_round();

@@ -33,6 +33,20 @@ pub struct ManifoldStats {
     pub active_dims: usize,
 }
 
+impl ManifoldStats {
+    /// `VAE: 62 % of the pool's variance, 3 of 5 latent dimensions active`.
+    pub fn line(&self) -> String {
+        format!(
+            "VAE: {:.0} % of the pool's variance (reconstruction MSE {:.4} against {:.4} for the mean image), {} of {} latent dimensions active",
+            100.0 * self.variance_explained,
+            self.recon_mse,
+            self.mean_image_mse,
+            self.active_dims,
+            self.kl_per_dim.len()
+        )
+    }
+}
+
 /// The encoder means of `slices` (`(N, latent)` on the CPU, as `select::encode_slices`), and
 /// the manifold's statistics over them.
 pub fn encode_and_diagnose(

@@ -123,6 +123,11 @@ pub enum Event {
         dice_sd: f64,
         collapsed: bool,
     },
+    /// The pool is encoded: how much of it the VAE's latent space holds.
+    Manifold {
+        repeat: usize,
+        stats: crate::engine::manifold::ManifoldStats,
+    },
     Stopped {
         steps_done: usize,
         steps_total: usize,

@@ -1,7 +1,7 @@
 //! The dashboard's state: built from session messages, changed by keys. No drawing and no I/O
 //! here, so scripted events can drive it in tests.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -9,8 +9,11 @@ use image::RgbImage;
 
 use super::latent::{pca_axes, Projection};
 use super::worker::{Command, Message, PreviewReply, PreviewRequest};
+use crate::engine::manifold::ManifoldStats;
+use crate::session::compare::Comparison;
 use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, Phase, PickView};
+use crate::session::report::Report;
 use crate::session::run::Outcome;
 use crate::session::state::{PickRecord, ResultRow, SessionState};
 
@@ -94,7 +97,14 @@ pub struct Dashboard {
     /// model may have changed since).
     pub preview_generation: u64,
     pub log: VecDeque<(bool, String)>,
+    /// The report of the results so far (comparisons, full-data reference), made again when
+    /// a result arrives rather than on every frame.
+    pub report: Report,
+    /// Per repeat: the VAE's latent space over the pool, once encoded.
+    pub manifold: BTreeMap<usize, ManifoldStats>,
     pub help: bool,
+    /// The comparison view (`c`): the selected arm against random, paired by repeat.
+    pub comparison: bool,
     pub tab: Tab,
     /// Close the dashboard (q, esc): back to the browser when it was opened from there.
     pub quit: bool,
@@ -139,7 +149,10 @@ impl Dashboard {
             preview: None,
             preview_generation: 0,
             log: VecDeque::new(),
+            report: Report::default(),
+            manifold: BTreeMap::new(),
             help: false,
+            comparison: false,
             tab: Tab::Overview,
             quit: false,
             exit: false,
@@ -176,13 +189,18 @@ impl Dashboard {
         self.picks.iter().rev().find(|(r, _)| r.arm == arm)
     }
 
-    /// "round k of R" of the latest evaluation.
+    /// "round k of R" of the latest evaluation of a strategy.
     pub fn round_label(&self) -> String {
         let rounds = self.config.as_ref().map(|c| match c.experiment.protocol {
             crate::session::config::Protocol::Rounds => c.experiment.rounds,
             crate::session::config::Protocol::Budgets => 1,
         });
-        let k = self.results.last().map(|r| r.round).unwrap_or(0);
+        let k = self
+            .results
+            .iter()
+            .rev()
+            .find(|r| r.arm.is_strategy())
+            .map_or(0, |r| r.round);
         match rounds {
             Some(r) => format!("round {k} of {r}"),
             None => String::new(),
@@ -244,14 +262,52 @@ impl Dashboard {
         self.results = state.results.clone();
         self.picks = state.picks.into_iter().zip(views).collect();
         self.config = Some(config);
+        self.manifold = state
+            .repeats
+            .iter()
+            .enumerate()
+            .filter_map(|(r, d)| Some((r, d.manifold.clone()?)))
+            .collect();
+        self.refresh_report();
         if !state.repeats.is_empty() && state.done > 2 {
             self.want_latents = Some(self.picks.last().map(|(r, _)| r.repeat).unwrap_or(0));
         }
         self.want_preview = self.current_picks().is_some();
     }
 
+    /// Makes the report of the results so far again.
+    fn refresh_report(&mut self) {
+        if let Some(cfg) = &self.config {
+            self.report = Report::from_results(cfg, &self.results);
+        }
+    }
+
+    /// The arm the comparison view and the header compare with random: the selected arm, or
+    /// the first other one while random is selected.
+    pub fn compared_arm(&self) -> Option<Arm> {
+        let arms = self.arms();
+        match self.selected_arm() {
+            Some(a) if a != Arm::Random => Some(a),
+            _ => arms.into_iter().find(|&a| a != Arm::Random),
+        }
+    }
+
+    /// The compared arm against random at the largest budget compared so far.
+    pub fn headline(&self) -> Option<&Comparison> {
+        let arm = self.compared_arm()?;
+        self.report
+            .comparisons
+            .iter()
+            .filter(|c| c.arm == arm && c.versus == Arm::Random)
+            .max_by_key(|c| (c.budget, c.stage, c.round))
+    }
+
     pub fn on_event(&mut self, e: Event) {
         match e {
+            Event::Manifold { repeat, stats } => {
+                self.log(false, format!("repeat {}: {}", repeat + 1, stats.line()));
+                self.manifold.insert(repeat, stats);
+            }
             Event::Started {
                 steps_done,
                 steps_total,
@@ -349,6 +405,7 @@ impl Dashboard {
                     slice_dice_mean: 0.0,
                     collapsed,
                 });
+                self.refresh_report();
                 // The VAE's latents exist by the first evaluation of a repeat.
                 self.want_latents_of(repeat);
                 // The arm's model of this round is trained now: the preview asked for at its
@@ -408,6 +465,12 @@ impl Dashboard {
             return None;
         }
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        // The comparison view closes with c or esc; the other keys work under it (tab
+        // changes the arm it shows).
+        if self.comparison && !ctrl && matches!(key.code, KeyCode::Esc | KeyCode::Char('c')) {
+            self.comparison = false;
+            return None;
+        }
         if matches!(key.code, KeyCode::Char('q') | KeyCode::Esc)
             || (ctrl && key.code == KeyCode::Char('c'))
         {
@@ -417,6 +480,7 @@ impl Dashboard {
         }
         match key.code {
             KeyCode::Char('?') => self.help = true,
+            KeyCode::Char('c') => self.comparison = true,
             KeyCode::Char('n') | KeyCode::Char(' ') if self.can_start() => {
                 return self.start(Command::Step);
             }

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod browser;
+mod compare;
 pub mod latent;
 pub mod stderr_log;
 pub mod theme;

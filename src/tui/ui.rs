@@ -18,7 +18,7 @@ use ratatui_image::{Resize, StatefulImage};
 use super::app::{Dashboard, RunState, Tab};
 use super::theme::Theme;
 use crate::session::config::{Arm, Granularity};
-use crate::session::report::{budget_range, Curve, FullLine, Report};
+use crate::session::report::{budget_range, Curve, FullLine};
 
 /// The rendered preview, kept between frames (encoding an image is the costly part).
 #[derive(Default)]
@@ -31,7 +31,7 @@ type Series = (Arm, Vec<(f64, f64)>, bool);
 /// A pick (pool sample) and the labelled sample it came from, if any.
 type PickAndSource = (usize, Option<usize>);
 
-fn block<'a>(title: &'a str, t: &Theme) -> Block<'a> {
+pub(super) fn block<'a>(title: &'a str, t: &Theme) -> Block<'a> {
     Block::default()
         .borders(Borders::ALL)
         .border_style(Style::default().fg(t.border))
@@ -51,7 +51,7 @@ pub fn draw(f: &mut Frame, app: &Dashboard, t: &Theme, img: &mut ImageState) {
     let rows = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
-            Constraint::Length(1),
+            Constraint::Length(2),
             Constraint::Min(0),
             Constraint::Length(1),
         ])
@@ -117,6 +117,9 @@ pub fn draw(f: &mut Frame, app: &Dashboard, t: &Theme, img: &mut ImageState) {
             Tab::Log => log(f, parts[1], app, t),
         }
     }
+    if app.comparison {
+        super::compare::view(f, area, app, t);
+    }
     if app.help {
         help(f, area, t);
     }
@@ -166,18 +169,19 @@ fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             Style::default().fg(t.dim),
         ),
     ]);
-    f.render_widget(Paragraph::new(line), area);
+    let stat = super::compare::header_line(app, t);
+    f.render_widget(Paragraph::new(vec![line, stat]), area);
 }
 
 fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     // Only the keys that do something in this state.
     let keys = match app.run {
-        RunState::Running => "p pause · ←/→ picks · tab arm · m modality · ? help",
-        RunState::Stopping => "←/→ picks · tab arm · m modality · ? help",
+        RunState::Running => "p pause · ←/→ picks · tab arm · m modality · c compare · ? help",
+        RunState::Stopping => "←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Loading => "? help",
-        RunState::Finished => "←/→ picks · tab arm · m modality · d axes · ? help",
+        RunState::Finished => "←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Paused | RunState::Failed(_) => {
-            "n next round · r run all · ←/→ picks · tab arm · m modality · d axes · ? help"
+            "n next round · r run all · ←/→ picks · tab arm · c compare · ? help"
         }
     };
     // q closes the dashboard: back to the browser when it was opened from there.
@@ -286,10 +290,7 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
 /// point) and the full-data reference, from the results so far.
 pub fn curves(app: &Dashboard) -> (Vec<Curve>, Option<FullLine>) {
     match &app.config {
-        Some(cfg) => {
-            let report = Report::from_results(cfg, &app.results);
-            (report.series(cfg), report.full_line())
-        }
+        Some(cfg) => (app.report.series(cfg), app.report.full_line()),
         None => (Vec::new(), None),
     }
 }
@@ -617,7 +618,7 @@ fn log(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     f.render_widget(List::new(items).block(block("Events", t)), area);
 }
 
-pub const KEYS: [(&str, &str); 16] = [
+pub const KEYS: [(&str, &str); 17] = [
     ("n, space", "run the next round, then pause"),
     ("r", "run to the end"),
     ("p", "pause at the next safe point (end of an epoch)"),
@@ -625,6 +626,7 @@ pub const KEYS: [(&str, &str); 16] = [
     ("tab, a / shift-tab", "next / previous arm"),
     ("m", "next modality in the preview"),
     ("d", "latent axes: PCA, then pairs of dimensions"),
+    ("c", "comparison: the selected arm against random, by budget"),
     ("+ / -", "zoom the latent view in / out"),
     ("H J K L", "pan the latent view"),
     ("0", "reset zoom and pan"),

@@ -396,7 +396,7 @@ impl Runner {
     ) -> Result<bool> {
         match step {
             Step::Split { repeat } => self.split(repeat).map(|_| true),
-            Step::Latents { repeat } => self.latents(repeat).map(|_| true),
+            Step::Latents { repeat } => self.latents(repeat, cx.sink).map(|_| true),
             Step::Select {
                 repeat,
                 stage,

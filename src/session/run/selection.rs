@@ -36,12 +36,13 @@ pub(super) struct Evaluation<'a> {
 impl Runner {
     /// Encoder means of every pool slice of `repeat`, saved for selection and the interface,
     /// and the manifold's statistics (recorded with the repeat's data).
-    pub(super) fn latents(&mut self, repeat: usize) -> Result<()> {
+    pub(super) fn latents(&mut self, repeat: usize, sink: &mut dyn FnMut(&Event)) -> Result<()> {
         let (_vs, vae) = self.load_vae(repeat)?;
         let slices = self.pool_slices(repeat);
         let (z, stats) =
             manifold::encode_and_diagnose(&vae, &self.ds, &slices, &self.feed, EVAL_BATCH);
-        self.session.state.repeats[repeat].manifold = Some(stats);
+        self.session.state.repeats[repeat].manifold = Some(stats.clone());
+        self.emit(Event::Manifold { repeat, stats }, sink);
         let path = self.files.latents(repeat);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         write_atomic_with(&path, |tmp| {

@@ -644,6 +644,7 @@ fn report_and_export_write_what_they_promise() {
             "experiment.granularity=\"image\"",
             "experiment.initial=6",
             "experiment.per_round=3",
+            "experiment.arms=[\"random\", \"proposed\", \"oracle\", \"full\"]",
         ],
     );
     let dir = env.root.join("sessions").join("rep");
@@ -669,8 +670,9 @@ fn report_and_export_write_what_they_promise() {
         "{table}"
     );
     let csv = std::fs::read_to_string(rep.join("results.csv")).unwrap();
-    // 2 repeats × 3 arms × (initial + 2 rounds) rows, plus the header.
-    assert_eq!(csv.lines().count(), 1 + 2 * 3 * 3, "{csv}");
+    // 2 repeats × 3 arms × (initial + 2 rounds) rows, the full-data reference of each repeat,
+    // plus the header.
+    assert_eq!(csv.lines().count(), 1 + 2 * 3 * 3 + 2, "{csv}");
     assert!(csv.starts_with("arm,repeat,stage,round,annotated,viewed,dice_mean,dice_sd"));
     // Every row has as many fields as the header names.
     let width = |l: &str| l.split(',').count();
@@ -702,6 +704,38 @@ fn report_and_export_write_what_they_promise() {
         );
     }
     assert_eq!(json["aubc"].as_array().unwrap().len(), 3);
+    // The full-data reference: every pool slice, in both repeats; the headline per strategy.
+    let full = &json["full_data"];
+    assert_eq!(full["repeats"], 2);
+    let pool = full["annotated"].as_u64().unwrap();
+    let s = Session::open(&dir).unwrap();
+    assert_eq!(pool as usize, s.state.repeats[0].order.len(), "{full}");
+    let budgets = json["budget_to_full"].as_object().unwrap();
+    assert_eq!(budgets.len(), 3, "{budgets:?}");
+    for b in budgets.values().filter(|b| !b.is_null()) {
+        let n = b["budget"].as_u64().unwrap();
+        assert!([6, 9, 12].contains(&n), "{b}");
+        assert!((b["fraction"].as_f64().unwrap() - n as f64 / pool as f64).abs() < 1e-12);
+    }
+    // proposed's fallbacks per round, over both repeats' three picks.
+    let rates = json["fallback_rates"].as_array().unwrap();
+    assert_eq!(rates.len(), 2, "{rates:?}");
+    assert!(rates.iter().all(|r| r["picks"] == 6 && r["arm"] == "proposed"));
+    let manifold = json["manifold"].as_array().unwrap();
+    assert_eq!(manifold.len(), 2);
+    assert_eq!(manifold[0]["kl_per_dim"].as_array().unwrap().len(), 5);
+    // The tidy table: one row per result and test case, named by case ID and site.
+    let mut long = csv::Reader::from_path(rep.join("results_long.csv")).unwrap();
+    assert_eq!(
+        long.headers().unwrap(),
+        vec!["repeat", "arm", "stage", "round", "budget", "case", "site", "dice", "hd95_mm"]
+    );
+    let rows: Vec<csv::StringRecord> = long.records().map(|r| r.unwrap()).collect();
+    let cases: usize = s.state.results.iter().map(|r| r.dice.len()).sum();
+    assert_eq!(rows.len(), cases);
+    assert!(rows.iter().all(|r| r[5].starts_with("BraTS19_") && !r[6].is_empty()));
+    assert!(rows.iter().any(|r| r[1] == *"full" && r[4] == *pool.to_string()));
+    assert!(rows.iter().any(|r| r[8].parse::<f64>().is_ok()), "no HD95 at all");
     assert!(
         table.contains("proposed − random") && table.contains("AUBC"),
         "{table}"
@@ -711,9 +745,29 @@ fn report_and_export_write_what_they_promise() {
         md.starts_with("# suggestive report: session rep, on CPU")
             && md.contains("scratch / image / rounds")
             && md.contains("| annotated slices | random | proposed | oracle |")
-            && md.contains("where the time went"),
+            && md.contains("where the time went")
+            && md.contains("full-data reference (all")
+            && md.contains("smallest budget within 0.01 of full data")
+            && md.contains("picks whose cone was empty")
+            && md.contains("the VAE's latent space over the pool")
+            && md.contains("MDD"),
         "{md}"
     );
+    // --delta: within 1 of full data, every arm is there at its first budget; a negative
+    // δ is refused by value.
+    let out = env
+        .cmd(&["report", "rep", "--out", rep.to_str().unwrap(), "--delta", "1"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let wide: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("results.json")).unwrap()).unwrap();
+    for b in wide["budget_to_full"].as_object().unwrap().values() {
+        assert_eq!(b["budget"], 6, "{b}");
+        assert_eq!(b["ci95"], serde_json::json!([6, 6]));
+    }
+    let out = env.cmd(&["report", "rep", "--delta=-1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--delta -1"));
     // --versus adds every arm against another.
     let out = env
         .cmd(&[

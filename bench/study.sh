@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The strategy study of docs/results.md: the demo setting on the demo phantom with every arm,
+# and the proposed arm under each of the three cone fallback policies.
+#
+#   bench/study.sh [REPEATS]      (default 10; the folder: $STUDY_DIR or target/study)
+#
+# Three sessions share the seed, so their splits, VAEs, initial UNets and the random arm are the
+# same repeat by repeat; only the proposed arm's fallback policy differs:
+#   study-nearest  random, proposed (fallback nearest), oracle, entropy, coreset, full
+#   study-widen    random, proposed (fallback widen)
+#   study-random   random, proposed (fallback random)
+# Repeats are run in turn across the sessions (repeat 1 of each, then repeat 2, ...), so the
+# study can be stopped at any point with the same repeats in all three; running the script again
+# resumes it. Each session's report goes to its report/ folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats="${1:-10}"
+dir="${STUDY_DIR:-target/study}"
+mkdir -p "$dir"
+exec ./with-torch bash -c '
+  set -euo pipefail
+  repeats="$1"; dir="$2"
+  cargo build --release --quiet
+  bin=target/release/suggestive
+  export SUGGESTIVE_SESSIONS_DIR="$dir"
+  common=(--set "experiment.repeats=$repeats" --set "experiment.device=\"cpu\"")
+  create() { # NAME FALLBACK ARMS
+    [ -e "$dir/$1/session.toml" ] && return 0
+    "$bin" new "$1" --preset demo "${common[@]}" \
+      --set "selection.fallback=\"$2\"" --set "experiment.arms=$3"
+  }
+  create study-nearest nearest "[\"random\", \"proposed\", \"oracle\", \"entropy\", \"coreset\", \"full\"]"
+  create study-widen widen "[\"random\", \"proposed\"]"
+  create study-random random "[\"random\", \"proposed\"]"
+  for r in $(seq 1 "$repeats"); do
+    for s in study-nearest study-widen study-random; do
+      /usr/bin/time -f "$s repeat $r: %e s" "$bin" run "$s" --repeats "$r" > "$dir/$s.log.$r" 2>&1 \
+        || { tail -5 "$dir/$s.log.$r"; exit 1; }
+      tail -1 "$dir/$s.log.$r"
+    done
+  done
+  for s in study-nearest study-widen study-random; do
+    "$bin" report "$s" > /dev/null
+    echo "== $s: $dir/$s/report/report.md"
+  done
+' study "$repeats" "$dir"

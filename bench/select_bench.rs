@@ -24,16 +24,14 @@ use std::time::Instant;
 use suggestive::data::{Dataset, LoadOptions};
 use suggestive::engine::adam::Adam;
 use suggestive::engine::batch::{self, Feed};
+use suggestive::engine::cone::{pick_proposed, ConeFallback, ConeSettings, Source};
 use suggestive::engine::device::parse_device;
 use suggestive::engine::eval::patient_dice;
 use suggestive::engine::nets::{
     dice_loss, fold_batch_norm, save_weights, use_channels_last, Norm, UNet, UNetConfig, Vae,
     VaeConfig,
 };
-use suggestive::engine::cone::{pick_proposed, ConeFallback, ConeSettings, Source};
-use suggestive::engine::select::{
-    encode_slices, gradient_directions, DirectionNets, StepSettings,
-};
+use suggestive::engine::select::{encode_slices, gradient_directions, DirectionNets, StepSettings};
 use suggestive::engine::train::{train_unet, Schedule};
 use suggestive::session::config::DirectionMethod;
 use tch::nn::VarStore;

@@ -149,7 +149,9 @@ pub struct ReportArgs {
 fn parse_delta(v: &str) -> Result<f64, String> {
     match v.parse::<f64>() {
         Ok(d) if d.is_finite() && d >= 0.0 => Ok(d),
-        _ => Err(format!("--delta {v}: expected a Dice difference of 0 or more, such as 0.01")),
+        _ => Err(format!(
+            "--delta {v}: expected a Dice difference of 0 or more, such as 0.01"
+        )),
     }
 }
 
@@ -451,6 +453,9 @@ pub fn cmd_report(a: ReportArgs) -> Result<()> {
     let s = Session::open(&dir)?;
     if s.state.results.is_empty() {
         bail!("session {} has no results yet; run it first", s.name());
+    }
+    if a.versus.contains(&session::config::Arm::Full) {
+        bail!("--versus full: the full-data reference is one model per repeat, not a curve; the report compares every arm with it in its budget-to-full table (--delta)");
     }
     let report = session::report::Report::new(&s.config, &s.state)
         .versus(&s.config, &a.versus)

@@ -241,8 +241,16 @@ mod tests {
     // and the first n from 2 up where that is at most 0.03 for sd = 0.05.
     #[test]
     fn minimum_detectable_differences_match_scipy() {
-        close(minimum_detectable(sd(&D8), 8).unwrap(), 0.03791918584967025, 1e-9);
-        close(minimum_detectable(sd(&X30), 30).unwrap(), 0.030548312938519492, 1e-9);
+        close(
+            minimum_detectable(sd(&D8), 8).unwrap(),
+            0.03791918584967025,
+            1e-9,
+        );
+        close(
+            minimum_detectable(sd(&X30), 30).unwrap(),
+            0.030548312938519492,
+            1e-9,
+        );
         assert_eq!(repeats_for(0.05, 0.03), Some(24));
         assert_eq!(minimum_detectable(0.05, 1), None);
         let p = paired(&D8, &[0.0; 8]);

@@ -196,7 +196,12 @@ fn patient_wise_from_scratch_runs_and_the_oracle_picks_the_worst() {
     let gap = |c: usize| {
         labelled
             .iter()
-            .map(|&l| z[c].iter().zip(&z[l]).map(|(a, b)| (a - b).powi(2)).sum::<f64>())
+            .map(|&l| {
+                z[c].iter()
+                    .zip(&z[l])
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum::<f64>()
+            })
             .fold(f64::INFINITY, f64::min)
     };
     let farthest = candidates
@@ -310,7 +315,12 @@ fn budgets_protocol_runs_one_stage_per_budget() {
         .collect();
     assert_eq!(finals, [[(0, 2); 5], [(1, 4); 5]].concat());
     // The full-data reference: once, after the last stage, on the whole pool.
-    let full: Vec<_> = s.state.results.iter().filter(|r| r.arm == Arm::Full).collect();
+    let full: Vec<_> = s
+        .state
+        .results
+        .iter()
+        .filter(|r| r.arm == Arm::Full)
+        .collect();
     assert_eq!(full.len(), 1);
     assert_eq!(full[0].annotated, s.state.repeats[0].order.len());
 }

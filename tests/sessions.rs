@@ -720,7 +720,9 @@ fn report_and_export_write_what_they_promise() {
     // proposed's fallbacks per round, over both repeats' three picks.
     let rates = json["fallback_rates"].as_array().unwrap();
     assert_eq!(rates.len(), 2, "{rates:?}");
-    assert!(rates.iter().all(|r| r["picks"] == 6 && r["arm"] == "proposed"));
+    assert!(rates
+        .iter()
+        .all(|r| r["picks"] == 6 && r["arm"] == "proposed"));
     let manifold = json["manifold"].as_array().unwrap();
     assert_eq!(manifold.len(), 2);
     assert_eq!(manifold[0]["kl_per_dim"].as_array().unwrap().len(), 5);
@@ -733,9 +735,16 @@ fn report_and_export_write_what_they_promise() {
     let rows: Vec<csv::StringRecord> = long.records().map(|r| r.unwrap()).collect();
     let cases: usize = s.state.results.iter().map(|r| r.dice.len()).sum();
     assert_eq!(rows.len(), cases);
-    assert!(rows.iter().all(|r| r[5].starts_with("BraTS19_") && !r[6].is_empty()));
-    assert!(rows.iter().any(|r| r[1] == *"full" && r[4] == *pool.to_string()));
-    assert!(rows.iter().any(|r| r[8].parse::<f64>().is_ok()), "no HD95 at all");
+    assert!(rows
+        .iter()
+        .all(|r| r[5].starts_with("BraTS19_") && !r[6].is_empty()));
+    assert!(rows
+        .iter()
+        .any(|r| r[1] == *"full" && r[4] == *pool.to_string()));
+    assert!(
+        rows.iter().any(|r| r[8].parse::<f64>().is_ok()),
+        "no HD95 at all"
+    );
     assert!(
         table.contains("proposed − random") && table.contains("AUBC"),
         "{table}"
@@ -748,7 +757,9 @@ fn report_and_export_write_what_they_promise() {
             && md.contains("where the time went")
             && md.contains("full-data reference (all")
             && md.contains("smallest budget within 0.01 of full data")
-            && md.contains("picks whose cone was empty")
+            && md.contains("picks whose cone was empty (fallbacks), all repeats\n\n| stage |")
+            && md.contains("\n| arm | smallest budget within")
+            && md.contains("\n| repeat | recon MSE |")
             && md.contains("the VAE's latent space over the pool")
             && md.contains("MDD"),
         "{md}"
@@ -756,7 +767,14 @@ fn report_and_export_write_what_they_promise() {
     // --delta: within 1 of full data, every arm is there at its first budget; a negative
     // δ is refused by value.
     let out = env
-        .cmd(&["report", "rep", "--out", rep.to_str().unwrap(), "--delta", "1"])
+        .cmd(&[
+            "report",
+            "rep",
+            "--out",
+            rep.to_str().unwrap(),
+            "--delta",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_ok(&out);

@@ -327,7 +327,8 @@ fn comparison_view_shows_the_paired_table() {
         "3/0/0",
         "AUBC",
         "full data 0.800 ± 0.020 (n = 3)",
-        "VAE explains 62 % of the pool's variance, 2 of 5 dims active",
+        "repeat 1: VAE MSE 0.2100, mean image 0.5500: 62 % of the variance explained",
+        "KL per dimension 0.90 0.40 0.01 0.00 0.00 nats; 2 of 5 active",
     ] {
         assert!(wide.contains(want), "{want}:\n{wide}");
     }

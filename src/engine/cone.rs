@@ -2,6 +2,7 @@
 //! `z' − z` points into a cone, and the unlabelled sample nearest to `z'` inside it is picked.
 //! When a cone holds no candidate, a policy (`ConeFallback`) says what is taken instead.
 
+#[cfg(test)]
 use std::collections::HashSet;
 
 use rand::Rng;
@@ -40,19 +41,20 @@ pub struct ConePick {
     pub fallback: bool,
 }
 
-/// Among `candidates` not in `taken`, the one nearest to `z' = z + d` inside the cone of
-/// half-angle θ around `d` (cos∠(z_j − z, d) ≥ cos θ); when the cone is empty (or `d` is 0),
+/// One search (the `nearest` policy): among `candidates` not in `taken`, the one nearest to
+/// `z' = z + d` inside the cone of half-angle θ around `d` (cos∠(z_j − z, d) ≥ cos θ); when the cone is empty (or `d` is 0),
 /// the nearest candidate to z' (a counted fallback). Ties go to the lower sample index.
-pub fn cone_search(
+#[cfg(test)]
+fn cone_search(
     z: &[f64],
     d: &[f64],
     candidates: &[(usize, Vec<f64>)],
-    cos_theta: f64,
+    degrees: f64,
     taken: &HashSet<usize>,
 ) -> Option<ConePick> {
     let flat = Candidates::new(candidates);
     let taken: Vec<bool> = flat.ids.iter().map(|i| taken.contains(i)).collect();
-    let cone = Cone::new(cos_theta.clamp(-1.0, 1.0).acos().to_degrees());
+    let cone = Cone::new(degrees);
     flat.search(z, d, &cone, &taken, &mut Fallback::Nearest)
         .map(|(c, _)| c)
 }
@@ -74,7 +76,9 @@ impl Cone {
     /// The widening step whose cone first holds a direction at `cos` to `d` (0: this cone).
     fn widening(&self, cos: f64) -> u32 {
         let angle = cos.clamp(-1.0, 1.0).acos().to_degrees();
-        ((angle - self.degrees) / WIDEN_STEP_DEGREES).ceil().max(0.0) as u32
+        ((angle - self.degrees) / WIDEN_STEP_DEGREES)
+            .ceil()
+            .max(0.0) as u32
     }
 }
 
@@ -262,14 +266,7 @@ mod tests {
     #[test]
     fn cone_search_prefers_the_cone_over_nearer_samples_outside_it() {
         let c = cands(&[(1, [-0.1, 0.0]), (2, [1.0, 0.2]), (3, [0.0, 1.0])]);
-        let r = cone_search(
-            &[0.0, 0.0],
-            &[0.01, 0.0],
-            &c,
-            45f64.to_radians().cos(),
-            &HashSet::new(),
-        )
-        .unwrap();
+        let r = cone_search(&[0.0, 0.0], &[0.01, 0.0], &c, 45.0, &HashSet::new()).unwrap();
         assert_eq!(r.sample, 2);
         assert!(!r.fallback);
         assert!(r.angle_deg.unwrap() < 12.0);
@@ -278,17 +275,10 @@ mod tests {
     #[test]
     fn empty_cone_falls_back_to_the_nearest_and_says_so() {
         let c = cands(&[(1, [-0.1, 0.0]), (3, [0.0, 1.0])]);
-        let r = cone_search(
-            &[0.0, 0.0],
-            &[0.01, 0.0],
-            &c,
-            45f64.to_radians().cos(),
-            &HashSet::new(),
-        )
-        .unwrap();
+        let r = cone_search(&[0.0, 0.0], &[0.01, 0.0], &c, 45.0, &HashSet::new()).unwrap();
         assert_eq!((r.sample, r.fallback), (1, true));
         // A zero direction has no cone at all.
-        let r = cone_search(&[0.0, 0.0], &[0.0, 0.0], &c, 0.5, &HashSet::new()).unwrap();
+        let r = cone_search(&[0.0, 0.0], &[0.0, 0.0], &c, 60.0, &HashSet::new()).unwrap();
         assert_eq!((r.sample, r.fallback, r.angle_deg), (1, true, None));
     }
 
@@ -300,7 +290,12 @@ mod tests {
             z: vec![0.0, 0.0],
             direction: vec![1.0, 0.0],
         };
-        let picks = pick_proposed(&[src(100), src(101)], &c, 3, settings(60.0, ConeFallback::Nearest));
+        let picks = pick_proposed(
+            &[src(100), src(101)],
+            &c,
+            3,
+            settings(60.0, ConeFallback::Nearest),
+        );
         let got: Vec<usize> = picks.iter().map(|p| p.sample).collect();
         assert_eq!(got, [4, 7, 9]);
         assert_eq!(picks[0].source, Some(100));
@@ -331,7 +326,9 @@ mod tests {
             z: vec![0.0, 0.0],
             direction: vec![1.0, 0.0],
         };
-        let one = |fallback| pick_proposed(std::slice::from_ref(&src), &c, 1, settings(10.0, fallback))[0].clone();
+        let one = |fallback| {
+            pick_proposed(std::slice::from_ref(&src), &c, 1, settings(10.0, fallback))[0].clone()
+        };
         let nearest = one(ConeFallback::Nearest);
         assert_eq!((nearest.sample, nearest.fallback), (1, true));
         let widened = one(ConeFallback::Widen);
@@ -355,10 +352,14 @@ mod tests {
         }
         assert_eq!(seen.len(), 3);
         // A cone that holds a candidate is no fallback, whatever the policy.
-        for fallback in [ConeFallback::Nearest, ConeFallback::Widen, ConeFallback::Random] {
-            let p = pick_proposed(std::slice::from_ref(&src), &c, 1, settings(30.0, fallback))[0].clone();
+        for fallback in [
+            ConeFallback::Nearest,
+            ConeFallback::Widen,
+            ConeFallback::Random,
+        ] {
+            let p = pick_proposed(std::slice::from_ref(&src), &c, 1, settings(30.0, fallback))[0]
+                .clone();
             assert_eq!((p.sample, p.fallback), (2, false), "{fallback}");
         }
     }
-
 }

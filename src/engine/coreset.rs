@@ -12,7 +12,8 @@ pub fn pick_coreset(
     candidates: &[(usize, Vec<f64>)],
     k: usize,
 ) -> Vec<Pick> {
-    let squared = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum() };
+    let squared =
+        |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum() };
     // Each candidate's squared distance to its nearest centre (infinite with no centre yet).
     let mut nearest: Vec<f64> = candidates
         .iter()

@@ -1,4 +1,6 @@
-//! Evaluation: per-patient 3D whole-tumour Dice on held-out patients, and per-slice Dice.
+//! The model's outputs on data it is not trained on: per-patient 3D whole-tumour Dice and the
+//! predicted masks of held-out patients, per-slice Dice, and the predictive entropy that
+//! uncertainty sampling ranks by.
 
 use tch::{Device, Kind, Tensor};
 

@@ -4,7 +4,7 @@
 //! dimension, and the active dimensions (Burda et al., 2016: those whose encoder mean varies
 //! over the data by more than 0.01). Computed in the same pass that encodes the pool.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::batch::Feed;
@@ -19,22 +19,39 @@ pub struct ManifoldStats {
     /// Slices encoded (the pool's).
     pub slices: usize,
     /// Mean squared error per pixel of decode(encoder mean) against the image.
+    #[serde(deserialize_with = "nan_if_null")]
     pub recon_mse: f64,
     /// Mean squared error per pixel of the pool's mean image against each image.
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_image_mse: f64,
     /// 1 − recon_mse / mean_image_mse: the share of the pool's pixel variance the latent
     /// space reproduces (0: no better than the mean image).
+    #[serde(deserialize_with = "nan_if_null")]
     pub variance_explained: f64,
     /// Per latent dimension: the mean over the pool of KL(q(z|x) ‖ N(0, 1)), nats.
+    #[serde(deserialize_with = "nans_if_null")]
     pub kl_per_dim: Vec<f64>,
     /// Per latent dimension: the variance of the encoder mean over the pool.
+    #[serde(deserialize_with = "nans_if_null")]
     pub mean_variance: Vec<f64>,
     /// Dimensions whose `mean_variance` exceeds `ACTIVE_VARIANCE`.
     pub active_dims: usize,
 }
 
+/// JSON has no NaN: serde_json writes one as null. Read null back as NaN, so the statistics of
+/// a VAE that diverged never make a state file unreadable.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nans_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let v = Vec::<Option<f64>>::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+}
+
 impl ManifoldStats {
-    /// `VAE: 62 % of the pool's variance, 3 of 5 latent dimensions active`.
+    /// `VAE: 62 % of the pool's variance (reconstruction MSE 0.2100 against 0.5500 for the
+    /// mean image), 2 of 5 latent dimensions active`.
     pub fn line(&self) -> String {
         format!(
             "VAE: {:.0} % of the pool's variance (reconstruction MSE {:.4} against {:.4} for the mean image), {} of {} latent dimensions active",
@@ -63,7 +80,10 @@ pub fn encode_and_diagnose(
     let f64s = (Kind::Double, dev);
     // Sums on the device in float64: of x and x² per pixel, of the squared reconstruction
     // error, and per latent dimension of μ, μ² and the KL.
-    let (mut sum_x, mut sum_x2) = (Tensor::zeros([c, s, s], f64s), Tensor::zeros([c, s, s], f64s));
+    let (mut sum_x, mut sum_x2) = (
+        Tensor::zeros([c, s, s], f64s),
+        Tensor::zeros([c, s, s], f64s),
+    );
     let mut recon_sq = Tensor::zeros([], f64s);
     let (mut sum_mu, mut sum_mu2, mut sum_kl) = (
         Tensor::zeros([latent], f64s),
@@ -76,7 +96,9 @@ pub fn encode_and_diagnose(
         let (mu, logvar) = vae.encode(&x);
         let recon = vae.decode(&mu);
         let x64 = x.to_kind(Kind::Double);
-        recon_sq += (recon.to_kind(Kind::Double) - &x64).square().sum(Kind::Double);
+        recon_sq += (recon.to_kind(Kind::Double) - &x64)
+            .square()
+            .sum(Kind::Double);
         sum_x += x64.sum_dim_intlist(0, false, Kind::Double);
         sum_x2 += x64.square().sum_dim_intlist(0, false, Kind::Double);
         let (mu64, lv64) = (mu.to_kind(Kind::Double), logvar.to_kind(Kind::Double));
@@ -117,8 +139,37 @@ pub fn encode_and_diagnose(
             0.0
         },
         kl_per_dim: kl.iter().map(|k| k / n).collect(),
-        active_dims: mean_variance.iter().filter(|&&v| v > ACTIVE_VARIANCE).count(),
+        active_dims: mean_variance
+            .iter()
+            .filter(|&&v| v > ACTIVE_VARIANCE)
+            .count(),
         mean_variance,
     };
     (z, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A diverged VAE's statistics (NaN) are written as null and read back as NaN.
+    #[test]
+    fn not_a_number_survives_a_round_trip_through_json() {
+        let stats = ManifoldStats {
+            slices: 3,
+            recon_mse: f64::NAN,
+            mean_image_mse: 0.5,
+            variance_explained: f64::NAN,
+            kl_per_dim: vec![f64::INFINITY, 0.1],
+            mean_variance: vec![0.0, f64::NAN],
+            active_dims: 0,
+        };
+        let text = serde_json::to_string(&stats).unwrap();
+        assert!(text.contains("\"recon_mse\":null"), "{text}");
+        let back: ManifoldStats = serde_json::from_str(&text).unwrap();
+        assert!(back.recon_mse.is_nan() && back.variance_explained.is_nan());
+        assert_eq!(back.mean_image_mse, 0.5);
+        assert!(back.kl_per_dim[0].is_nan() && back.kl_per_dim[1] == 0.1);
+        assert!(back.mean_variance[1].is_nan());
+    }
 }

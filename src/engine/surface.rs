@@ -252,12 +252,12 @@ mod tests {
             let marked: Vec<bool> = (0..5 * 7 * 6)
                 .map(|_| {
                     state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    (state >> 33) % 13 == 0
+                    (state >> 33).is_multiple_of(13)
                 })
                 .collect();
             let fast = distance_to(&marked, dims, s);
             let coords = |i: usize| [i / 42, (i / 6) % 7, i % 6];
-            for i in 0..marked.len() {
+            for (i, &got) in fast.iter().enumerate() {
                 let c = coords(i);
                 let slow = (0..marked.len())
                     .filter(|&j| marked[j])
@@ -270,9 +270,8 @@ mod tests {
                     })
                     .fold(f64::INFINITY, f64::min);
                 assert!(
-                    (fast[i] - slow).abs() < 1e-9 || (fast[i].is_infinite() && slow.is_infinite()),
-                    "voxel {c:?}: {} vs {slow}",
-                    fast[i]
+                    (got - slow).abs() < 1e-9 || (got.is_infinite() && slow.is_infinite()),
+                    "voxel {c:?}: {got} vs {slow}"
                 );
             }
         }
@@ -293,8 +292,8 @@ mod tests {
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..6 * 9 * 8 {
-            a.push((next() % 3 == 0) as u8);
-            b.push((next() % 4 == 0) as u8);
+            a.push(next().is_multiple_of(3) as u8);
+            b.push(next().is_multiple_of(4) as u8);
         }
         let s = [2.5, 0.9, 1.1];
         let d = hd95(vol(&a, dims, s), vol(&b, dims, s)).unwrap();

@@ -86,16 +86,13 @@ pub fn comparisons(rows: &[Row], arms: &[Arm], versus: Arm) -> Vec<Comparison> {
     out
 }
 
-/// The normalised area under `arm`'s budget curve in `repeat`: the rounds protocol's every
-/// round (the shared start included), the budgets protocol's final model of each budget.
-fn repeat_aubc(rows: &[Row], protocol: Protocol, arm: Arm, repeat: usize) -> Option<f64> {
-    let points: Vec<(f64, f64)> = rows
-        .iter()
-        .filter(|r| r.arm == arm && r.repeat == repeat)
-        .filter(|r| protocol == Protocol::Rounds || r.round > 0)
+/// `arm`'s budget curve in `repeat`: the rounds protocol's every round (the shared start
+/// included), the budgets protocol's final model of each budget.
+fn repeat_curve(rows: &[Row], protocol: Protocol, arm: Arm, repeat: usize) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter(|r| r.arm == arm && r.repeat == repeat && protocol.on_curve(r.round))
         .map(|r| (r.annotated as f64, r.dice_mean))
-        .collect();
-    (!points.is_empty()).then(|| stats::aubc(&points))
+        .collect()
 }
 
 /// Each arm's AUBC over repeats, and paired against `versus` (when it is another arm).
@@ -103,10 +100,18 @@ pub fn aubc(rows: &[Row], arms: &[Arm], protocol: Protocol, versus: Arm) -> Vec<
     let mut repeats: Vec<usize> = rows.iter().map(|r| r.repeat).collect();
     repeats.sort_unstable();
     repeats.dedup();
+    // Each repeat's normalised area, for the repeats whose curve is complete (as long as the
+    // longest): while a run is in progress, an area over fewer budgets is not comparable.
     let of = |arm: Arm| -> Vec<(usize, f64)> {
-        repeats
+        let curves: Vec<(usize, Vec<(f64, f64)>)> = repeats
             .iter()
-            .filter_map(|&rep| Some((rep, repeat_aubc(rows, protocol, arm, rep)?)))
+            .map(|&rep| (rep, repeat_curve(rows, protocol, arm, rep)))
+            .collect();
+        let complete = curves.iter().map(|c| c.1.len()).max().unwrap_or(0);
+        curves
+            .into_iter()
+            .filter(|c| complete > 0 && c.1.len() == complete)
+            .map(|(rep, points)| (rep, stats::aubc(&points)))
             .collect()
     };
     arms.iter()
@@ -195,5 +200,23 @@ mod tests {
             .unwrap()
             .paired
             .is_none());
+        // A fourth repeat part-way (proposed has its round 1, random not yet): random's short
+        // curve is left out, so the pairing stays over the three complete repeats.
+        rows.push(row(Arm::Random, 3, 0, 4, 0.4));
+        rows.push(row(Arm::Proposed, 3, 0, 4, 0.4));
+        rows.push(row(Arm::Proposed, 3, 1, 8, 0.9));
+        let b = aubc(
+            &rows,
+            &[Arm::Random, Arm::Proposed],
+            Protocol::Rounds,
+            Arm::Random,
+        );
+        let find = |v: &[ArmAubc], arm| v.iter().find(|x| x.arm == arm).unwrap().clone();
+        assert_eq!(find(&b, Arm::Random), find(&a, Arm::Random));
+        assert_eq!(find(&b, Arm::Proposed).repeats, 4);
+        assert_eq!(
+            find(&b, Arm::Proposed).paired,
+            find(&a, Arm::Proposed).paired
+        );
     }
 }

@@ -134,10 +134,23 @@ impl std::fmt::Display for Arm {
     }
 }
 
+impl Protocol {
+    /// Whether an evaluation after `round` rounds is a point of an arm's budget curve: every
+    /// round in the rounds protocol (the shared start included), each budget's final model in
+    /// the budgets protocol.
+    pub fn on_curve(self, round: usize) -> bool {
+        self == Protocol::Rounds || round > 0
+    }
+}
+
 impl ExperimentConfig {
     /// The arms that pick samples round by round, in the configured order.
     pub fn strategies(&self) -> Vec<Arm> {
-        self.arms.iter().copied().filter(|a| a.is_strategy()).collect()
+        self.arms
+            .iter()
+            .copied()
+            .filter(|a| a.is_strategy())
+            .collect()
     }
 
     /// Whether the session trains the `full` reference.

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::Arm;
+pub use crate::engine::manifold::ManifoldStats;
 use crate::engine::select::Pick;
 
 /// Format 2: one state file per repeat (`repeats/NN/state.json`); the session's own
@@ -43,7 +44,7 @@ pub struct RepeatData {
     #[serde(default)]
     pub test_cases: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifold: Option<crate::engine::manifold::ManifoldStats>,
+    pub manifold: Option<ManifoldStats>,
 }
 
 /// Summary of the gradient steps behind one round of proposed picks.

@@ -9,13 +9,12 @@ use image::RgbImage;
 
 use super::latent::{pca_axes, Projection};
 use super::worker::{Command, Message, PreviewReply, PreviewRequest};
-use crate::engine::manifold::ManifoldStats;
 use crate::session::compare::Comparison;
 use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, Phase, PickView};
 use crate::session::report::Report;
 use crate::session::run::Outcome;
-use crate::session::state::{PickRecord, ResultRow, SessionState};
+use crate::session::state::{ManifoldStats, PickRecord, ResultRow, SessionState};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {

@@ -43,7 +43,9 @@ fn lines(app: &Dashboard, t: &Theme, arm: Arm) -> Vec<Line<'static>> {
     let (text, dim, head) = (
         Style::default().fg(t.text),
         Style::default().fg(t.dim),
-        Style::default().fg(t.highlight).add_modifier(Modifier::BOLD),
+        Style::default()
+            .fg(t.highlight)
+            .add_modifier(Modifier::BOLD),
     );
     let report = &app.report;
     let mut out = vec![Line::from(Span::styled(
@@ -93,22 +95,21 @@ fn lines(app: &Dashboard, t: &Theme, arm: Arm) -> Vec<Line<'static>> {
     out.push(match &report.full_data {
         Some(f) => {
             let reached = match report.budget_to_full.get(&arm) {
-                Some(Some(b)) => {
-                    let end = |e: Option<usize>| e.map_or("not reached".into(), |v| v.to_string());
-                    format!(
-                        "{arm} within {} at {} ({:.0} % of the pool; 95 % {} – {})",
-                        report.delta,
-                        b.budget,
-                        100.0 * b.fraction,
-                        end(b.ci95[0]),
-                        end(b.ci95[1])
-                    )
-                }
+                Some(Some(b)) => format!(
+                    "{arm} within {} at {} ({:.0} % of the pool; 95 % {})",
+                    report.delta,
+                    b.budget,
+                    100.0 * b.fraction,
+                    b.interval_text()
+                ),
                 _ => format!("{arm} not within {} yet", report.delta),
             };
             Line::from(vec![
                 Span::styled(
-                    format!("full data {:.3} ± {:.3} (n = {}): ", f.mean, f.sd, f.repeats),
+                    format!(
+                        "full data {:.3} ± {:.3} (n = {}): ",
+                        f.mean, f.sd, f.repeats
+                    ),
                     Style::default().fg(t.full),
                 ),
                 Span::styled(reached, text),
@@ -119,12 +120,23 @@ fn lines(app: &Dashboard, t: &Theme, arm: Arm) -> Vec<Line<'static>> {
             dim,
         )),
     });
-    for (repeat, m) in app.manifold.iter().take(4) {
+    // The VAE's latent space of the last three repeats that have one, two lines each.
+    for (repeat, m) in app.manifold.iter().rev().take(3).rev() {
+        let kl: Vec<String> = m.kl_per_dim.iter().map(|k| format!("{k:.2}")).collect();
         out.push(Line::from(Span::styled(
             format!(
-                "repeat {}: VAE explains {:.0} % of the pool's variance, {} of {} dims active",
+                "repeat {}: VAE MSE {:.4}, mean image {:.4}: {:.0} % of the variance explained",
                 repeat + 1,
-                100.0 * m.variance_explained,
+                m.recon_mse,
+                m.mean_image_mse,
+                100.0 * m.variance_explained
+            ),
+            dim,
+        )));
+        out.push(Line::from(Span::styled(
+            format!(
+                "  KL per dimension {} nats; {} of {} active",
+                kl.join(" "),
                 m.active_dims,
                 m.kl_per_dim.len()
             ),

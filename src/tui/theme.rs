@@ -210,9 +210,7 @@ mod tests {
                 let t = Theme::parse(text, name, tc).unwrap();
                 assert_eq!(t.name, name);
                 // Every arm its own colour, in 256 colours too.
-                let arms = [
-                    t.random, t.proposed, t.oracle, t.entropy, t.coreset, t.full,
-                ];
+                let arms = [t.random, t.proposed, t.oracle, t.entropy, t.coreset, t.full];
                 for (i, a) in arms.iter().enumerate() {
                     assert!(!arms[i + 1..].contains(a), "{name} ({tc}): {arms:?}");
                 }

@@ -179,7 +179,7 @@ fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
         RunState::Running => "p pause · ←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Stopping => "←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Loading => "? help",
-        RunState::Finished => "←/→ picks · tab arm · m modality · c compare · ? help",
+        RunState::Finished => "←/→ picks · tab arm · m modality · d axes · c compare · ? help",
         RunState::Paused | RunState::Failed(_) => {
             "n next round · r run all · ←/→ picks · tab arm · c compare · ? help"
         }
@@ -626,7 +626,10 @@ pub const KEYS: [(&str, &str); 17] = [
     ("tab, a / shift-tab", "next / previous arm"),
     ("m", "next modality in the preview"),
     ("d", "latent axes: PCA, then pairs of dimensions"),
-    ("c", "comparison: the selected arm against random, by budget"),
+    (
+        "c",
+        "comparison: the selected arm against random, by budget",
+    ),
     ("+ / -", "zoom the latent view in / out"),
     ("H J K L", "pan the latent view"),
     ("0", "reset zoom and pan"),

@@ -166,7 +166,13 @@ fn session_thread(
         device: device::describe(runner.device()),
         steps_total,
     });
-    let last_arm: Option<Arm> = runner.session().config.experiment.strategies().last().copied();
+    let last_arm: Option<Arm> = runner
+        .session()
+        .config
+        .experiment
+        .strategies()
+        .last()
+        .copied();
     while let Ok(cmd) = rx.recv() {
         #[cfg(debug_assertions)]
         if cmd != Command::Quit {

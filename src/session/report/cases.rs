@@ -34,7 +34,10 @@ pub fn rows(state: &SessionState) -> Vec<CaseRow> {
         for (i, &dice) in r.dice.iter().enumerate() {
             let (case, site) = match data.test_cases.get(i) {
                 Some((id, site)) => (id.clone(), site.clone()),
-                None => (format!("#{}", data.test.get(i).copied().unwrap_or(i)), String::new()),
+                None => (
+                    format!("#{}", data.test.get(i).copied().unwrap_or(i)),
+                    String::new(),
+                ),
             };
             out.push(CaseRow {
                 repeat: r.repeat + 1,

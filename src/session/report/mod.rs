@@ -23,8 +23,8 @@ mod tables;
 mod timings;
 
 pub use cases::CaseRow;
-pub use tables::paired_text;
 pub use reference::{BudgetToFull, FullData, DEFAULT_DELTA};
+pub use tables::paired_text;
 
 pub use plot::{arm_colour, budget_range, Curve, CurvePoint, FullLine};
 
@@ -112,10 +112,9 @@ pub struct Paired {
     pub proposed_wins: usize,
 }
 
-
-/// One arm's picks over the whole session: how many, how many fell back to the nearest free
-/// sample (no candidate in the cone), how many contain tumour, and for the proposed arm how its
-/// gradient steps were computed.
+/// One arm's picks over the whole session: how many, how many were cone fallbacks (no
+/// candidate in the cone; what was taken instead is `selection.fallback`), how many contain
+/// tumour, and for the proposed arm how its gradient steps were computed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SelectionSummary {
     pub arm: Arm,
@@ -331,7 +330,6 @@ impl Report {
         }
         self
     }
-
 
     /// Writes results.csv, results.json, report.md (see `document`), dice_vs_budget.png and
     /// .svg into `out`.

@@ -9,8 +9,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::Report;
+use crate::session::config::{Arm, SessionConfig};
 use crate::session::files::write_atomic_with;
-use crate::session::config::{Arm, Protocol, SessionConfig};
 
 impl Report {
     /// Draws the plot into `png` and `svg`.
@@ -24,8 +24,11 @@ impl Report {
         // Drawn into temporary files of the same extension (the backend picks the format by
         // it) and renamed into place, like every other file the session writes.
         write_atomic_with(png, |tmp| {
-            draw(BitMapBackend::new(tmp, (900, 560)).into_drawing_area(), &plot)
-                .with_context(|| format!("cannot draw {}", png.display()))
+            draw(
+                BitMapBackend::new(tmp, (900, 560)).into_drawing_area(),
+                &plot,
+            )
+            .with_context(|| format!("cannot draw {}", png.display()))
         })?;
         write_atomic_with(svg, |tmp| {
             draw(SVGBackend::new(tmp, (900, 560)).into_drawing_area(), &plot)
@@ -43,9 +46,7 @@ impl Report {
             let mut pts: Vec<CurvePoint> = self
                 .summary
                 .iter()
-                .filter(|r| {
-                    r.arm == arm && (cfg.experiment.protocol == Protocol::Rounds || r.round > 0)
-                })
+                .filter(|r| r.arm == arm && cfg.experiment.protocol.on_curve(r.round))
                 .map(|r| CurvePoint {
                     budget: r.annotated as f64,
                     mean: r.dice_mean,
@@ -199,7 +200,10 @@ where
             .label(arm.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
         chart
-            .draw_series(pts.iter().map(|p| Circle::new((p.budget, p.mean), 4, c.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|p| Circle::new((p.budget, p.mean), 4, c.filled())),
+            )
             .map_err(e)?;
     }
     chart

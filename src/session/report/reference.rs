@@ -40,6 +40,14 @@ pub struct BudgetToFull {
     pub ci95: [Option<usize>; 2],
 }
 
+impl BudgetToFull {
+    /// `8 – 12`, or `8 – not reached`.
+    pub fn interval_text(&self) -> String {
+        let end = |e: Option<usize>| e.map_or("not reached".to_string(), |v| v.to_string());
+        format!("{} – {}", end(self.ci95[0]), end(self.ci95[1]))
+    }
+}
+
 pub fn full_data(rows: &[Row]) -> Option<FullData> {
     let mine: Vec<&Row> = rows.iter().filter(|r| r.arm == Arm::Full).collect();
     let values: Vec<f64> = mine.iter().map(|r| r.dice_mean).collect();
@@ -69,7 +77,7 @@ impl ArmCurve {
         let mut by_budget: BTreeMap<(usize, usize, usize), BTreeMap<usize, f64>> = BTreeMap::new();
         for r in rows
             .iter()
-            .filter(|r| r.arm == arm && (protocol == Protocol::Rounds || r.round > 0))
+            .filter(|r| r.arm == arm && protocol.on_curve(r.round))
         {
             by_budget
                 .entry((r.annotated, r.stage, r.round))
@@ -84,7 +92,10 @@ impl ArmCurve {
     /// The first budget whose mean over `repeats` (a multiset) is at least `target`.
     fn reaches(&self, repeats: &[usize], target: f64) -> Option<usize> {
         self.points.iter().find_map(|(budget, dice)| {
-            let v: Vec<f64> = repeats.iter().filter_map(|r| dice.get(r).copied()).collect();
+            let v: Vec<f64> = repeats
+                .iter()
+                .filter_map(|r| dice.get(r).copied())
+                .collect();
             (!v.is_empty() && stats::mean(&v) >= target).then_some(*budget)
         })
     }
@@ -102,7 +113,11 @@ pub fn budget_to_full(
         .filter(|r| r.arm == Arm::Full)
         .map(|r| (r.repeat, r.dice_mean))
         .collect();
-    let Some(pool) = rows.iter().find(|r| r.arm == Arm::Full).map(|r| r.annotated) else {
+    let Some(pool) = rows
+        .iter()
+        .find(|r| r.arm == Arm::Full)
+        .map(|r| r.annotated)
+    else {
         return BTreeMap::new();
     };
     let repeats: Vec<usize> = full.keys().copied().collect();

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::Report;
 use crate::session::config::{Arm, SessionConfig};
 
-/// `+0.031 [−0.004, +0.066], p = 0.080`: a paired difference with its interval and p-value.
+/// `+0.031 [-0.004, +0.066], p = 0.080`: a paired difference with its interval and p-value.
 pub fn paired_text(p: &crate::stats::Paired) -> String {
     let ci = p
         .ci95
@@ -142,17 +142,13 @@ impl Report {
         );
         for (arm, b) in &self.budget_to_full {
             let _ = match b {
-                Some(b) => {
-                    let end = |e: Option<usize>| e.map_or("not reached".to_string(), |v| v.to_string());
-                    writeln!(
-                        s,
-                        "| {arm} | {} | {:.0} % | {} – {} |",
-                        b.budget,
-                        100.0 * b.fraction,
-                        end(b.ci95[0]),
-                        end(b.ci95[1])
-                    )
-                }
+                Some(b) => writeln!(
+                    s,
+                    "| {arm} | {} | {:.0} % | {} |",
+                    b.budget,
+                    100.0 * b.fraction,
+                    b.interval_text()
+                ),
                 None => writeln!(s, "| {arm} | not reached | | |"),
             };
         }
@@ -165,7 +161,8 @@ impl Report {
             return String::new();
         }
         let mut s = String::from(
-            "\nproposed: picks whose cone was empty (fallbacks), all repeats\n\n             | stage | round | picks | fallbacks | rate |\n|---|---|---|---|---|\n",
+            "\nproposed: picks whose cone was empty (fallbacks), all repeats\n\n\
+             | stage | round | picks | fallbacks | rate |\n|---|---|---|---|---|\n",
         );
         for f in &self.fallback_rates {
             let _ = writeln!(
@@ -193,7 +190,12 @@ impl Report {
              |---|---|---|---|---|---|\n",
         );
         for m in &self.manifold {
-            let kl: Vec<String> = m.stats.kl_per_dim.iter().map(|k| format!("{k:.2}")).collect();
+            let kl: Vec<String> = m
+                .stats
+                .kl_per_dim
+                .iter()
+                .map(|k| format!("{k:.2}"))
+                .collect();
             let _ = writeln!(
                 s,
                 "| {} | {:.4} | {:.4} | {:.0} % | {} of {} | {} |",
@@ -223,10 +225,7 @@ impl Report {
             return s;
         }
         let cell = |p: &crate::stats::Paired| {
-            let mdd = p
-                .mdd80
-                .map(|m| format!("; MDD {m:.3}"))
-                .unwrap_or_default();
+            let mdd = p.mdd80.map(|m| format!("; MDD {m:.3}")).unwrap_or_default();
             format!(
                 "{} ({}/{}/{}{mdd})",
                 paired_text(p),

@@ -1,5 +1,6 @@
-//! The steps around training: the pool's latents, the picks of a round (random, oracle, the
-//! gradient-guided cone search), and the evaluation on the test set.
+//! The steps around training: the pool's latents (with the VAE's manifold statistics), the
+//! picks of a round (random, oracle, entropy, coreset, the gradient-guided cone search), and the
+//! evaluation on the test set (Dice and HD95 per case).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -12,12 +13,12 @@ use tch::Tensor;
 use super::{Runner, EVAL_BATCH};
 use crate::engine::cone::{pick_proposed, ConeSettings, Source};
 use crate::engine::coreset::pick_coreset;
-use crate::engine::{eval, manifold, surface};
 use crate::engine::nets::UNet;
 use crate::engine::select::{
-    gradient_directions, pick_highest, pick_oracle, pick_random, DirectionNets,
-    GradientStep, Pick, StepSettings,
+    gradient_directions, pick_highest, pick_oracle, pick_random, DirectionNets, GradientStep, Pick,
+    StepSettings,
 };
+use crate::engine::{eval, manifold, surface};
 use crate::session::config::{Arm, Granularity};
 use crate::session::events::Event;
 use crate::session::files::write_atomic_with;
@@ -137,11 +138,8 @@ impl Runner {
                 pick_highest(&scores, k)
             }
             Arm::Coreset => {
-                let latents = self
-                    .pool(repeat)
-                    .sample_latents(&self.files.latents(repeat))?;
-                let centres: Vec<Vec<f64>> =
-                    labelled.iter().map(|&s| latents[s].clone()).collect();
+                let latents = self.sample_latents(repeat)?;
+                let centres: Vec<Vec<f64>> = labelled.iter().map(|&s| latents[s].clone()).collect();
                 let candidates: Vec<(usize, Vec<f64>)> = (0..pool)
                     .filter(|s| !taken.contains(s))
                     .map(|s| (s, latents[s].clone()))
@@ -157,9 +155,7 @@ impl Runner {
                 let vae64 = self.new_vae(&vs64);
                 vs64.copy(&vs)?;
                 vs64.double();
-                let latents = self
-                    .pool(repeat)
-                    .sample_latents(&self.files.latents(repeat))?;
+                let latents = self.sample_latents(repeat)?;
                 let samples: Vec<Vec<usize>> = labelled
                     .iter()
                     .map(|&s| self.sample_slices(repeat, &[s]))

@@ -23,6 +23,8 @@ pub struct Paired {
     pub wins: usize,
     pub ties: usize,
     pub losses: usize,
+    /// Standard deviation of the differences; `None` under two pairs.
+    pub sd_diff: Option<f64>,
     /// The smallest true mean difference a paired t-test at 5 % (two-sided) detects with 80 %
     /// power, given these repeats' spread; `None` under two pairs.
     pub mdd80: Option<f64>,
@@ -39,6 +41,7 @@ pub fn paired(a: &[f64], b: &[f64]) -> Paired {
         wins: d.iter().filter(|&&x| x > 0.0).count(),
         ties: d.iter().filter(|&&x| x == 0.0).count(),
         losses: d.iter().filter(|&&x| x < 0.0).count(),
+        sd_diff: (d.len() > 1).then(|| sd(&d)),
         mdd80: minimum_detectable(sd(&d), d.len()),
     }
 }

@@ -761,7 +761,8 @@ fn report_and_export_write_what_they_promise() {
             && md.contains("\n| arm | smallest budget within")
             && md.contains("\n| repeat | recon MSE |")
             && md.contains("the VAE's latent space over the pool")
-            && md.contains("MDD"),
+            && md.contains("MDD")
+            && md.contains("repeats for an MDD of 0.03 (80 % power, 5 %), from the spread so far: proposed − random at 12: "),
         "{md}"
     );
     // --delta: within 1 of full data, every arm is there at its first budget; a negative

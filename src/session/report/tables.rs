@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use super::Report;
 use crate::session::config::{Arm, SessionConfig};
 
+/// The paired difference the report says how many repeats would resolve (`repeats_needed`).
+const TARGET_MDD: f64 = 0.03;
+
 /// `+0.031 [-0.004, +0.066], p = 0.080`: a paired difference with its interval and p-value.
 pub fn paired_text(p: &crate::stats::Paired) -> String {
     let ci = p
@@ -263,6 +266,7 @@ impl Report {
             }
             s += "\n";
         }
+        s += &self.repeats_needed(&columns);
         s += "\narea under the budget curve (normalised to [0, 1]):\n\n| arm | AUBC [95 %] | − random |\n|---|---|---|\n";
         for a in &self.aubc {
             let ci = a
@@ -273,6 +277,31 @@ impl Report {
             let _ = writeln!(s, "| {} | {:.3}{ci} | {vs} |", a.arm, a.mean);
         }
         s
+    }
+
+    /// How many repeats would bring each comparison's MDD at its largest budget down to
+    /// `TARGET_MDD`, with the spread seen so far.
+    fn repeats_needed(&self, columns: &[(Arm, Arm)]) -> String {
+        let mut parts = Vec::new();
+        for &(a, v) in columns {
+            let last = self
+                .comparisons
+                .iter()
+                .filter(|c| (c.arm, c.versus) == (a, v))
+                .max_by_key(|c| (c.budget, c.stage, c.round));
+            let Some(c) = last else { continue };
+            let Some(sd) = c.paired.sd_diff else { continue };
+            let n = crate::stats::repeats_for(sd, TARGET_MDD)
+                .map_or("over 10,000".to_string(), |n| n.to_string());
+            parts.push(format!("{a} − {v} at {}: {n}", c.budget));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\nrepeats for an MDD of {TARGET_MDD} (80 % power, 5 %), from the spread so far: {}\n",
+            parts.join("; ")
+        )
     }
 
     /// The whole report as Markdown, ready to paste: a heading with the session, its settings

@@ -24,6 +24,7 @@ macro_rules! display_as_serde {
 }
 pub(crate) use display_as_serde;
 
+pub mod cluster;
 pub mod data;
 pub mod engine;
 pub mod paths;

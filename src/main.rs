@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod cluster_commands;
 mod data_commands;
 mod session_commands;
 
+use cluster_commands::*;
 use data_commands::*;
 use session_commands::*;
 
@@ -52,6 +54,9 @@ enum Command {
     Export(ExportArgs),
     /// The interactive interface: a session browser, or SESSION's live dashboard.
     Tui(TuiArgs),
+    /// Submit a session's unfinished repeats to Slurm as an array job, and its report after
+    /// them.
+    Slurm(SlurmArgs),
     /// The demo on the embedded default data: generates the phantom if missing, creates (or
     /// reopens) the `demo` session and opens it in the TUI (`--headless`: runs it and writes its
     /// report).
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         Command::Report(a) => cmd_report(a),
         Command::Export(a) => cmd_export(a),
         Command::Tui(a) => cmd_tui(a),
+        Command::Slurm(a) => cmd_slurm(a),
         Command::Demo { headless, ui, dirs } => cmd_demo(headless, ui, dirs),
     };
     match result {

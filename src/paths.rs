@@ -21,6 +21,12 @@ pub fn dataset_cache_root() -> PathBuf {
     from_env_or("SUGGESTIVE_CACHE_DIR", |p| p.cache_dir().join("datasets"))
 }
 
+/// The user's settings (themes, the Slurm template): `$SUGGESTIVE_CONFIG_DIR` or
+/// `~/.config/suggestive`.
+pub fn config_dir() -> PathBuf {
+    from_env_or("SUGGESTIVE_CONFIG_DIR", |p| p.config_dir().to_path_buf())
+}
+
 /// Generated data (the demo phantom): `$SUGGESTIVE_DATA_DIR` or `~/.local/share/suggestive`.
 pub fn data_dir() -> PathBuf {
     from_env_or("SUGGESTIVE_DATA_DIR", |p| p.data_dir().to_path_buf())

@@ -26,7 +26,7 @@ impl SessionsDir {
             .unwrap_or_else(session::default_sessions_dir)
     }
 
-    fn resolve(&self, session: &str) -> PathBuf {
+    pub fn resolve(&self, session: &str) -> PathBuf {
         session::resolve(session, &self.dir())
     }
 }
@@ -357,6 +357,8 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
     let s = Session::open(&dir)?;
     let plan = session::plan::plan(&s.config);
     let (state, holder) = s.status();
+    // Where each repeat stands in Slurm, for sessions submitted with `suggestive slurm`.
+    let jobs = suggestive::cluster::repeat_jobs(&s)?;
     if a.json {
         let v = serde_json::json!({
             "session": s.name(),
@@ -374,6 +376,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
                         "steps_total": s.steps_per_repeat(),
                         "partial_epochs": p.partial_epochs,
                         "pid": s.files().repeat_holder(r),
+                        "slurm": jobs[r],
                     })
                 })
                 .collect::<Vec<_>>(),
@@ -423,7 +426,19 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         } else {
             "paused".to_string()
         };
-        println!("repeat {:<3}{}/{per} steps ({how})", r + 1, p.done);
+        let slurm = jobs[r]
+            .as_ref()
+            .map(|j| {
+                format!(
+                    " · slurm {}_{} {} · log {}",
+                    j.job,
+                    j.task,
+                    j.state.as_deref().unwrap_or("(no squeue/sacct here)"),
+                    j.log.display()
+                )
+            })
+            .unwrap_or_default();
+        println!("repeat {:<3}{}/{per} steps ({how}){slurm}", r + 1, p.done);
     }
     if !s.state.results.is_empty() {
         println!(

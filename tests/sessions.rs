@@ -11,10 +11,6 @@ use common::*;
 use suggestive::phantom::PhantomLayout;
 use suggestive::session::Session;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_suggestive"))
-}
-
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -74,14 +70,6 @@ impl Env {
 }
 
 /// The command succeeded; its stderr otherwise.
-fn assert_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The events of every log of the session.
 fn events(dir: &Path) -> Vec<serde_json::Value> {
     suggestive::session::SessionFiles::new(dir)

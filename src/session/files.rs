@@ -248,6 +248,31 @@ impl SessionFiles {
         }
     }
 
+    /// The Slurm job scripts, their logs and the submissions (`suggestive slurm`).
+    pub fn slurm_dir(&self) -> PathBuf {
+        self.dir.join("slurm")
+    }
+
+    /// The record of every submission to Slurm.
+    pub fn slurm_jobs(&self) -> PathBuf {
+        self.slurm_dir().join("jobs.json")
+    }
+
+    /// A job script: `run.sbatch` (the array job) or `report.sbatch`.
+    pub fn slurm_script(&self, job: &str) -> PathBuf {
+        self.slurm_dir().join(format!("{job}.sbatch"))
+    }
+
+    /// Where Slurm writes a repeat's output (1-based, as Slurm's array task numbers), or with
+    /// `None` the report job's.
+    pub fn slurm_log(&self, repeat: Option<usize>) -> PathBuf {
+        let logs = self.slurm_dir().join("logs");
+        match repeat {
+            Some(r) => logs.join(format!("repeat-{r}.out")),
+            None => logs.join("report.out"),
+        }
+    }
+
     /// The pool's latents of `repeat`.
     pub fn latents(&self, repeat: usize) -> PathBuf {
         match self.layout {

@@ -139,10 +139,7 @@ impl Theme {
 
 /// `~/.config/suggestive/themes` (or `$SUGGESTIVE_CONFIG_DIR/themes`).
 pub fn user_theme_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("SUGGESTIVE_CONFIG_DIR").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(d).join("themes"));
-    }
-    directories::ProjectDirs::from("", "", "suggestive").map(|p| p.config_dir().join("themes"))
+    Some(crate::paths::config_dir().join("themes"))
 }
 
 /// `#rrggbb` → a truecolor, or the nearest of the 256-colour palette's 6×6×6 cube and grey ramp.

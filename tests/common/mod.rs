@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use ndarray::{Array, IxDyn, ShapeBuilder};
 use nifti::writer::WriterOptions;
@@ -191,4 +192,18 @@ pub fn no_lock_left(session: &Path) -> bool {
     !tree(session)
         .iter()
         .any(|p| p.file_name().is_some_and(|n| n == "lock"))
+}
+
+/// The `suggestive` binary of this build.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_suggestive"))
+}
+
+/// Fails the test with the command's stderr unless it succeeded.
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -59,7 +59,7 @@ pub fn cmd_slurm(a: SlurmArgs) -> Result<()> {
         template: a.template,
     };
     cluster::check(&opts)?;
-    let (repeats, live) = cluster::repeats_to_submit(&session)?;
+    let cluster::ToSubmit { repeats, live } = cluster::repeats_to_submit(&session)?;
     for (r, task) in &live {
         println!("repeat {r} is still queued or running as {task}; not submitted again");
     }

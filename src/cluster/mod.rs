@@ -96,25 +96,31 @@ pub fn repeat_jobs(session: &Session) -> Result<Vec<Option<RepeatJob>>> {
     Ok(out)
 }
 
-/// The repeats (1-based) a new submission runs: those not finished, less those a recorded
-/// job still has queued or running.
-pub fn repeats_to_submit(session: &Session) -> Result<(Vec<usize>, Vec<(usize, String)>)> {
+/// What a new submission would run: the repeats (1-based) not finished and not still queued
+/// or running in a recorded job, and those that are, with their `JOB_TASK`.
+pub struct ToSubmit {
+    pub repeats: Vec<usize>,
+    pub live: Vec<(usize, String)>,
+}
+
+pub fn repeats_to_submit(session: &Session) -> Result<ToSubmit> {
     let per = session.steps_per_repeat();
-    let jobs = repeat_jobs(session)?;
-    let mut submit = Vec::new();
-    let mut live = Vec::new();
-    for r in 0..session.config.experiment.repeats {
+    let mut out = ToSubmit {
+        repeats: Vec::new(),
+        live: Vec::new(),
+    };
+    for (r, job) in repeat_jobs(session)?.iter().enumerate() {
         if session.state.progress_of(r).done >= per {
             continue;
         }
-        match &jobs[r] {
+        match job {
             Some(j) if j.state.as_deref().is_some_and(scheduler::is_live) => {
-                live.push((r + 1, format!("{}_{}", j.job, j.task)));
+                out.live.push((r + 1, format!("{}_{}", j.job, j.task)));
             }
-            _ => submit.push(r + 1),
+            _ => out.repeats.push(r + 1),
         }
     }
-    Ok((submit, live))
+    Ok(out)
 }
 
 /// The scripts that run `repeats` (1-based) of `session` with `opts`, and then its report.

@@ -415,7 +415,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
     }
     let per = s.steps_per_repeat();
     let files = s.files();
-    for r in 0..e.repeats {
+    for (r, job) in jobs.iter().enumerate() {
         let p = s.state.progress_of(r);
         let how = if p.done >= per {
             "finished".to_string()
@@ -426,7 +426,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         } else {
             "paused".to_string()
         };
-        let slurm = jobs[r]
+        let slurm = job
             .as_ref()
             .map(|j| {
                 format!(

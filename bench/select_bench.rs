@@ -32,7 +32,7 @@ use suggestive::engine::nets::{
     VaeConfig,
 };
 use suggestive::engine::select::{encode_slices, gradient_directions, DirectionNets, StepSettings};
-use suggestive::engine::train::{train_unet, Schedule};
+use suggestive::engine::train::{train_unet, Checkpoint, Schedule};
 use suggestive::session::config::DirectionMethod;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -233,7 +233,7 @@ fn fed_against_fixed(
     let (x, y) = feed.batch(ds, &slices[..TRAIN_BATCH]);
     let mut epoch = 0;
     let mut fed_pass = |opt: &mut Adam| -> anyhow::Result<()> {
-        let mut go_on = |_: usize, _: f64, _: &Adam| -> anyhow::Result<ControlFlow<()>> {
+        let mut go_on = |_: Checkpoint, _: &Adam| -> anyhow::Result<ControlFlow<()>> {
             Ok(ControlFlow::Continue(()))
         };
         let schedule = Schedule {
@@ -242,7 +242,9 @@ fn fed_against_fixed(
             slices: &slices,
             batch_size: TRAIN_BATCH,
             epochs: epoch..epoch + 1,
+            resume: None,
             seed: 0,
+            stop: None,
         };
         train_unet(&net, opt, &schedule, false, &mut go_on)?;
         epoch += 1;

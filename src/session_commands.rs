@@ -328,6 +328,8 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     let control = Control::default();
     signal_hook::flag::register(signal_hook::consts::SIGINT, control.stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;
+    // Slurm's warning before a time limit (`--signal=USR1@SECONDS`): stop the same way.
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, control.stop.clone())?;
     let outcome = if a.jsonl {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -421,7 +423,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
             "finished".to_string()
         } else if let Some(pid) = files.repeat_holder(r) {
             format!("running, pid {pid}")
-        } else if p.done == 0 && p.partial_epochs == 0 {
+        } else if p.done == 0 && !p.in_step() {
             "not started".to_string()
         } else {
             "paused".to_string()

@@ -1,12 +1,15 @@
-//! Training loops at epoch granularity: the caller checkpoints after each epoch and may stop
-//! there (the "safe point" of a pause or quit).
+//! Training loops: the caller checkpoints after each epoch, and when asked to stop (a pause, a
+//! quit, a scheduler's SIGTERM) in the middle of an epoch, at the next batch boundary, with
+//! where the epoch stood; a resumed run continues from that batch exactly.
 
 use std::ops::{ControlFlow, Range};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::adam::Adam;
@@ -32,44 +35,78 @@ pub fn epoch_order(slices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
 /// Keys the VAE's noise apart from the batch order, which uses the seed itself.
 const NOISE_KEY: u64 = 0x005E_ED0F_1A7E;
 
-/// Called after each epoch with (epoch, mean loss, optimiser): checkpoint here, and return
-/// `Break` to stop.
-pub type AfterEpoch<'a> = dyn FnMut(usize, f64, &Adam) -> Result<ControlFlow<()>> + 'a;
+/// How far into an epoch training stopped: its first `batches` batches done, whose losses sum
+/// to `loss_sum` (so that the resumed epoch reports the whole epoch's mean loss).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MidEpoch {
+    pub batches: usize,
+    pub loss_sum: f64,
+}
+
+/// A point where the caller checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Checkpoint {
+    /// Epoch `epoch` (0-based) is complete, with this mean loss; `Break` stops here.
+    EpochEnd { epoch: usize, mean_loss: f64 },
+    /// A stop was asked for in the middle of epoch `epoch`: training stops after this.
+    MidEpoch { epoch: usize, at: MidEpoch },
+}
+
+/// Called at each checkpoint with the optimiser: save, and return `Break` to stop at an
+/// epoch's end.
+pub type OnCheckpoint<'a> = dyn FnMut(Checkpoint, &Adam) -> Result<ControlFlow<()>> + 'a;
 
 /// What a training run goes over: `slices` of `ds` (reaching the device through `feed`), in
 /// batches of `batch_size` in a seeded order per epoch, for the epochs of `epochs` (a resumed
-/// run starts later).
+/// run starts later, `resume` batches into its first epoch). `stop`, when set, ends training
+/// at the next batch boundary.
 pub struct Schedule<'a> {
     pub ds: &'a Dataset,
     pub feed: &'a Feed,
     pub slices: &'a [usize],
     pub batch_size: usize,
     pub epochs: Range<usize>,
+    pub resume: Option<MidEpoch>,
     pub seed: u64,
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// What a training loop does per batch besides the optimiser step.
+struct Steps<'a> {
+    /// At the start of each epoch.
+    before_epoch: &'a mut dyn FnMut(usize),
+    /// For a batch a resumed epoch already did: draw what it drew, compute nothing.
+    skip: &'a mut dyn FnMut(&[usize]),
+    /// The loss of a batch.
+    loss_of: &'a mut dyn FnMut(&[usize]) -> Tensor,
 }
 
 /// What both training loops share: per epoch, a seeded order of the slices, one optimiser step
-/// per batch on the loss `loss_of` computes, then `after_epoch` with the epoch's mean loss.
-/// Returns the epoch count reached (less than the schedule's end when `after_epoch` asked to
-/// stop).
+/// per batch on the loss `loss_of` computes, then the epoch's checkpoint with its mean loss. A
+/// stop asked for before an epoch's last batch gives a mid-epoch checkpoint and ends training.
+/// Returns the epochs completed (less than the schedule's end when stopped).
 fn run_epochs(
     opt: &mut Adam,
     s: &Schedule,
-    after_epoch: &mut AfterEpoch,
-    before_epoch: &mut dyn FnMut(usize),
-    loss_of: &mut dyn FnMut(&[usize]) -> tch::Tensor,
+    on_checkpoint: &mut OnCheckpoint,
+    steps: Steps,
 ) -> Result<usize> {
-    let batch_size = s.batch_size;
+    let stop_asked = || s.stop.is_some_and(|f| f.load(Ordering::Relaxed));
     for epoch in s.epochs.clone() {
-        before_epoch(epoch);
+        (steps.before_epoch)(epoch);
         let order = epoch_order(s.slices, s.seed, epoch);
+        let batches: Vec<&[usize]> = order.chunks(s.batch_size).collect();
+        let resumed = (epoch == s.epochs.start).then_some(s.resume).flatten();
+        let first = resumed.map_or(0, |m| m.batches.min(batches.len()));
+        for chunk in &batches[..first] {
+            (steps.skip)(chunk);
+        }
         // The losses add up on the device and are read once per epoch: reading each step's
         // value would make the host wait for the GPU at every step.
-        let mut sum: Option<tch::Tensor> = None;
-        let mut n = 0;
-        for chunk in order.chunks(batch_size) {
+        let mut sum: Option<Tensor> = None;
+        for (b, chunk) in batches.iter().enumerate().skip(first) {
             opt.zero_grad();
-            let loss = loss_of(chunk);
+            let loss = (steps.loss_of)(chunk);
             match opt.loss_multiplier() {
                 1.0 => loss.backward(),
                 scale => (&loss * scale).backward(),
@@ -80,10 +117,22 @@ fn run_epochs(
                 Some(s) => s + l,
                 None => l,
             });
-            n += 1;
+            let done = b + 1;
+            if done < batches.len() && stop_asked() {
+                let loss_sum = resumed.map_or(0.0, |m| m.loss_sum)
+                    + sum.as_ref().map_or(0.0, |s| s.double_value(&[]));
+                let at = MidEpoch {
+                    batches: done,
+                    loss_sum,
+                };
+                // A mid-epoch point is a stop whatever the caller returns.
+                let _ = on_checkpoint(Checkpoint::MidEpoch { epoch, at }, opt)?;
+                return Ok(epoch);
+            }
         }
-        let mean = sum.map_or(0.0, |s| s.double_value(&[]) / n as f64);
-        if after_epoch(epoch, mean, opt)?.is_break() {
+        let total = resumed.map_or(0.0, |m| m.loss_sum) + sum.map_or(0.0, |s| s.double_value(&[]));
+        let mean_loss = total / batches.len().max(1) as f64;
+        if on_checkpoint(Checkpoint::EpochEnd { epoch, mean_loss }, opt)?.is_break() {
             return Ok(epoch + 1);
         }
     }
@@ -97,10 +146,10 @@ pub fn train_unet(
     opt: &mut Adam,
     schedule: &Schedule,
     mixed: bool,
-    after_epoch: &mut AfterEpoch,
+    on_checkpoint: &mut OnCheckpoint,
 ) -> Result<usize> {
     let (ds, feed) = (schedule.ds, schedule.feed);
-    run_epochs(opt, schedule, after_epoch, &mut |_| {}, &mut |chunk| {
+    let mut loss_of = |chunk: &[usize]| {
         let (x, y) = feed.batch(ds, chunk);
         // Only enter autocast for mixed precision, and through mixed::autocast_fp16:
         // libtorch 2.11 warns on every tch autocast call, even a disabled one.
@@ -110,7 +159,13 @@ pub fn train_unet(
             net.forward_t(&x, true)
         };
         dice_loss(&logits.to_kind(tch::Kind::Float), &y)
-    })
+    };
+    let steps = Steps {
+        before_epoch: &mut |_| {},
+        skip: &mut |_| {},
+        loss_of: &mut loss_of,
+    };
+    run_epochs(opt, schedule, on_checkpoint, steps)
 }
 
 /// Trains the VAE (MSE + `kl_weight` × KL) over the schedule.
@@ -119,7 +174,7 @@ pub fn train_vae(
     opt: &mut Adam,
     schedule: &Schedule,
     kl_weight: f64,
-    after_epoch: &mut AfterEpoch,
+    on_checkpoint: &mut OnCheckpoint,
 ) -> Result<usize> {
     let (ds, feed, seed) = (schedule.ds, schedule.feed, schedule.seed);
     // The reparameterisation noise comes from its own seeded stream per epoch (not libtorch's
@@ -129,7 +184,12 @@ pub fn train_vae(
     let noise = std::cell::RefCell::new(epoch_rng(seed ^ NOISE_KEY, schedule.epochs.start));
     let mut start_epoch = |epoch: usize| *noise.borrow_mut() = epoch_rng(seed ^ NOISE_KEY, epoch);
     let latent = net.latent() as usize;
-    run_epochs(opt, schedule, after_epoch, &mut start_epoch, &mut |chunk| {
+    // A batch a resumed epoch already did drew its noise: draw it again, so the next batch
+    // gets what it got in an uninterrupted run.
+    let mut skip = |chunk: &[usize]| {
+        standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
+    };
+    let mut loss_of = |chunk: &[usize]| {
         let eps = standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
         let eps = Tensor::from_slice(&eps).view([chunk.len() as i64, latent as i64]);
         net.loss(
@@ -137,7 +197,13 @@ pub fn train_vae(
             kl_weight,
             &to_device_async(eps, feed.device()),
         )
-    })
+    };
+    let steps = Steps {
+        before_epoch: &mut start_epoch,
+        skip: &mut skip,
+        loss_of: &mut loss_of,
+    };
+    run_epochs(opt, schedule, on_checkpoint, steps)
 }
 
 /// `n` draws of N(0, 1) (Box–Muller), as float32.

@@ -210,9 +210,20 @@ impl SessionFiles {
     /// state.json records the next one: a kill between writing a checkpoint and recording its
     /// epoch resumes from the recorded epoch's files, exactly.
     pub fn partial(&self, step: &Step, epochs: usize) -> (PathBuf, PathBuf) {
+        self.partial_at(step, epochs, 0)
+    }
+
+    /// As `partial`, `batches` batches into the epoch after `epochs` (a stop mid-epoch; 0: the
+    /// epoch's end, named as `partial` names it).
+    pub fn partial_at(&self, step: &Step, epochs: usize, batches: usize) -> (PathBuf, PathBuf) {
+        let at = if batches > 0 {
+            format!("e{epochs}b{batches}")
+        } else {
+            format!("e{epochs}")
+        };
         let name = |what: &str| {
             self.checkpoints_of(step)
-                .join(format!("{}.{what}-e{epochs}{WEIGHTS}", step.key()))
+                .join(format!("{}.{what}-{at}{WEIGHTS}", step.key()))
         };
         (name("partial"), name("adam"))
     }
@@ -231,6 +242,12 @@ impl SessionFiles {
 
     /// Removes every partial checkpoint of a step (it is done, or starts over).
     pub fn remove_partials(&self, step: &Step) {
+        self.remove_partials_except(step, None);
+    }
+
+    /// Removes every partial checkpoint of a step but the pair `keep` (weights, moments): once
+    /// state.json records a point, the files of every other point are stale.
+    pub fn remove_partials_except(&self, step: &Step, keep: Option<&(PathBuf, PathBuf)>) {
         let key = step.key();
         let prefixes = [format!("{key}.partial"), format!("{key}.adam")];
         let Ok(entries) = fs::read_dir(self.checkpoints_of(step)) else {
@@ -239,11 +256,14 @@ impl SessionFiles {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if prefixes
-                .iter()
-                .any(|p| name.starts_with(p.as_str()) && name.ends_with(WEIGHTS))
+            let path = e.path();
+            let kept = keep.is_some_and(|(w, m)| path == *w || path == *m);
+            if !kept
+                && prefixes
+                    .iter()
+                    .any(|p| name.starts_with(p.as_str()) && name.ends_with(WEIGHTS))
             {
-                let _ = fs::remove_file(e.path());
+                let _ = fs::remove_file(path);
             }
         }
     }

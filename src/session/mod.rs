@@ -354,7 +354,7 @@ impl Session {
             Status::Finished
         } else if holder.is_some() {
             Status::Running
-        } else if self.state.done == 0 && self.state.partial_epochs == 0 {
+        } else if self.state.done == 0 && !self.state.progress.iter().any(|p| p.in_step()) {
             Status::New
         } else {
             Status::Paused

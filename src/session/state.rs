@@ -7,18 +7,28 @@ use serde::{Deserialize, Serialize};
 use super::config::Arm;
 pub use crate::engine::manifold::ManifoldStats;
 use crate::engine::select::Pick;
+use crate::engine::train::MidEpoch;
 
 /// Format 2: one state file per repeat (`repeats/NN/state.json`); the session's own
 /// `state.json` holds only the version. Format 1: everything in the session's `state.json`.
 pub const STATE_FORMAT_VERSION: u32 = 2;
 pub const FLAT_FORMAT_VERSION: u32 = 1;
 
-/// How far one repeat is: steps of its part of the plan done, and epochs of its step in
-/// progress.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How far one repeat is: steps of its part of the plan done, epochs of its step in progress,
+/// and where in the next epoch that step stopped, when it stopped mid-epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RepeatProgress {
     pub done: usize,
     pub partial_epochs: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid_epoch: Option<MidEpoch>,
+}
+
+impl RepeatProgress {
+    /// Whether the step in progress has begun (an epoch done, or batches of one).
+    pub fn in_step(&self) -> bool {
+        self.partial_epochs > 0 || self.mid_epoch.is_some()
+    }
 }
 
 /// Identifies the data a session was started on, so a changed data set is noticed.
@@ -167,6 +177,7 @@ impl SessionState {
                 RepeatProgress {
                     done: done_r,
                     partial_epochs,
+                    mid_epoch: None,
                 },
             );
         }
@@ -181,6 +192,7 @@ impl SessionState {
             config: self.config.clone(),
             done: progress.done,
             partial_epochs: progress.partial_epochs,
+            mid_epoch: progress.mid_epoch,
             data: self.repeats.get(repeat).cloned(),
             picks: self
                 .picks
@@ -222,6 +234,7 @@ impl SessionState {
             RepeatProgress {
                 done: rs.done,
                 partial_epochs: rs.partial_epochs,
+                mid_epoch: rs.mid_epoch,
             },
         );
     }
@@ -235,9 +248,12 @@ pub struct RepeatState {
     pub dataset: Option<DatasetStamp>,
     #[serde(default)]
     pub config: Option<super::config::SessionConfig>,
-    /// Steps of this repeat done, and epochs of its step in progress.
+    /// Steps of this repeat done, epochs of its step in progress, and where in the next epoch
+    /// that step stopped (a stop mid-epoch; absent otherwise).
     pub done: usize,
     pub partial_epochs: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid_epoch: Option<MidEpoch>,
     /// The split, once the repeat's first step ran.
     pub data: Option<RepeatData>,
     pub picks: Vec<PickRecord>,

@@ -54,7 +54,7 @@ pub enum Command {
     Step,
     /// Run to the end.
     RunAll,
-    /// Stop at the next safe point (end of an epoch).
+    /// Stop at the next safe point (the end of the current batch).
     Pause,
     /// Stop at the next safe point and end the thread.
     Quit,

@@ -51,7 +51,7 @@ impl Runner {
     /// that stopped mid-way (partial epochs) first finishes on its own.
     pub(super) fn parallel_round(&self, index: usize) -> Option<usize> {
         let repeat = self.plan[index].repeat();
-        if self.lanes.is_empty() || self.session.state.progress_of(repeat).partial_epochs > 0 {
+        if self.lanes.is_empty() || self.session.state.progress_of(repeat).in_step() {
             return None;
         }
         let round_of = |s: &Step| match *s {
@@ -100,7 +100,7 @@ impl Runner {
             repeat,
             RepeatProgress {
                 done,
-                partial_epochs: 0,
+                ..Default::default()
             },
         );
         Ok(Runner {
@@ -183,7 +183,7 @@ impl Runner {
                                     let done = lane.session.state.progress_of(r).done;
                                     let progress = RepeatProgress {
                                         done,
-                                        partial_epochs: 0,
+                                        ..Default::default()
                                     };
                                     lane.session.state.set_progress(r, progress);
                                 }

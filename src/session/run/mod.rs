@@ -3,10 +3,11 @@
 //! of a repeat (`repeat.rs`), training (`training.rs`), latents, selection and evaluation
 //! (`selection.rs`), and the arms of a round on several devices (`lanes.rs`).
 //!
-//! Crash safety: training steps checkpoint weights and optimiser moments after every epoch
-//! (atomically), then record the epoch in `state.json`; a step's final weights are written before
-//! the step is counted done. Killed anywhere, a run resumes from its last finished epoch and, on
-//! CPU with the same seed, ends with the same picks and metrics as an uninterrupted run.
+//! Crash safety: training steps checkpoint weights and optimiser moments after every epoch, and
+//! at a stop mid-epoch (atomically), then record that point in `state.json`; a step's final
+//! weights are written before the step is counted done. Killed anywhere, a run resumes from the
+//! last point recorded and, on CPU with the same seed, ends with the same picks and metrics as
+//! an uninterrupted run.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,8 @@ mod training;
 use selection::Evaluation;
 use training::Trained;
 
-/// Asks a running session to stop at its next safe point (the end of an epoch or step).
+/// Asks a running session to stop at its next safe point: the end of the current training
+/// batch (with a checkpoint of that point), or of the current step.
 #[derive(Default, Clone)]
 pub struct Control {
     pub stop: Arc<AtomicBool>,
@@ -249,6 +251,7 @@ impl Runner {
         let p = RepeatProgress {
             done,
             partial_epochs,
+            mid_epoch: None,
         };
         self.session.state.set_progress(repeat, p);
     }

@@ -1,8 +1,9 @@
 //! Training steps (the VAE, pre-training, the shared initial UNet, each arm's UNet after a
-//! round) through one epoch loop, with the per-epoch commit: weights and optimiser moments to
-//! the epoch's partial checkpoint files (each atomically), then the epoch into state.json (the
-//! commit point), then the previous epoch's files are removed. A kill at any point resumes from
-//! the epoch state.json names, whose files exist.
+//! round, the full-data reference) through one epoch loop, with a commit at every epoch's end
+//! and at a stop mid-epoch: weights and optimiser moments to the point's partial checkpoint
+//! files (each atomically), then the point (epochs, and batches into the next) into
+//! state.json (the commit), then the files of every other point are removed. A kill at any
+//! moment resumes from the point state.json names, whose files exist.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use tch::nn::VarStore;
 use super::{emit_to, Runner, StepContext};
 use crate::engine::adam::{Adam, LossScale};
 use crate::engine::nets::{fold_batch_norm, save_weights, seeded, use_channels_last, UNet, Vae};
-use crate::engine::train::{self, Schedule};
+use crate::engine::train::{self, Checkpoint, Schedule};
 use crate::session::config::{Arm, Precision, Scenario};
 use crate::session::events::{Event, Phase};
 use crate::session::files::{write_atomic_with, SessionFiles};
@@ -156,9 +157,11 @@ impl Runner {
         if mixed {
             opt.loss_scale = Some(LossScale::default());
         }
-        let start = self.session.state.progress_of(step.repeat()).partial_epochs;
-        if start > 0 {
-            restore_partial(&self.files, &step, &mut vs, &mut opt, start)?;
+        let progress = self.session.state.progress_of(step.repeat());
+        let start = progress.partial_epochs;
+        if progress.in_step() {
+            let batches = progress.mid_epoch.map_or(0, |m| m.batches);
+            restore_partial(&self.files, &step, &mut vs, &mut opt, (start, batches))?;
         } else if let Some(from) = from {
             self.load_final(&mut vs, &from)?;
         }
@@ -178,7 +181,9 @@ impl Runner {
             slices: &slices,
             batch_size,
             epochs: start..epochs,
+            resume: progress.mid_epoch,
             seed: seed_for(seed, &key, "shuffle"),
+            stop: Some(&cx.control.stop),
         };
         let mut ck = EpochCheckpoint {
             files,
@@ -189,7 +194,7 @@ impl Runner {
             epochs,
             persist: *persist,
         };
-        let mut after = |epoch: usize, loss: f64, opt: &Adam| ck.save(cx, opt, epoch, loss);
+        let mut after = |point: Checkpoint, opt: &Adam| ck.save(cx, opt, point);
         let reached = match &net {
             Net::Unet(n) => train::train_unet(n, &mut opt, &schedule, mixed, &mut after)?,
             Net::Vae(n) => train::train_vae(n, &mut opt, &schedule, kl_weight, &mut after)?,
@@ -213,18 +218,19 @@ fn save_var_store(vs: &VarStore, path: &std::path::Path) -> Result<()> {
     })
 }
 
-/// Resumes a training step killed or stopped after `epochs` epochs: its weights and optimiser
-/// moments. Sessions written before the epoch was in the names have one pair of files, which
-/// then held the recorded epoch's state unless the kill fell between the two writes.
+/// Resumes a training step killed or stopped at `at` (epochs done, batches into the next):
+/// its weights and optimiser moments. Sessions written before the epoch was in the names have
+/// one pair of files, which then held the recorded epoch's state unless the kill fell between
+/// the two writes.
 fn restore_partial(
     files: &SessionFiles,
     step: &Step,
     vs: &mut VarStore,
     opt: &mut Adam,
-    epochs: usize,
+    at: (usize, usize),
 ) -> Result<()> {
-    let (mut partial, mut adam) = files.partial(step, epochs);
-    if !partial.exists() {
+    let (mut partial, mut adam) = files.partial_at(step, at.0, at.1);
+    if !partial.exists() && at.1 == 0 {
         if let Some(old) = files.legacy_partial(step) {
             (partial, adam) = old;
         }
@@ -234,8 +240,10 @@ fn restore_partial(
     opt.load(&adam)
 }
 
-/// What happens after every training epoch (see the module's comment); `Break` when a stop
-/// was asked for.
+/// What happens at every checkpoint of training (see the module's comment): the weights and
+/// moments to files named by the point, the point into state.json (the commit), then the files
+/// of every other point removed. An epoch's end returns `Break` when a stop was asked for; a
+/// mid-epoch point is itself a stop.
 struct EpochCheckpoint<'a> {
     files: &'a SessionFiles,
     session: &'a mut Session,
@@ -243,7 +251,7 @@ struct EpochCheckpoint<'a> {
     vs: &'a VarStore,
     step: Step,
     epochs: usize,
-    /// False in a lane (lanes.rs): the epoch is not recorded in state.json.
+    /// False in a lane (lanes.rs): the point is not recorded in state.json.
     persist: bool,
 }
 
@@ -252,26 +260,33 @@ impl EpochCheckpoint<'_> {
         &mut self,
         cx: &mut StepContext,
         opt: &Adam,
-        epoch: usize,
-        loss: f64,
+        point: Checkpoint,
     ) -> Result<ControlFlow<()>> {
         let writing = std::time::Instant::now();
-        let (partial, adam) = self.files.partial(&self.step, epoch + 1);
-        save_var_store(self.vs, &partial)?;
-        write_atomic_with(&adam, |tmp| opt.save(tmp))?;
+        let (epochs, mid_epoch) = match point {
+            Checkpoint::EpochEnd { epoch, .. } => (epoch + 1, None),
+            Checkpoint::MidEpoch { epoch, at } => (epoch, Some(at)),
+        };
+        let files = self
+            .files
+            .partial_at(&self.step, epochs, mid_epoch.map_or(0, |m| m.batches));
+        save_var_store(self.vs, &files.0)?;
+        write_atomic_with(&files.1, |tmp| opt.save(tmp))?;
         let repeat = self.step.repeat();
         let done = self.session.state.progress_of(repeat).done;
         let progress = RepeatProgress {
             done,
-            partial_epochs: epoch + 1,
+            partial_epochs: epochs,
+            mid_epoch,
         };
         self.session.state.set_progress(repeat, progress);
         if self.persist {
             self.session.save_repeat(repeat)?;
         }
-        let (old_partial, old_adam) = self.files.partial(&self.step, epoch);
-        let _ = std::fs::remove_file(old_partial);
-        let _ = std::fs::remove_file(old_adam);
+        self.files.remove_partials_except(&self.step, Some(&files));
+        let Checkpoint::EpochEnd { epoch, mean_loss } = point else {
+            return Ok(ControlFlow::Break(()));
+        };
         let (phase, arm) = match self.step {
             Step::Vae { .. } => (Phase::Vae, None),
             Step::Pretrain { .. } => (Phase::Pretraining, None),
@@ -288,7 +303,7 @@ impl EpochCheckpoint<'_> {
                 arm,
                 epoch: epoch + 1,
                 epochs: self.epochs,
-                loss,
+                loss: mean_loss,
                 checkpoint_s: writing.elapsed().as_secs_f64(),
             },
         );

@@ -278,21 +278,27 @@ fn a_finished_session_has_nothing_to_submit() {
     assert!(!c.state("next").exists());
 }
 
-/// The generated array task picks its devices from what Slurm made visible.
-#[test]
-fn the_task_runs_its_repeat_on_the_gpus_it_was_given() {
-    let c = Cluster::new();
-    c.ok(&["slurm", "grid"]);
-    let script = c.session.join("slurm/run.sbatch");
-    // Replace the binary by `echo`, then run the script's command part as Slurm would.
-    let text = std::fs::read_to_string(&script).unwrap();
+/// The array task's command part, with the binary replaced by `program`.
+fn task_command(c: &Cluster, program: &str) -> String {
+    let text = std::fs::read_to_string(c.session.join("slurm/run.sbatch")).unwrap();
     let command: String = text
         .lines()
         .skip_while(|l| !l.starts_with("devices=()"))
         .collect::<Vec<_>>()
         .join("\n");
     let exe = bin().get_program().to_string_lossy().into_owned();
-    let command = command.replace(&format!("exec '{exe}'"), "exec echo");
+    assert!(command.contains(&format!("'{exe}' run ")), "{command}");
+    command.replace(&format!("'{exe}'"), program)
+}
+
+/// The generated array task picks its devices from what Slurm made visible.
+#[test]
+fn the_task_runs_its_repeat_on_the_gpus_it_was_given() {
+    let c = Cluster::new();
+    c.ok(&["slurm", "grid"]);
+    let run_script = std::fs::read_to_string(c.session.join("slurm/run.sbatch")).unwrap();
+    assert!(run_script.contains("#SBATCH --requeue\n#SBATCH --signal=B:USR1@120\n"));
+    let command = task_command(&c, "echo");
     let run = |gpus: Option<&str>| {
         let mut sh = Command::new("bash");
         sh.arg("-c")
@@ -316,4 +322,64 @@ fn the_task_runs_its_repeat_on_the_gpus_it_was_given() {
         run(Some("4,5,7")),
         format!("run {session} --repeats 2 --devices cuda:0,cuda:1,cuda:2")
     );
+}
+
+/// Slurm's warning before the time limit (USR1 to the batch shell) is passed on to the run,
+/// and the task requeues itself once the run has stopped; a SIGTERM (scancel) is passed on
+/// and not requeued.
+#[test]
+fn the_time_limit_warning_stops_the_run_and_requeues_the_task() {
+    let c = Cluster::new();
+    c.ok(&["slurm", "grid"]);
+    // A stand-in for the run: stops with status 130 on USR1 or TERM, as suggestive does.
+    let fake = c.root.join("fake-run");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\ntrap 'echo \"stopped by $1\" >> \"$FAKE_SLURM/run.log\"; exit 130' USR1 TERM\necho started >> \"$FAKE_SLURM/run.log\"\nwhile :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let scontrol = c.root.join("fake-bin/scontrol");
+    std::fs::write(
+        &scontrol,
+        "#!/bin/sh\necho \"$@\" >> \"$FAKE_SLURM/scontrol.log\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let command = task_command(&c, &format!("'{}'", fake.display()));
+    for (signal, requeued) in [(libc::SIGUSR1, true), (libc::SIGTERM, false)] {
+        let _ = std::fs::remove_file(c.state("run.log"));
+        let _ = std::fs::remove_file(c.state("scontrol.log"));
+        let path = format!(
+            "{}:{}",
+            c.root.join("fake-bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut sh = Command::new("bash")
+            .arg("-c")
+            .arg(&command)
+            .env("PATH", path)
+            .env("FAKE_SLURM", c.state(""))
+            .env("SLURM_ARRAY_TASK_ID", "2")
+            .env("SLURM_JOB_ID", "1077")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(c.state("run.log")).is_ok_and(|l| l.contains("started")) {
+            assert!(started.elapsed().as_secs() < 10, "the run never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        unsafe { libc::kill(sh.id() as i32, signal) };
+        let status = sh.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "signal {signal}");
+        let log = std::fs::read_to_string(c.state("run.log")).unwrap();
+        assert!(log.contains("stopped by run"), "{log}");
+        let scontrol = std::fs::read_to_string(c.state("scontrol.log")).unwrap_or_default();
+        if requeued {
+            assert_eq!(scontrol.trim(), "requeue 1077");
+        } else {
+            assert!(scontrol.is_empty(), "{scontrol}");
+        }
+    }
 }

@@ -140,6 +140,8 @@ pub fn scripts(session: &Session, repeats: &[usize], opts: &JobOptions) -> Resul
         format!("--job-name=suggestive-{name}"),
         format!("--array={array}"),
         format!("--output={}", repeat_log.display()),
+        "--requeue".to_string(),
+        format!("--signal=B:USR1@{}", script::WARN_SECONDS),
     ];
     run_lines.extend(resources(opts));
     let mut report_lines = vec![

@@ -116,9 +116,19 @@ pub fn array_ranges(tasks: &[usize]) -> String {
     parts.join(",")
 }
 
+/// How long before its time limit Slurm warns a task (`--signal=B:USR1@…`): time for the run
+/// to finish its batch and write a checkpoint.
+pub const WARN_SECONDS: u32 = 120;
+
 /// The array task's command: the repeat numbered by the task, on the GPUs Slurm made visible
 /// (CUDA numbers them from 0 in each task): several give `--devices` (the arms of a round side
 /// by side), one gives `--device cuda:0`, none leaves the session's device setting.
+///
+/// The run goes in the background so that this shell can pass signals on: Slurm's warning
+/// before the time limit (USR1, sent to this shell only) and its SIGTERM. The run stops at the
+/// end of its batch with a checkpoint and exits with status 130; after the warning, the task
+/// puts itself back in the queue (`scontrol requeue`) to resume where it stopped. (Preemption
+/// and `scontrol requeue` are requeued by Slurm; a `scancel` is not.)
 pub fn run_command(binary: &Path, session: &Path) -> String {
     format!(
         r#"devices=()
@@ -130,7 +140,21 @@ if [ -n "${{CUDA_VISIBLE_DEVICES:-}}" ] && [ "$CUDA_VISIBLE_DEVICES" != "NoDevFi
     devices=(--device cuda:0)
   fi
 fi
-exec {} run {} --repeats "$SLURM_ARRAY_TASK_ID" "${{devices[@]}}""#,
+{} run {} --repeats "$SLURM_ARRAY_TASK_ID" "${{devices[@]}}" &
+run=$!
+requeue=""
+trap 'requeue=1; kill -USR1 "$run" 2>/dev/null' USR1
+trap 'kill -TERM "$run" 2>/dev/null' TERM
+status=0
+while :; do
+  wait "$run" && status=0 || status=$?
+  kill -0 "$run" 2>/dev/null || break
+done
+if [ "$status" -eq 130 ] && [ -n "$requeue" ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
+  echo "stopped before the time limit; requeueing $SLURM_JOB_ID to resume" >&2
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status""#,
         shell_quote(&binary.display().to_string()),
         shell_quote(&session.display().to_string())
     )

@@ -621,7 +621,10 @@ fn log(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
 pub const KEYS: [(&str, &str); 17] = [
     ("n, space", "run the next round, then pause"),
     ("r", "run to the end"),
-    ("p", "pause at the next safe point (the end of the current batch)"),
+    (
+        "p",
+        "pause at the next safe point (the end of the current batch)",
+    ),
     ("←/→, h/l", "previous / next pick"),
     ("tab, a / shift-tab", "next / previous arm"),
     ("m", "next modality in the preview"),

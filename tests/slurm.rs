@@ -297,7 +297,8 @@ fn the_task_runs_its_repeat_on_the_gpus_it_was_given() {
     let c = Cluster::new();
     c.ok(&["slurm", "grid"]);
     let run_script = std::fs::read_to_string(c.session.join("slurm/run.sbatch")).unwrap();
-    assert!(run_script.contains("#SBATCH --requeue\n#SBATCH --signal=B:USR1@120\n"));
+    assert!(run_script
+        .contains("#SBATCH --open-mode=append\n#SBATCH --requeue\n#SBATCH --signal=B:USR1@120\n"));
     let command = task_command(&c, "echo");
     let run = |gpus: Option<&str>| {
         let mut sh = Command::new("bash");
@@ -363,6 +364,8 @@ fn the_time_limit_warning_stops_the_run_and_requeues_the_task() {
             .env("SLURM_ARRAY_TASK_ID", "2")
             .env("SLURM_JOB_ID", "1077")
             .env_remove("CUDA_VISIBLE_DEVICES")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let started = std::time::Instant::now();

@@ -140,6 +140,8 @@ pub fn scripts(session: &Session, repeats: &[usize], opts: &JobOptions) -> Resul
         format!("--job-name=suggestive-{name}"),
         format!("--array={array}"),
         format!("--output={}", repeat_log.display()),
+        // A requeued task adds to its log instead of starting it again.
+        "--open-mode=append".to_string(),
         "--requeue".to_string(),
         format!("--signal=B:USR1@{}", script::WARN_SECONDS),
     ];

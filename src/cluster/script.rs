@@ -140,11 +140,13 @@ if [ -n "${{CUDA_VISIBLE_DEVICES:-}}" ] && [ "$CUDA_VISIBLE_DEVICES" != "NoDevFi
     devices=(--device cuda:0)
   fi
 fi
+# The traps come first: a signal that arrives as the run starts is not lost.
+run=""
+requeue=""
+trap 'requeue=1; [ -n "$run" ] && kill -USR1 "$run" 2>/dev/null' USR1
+trap '[ -n "$run" ] && kill -TERM "$run" 2>/dev/null' TERM
 {} run {} --repeats "$SLURM_ARRAY_TASK_ID" "${{devices[@]}}" &
 run=$!
-requeue=""
-trap 'requeue=1; kill -USR1 "$run" 2>/dev/null' USR1
-trap 'kill -TERM "$run" 2>/dev/null' TERM
 status=0
 while :; do
   wait "$run" && status=0 || status=$?

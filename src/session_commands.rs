@@ -435,7 +435,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
                     " · slurm {}_{} {} · log {}",
                     j.job,
                     j.task,
-                    j.state.as_deref().unwrap_or("(no squeue/sacct here)"),
+                    j.state_text(),
                     j.log.display()
                 )
             })

@@ -229,7 +229,7 @@ fn slurm_submits_the_array_then_the_report_and_resubmits_only_what_is_left() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("slurm 1002_3 (no squeue/sacct here)"),
+        text.contains("slurm 1002_3 (no squeue or sacct here)"),
         "{text}"
     );
 }

@@ -63,13 +63,27 @@ pub fn submissions(session: &Session) -> Result<Vec<Submission>> {
 }
 
 /// Where a repeat (1-based) stands in Slurm: the job and task that run it, what Slurm says
-/// of it (`None`: no submission, or no squeue/sacct here), and its log.
+/// of it, and its log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RepeatJob {
     pub job: String,
     pub task: usize,
+    /// Slurm's word for the task (`PENDING`, `RUNNING`, `COMPLETED`, …); `None` when Slurm
+    /// was not asked (no squeue or sacct here) or no longer knows it (`asked`).
     pub state: Option<String>,
+    pub asked: bool,
     pub log: PathBuf,
+}
+
+impl RepeatJob {
+    /// Slurm's state as `status` shows it.
+    pub fn state_text(&self) -> &str {
+        match (&self.state, self.asked) {
+            (Some(s), _) => s,
+            (None, true) => "(no longer in squeue or sacct)",
+            (None, false) => "(no squeue or sacct here)",
+        }
+    }
 }
 
 /// Per repeat (index 0-based), its latest submission's task, if any.
@@ -90,6 +104,7 @@ pub fn repeat_jobs(session: &Session) -> Result<Vec<Option<RepeatJob>>> {
             job: sub.array_job.clone(),
             task: r,
             state: tasks.as_ref().and_then(|t| t.get(&r).cloned()),
+            asked: tasks.is_some(),
             log: files.slurm_log(Some(r)),
         }));
     }

@@ -124,27 +124,42 @@ wait_epoch() {
   return 1
 }
 
+# Waits until repeat $1's run says it stopped; prints how long that took since $2 (epoch s).
+wait_stop() {
+  for _ in $(seq 600); do
+    if grep -q "stopped at a safe point" "$session/slurm/logs/repeat-$1.out" 2>/dev/null; then
+      echo "repeat $1 stopped $(( $(date +%s) - $2 )) s after the signal"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "repeat $1 never stopped" >&2
+  return 1
+}
+
 say "task 1: the time-limit warning (USR1 to the batch shell) in the middle of its VAE"
 wait_epoch 1 3
+sent=$(date +%s)
 scancel --signal=USR1 --batch "${job}_1"
+wait_stop 1 "$sent"
 say "task 2: scontrol requeue in the middle of its VAE"
 wait_epoch 2 3
+sent=$(date +%s)
 scontrol requeue "${job}_2"
-sleep 5
+wait_stop 2 "$sent"
 squeue
-"$bin" status "$session" | grep '^repeat'
+"$bin" status "$session" | grep '^repeat [0-9]'
 
 say "waiting for the tasks and the report"
 for _ in $(seq 1200); do
   [ -z "$(squeue -h -j "$job,$report" 2>/dev/null)" ] && break
   sleep 1
 done
-squeue
 for r in 1 2 3; do
   echo "-- repeat $r's log (stops and resumes):"
   grep -E "stopped|requeue|started|finished" "$session/slurm/logs/repeat-$r.out" || true
 done
-"$bin" status "$session" | grep '^repeat'
+"$bin" status "$session" | grep '^repeat [0-9]'
 test -s "$session/report/results.json" && echo "the report job wrote $session/report/results.json"
 
 say "the same session run locally"

@@ -310,7 +310,7 @@ impl Report {
         let e = &cfg.experiment;
         let mut s = format!(
             "# {about}\n\n{}, seed {}; UNet depth {} base {}, {}+{} epochs; VAE latent {}, {} \
-             epochs; cone {}°, α {}\n\n",
+             epochs; cone {}° (fallback {}), α {}\n\n",
             e.describe(),
             e.seed,
             cfg.unet.depth,
@@ -320,6 +320,7 @@ impl Report {
             cfg.vae.latent,
             cfg.vae.epochs,
             cfg.selection.cone_degrees,
+            cfg.selection.fallback,
             cfg.selection.alpha,
         );
         s += &self.markdown();

@@ -145,19 +145,9 @@ pub fn aubc(rows: &[Row], arms: &[Arm], protocol: Protocol, versus: Arm) -> Vec<
 mod tests {
     use super::*;
 
+    /// A test-set result of stage 0.
     fn row(arm: Arm, repeat: usize, round: usize, annotated: usize, dice: f64) -> Row {
-        Row {
-            arm,
-            repeat,
-            stage: 0,
-            round,
-            annotated,
-            viewed: annotated,
-            dice_mean: dice,
-            dice_sd: 0.0,
-            slice_dice_mean: 0.0,
-            collapsed: false,
-        }
+        Row::point(arm, repeat, round, annotated, dice)
     }
 
     #[test]

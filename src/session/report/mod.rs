@@ -42,6 +42,25 @@ pub struct Row {
     pub collapsed: bool,
 }
 
+#[cfg(test)]
+impl Row {
+    /// A result of stage 0 with `dice` as its mean, for the statistics' tests.
+    pub(crate) fn point(arm: Arm, repeat: usize, round: usize, annotated: usize, dice: f64) -> Row {
+        Row {
+            arm,
+            repeat,
+            stage: 0,
+            round,
+            annotated,
+            viewed: annotated,
+            dice_mean: dice,
+            dice_sd: 0.0,
+            slice_dice_mean: 0.0,
+            collapsed: false,
+        }
+    }
+}
+
 /// One arm at one budget, over repeats.
 #[derive(Debug, Clone, Serialize)]
 pub struct SummaryRow {

@@ -224,7 +224,7 @@ fn slurm_submits_the_array_then_the_report_and_resubmits_only_what_is_left() {
     // Without squeue and sacct (a machine outside the cluster) the files still tell.
     let out = c
         .cmd(&["status", "grid"])
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", c.root.join("no-slurm-here"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

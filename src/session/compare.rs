@@ -145,11 +145,6 @@ pub fn aubc(rows: &[Row], arms: &[Arm], protocol: Protocol, versus: Arm) -> Vec<
 mod tests {
     use super::*;
 
-    /// A test-set result of stage 0.
-    fn row(arm: Arm, repeat: usize, round: usize, annotated: usize, dice: f64) -> Row {
-        Row::point(arm, repeat, round, annotated, dice)
-    }
-
     #[test]
     fn arms_are_compared_repeat_by_repeat() {
         let mut rows = Vec::new();
@@ -159,10 +154,10 @@ mod tests {
             .enumerate()
         {
             for arm in [Arm::Random, Arm::Proposed] {
-                rows.push(row(arm, rep, 0, 4, 0.4));
+                rows.push(Row::point(arm, rep, 0, 4, 0.4));
             }
-            rows.push(row(Arm::Proposed, rep, 1, 8, *p));
-            rows.push(row(Arm::Random, rep, 1, 8, *r));
+            rows.push(Row::point(Arm::Proposed, rep, 1, 8, *p));
+            rows.push(Row::point(Arm::Random, rep, 1, 8, *r));
         }
         let c = comparisons(&rows, &[Arm::Random, Arm::Proposed], Arm::Random);
         assert_eq!(c.len(), 1);
@@ -192,9 +187,9 @@ mod tests {
             .is_none());
         // A fourth repeat part-way (proposed has its round 1, random not yet): random's short
         // curve is left out, so the pairing stays over the three complete repeats.
-        rows.push(row(Arm::Random, 3, 0, 4, 0.4));
-        rows.push(row(Arm::Proposed, 3, 0, 4, 0.4));
-        rows.push(row(Arm::Proposed, 3, 1, 8, 0.9));
+        rows.push(Row::point(Arm::Random, 3, 0, 4, 0.4));
+        rows.push(Row::point(Arm::Proposed, 3, 0, 4, 0.4));
+        rows.push(Row::point(Arm::Proposed, 3, 1, 8, 0.9));
         let b = aubc(
             &rows,
             &[Arm::Random, Arm::Proposed],

@@ -163,11 +163,6 @@ pub fn budget_to_full(
 mod tests {
     use super::*;
 
-    /// A test-set result of stage 0.
-    fn row(arm: Arm, repeat: usize, round: usize, annotated: usize, dice: f64) -> Row {
-        Row::point(arm, repeat, round, annotated, dice)
-    }
-
     #[test]
     fn the_budget_to_full_is_the_first_within_delta() {
         let mut rows = Vec::new();
@@ -175,11 +170,11 @@ mod tests {
         // repeat; random reaches it at 12 in two repeats of three (mean 0.78 there: not
         // within 0.01), never otherwise.
         for rep in 0..3 {
-            rows.push(row(Arm::Full, rep, 0, 30, 0.80));
+            rows.push(Row::point(Arm::Full, rep, 0, 30, 0.80));
             for (round, n, p, r) in [(0, 4, 0.5, 0.5), (1, 8, 0.795, 0.6), (2, 12, 0.80, 0.78)] {
-                rows.push(row(Arm::Proposed, rep, round, n, p));
+                rows.push(Row::point(Arm::Proposed, rep, round, n, p));
                 let r = if round == 2 && rep == 2 { 0.74 } else { r };
-                rows.push(row(Arm::Random, rep, round, n, r));
+                rows.push(Row::point(Arm::Random, rep, round, n, r));
             }
         }
         let full = full_data(&rows).unwrap();

@@ -123,6 +123,11 @@ pub struct UiArgs {
 pub struct TuiArgs {
     /// Session name or path (without: the session browser).
     pub session: Option<String>,
+    /// Only watch: follow the session's files and run nothing, even where nothing seems to
+    /// run it elsewhere. (The dashboard attaches by itself when a repeat's lock is held by a
+    /// live process or its Slurm task is queued or running.)
+    #[arg(long)]
+    pub watch: bool,
     #[command(flatten)]
     pub ui: UiArgs,
     #[command(flatten)]
@@ -187,6 +192,7 @@ pub fn cmd_tui(a: TuiArgs) -> Result<()> {
         theme: a.ui.theme,
         images: a.ui.images,
         device: a.ui.device,
+        watch: a.watch,
     })
 }
 
@@ -205,6 +211,7 @@ pub fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
     if !headless {
         return cmd_tui(TuiArgs {
             session: Some(dir.display().to_string()),
+            watch: false,
             ui,
             dirs,
         });
@@ -422,7 +429,10 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         let how = if p.done >= per {
             "finished".to_string()
         } else if let Some(pid) = files.repeat_holder(r) {
-            format!("running, pid {pid}")
+            match files.repeat_holder_host(r) {
+                Some(host) => format!("running, pid {pid} on {host}"),
+                None => format!("running, pid {pid}"),
+            }
         } else if p.done == 0 && !p.in_step() {
             "not started".to_string()
         } else {
@@ -430,15 +440,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         };
         let slurm = job
             .as_ref()
-            .map(|j| {
-                format!(
-                    " · slurm {}_{} {} · log {}",
-                    j.job,
-                    j.task,
-                    j.state_text(),
-                    j.log.display()
-                )
-            })
+            .map(|j| format!(" · {} · log {}", j.describe(), j.log.display()))
             .unwrap_or_default();
         println!("repeat {:<3}{}/{per} steps ({how}){slurm}", r + 1, p.done);
     }

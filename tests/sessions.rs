@@ -1107,3 +1107,60 @@ fn a_session_of_the_earlier_format_is_read_then_converted_and_resumes_exactly() 
     let out = env.cmd(&["report", "old"]).output().unwrap();
     assert_ok(&out);
 }
+
+/// A follower reads a session that another process runs, without a lock (the run goes on
+/// undisturbed): it sees the run's events as they are logged (each once, in order) and the
+/// state each time it is saved.
+#[test]
+fn a_follower_reads_a_run_of_another_process_as_it_goes() {
+    use suggestive::session::follow::Follower;
+    let env = Env::new();
+    let dir = env.session("watched");
+    let (mut follower, session) = Follower::open(&dir).unwrap();
+    assert_eq!(session.state.done, 0);
+    let first = follower.poll().unwrap();
+    assert!(first.session.is_none() && first.events.is_empty());
+    let mut run = env
+        .cmd(&["run", "watched"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut events, mut last_done, mut reloads) = (Vec::new(), 0, 0);
+    loop {
+        let finished = run.try_wait().unwrap();
+        if let Some(status) = finished {
+            assert!(status.success(), "the followed run failed: {status}");
+        }
+        let finished = finished.is_some();
+        let changes = follower.poll().unwrap();
+        if let Some(s) = changes.session {
+            assert!(s.state.done >= last_done, "the state went back");
+            last_done = s.state.done;
+            reloads += 1;
+        }
+        events.extend(changes.events);
+        if finished {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A last look after the run's end finds nothing more.
+    let after = follower.poll().unwrap();
+    assert!(after.session.is_none() && after.events.is_empty());
+    assert!(reloads > 1, "the state was read once only");
+    assert_eq!(last_done, 16);
+    // Exactly the lines of the log, in order, each with its repeat.
+    let logged: Vec<String> = std::fs::read_to_string(repeat_dir(&dir, 1).join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(events.len(), logged.len());
+    for ((repeat, e), line) in events.iter().zip(&logged) {
+        assert_eq!(*repeat, 0);
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(serde_json::to_value(e).unwrap(), line);
+    }
+    assert!(no_lock_left(&dir));
+}

@@ -198,7 +198,11 @@ fn slurm_submits_the_array_then_the_report_and_resubmits_only_what_is_left() {
     assert_eq!(sbatch_line(&c.submitted(1002).1, "array"), Some("3"));
 
     // status: each repeat's job, task, Slurm's state and log.
-    std::fs::write(c.state("squeue.txt"), "1000_1|RUNNING\n1002_[3]|PENDING\n").unwrap();
+    std::fs::write(
+        c.state("squeue.txt"),
+        "1000_1|RUNNING|node07\n1002_[3]|PENDING|\n",
+    )
+    .unwrap();
     let status = c.ok(&["status", "grid"]);
     let line = |r: usize| {
         status
@@ -207,7 +211,10 @@ fn slurm_submits_the_array_then_the_report_and_resubmits_only_what_is_left() {
             .unwrap()
             .to_string()
     };
-    assert!(line(1).contains("slurm 1000_1 RUNNING"), "{status}");
+    assert!(
+        line(1).contains("slurm 1000_1 RUNNING on node07"),
+        "{status}"
+    );
     assert!(
         line(2).contains("(finished)") && line(2).contains("slurm 1000_2 COMPLETED"),
         "{status}"
@@ -220,6 +227,7 @@ fn slurm_submits_the_array_then_the_report_and_resubmits_only_what_is_left() {
         serde_json::from_str(&c.ok(&["status", "grid", "--json"])).unwrap();
     assert_eq!(json["repeats"][2]["slurm"]["job"], "1002");
     assert_eq!(json["repeats"][2]["slurm"]["state"], "PENDING");
+    assert_eq!(json["repeats"][0]["slurm"]["node"], "node07");
 
     // Without squeue and sacct (a machine outside the cluster) the files still tell.
     let out = c

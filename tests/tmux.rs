@@ -311,3 +311,99 @@ fn tui_q_in_a_dashboard_opened_from_the_browser_goes_back_to_it() {
     let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
     assert!(s.contains("EXIT:0"), "{s}");
 }
+
+/// A session whose repeat another process runs is attached to, not run: the dashboard follows
+/// its files, says where the repeat runs and what it does, refuses to run it too, and once
+/// that process is gone runs what is left here.
+#[test]
+fn tui_attaches_to_a_session_another_process_runs_and_follows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tiny_phantom(
+        &root.join("data"),
+        &[("CBICA", 4), ("TCIA", 4)],
+        suggestive::phantom::PhantomLayout::Brats2019,
+        6,
+    );
+    // Enough VAE epochs that the run is still in them when it is stopped below, and enough
+    // epochs per round that it is still in round 1 when it is killed.
+    let cfg = tiny_session_config(
+        &data,
+        &[
+            "experiment.rounds=1",
+            "vae.epochs=60",
+            "unet.epochs_per_round=30",
+        ],
+    );
+    let dir = root.join("sessions/live");
+    suggestive::session::Session::create(&dir, cfg).unwrap();
+    let events = repeat_dir(&dir, 1).join("events.jsonl");
+    let mut run = bin()
+        .args(["run", "live"])
+        .env("SUGGESTIVE_SESSIONS_DIR", root.join("sessions"))
+        .env("SUGGESTIVE_CACHE_DIR", root.join("cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = run.id() as i32;
+    // Stopped (SIGSTOP) once it is in the VAE's epochs: it holds its lock, and writes nothing.
+    let start = Instant::now();
+    while !std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"epoch_done\"")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+
+    let (name, _kill) = start_tui(root, &[], "tui live");
+    let s = wait_for(&name, "the attached dashboard", |s| {
+        s.contains("attached") && s.contains(&format!("pid {pid} on "))
+    });
+    assert!(
+        s.contains("Repeats (running elsewhere)") && s.contains("repeat 1: VAE · epoch "),
+        "{s}"
+    );
+    // n does not start a second run of it.
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "the refusal", |s| {
+        s.contains("this dashboard watches; the session runs elsewhere")
+    });
+    assert!(!s.contains("· running ·"), "{s}");
+
+    // The run goes on: the dashboard follows its epochs, then its steps and their results.
+    let epoch_line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("repeat 1: VAE · epoch "))
+            .map(str::to_string)
+    };
+    let before = epoch_line(&s);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(&name, "the epochs to move", |s| {
+        epoch_line(s).is_some_and(|l| Some(&l) != before.as_ref())
+    });
+    wait_for(&name, "the first results", |s| s.contains("test Dice 0."));
+    // Killed in round 1: nothing runs it now, and the dashboard offers to run the rest here.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = run.wait();
+    let session = suggestive::session::Session::open(&dir).unwrap();
+    let total = suggestive::session::plan::plan(&session.config).len();
+    assert!(
+        session.state.done < total,
+        "the run ended before it was killed"
+    );
+    wait_for(&name, "nothing running it", |s| {
+        s.contains("n/r run it here")
+    });
+    tmux(&["send-keys", "-t", &name, "r"]);
+    wait_for(&name, "the run here", |s| s.contains("· finished ·"));
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+    assert!(no_lock_left(&dir), "the session is still locked");
+    let st = suggestive::session::Session::open(&dir).unwrap().state;
+    assert_eq!(st.done, total);
+    assert_eq!(st.results.len(), 6);
+}

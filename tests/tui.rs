@@ -784,3 +784,145 @@ fn browser_refuses_to_delete_a_session_another_process_runs() {
     b.on_key(key(KeyCode::Char('y')));
     assert!(!dir.join("busy").exists());
 }
+
+/// A dashboard attached to a session of three repeats that run elsewhere: the first finished,
+/// the second running in Slurm on node07 (its VAE at epoch 4 of 10), the third queued. Its
+/// results come from the state files.
+fn attached() -> Dashboard {
+    use suggestive::cluster::{Placement, RepeatJob};
+    use suggestive::session::events::LoggedEvent;
+    use suggestive::tui::watch::Followed;
+    let results = three_repeats().results;
+    let mut app = Dashboard::new("grid".into());
+    app.watching = true;
+    let mut config = suggestive::session::preset("demo").unwrap();
+    config.experiment.repeats = 3;
+    app.on_message(Message::Loaded {
+        config: Box::new(config),
+        state: Box::new(SessionState::default()),
+        views: Vec::new(),
+        device: "CUDA 0".into(),
+        steps_total: 96,
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let logged = |event, ago: f64| LoggedEvent {
+        format_version: 1,
+        time: now - ago,
+        event,
+    };
+    let job = |task, state: &str, node: Option<&str>| RepeatJob {
+        job: "1000".into(),
+        task,
+        state: Some(state.into()),
+        asked: true,
+        node: node.map(str::to_string),
+        log: format!("slurm/logs/repeat-{task}.out").into(),
+    };
+    let place = |repeat, finished, slurm| Placement {
+        repeat,
+        finished,
+        pid: None,
+        host: None,
+        slurm: Some(slurm),
+    };
+    app.on_message(Message::Followed(Box::new(Followed {
+        state: Some((
+            SessionState {
+                done: 40,
+                results,
+                ..Default::default()
+            },
+            Vec::new(),
+        )),
+        events: vec![
+            (
+                1,
+                logged(
+                    Event::StepStarted {
+                        index: 33,
+                        total: 96,
+                        phase: Phase::Vae,
+                        arm: None,
+                        description: "repeat 2: VAE".into(),
+                    },
+                    30.0,
+                ),
+            ),
+            (
+                1,
+                logged(
+                    Event::EpochDone {
+                        index: 33,
+                        phase: Phase::Vae,
+                        arm: None,
+                        epoch: 4,
+                        epochs: 10,
+                        loss: 0.25,
+                        checkpoint_s: 0.0,
+                    },
+                    4.0,
+                ),
+            ),
+        ],
+        placements: Some(vec![
+            place(0, true, job(1, "COMPLETED", Some("node03"))),
+            place(1, false, job(2, "RUNNING", Some("node07"))),
+            place(2, false, job(3, "PENDING", None)),
+        ]),
+    })));
+    app
+}
+
+#[test]
+fn an_attached_dashboard_says_where_each_repeat_runs_and_runs_nothing_itself() {
+    let mut app = attached();
+    assert_eq!(app.run, RunState::Watching);
+    let wide = render(&app, 160, 48);
+    for want in [
+        "· attached ·",
+        "Repeats (running elsewhere)",
+        " 1 finished",
+        " 2 running  slurm 1000_2 RUNNING on node07",
+        "s ago · VAE · epoch 4/10 · loss 0.2500",
+        " 3 queued   slurm 1000_3 PENDING",
+        "proposed − random at 6: +0.047",
+    ] {
+        assert!(wide.contains(want), "{want}:\n{wide}");
+    }
+    // The time since the last event moves with the clock.
+    insta::with_settings!({filters => vec![(r"\d+s ago", "Ns ago")]}, {
+        insta::assert_snapshot!("attached_160x48", wide);
+        let small = render(&app, 80, 24);
+        assert!(small.contains("2 running") && small.contains("3 queued"), "{small}");
+        insta::assert_snapshot!("attached_80x24", small);
+    });
+
+    // n while the repeats run elsewhere: refused, with where they run.
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
+    assert!(app.restart.is_none() && app.watching);
+    let last = &app.log.back().unwrap().1;
+    assert!(
+        last.contains("this dashboard watches; the session runs elsewhere (repeat 2: slurm 1000_2 RUNNING on node07; repeat 3: slurm 1000_3 PENDING)"),
+        "{last}"
+    );
+    // Once nothing runs it (the tasks failed), n runs the rest here.
+    let mut gone = app.placements.clone();
+    for p in &mut gone[1..] {
+        p.slurm.as_mut().unwrap().state = Some("FAILED".into());
+    }
+    app.on_message(Message::Followed(Box::new(
+        suggestive::tui::watch::Followed {
+            state: None,
+            events: Vec::new(),
+            placements: Some(gone),
+        },
+    )));
+    assert!(render(&app, 160, 48).contains("n/r run it here"));
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
+    assert_eq!(app.restart, Some(Command::Step));
+    assert!(!app.watching);
+    assert_eq!(app.run, RunState::Loading);
+}

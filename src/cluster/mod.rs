@@ -72,6 +72,8 @@ pub struct RepeatJob {
     /// was not asked (no squeue or sacct here) or no longer knows it (`asked`).
     pub state: Option<String>,
     pub asked: bool,
+    /// The node Slurm put the task on, once it has one.
+    pub node: Option<String>,
     pub log: PathBuf,
 }
 
@@ -84,6 +86,88 @@ impl RepeatJob {
             (None, false) => "(no squeue or sacct here)",
         }
     }
+
+    /// Queued or running, as far as Slurm says.
+    pub fn is_live(&self) -> bool {
+        self.state.as_deref().is_some_and(scheduler::is_live)
+    }
+
+    /// `slurm 1000_2 RUNNING on node07`.
+    pub fn describe(&self) -> String {
+        let node = match (&self.node, self.is_live()) {
+            (Some(n), true) => format!(" on {n}"),
+            _ => String::new(),
+        };
+        format!(
+            "slurm {}_{} {}{node}",
+            self.job,
+            self.task,
+            self.state_text()
+        )
+    }
+}
+
+/// Where a repeat (0-based `repeat`) runs, as far as this machine can tell: the process that
+/// holds its lock (with the host it named) and its Slurm task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    pub repeat: usize,
+    pub finished: bool,
+    /// The pid of a live process holding the repeat's lock.
+    pub pid: Option<u32>,
+    /// The host that process named in the lock file.
+    pub host: Option<String>,
+    pub slurm: Option<RepeatJob>,
+}
+
+impl Placement {
+    /// A process holds the repeat, or Slurm has its task queued or running.
+    pub fn is_live(&self) -> bool {
+        !self.finished && (self.pid.is_some() || self.slurm.as_ref().is_some_and(|j| j.is_live()))
+    }
+
+    /// `pid 4242 on node07 · slurm 1000_2 RUNNING on node07`, or what is known of it.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(pid) = self.pid {
+            parts.push(match &self.host {
+                Some(h) => format!("pid {pid} on {h}"),
+                None => format!("pid {pid}"),
+            });
+        }
+        if let Some(j) = &self.slurm {
+            parts.push(j.describe());
+        }
+        if parts.is_empty() {
+            let word = if self.finished {
+                "finished"
+            } else {
+                "nothing runs it now"
+            };
+            parts.push(word.to_string());
+        }
+        parts.join(" · ")
+    }
+}
+
+/// Where each repeat of `session` runs (asks Slurm when the session was submitted to it).
+pub fn placements(session: &Session) -> Result<Vec<Placement>> {
+    let files = session.files();
+    let per = session.steps_per_repeat();
+    Ok(repeat_jobs(session)?
+        .into_iter()
+        .enumerate()
+        .map(|(r, slurm)| {
+            let pid = files.repeat_holder(r);
+            Placement {
+                repeat: r,
+                finished: session.state.progress_of(r).done >= per,
+                host: pid.and_then(|_| files.repeat_holder_host(r)),
+                pid,
+                slurm,
+            }
+        })
+        .collect())
 }
 
 /// Per repeat (index 0-based), its latest submission's task, if any.
@@ -100,11 +184,13 @@ pub fn repeat_jobs(session: &Session) -> Result<Vec<Option<RepeatJob>>> {
         let tasks = states
             .entry(sub.array_job.clone())
             .or_insert_with(|| scheduler::task_states(&sub.array_job));
+        let task = tasks.as_ref().and_then(|t| t.get(&r));
         out.push(Some(RepeatJob {
             job: sub.array_job.clone(),
             task: r,
-            state: tasks.as_ref().and_then(|t| t.get(&r).cloned()),
+            state: task.map(|t| t.state.clone()),
             asked: tasks.is_some(),
+            node: task.and_then(|t| t.node.clone()),
             log: files.slurm_log(Some(r)),
         }));
     }
@@ -129,7 +215,7 @@ pub fn repeats_to_submit(session: &Session) -> Result<ToSubmit> {
             continue;
         }
         match job {
-            Some(j) if j.state.as_deref().is_some_and(scheduler::is_live) => {
+            Some(j) if j.is_live() => {
                 out.live.push((r + 1, format!("{}_{}", j.job, j.task)));
             }
             _ => out.repeats.push(r + 1),

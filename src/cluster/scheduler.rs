@@ -43,20 +43,29 @@ pub fn sbatch(script: &Path, args: &[String]) -> Result<String> {
     Ok(id)
 }
 
-/// What Slurm says of a job's array tasks: task number → state (`PENDING`, `RUNNING`,
-/// `COMPLETED`, `FAILED`, …). `squeue` knows queued and running tasks, `sacct` the rest; a
-/// task in both takes `squeue`'s word. `None` when neither command is there.
-pub fn task_states(job: &str) -> Option<BTreeMap<usize, String>> {
+/// What Slurm says of one array task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    /// `PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, …
+    pub state: String,
+    /// The node it runs (or ran) on, once it has one.
+    pub node: Option<String>,
+}
+
+/// What Slurm says of a job's array tasks, by task number. `squeue` knows queued and running
+/// tasks, `sacct` the rest; a task in both takes `squeue`'s word. `None` when neither command
+/// is there.
+pub fn task_states(job: &str) -> Option<BTreeMap<usize, TaskState>> {
     let squeue = query(
         "squeue",
-        &["--noheader", "--format=%i|%T", &format!("--jobs={job}")],
+        &["--noheader", "--format=%i|%T|%N", &format!("--jobs={job}")],
     );
     let sacct = query(
         "sacct",
         &[
             "--noheader",
             "--parsable2",
-            "--format=JobID,State",
+            "--format=JobID,State,NodeList",
             &format!("--jobs={job}"),
         ],
     );
@@ -77,12 +86,14 @@ fn query(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Lines of `JOBID|STATE` for `job`'s array tasks: `123_4|RUNNING`, `123_[5-7%2]|PENDING`,
-/// `123_4.batch|COMPLETED` (a step: skipped), `CANCELLED by 1000` (the first word is kept).
-pub fn parse_states(job: &str, text: &str) -> BTreeMap<usize, String> {
+/// Lines of `JOBID|STATE|NODES` for `job`'s array tasks: `123_4|RUNNING|node07`,
+/// `123_[5-7%2]|PENDING|`, `123_4.batch|COMPLETED|node07` (a step: skipped), `CANCELLED by
+/// 1000` (the first word is kept). The node field may be missing, empty or `None assigned`.
+pub fn parse_states(job: &str, text: &str) -> BTreeMap<usize, TaskState> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        let Some((id, state)) = line.trim().split_once('|') else {
+        let mut fields = line.trim().split('|');
+        let (Some(id), Some(state)) = (fields.next(), fields.next()) else {
             continue;
         };
         let Some(tasks) = id.strip_prefix(job).and_then(|t| t.strip_prefix('_')) else {
@@ -91,9 +102,16 @@ pub fn parse_states(job: &str, text: &str) -> BTreeMap<usize, String> {
         if tasks.contains('.') {
             continue;
         }
-        let state = state.split_whitespace().next().unwrap_or("").to_string();
+        let node = fields
+            .next()
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && *n != "None assigned" && *n != "(null)");
+        let task = TaskState {
+            state: state.split_whitespace().next().unwrap_or("").to_string(),
+            node: node.map(str::to_string),
+        };
         for t in expand_tasks(tasks) {
-            out.insert(t, state.clone());
+            out.insert(t, task.clone());
         }
     }
     out
@@ -137,18 +155,23 @@ mod tests {
 
     #[test]
     fn squeue_and_sacct_lines_are_read_per_task() {
-        let squeue = "1002_1|RUNNING\n1002_[3-4%2]|PENDING\n999_1|RUNNING\n";
+        let squeue = "1002_1|RUNNING|node07\n1002_[3-4%2]|PENDING|\n999_1|RUNNING|node01\n";
         let s = parse_states("1002", squeue);
         assert_eq!(s.len(), 3);
-        assert_eq!(s[&1], "RUNNING");
-        assert_eq!(s[&3], "PENDING");
-        assert_eq!(s[&4], "PENDING");
-        let sacct =
-            "1002_2|COMPLETED\n1002_2.batch|COMPLETED\n1002_5|CANCELLED by 1000\n10021_1|FAILED\n";
+        assert_eq!(s[&1].state, "RUNNING");
+        assert_eq!(s[&1].node.as_deref(), Some("node07"));
+        assert_eq!(s[&3].state, "PENDING");
+        assert_eq!(s[&3].node, None);
+        assert_eq!(s[&4].state, "PENDING");
+        let sacct = "1002_2|COMPLETED|gpu-3\n1002_2.batch|COMPLETED|gpu-3\n1002_5|CANCELLED by 1000|None assigned\n10021_1|FAILED|x\n";
         let s = parse_states("1002", sacct);
         assert_eq!(s.len(), 2, "{s:?}");
-        assert_eq!(s[&2], "COMPLETED");
-        assert_eq!(s[&5], "CANCELLED");
+        assert_eq!(s[&2].state, "COMPLETED");
+        assert_eq!(s[&2].node.as_deref(), Some("gpu-3"));
+        assert_eq!(s[&5].state, "CANCELLED");
+        assert_eq!(s[&5].node, None);
+        // Two fields (an older format) still read.
+        assert_eq!(parse_states("7", "7_1|RUNNING")[&1].node, None);
         assert!(is_live("PENDING") && !is_live("COMPLETED"));
     }
 }

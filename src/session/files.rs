@@ -161,6 +161,11 @@ impl SessionFiles {
         super::store::live_holder(&self.unit(repeat).join(LOCK))
     }
 
+    /// The host named in `repeat`'s lock file (where its writer runs), if any.
+    pub fn repeat_holder_host(&self, repeat: usize) -> Option<String> {
+        super::store::holder_host(&self.unit(repeat).join(LOCK))
+    }
+
     /// Opens `repeat`'s event log for appending.
     pub fn event_log(&self, repeat: usize) -> Result<EventLog> {
         EventLog::open(&self.repeat_events(repeat))

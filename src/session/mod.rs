@@ -8,6 +8,7 @@ pub mod convert;
 pub mod events;
 pub mod export;
 pub mod files;
+pub mod follow;
 pub mod plan;
 pub mod pool;
 pub mod report;

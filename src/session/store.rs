@@ -24,8 +24,34 @@ pub fn live_holder(path: &Path) -> Option<u32> {
     }
 }
 
+/// The pid on the lock file's first line.
 fn read_pid(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+    fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The host on the lock file's second line (files written before it was there name none).
+pub fn holder_host(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let host = text.lines().nth(1)?.trim();
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// This machine's name, as the lock file records it: on a cluster, the node a run is on.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match ok {
+        true => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        false => "unknown".into(),
+    }
 }
 
 /// The pid in the lock file when that process is alive and is not this one.
@@ -56,7 +82,7 @@ fn flock_unsupported(e: &std::io::Error) -> bool {
 }
 
 /// Exclusive right to write a session, held while a process runs it: an advisory lock
-/// (`flock`) on the session's `lock` file, which holds the pid for people. The kernel releases
+/// (`flock`) on the session's `lock` file, which holds the pid and host for people. The kernel releases
 /// it when the process ends, however it ends, so a lock left by a killed run is simply taken
 /// over, and two processes can never both hold it (a pid-file check alone let two runs in
 /// when one read the other's file before its pid was written, and could mistake a reused pid
@@ -127,7 +153,9 @@ impl Lock {
             }
             let mut f = &file;
             f.set_len(0)?;
-            writeln!(f, "{}", std::process::id())?;
+            // The pid first (what earlier versions read), then the host: a process on
+            // another node of a cluster is named by both.
+            writeln!(f, "{}\n{}", std::process::id(), host_name())?;
             f.sync_all()?;
             return Ok(Lock { path, file });
         }

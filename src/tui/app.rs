@@ -8,10 +8,13 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use image::RgbImage;
 
 use super::latent::{pca_axes, Projection};
+use super::watch::Followed;
 use super::worker::{Command, Message, PreviewReply, PreviewRequest};
+use crate::cluster::Placement;
 use crate::session::compare::Comparison;
 use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, Phase, PickView};
+use crate::session::follow::Activity;
 use crate::session::report::Report;
 use crate::session::run::Outcome;
 use crate::session::state::{ManifoldStats, PickRecord, ResultRow, SessionState};
@@ -23,6 +26,8 @@ pub enum RunState {
     Running,
     Stopping,
     Finished,
+    /// Attached to a session whose repeats run elsewhere: following, not running.
+    Watching,
     Failed(String),
 }
 
@@ -34,6 +39,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Stopping => "stopping at the next safe point",
             RunState::Finished => "finished",
+            RunState::Watching => "attached",
             RunState::Failed(_) => "error",
         }
     }
@@ -121,6 +127,13 @@ pub struct Dashboard {
     pub restart: Option<Command>,
     /// Set while a reopened session loads with a command waiting: it runs once loaded.
     resume_on_load: bool,
+    /// Attached to a session whose repeats run elsewhere: the worker follows its files and
+    /// runs nothing (set by the interface before the worker starts).
+    pub watching: bool,
+    /// Attached: what each repeat is doing, from its event log.
+    pub activity: Vec<Activity>,
+    /// Attached: where each repeat runs.
+    pub placements: Vec<Placement>,
 }
 
 const LOG_LINES: usize = 200;
@@ -161,6 +174,9 @@ impl Dashboard {
             worker_alive: true,
             restart: None,
             resume_on_load: false,
+            watching: false,
+            activity: Vec::new(),
+            placements: Vec::new(),
         }
     }
 
@@ -220,20 +236,28 @@ impl Dashboard {
                 self.steps_total = steps_total;
                 self.run = if self.steps_done >= steps_total {
                     RunState::Finished
+                } else if self.watching {
+                    RunState::Watching
                 } else if std::mem::take(&mut self.resume_on_load) {
                     RunState::Running
                 } else {
                     RunState::Paused
                 };
-                self.log(
-                    false,
+                let line = if self.watching {
+                    format!(
+                        "attached to {}: {}/{} steps done; it runs elsewhere and this dashboard follows its files",
+                        self.session, self.steps_done, steps_total
+                    )
+                } else {
                     format!(
                         "opened {} on {}: {}/{} steps done",
                         self.session, self.device, self.steps_done, steps_total
-                    ),
-                );
+                    )
+                };
+                self.log(false, line);
             }
             Message::Event(e) => self.on_event(e),
+            Message::Followed(f) => self.on_followed(*f),
             Message::Idle(Outcome::Finished) => {
                 self.run = RunState::Finished;
                 self.step = None;
@@ -302,9 +326,11 @@ impl Dashboard {
     }
 
     pub fn on_event(&mut self, e: Event) {
+        if let Some((error, line)) = event_line(&e) {
+            self.log(error, line);
+        }
         match e {
             Event::Manifold { repeat, stats } => {
-                self.log(false, format!("repeat {}: {}", repeat + 1, stats.line()));
                 self.manifold.insert(repeat, stats);
             }
             Event::Started {
@@ -325,7 +351,6 @@ impl Dashboard {
                 ..
             } => {
                 self.steps_done = index;
-                self.log(false, description.clone());
                 self.step = Some(StepProgress {
                     index,
                     phase,
@@ -358,8 +383,6 @@ impl Dashboard {
                 fallbacks,
                 tumour_picks,
             } => {
-                let line = crate::session::events::picks_summary(&picks, tumour_picks, fallbacks);
-                self.log(false, format!("{arm} round {round}: {line}"));
                 let rec = PickRecord {
                     repeat,
                     stage,
@@ -389,7 +412,6 @@ impl Dashboard {
                 dice_sd,
                 collapsed,
             } => {
-                self.log(false, format!("{arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if collapsed { " (collapsed)" } else { "" }));
                 self.results.push(ResultRow {
                     repeat,
                     stage,
@@ -415,16 +437,69 @@ impl Dashboard {
             }
             // Timing for the report.
             Event::StepDone { .. } => {}
-            Event::Stopped { steps_done, .. } => {
-                self.steps_done = steps_done;
-                self.log(false, format!("paused after {steps_done} steps"));
-            }
-            Event::Finished { steps_total } => {
-                self.steps_done = steps_total;
-                self.log(false, "finished");
-            }
-            Event::Error { message } => self.log(true, format!("error: {message}")),
+            Event::Stopped { steps_done, .. } => self.steps_done = steps_done,
+            Event::Finished { steps_total } => self.steps_done = steps_total,
+            Event::Error { .. } => {}
         }
+    }
+
+    /// Attached: takes in what changed in the session's files. The results and picks come
+    /// from the state files (what the runs saved); the logs tell what each repeat is doing.
+    pub fn on_followed(&mut self, f: Followed) {
+        if let Some((state, views)) = f.state {
+            self.follow_state(state, views);
+        }
+        for (repeat, e) in f.events {
+            if self.activity.len() <= repeat {
+                self.activity.resize(repeat + 1, Activity::default());
+            }
+            self.activity[repeat].apply(&e);
+            if let Some((error, line)) = event_line(&e.event) {
+                self.log(error, line);
+            }
+        }
+        if let Some(p) = f.placements {
+            self.placements = p;
+        }
+        if self.run == RunState::Watching && self.steps_done >= self.steps_total {
+            self.run = RunState::Finished;
+        }
+    }
+
+    fn follow_state(&mut self, state: SessionState, views: Vec<Vec<PickView>>) {
+        self.steps_done = state.done;
+        self.manifold = state
+            .repeats
+            .iter()
+            .enumerate()
+            .filter_map(|(r, d)| Some((r, d.manifold.clone()?)))
+            .collect();
+        if state.results != self.results {
+            self.results = state.results;
+            self.refresh_report();
+            let newest = self.results.last().map(|r| r.arm);
+            if newest.is_some() && newest == self.selected_arm() {
+                // The arm's newest model may draw a different prediction.
+                self.want_preview = true;
+            }
+        }
+        if state.picks.len() != self.picks.len() {
+            let newest = state.picks.last().map(|r| (r.repeat, r.arm));
+            self.picks = state.picks.into_iter().zip(views).collect();
+            if let Some((repeat, arm)) = newest {
+                self.want_latents_of(repeat);
+                if Some(arm) == self.selected_arm() {
+                    self.pick_index = 0;
+                    self.want_preview = true;
+                }
+            }
+        }
+    }
+
+    /// Attached: whether any unfinished repeat runs somewhere (a live process, a Slurm task
+    /// queued or running).
+    pub fn runs_elsewhere(&self) -> bool {
+        self.placements.iter().any(Placement::is_live)
     }
 
     /// The full pick records may lack sample indices (picks from live events carry views only);
@@ -480,6 +555,15 @@ impl Dashboard {
         match key.code {
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('c') => self.comparison = true,
+            KeyCode::Char('n') | KeyCode::Char(' ') | KeyCode::Char('r')
+                if self.run == RunState::Watching =>
+            {
+                let cmd = match key.code {
+                    KeyCode::Char('r') => Command::RunAll,
+                    _ => Command::Step,
+                };
+                self.run_here(cmd);
+            }
             KeyCode::Char('n') | KeyCode::Char(' ') if self.can_start() => {
                 return self.start(Command::Step);
             }
@@ -533,6 +617,39 @@ impl Dashboard {
             self.resume_on_load = true;
             None
         }
+    }
+
+    /// Attached, `n`/`r`: while the repeats run elsewhere this dashboard only watches; once
+    /// nothing runs them, it runs the session here (a new worker that takes the locks).
+    fn run_here(&mut self, cmd: Command) {
+        if self.placements.is_empty() {
+            self.log(
+                false,
+                "still asking where the repeats run; try again in a moment",
+            );
+            return;
+        }
+        let live: Vec<String> = self
+            .placements
+            .iter()
+            .filter(|p| p.is_live())
+            .map(|p| format!("repeat {}: {}", p.repeat + 1, p.describe()))
+            .collect();
+        if !live.is_empty() {
+            self.log(
+                false,
+                format!(
+                    "this dashboard watches; the session runs elsewhere ({})",
+                    live.join("; ")
+                ),
+            );
+            return;
+        }
+        self.log(false, "nothing runs this session now: running it here");
+        self.watching = false;
+        self.run = RunState::Loading;
+        self.restart = Some(cmd);
+        self.resume_on_load = true;
     }
 
     /// The session worker's thread ended (its channel disconnected): nothing runs any more
@@ -621,4 +738,44 @@ impl Dashboard {
             channel: self.channel,
         })
     }
+}
+
+/// The log line an event makes (and whether it tells of an error), if any.
+fn event_line(e: &Event) -> Option<(bool, String)> {
+    Some(match e {
+        Event::Manifold { repeat, stats } => {
+            (false, format!("repeat {}: {}", repeat + 1, stats.line()))
+        }
+        Event::StepStarted { description, .. } => (false, description.clone()),
+        Event::PicksMade {
+            arm,
+            round,
+            picks,
+            fallbacks,
+            tumour_picks,
+            ..
+        } => {
+            let line = crate::session::events::picks_summary(picks, *tumour_picks, *fallbacks);
+            (false, format!("{arm} round {round}: {line}"))
+        }
+        Event::Evaluated {
+            arm,
+            round,
+            annotated,
+            dice_mean,
+            dice_sd,
+            collapsed,
+            ..
+        } => (
+            false,
+            format!(
+                "{arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}",
+                if *collapsed { " (collapsed)" } else { "" }
+            ),
+        ),
+        Event::Stopped { steps_done, .. } => (false, format!("paused after {steps_done} steps")),
+        Event::Finished { .. } => (false, "finished".into()),
+        Event::Error { message } => (true, format!("error: {message}")),
+        Event::Started { .. } | Event::EpochDone { .. } | Event::StepDone { .. } => return None,
+    })
 }

@@ -12,6 +12,7 @@ pub mod latent;
 pub mod stderr_log;
 pub mod theme;
 pub mod ui;
+pub mod watch;
 pub mod worker;
 
 use std::io::IsTerminal;
@@ -47,6 +48,8 @@ pub struct TuiOptions {
     pub theme: String,
     pub images: ImageProtocol,
     pub device: Option<String>,
+    /// Attach to the session (follow it, run nothing) whatever runs it.
+    pub watch: bool,
 }
 
 const FRAME: Duration = Duration::from_millis(33);
@@ -224,23 +227,32 @@ fn dashboard(ui: Ui, dir: PathBuf, from_browser: bool) -> Result<bool> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let start_worker = || {
+    // A session whose repeats run elsewhere (another process, a Slurm task) is followed, not
+    // run: its writers hold the locks a run here would need.
+    let watching =
+        opts.watch || crate::session::Session::open(&dir).is_ok_and(|s| watch::runs_elsewhere(&s));
+    let start_worker = |watching: bool| {
         let (msg_tx, msgs) = crossbeam_channel::unbounded();
-        let worker = SessionWorker::start(
-            dir.clone(),
-            opts.cache_root.clone(),
-            opts.device.clone(),
-            msg_tx,
-        );
+        let worker = if watching {
+            watch::start(dir.clone(), opts.cache_root.clone(), msg_tx)
+        } else {
+            SessionWorker::start(
+                dir.clone(),
+                opts.cache_root.clone(),
+                opts.device.clone(),
+                msg_tx,
+            )
+        };
         (worker, msgs)
     };
-    let (mut worker, mut msgs) = start_worker();
+    let (mut worker, mut msgs) = start_worker(watching);
     let (job_tx, jobs) = crossbeam_channel::unbounded();
     let (reply_tx, mut replies) = crossbeam_channel::unbounded();
     let _preview =
         worker::start_preview_worker(dir.clone(), opts.cache_root.clone(), jobs, reply_tx);
     let mut app = Dashboard::new(name);
     app.from_browser = from_browser;
+    app.watching = watching;
     if let Some(m) = theme_msg {
         app.log(true, m);
     }
@@ -251,7 +263,7 @@ fn dashboard(ui: Ui, dir: PathBuf, from_browser: bool) -> Result<bool> {
     loop {
         if let Some(cmd) = app.restart.take() {
             // The old worker's thread has ended; replacing it joins it.
-            (worker, msgs) = start_worker();
+            (worker, msgs) = start_worker(app.watching);
             app.worker_alive = true;
             worker.send(cmd);
         }
@@ -282,10 +294,11 @@ fn dashboard(ui: Ui, dir: PathBuf, from_browser: bool) -> Result<bool> {
             return Ok(from_browser && !app.exit);
         }
         // Sleep until something happens; wake for a pending redraw, and once a second while
-        // training so the ETA moves.
+        // training (or watching) so the ETA and the times since the last event move.
+        let ticking = matches!(app.run, RunState::Running | RunState::Watching);
         let timeout = if dirty {
             FRAME.saturating_sub(last_draw.elapsed())
-        } else if app.run == RunState::Running {
+        } else if ticking {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(3600)
@@ -328,7 +341,7 @@ fn dashboard(ui: Ui, dir: PathBuf, from_browser: bool) -> Result<bool> {
                 dirty = true;
             },
             default(timeout) => {
-                if app.run == RunState::Running {
+                if ticking {
                     dirty = true;
                 }
             },

@@ -105,9 +105,16 @@ pub fn draw(f: &mut Frame, app: &Dashboard, t: &Theme, img: &mut ImageState) {
         );
         match app.tab {
             Tab::Overview => {
+                // Attached: two lines per unfinished repeat, one per finished one.
+                let rows = if app.watching {
+                    let lines: usize = app.placements.iter().map(|p| 2 - p.finished as usize).sum();
+                    (lines as u16 + 2).clamp(4, 12)
+                } else {
+                    7
+                };
                 let o = Layout::default()
                     .direction(Direction::Vertical)
-                    .constraints([Constraint::Length(7), Constraint::Min(0)])
+                    .constraints([Constraint::Length(rows), Constraint::Min(0)])
                     .split(parts[1]);
                 progress(f, o[0], app, t);
                 dice_chart(f, o[1], app, t);
@@ -133,7 +140,7 @@ fn header(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
         .unwrap_or_default();
     let state_style = match app.run {
         RunState::Failed(_) => Style::default().fg(t.error).add_modifier(Modifier::BOLD),
-        RunState::Running => Style::default()
+        RunState::Running | RunState::Watching => Style::default()
             .fg(t.highlight)
             .add_modifier(Modifier::BOLD),
         _ => Style::default().fg(t.text),
@@ -180,6 +187,10 @@ fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
         RunState::Stopping => "←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Loading => "? help",
         RunState::Finished => "←/→ picks · tab arm · m modality · d axes · c compare · ? help",
+        RunState::Watching if !app.runs_elsewhere() => {
+            "n/r run it here · ←/→ picks · tab arm · c compare · ? help"
+        }
+        RunState::Watching => "←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Paused | RunState::Failed(_) => {
             "n next round · r run all · ←/→ picks · tab arm · c compare · ? help"
         }
@@ -195,7 +206,80 @@ fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     );
 }
 
+/// Attached: each repeat, where it runs, and what it is doing.
+fn repeats_panel(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    let b = block("Repeats (running elsewhere)", t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut lines = Vec::new();
+    if app.placements.is_empty() {
+        lines.push(Line::from(Span::styled(
+            "asking where the repeats run…",
+            Style::default().fg(t.dim),
+        )));
+    }
+    for p in &app.placements {
+        let (word, style) = if p.finished {
+            ("finished", Style::default().fg(t.dim))
+        } else if p.pid.is_some()
+            || p.slurm
+                .as_ref()
+                .is_some_and(|j| j.state.as_deref() == Some("RUNNING"))
+        {
+            (
+                "running ",
+                Style::default()
+                    .fg(t.highlight)
+                    .add_modifier(Modifier::BOLD),
+            )
+        } else if p.is_live() {
+            ("queued  ", Style::default().fg(t.text))
+        } else {
+            ("idle    ", Style::default().fg(t.dim))
+        };
+        let mut head = vec![
+            Span::styled(
+                format!("{:>2} ", p.repeat + 1),
+                Style::default().fg(t.accent),
+            ),
+            Span::styled(word, style),
+        ];
+        if !p.finished {
+            head.push(Span::styled(
+                format!(" {}", p.describe()),
+                Style::default().fg(t.text),
+            ));
+        }
+        lines.push(Line::from(head));
+        let activity = app.activity.get(p.repeat);
+        if !p.finished {
+            if let Some(a) = activity {
+                let ago = a
+                    .last_event
+                    .map(|at| format!("{}s ago · ", (now - at).max(0.0).round() as u64))
+                    .unwrap_or_default();
+                // The line is under its repeat's number: the step need not say it again.
+                let what = a.describe();
+                let what = what
+                    .strip_prefix(&format!("repeat {}", p.repeat + 1))
+                    .map_or(what.as_str(), |w| w.trim_start_matches([':', ',', ' ']));
+                lines.push(Line::from(Span::styled(
+                    format!("   {ago}{what}"),
+                    Style::default().fg(t.dim),
+                )));
+            }
+        }
+    }
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
 fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    if app.watching {
+        return repeats_panel(f, area, app, t);
+    }
     let b = block("Work in progress", t);
     let inner = b.inner(area);
     f.render_widget(b, area);

@@ -71,6 +71,8 @@ pub enum Message {
         steps_total: usize,
     },
     Event(Event),
+    /// Attached to a session that runs elsewhere: what changed in its files.
+    Followed(Box<super::watch::Followed>),
     /// The run paused (round done, or asked to) or finished.
     Idle(Outcome),
     Failed(String),

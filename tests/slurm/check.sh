@@ -4,8 +4,9 @@
 # phantom session of 3 repeats as an array job, interrupts two tasks in the middle of their
 # training the two ways a cluster does (the time-limit warning, USR1 to the batch shell, after
 # which the task requeues itself; and `scontrol requeue`, whose SIGTERM the run answers with a
-# checkpoint), waits for the requeued tasks and the report job, and compares every repeat's
-# state.json with the same session run locally.
+# checkpoint), attaches the dashboard to the running tasks (in tmux), waits for the requeued
+# tasks and the report job, and compares every repeat's state.json with the same session run
+# locally.
 #
 #   tests/slurm/check.sh          (as root: it installs packages and starts daemons)
 #
@@ -149,6 +150,23 @@ scontrol requeue "${job}_2"
 wait_stop 2 "$sent"
 squeue
 "$bin" status "$session" | grep '^repeat [0-9]'
+
+say "the dashboard, attached while the tasks run (as from a login node: it runs nothing)"
+tmux -L suggestive-check kill-server 2>/dev/null || true
+tmux -L suggestive-check -f /dev/null new-session -d -s watch -x 160 -y 48 \
+  "SLURM_CONF=$SLURM_CONF SUGGESTIVE_CACHE_DIR=$SUGGESTIVE_CACHE_DIR $bin tui $session --images halfblocks; sleep 60"
+for _ in $(seq 120); do
+  tmux -L suggestive-check capture-pane -t watch -p > "$work/attached.txt"
+  grep -q "slurm ${job}_[0-9] RUNNING on " "$work/attached.txt" && break
+  sleep 0.5
+done
+# The header and the repeats panel (the left third of the screen).
+python3 -c 'import sys; [print(l.rstrip()[:56]) for l in open(sys.argv[1]).read().splitlines()[:12]]' "$work/attached.txt"
+grep -q "· attached ·" "$work/attached.txt"
+grep -q "slurm ${job}_[0-9] RUNNING on $host" "$work/attached.txt"
+tmux -L suggestive-check send-keys -t watch q
+sleep 1
+tmux -L suggestive-check kill-server 2>/dev/null || true
 
 say "waiting for the tasks and the report"
 for _ in $(seq 1200); do

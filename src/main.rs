@@ -5,10 +5,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod annotate_commands;
 mod cluster_commands;
 mod data_commands;
 mod session_commands;
 
+use annotate_commands::*;
 use cluster_commands::*;
 use data_commands::*;
 use session_commands::*;
@@ -42,7 +44,7 @@ enum Command {
         json: bool,
     },
     /// Create a session from a preset (demo, brats-patient, brats-image, brats-transfer-patient,
-    /// brats-transfer-image, or a path to a session.toml).
+    /// brats-transfer-image, annotate, or a path to a session.toml).
     New(NewArgs),
     /// Run or resume a session headless; Ctrl-C stops at the next safe point.
     Run(RunArgs),
@@ -57,6 +59,8 @@ enum Command {
     /// Submit a session's unfinished repeats to Slurm as an array job, and its report after
     /// them.
     Slurm(SlurmArgs),
+    /// Offer annotators' segmentations to a session labelled by people (checked, then counted).
+    Import(ImportArgs),
     /// The demo on the embedded default data: generates the phantom if missing, creates (or
     /// reopens) the `demo` session and opens it in the TUI (`--headless`: runs it and writes its
     /// report).
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd_export(a),
         Command::Tui(a) => cmd_tui(a),
         Command::Slurm(a) => cmd_slurm(a),
+        Command::Import(a) => cmd_import(a),
         Command::Demo { headless, ui, dirs } => cmd_demo(headless, ui, dirs),
     };
     match result {

@@ -1,8 +1,8 @@
 //! The session commands: `new`, `run`, `status`, `report`, `export`, `tui` and `demo`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// one session run side by side (each repeat has its own files and lock).
     #[arg(long, value_name = "N,...")]
     pub repeats: Option<String>,
+    /// Labelled by people: when a round waits for annotations, watch its inbox and go on once
+    /// they are all in (without it the run ends with exit status 3).
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     pub dirs: SessionsDir,
 }
@@ -222,6 +226,7 @@ pub fn cmd_demo(headless: bool, ui: UiArgs, dirs: SessionsDir) -> Result<()> {
         device: ui.device,
         devices: Vec::new(),
         repeats: None,
+        wait: false,
         dirs: SessionsDir { sessions_dir: None },
     })?;
     cmd_report(ReportArgs {
@@ -301,6 +306,12 @@ impl Progress {
             Event::Manifold { repeat, stats } => say!("    repeat {}: {}", repeat + 1, stats.line()),
             Event::Stopped { steps_done, steps_total } => say!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
             Event::Finished { steps_total } => say!("finished: {steps_total} steps"),
+            Event::Annotation { counted: true, text, .. } => say!("{text}"),
+            Event::Annotation { counted: false, text, .. } => eprintln!("{text}"),
+            Event::AwaitingLabels { round, received, needed, inbox, .. } => {
+                say!("round {round}: {received} of {needed} annotations in {inbox}");
+                say!("  the worklist and open.sh are beside it; `suggestive import SESSION FILE...` takes files from elsewhere");
+            }
             Event::Error { message } => eprintln!("error in the run: {message}"),
             // Timing for the report; the step's own lines say enough on the terminal.
             Event::StepDone { .. } => {}
@@ -337,28 +348,100 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, control.stop.clone())?;
     // Slurm's warning before a time limit (`--signal=USR1@SECONDS`): stop the same way.
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, control.stop.clone())?;
-    let outcome = if a.jsonl {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        runner.run(&control, &mut |ev| {
-            if let Ok(line) = serde_json::to_string(ev) {
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            }
-        })?
-    } else {
-        let mut p = Progress {
-            bar: None,
-            terminal,
-        };
-        runner.run(&control, &mut |ev| p.on(ev))?
+    let mut p = Progress {
+        bar: None,
+        terminal,
     };
-    if outcome == Outcome::Stopped {
-        // `exit` runs no destructors: let go of the session's lock first.
-        drop(runner);
-        std::process::exit(130);
+    let outcome = loop {
+        let outcome = if a.jsonl {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            runner.run(&control, &mut |ev| {
+                if let Ok(line) = serde_json::to_string(ev) {
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            })?
+        } else {
+            runner.run(&control, &mut |ev| p.on(ev))?
+        };
+        match outcome {
+            Outcome::Waiting { round, .. } if a.wait => {
+                let inbox = runner
+                    .session()
+                    .files()
+                    .package(round)
+                    .join(session::annotations::INBOX);
+                if !wait_for_files(&inbox, &control)? {
+                    break Outcome::Stopped;
+                }
+            }
+            other => break other,
+        }
+    };
+    // `exit` runs no destructors: let go of the session's lock first.
+    match outcome {
+        Outcome::Stopped => {
+            drop(runner);
+            std::process::exit(130);
+        }
+        Outcome::Waiting { .. } => {
+            drop(runner);
+            std::process::exit(3);
+        }
+        Outcome::Finished => Ok(()),
     }
-    Ok(())
+}
+
+/// Waits until a file appears or changes in `dir` (inotify, through notify; and a look every
+/// 5 s, for shared file systems whose changes made elsewhere raise no event). False when
+/// stopped first.
+fn wait_for_files(dir: &Path, control: &Control) -> Result<bool> {
+    use notify::Watcher;
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    let listing = || -> Vec<(std::ffi::OsString, u64)> {
+        let mut l: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| (e.file_name(), e.metadata().map_or(0, |m| m.len())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        l.sort();
+        l
+    };
+    let before = listing();
+    loop {
+        if control.stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if rx
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_ok()
+            || listing() != before
+        {
+            // Let the writer finish: take the files once they stop changing.
+            let mut last = listing();
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let now = listing();
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+            if last != before {
+                return Ok(true);
+            }
+        }
+    }
 }
 
 pub fn cmd_status(a: StatusArgs) -> Result<()> {

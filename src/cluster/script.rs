@@ -92,10 +92,7 @@ fn names() -> String {
     v.join(", ")
 }
 
-/// `text` as one shell word.
-pub fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
+pub use crate::session::files::shell_quote;
 
 /// Task numbers as Slurm's `--array` takes them: `1-3,5,7-9`.
 pub fn array_ranges(tasks: &[usize]) -> String {

@@ -65,13 +65,31 @@ pub struct LoadReport {
 /// and a `size × size` whole-tumour mask, memory-mapped from the cache.
 pub struct Dataset {
     index: CacheIndex,
-    images: Mmap,
-    masks: Mmap,
+    /// Shared: a data set with other masks (`with_masks`) maps the same images.
+    images: std::sync::Arc<Mmap>,
+    masks: Masks,
     cache_dir: PathBuf,
     /// Per slice of the data set: blank (see `PatientInfo::blank_slices`).
     blank: Vec<bool>,
     /// The folder's cases and files as found by this load.
     layout: DatasetLayout,
+}
+
+/// The whole-tumour masks: the cache's, mapped, or a copy in memory in which some cases hold
+/// other labels than the data set's (`Dataset::with_masks`).
+enum Masks {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Masks {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Masks::Mapped(m) => m,
+            Masks::Owned(v) => v,
+        }
+    }
 }
 
 impl Dataset {
@@ -154,8 +172,8 @@ impl Dataset {
             }
         }
         Ok(Dataset {
-            images: map(cache::IMAGES_FILE)?,
-            masks: map(cache::MASKS_FILE)?,
+            images: std::sync::Arc::new(map(cache::IMAGES_FILE)?),
+            masks: Masks::Mapped(map(cache::MASKS_FILE)?),
             index,
             cache_dir: dir.to_path_buf(),
             blank,
@@ -228,13 +246,63 @@ impl Dataset {
                 slices.start * image_bytes,
                 len * image_bytes,
             );
-            let _ = self.masks.unchecked_advise_range(
-                UncheckedAdvice::DontNeed,
-                slices.start * mask_bytes,
-                len * mask_bytes,
-            );
+            if let Masks::Mapped(masks) = &self.masks {
+                let _ = masks.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    slices.start * mask_bytes,
+                    len * mask_bytes,
+                );
+            }
         }
     }
+    /// This data set with the masks of `patients` (indices) replaced by what `mask_of` gives
+    /// for each: its preprocessed masks (`preprocess::preprocess_labels`), or `None` for
+    /// background only. A session labelled by people trains on its annotators' labels, not the
+    /// data set's. The masks become a copy in memory (one byte per pixel of every slice).
+    pub fn with_masks(
+        &self,
+        patients: &[usize],
+        mut mask_of: impl FnMut(usize) -> Result<Option<Vec<u8>>, DataError>,
+    ) -> Result<Dataset, DataError> {
+        let mut masks = self.masks.to_vec();
+        let per = self.index.mask_elems_per_slice();
+        for &p in patients {
+            let info = &self.index.patients[p];
+            let range = info.first_slice * per..(info.first_slice + info.slices) * per;
+            match mask_of(p)? {
+                Some(m) if m.len() == range.len() => masks[range].copy_from_slice(&m),
+                Some(m) => {
+                    return Err(DataError::Patient {
+                        patient: info.id.clone(),
+                        msg: format!(
+                            "{} mask values for {} expected (a label of another geometry)",
+                            m.len(),
+                            range.len()
+                        ),
+                    })
+                }
+                None => masks[range].fill(0),
+            }
+        }
+        Ok(Dataset {
+            index: self.index.clone(),
+            images: self.images.clone(),
+            masks: Masks::Owned(masks),
+            cache_dir: self.cache_dir.clone(),
+            blank: self.blank.clone(),
+            layout: self.layout.clone(),
+        })
+    }
+
+    /// The in-plane geometry of the preprocessing that made the cache.
+    pub fn geometry(&self) -> super::preprocess::Geometry {
+        let factor = self.preprocessing().downsample;
+        super::preprocess::Geometry {
+            padded: self.size() * factor,
+            factor,
+        }
+    }
+
     pub fn image(&self, slice: usize) -> &[f16] {
         let n = self.index.image_elems_per_slice();
         &self.images()[slice * n..(slice + 1) * n]

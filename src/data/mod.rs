@@ -17,6 +17,8 @@ pub use layout::{
     discover, find_case, site_from_id, DatasetLayout, ImageFile, LayoutKind, PatientFiles,
 };
 pub use modality::{parse_modalities, Modality};
-pub use preprocess::Preprocessing;
+pub use preprocess::{labels_to_original, preprocess_labels, Geometry, Preprocessing};
 pub use summary::Summary;
-pub use volume::{read_channels, read_dims, read_labels, read_seg, read_volume, Volume};
+pub use volume::{
+    read_affine, read_channels, read_dims, read_labels, read_seg, read_volume, Affine, Volume,
+};

@@ -274,31 +274,13 @@ pub fn preprocess(
         if lab.iter().any(|&l| l != 0) {
             stats.tumour_slices += 1;
         }
-        let mask = &mut masks[s * side * side..(s + 1) * side * side];
-        if f == 1 {
-            for y in 0..ny {
-                let at = (y + off_y) * p + off_x;
-                for (m, &l) in mask[at..at + nx].iter_mut().zip(&lab[y * nx..(y + 1) * nx]) {
-                    *m = (l != 0) as u8;
-                }
-            }
-            continue;
-        }
-        for oy in 0..side {
-            for ox in 0..side {
-                let mut count = 0;
-                for dy in 0..f {
-                    for dx in 0..f {
-                        let (py, px) = (oy * f + dy, ox * f + dx);
-                        if py >= off_y && py < off_y + ny && px >= off_x && px < off_x + nx {
-                            count += (lab[(py - off_y) * nx + (px - off_x)] != 0) as usize;
-                        }
-                    }
-                }
-                // Majority vote; a tie counts as tumour so small lesions survive.
-                mask[oy * side + ox] = (2 * count >= f * f && count > 0) as u8;
-            }
-        }
+        mask_slice(
+            lab,
+            nx,
+            ny,
+            geom,
+            &mut masks[s * side * side..(s + 1) * side * side],
+        );
     }
     Ok(Prepared {
         slices,
@@ -306,6 +288,89 @@ pub fn preprocess(
         masks,
         stats,
     })
+}
+
+/// The whole-tumour masks of a label volume of `dims`, preprocessed as `preprocess` does its
+/// segmentation: for labels that come from elsewhere than the data set (an annotator's).
+pub fn preprocess_labels(
+    prep: &Preprocessing,
+    geom: Geometry,
+    dims: [usize; 3],
+    labels: &[u8],
+) -> Vec<u8> {
+    let [nx, ny, nz] = dims;
+    let side = geom.size();
+    let kept = prep.kept_slices(nz);
+    let mut masks = vec![0u8; kept.len() * side * side];
+    for (s, z) in kept.enumerate() {
+        let lab = &labels[z * nx * ny..(z + 1) * nx * ny];
+        mask_slice(
+            lab,
+            nx,
+            ny,
+            geom,
+            &mut masks[s * side * side..(s + 1) * side * side],
+        );
+    }
+    masks
+}
+
+/// The inverse of `preprocess_labels`: preprocessed masks (kept slices × size²) back in the
+/// original volume of `dims` (x fastest), each voxel taking the value of the down-sampled
+/// pixel it fell in; dropped slices and the padding's margin are background.
+pub fn labels_to_original(
+    prep: &Preprocessing,
+    geom: Geometry,
+    dims: [usize; 3],
+    masks: &[u8],
+) -> Vec<u8> {
+    let [nx, ny, nz] = dims;
+    let (p, f, side) = (geom.padded, geom.factor, geom.size());
+    let (off_x, off_y) = ((p - nx) / 2, (p - ny) / 2);
+    let mut out = vec![0u8; nx * ny * nz];
+    for (s, z) in prep.kept_slices(nz).enumerate() {
+        let Some(mask) = masks.get(s * side * side..(s + 1) * side * side) else {
+            break;
+        };
+        for y in 0..ny {
+            let row = &mask[((y + off_y) / f) * side..][..side];
+            for x in 0..nx {
+                out[(z * ny + y) * nx + x] = row[(x + off_x) / f];
+            }
+        }
+    }
+    out
+}
+
+/// One slice of labels (`nx × ny`) as a padded, down-sampled whole-tumour mask.
+fn mask_slice(lab: &[u8], nx: usize, ny: usize, geom: Geometry, mask: &mut [u8]) {
+    let (p, f) = (geom.padded, geom.factor);
+    let side = geom.size();
+    let (off_x, off_y) = ((p - nx) / 2, (p - ny) / 2);
+    if f == 1 {
+        for y in 0..ny {
+            let at = (y + off_y) * p + off_x;
+            for (m, &l) in mask[at..at + nx].iter_mut().zip(&lab[y * nx..(y + 1) * nx]) {
+                *m = (l != 0) as u8;
+            }
+        }
+        return;
+    }
+    for oy in 0..side {
+        for ox in 0..side {
+            let mut count = 0;
+            for dy in 0..f {
+                for dx in 0..f {
+                    let (py, px) = (oy * f + dy, ox * f + dx);
+                    if py >= off_y && py < off_y + ny && px >= off_x && px < off_x + nx {
+                        count += (lab[(py - off_y) * nx + (px - off_x)] != 0) as usize;
+                    }
+                }
+            }
+            // Majority vote; a tie counts as tumour so small lesions survive.
+            mask[oy * side + ox] = (2 * count >= f * f && count > 0) as u8;
+        }
+    }
 }
 
 fn block_mean(src: &[f32], p: usize, f: usize, out: &mut [f32], inv_area: f32) {
@@ -323,6 +388,37 @@ fn block_mean(src: &[f32], p: usize, f: usize, out: &mut [f32], inv_area: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_go_back_to_the_original_geometry() {
+        let prep = Preprocessing {
+            drop_first: 1,
+            drop_last: 1,
+            ..Default::default()
+        };
+        let dims = [6, 4, 5];
+        // A blob in the kept slices (z 1..4), on whole 2×2 blocks once padded (8×8: x + 1,
+        // y + 2), and a voxel in a dropped slice.
+        let mut labels = vec![0u8; 6 * 4 * 5];
+        for z in 1..4 {
+            for y in 0..4 {
+                for x in 1..5 {
+                    labels[(z * 4 + y) * 6 + x] = 2;
+                }
+            }
+        }
+        labels[0] = 1;
+        for factor in [1, 2] {
+            let geom = Geometry { padded: 8, factor };
+            let masks = preprocess_labels(&prep, geom, dims, &labels);
+            assert_eq!(masks.len(), 3 * (8 / factor) * (8 / factor));
+            let back = labels_to_original(&prep, geom, dims, &masks);
+            // Whole tumour, exactly, but for the dropped slice's voxel.
+            let mut expected: Vec<u8> = labels.iter().map(|&l| (l != 0) as u8).collect();
+            expected[0] = 0;
+            assert_eq!(back, expected, "factor {factor}");
+        }
+    }
 
     fn vol(dims: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume {
         let mut data = vec![0.0; dims[0] * dims[1] * dims[2]];

@@ -305,6 +305,59 @@ pub fn read_seg(
     Ok((vol, labels))
 }
 
+/// Voxel (i, j, k) to world (x, y, z) in mm, as rows `[a, b, c, offset]`.
+pub type Affine = [[f64; 4]; 3];
+
+/// The voxel-to-world transform of a NIfTI file from its header: the sform when set, else the
+/// qform (its quaternion, offsets and qfac), else the voxel sizes alone (NIfTI's three methods,
+/// in the order the standard prefers them).
+pub fn read_affine(patient: &str, path: &Path) -> Result<Affine, DataError> {
+    let h =
+        NiftiHeader::from_file(path).map_err(|e| DataError::file(patient, path, describe(e)))?;
+    Ok(header_affine(&h))
+}
+
+fn header_affine(h: &NiftiHeader) -> Affine {
+    let f = |row: [f32; 4]| row.map(f64::from);
+    if h.sform_code > 0 {
+        return [f(h.srow_x), f(h.srow_y), f(h.srow_z)];
+    }
+    let (dx, dy, dz) = (h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64);
+    if h.qform_code > 0 {
+        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        let r = [
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
+        ];
+        let o = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
+        let mut m = [[0.0; 4]; 3];
+        for i in 0..3 {
+            m[i] = [r[i][0] * dx, r[i][1] * dy, r[i][2] * dz * qfac, o[i]];
+        }
+        return m;
+    }
+    [
+        [dx, 0.0, 0.0, 0.0],
+        [0.0, dy, 0.0, 0.0],
+        [0.0, 0.0, dz, 0.0],
+    ]
+}
+
 /// The (x, y, z) dimensions, voxel size and channel count from a file's header alone (cheap:
 /// no volume decode).
 pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3], usize), DataError> {

@@ -195,6 +195,20 @@ pub struct ExperimentConfig {
     pub test_fraction: f64,
     /// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
     pub device: String,
+    /// Who labels the picked pool cases: the data set's own segmentations standing in for an
+    /// annotator (`simulated`), or a person whose segmentations are imported each round
+    /// (`human`).
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// Where the labels of the pool's picked cases come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    #[default]
+    Simulated,
+    Human,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -339,6 +353,24 @@ impl SessionConfig {
         }
         if e.repeats == 0 {
             bail!("experiment.repeats must be at least 1");
+        }
+        if e.labels == Labels::Human {
+            let arms: Vec<&str> = e.arms.iter().map(|a| a.name()).collect();
+            if e.protocol != Protocol::Rounds {
+                bail!("experiment.labels = \"human\" needs the rounds protocol (the budgets protocol starts again from scratch at each budget, which only a simulation can afford)");
+            }
+            if e.arms.len() != 1 || e.arms[0] == Arm::Oracle || e.arms[0] == Arm::Full {
+                bail!(
+                    "experiment.labels = \"human\" takes one strategy, random, proposed, entropy or coreset (oracle needs the labels it is waiting for); experiment.arms is [{}]",
+                    arms.join(", ")
+                );
+            }
+            if e.repeats != 1 {
+                bail!(
+                    "experiment.labels = \"human\" annotates the data set once: experiment.repeats must be 1, not {}",
+                    e.repeats
+                );
+            }
         }
         if !(0.0 < e.test_fraction && e.test_fraction < 1.0) {
             bail!(

@@ -128,6 +128,21 @@ pub enum Event {
         repeat: usize,
         stats: crate::engine::manifold::ManifoldStats,
     },
+    /// Labelled by people: a segmentation offered for round `round` was counted or refused.
+    Annotation {
+        repeat: usize,
+        round: usize,
+        counted: bool,
+        text: String,
+    },
+    /// Labelled by people: the run waits for round `round`'s segmentations in `inbox`.
+    AwaitingLabels {
+        repeat: usize,
+        round: usize,
+        received: usize,
+        needed: usize,
+        inbox: String,
+    },
     Stopped {
         steps_done: usize,
         steps_total: usize,

@@ -274,6 +274,16 @@ impl SessionFiles {
     }
 
     /// The Slurm job scripts, their logs and the submissions (`suggestive slurm`).
+    /// A session labelled by people: round `round`'s work package (`annotate/round-NN/`).
+    pub fn package(&self, round: usize) -> PathBuf {
+        self.dir.join("annotate").join(format!("round-{round:02}"))
+    }
+
+    /// Where accepted segmentations are kept (named by case, round and checksum).
+    pub fn labels_dir(&self) -> PathBuf {
+        self.dir.join("labels")
+    }
+
     pub fn slurm_dir(&self) -> PathBuf {
         self.dir.join("slurm")
     }
@@ -305,6 +315,11 @@ impl SessionFiles {
             Layout::Flat => self.dir.join(LATENTS).join(format!("r{repeat}{WEIGHTS}")),
         }
     }
+}
+
+/// `text` as one shell word (for the scripts written beside a session's files).
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// Writes `bytes` to `path` atomically: into a temporary file beside it, synced, then renamed

@@ -2,6 +2,7 @@
 //! reproduce and resume it (its layout: `files.rs`). This module creates, opens, checks and
 //! describes sessions; `run` executes them.
 
+pub mod annotations;
 pub mod compare;
 pub mod config;
 pub mod convert;
@@ -27,7 +28,7 @@ pub use files::{Layout, SessionFiles};
 use state::{RepeatProgress, RepeatState, SessionState, FLAT_FORMAT_VERSION, STATE_FORMAT_VERSION};
 
 /// Presets shipped in the top-level `sessions/` folder, embedded so an installed binary has them.
-pub const PRESETS: [(&str, &str); 5] = [
+pub const PRESETS: [(&str, &str); 6] = [
     ("demo", include_str!("../../sessions/demo.toml")),
     (
         "brats-patient",
@@ -45,6 +46,7 @@ pub const PRESETS: [(&str, &str); 5] = [
         "brats-transfer-image",
         include_str!("../../sessions/brats-transfer-image.toml"),
     ),
+    ("annotate", include_str!("../../sessions/annotate.toml")),
 ];
 
 pub fn preset(name: &str) -> Result<SessionConfig> {

@@ -55,6 +55,39 @@ pub struct RepeatData {
     pub test_cases: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifold: Option<ManifoldStats>,
+    /// A session labelled by people: the segmentations imported so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<Annotation>,
+}
+
+/// An annotator's segmentation of a case, as imported: the file in the session's `labels/`
+/// and what it changed of the model's prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Annotation {
+    pub case: String,
+    /// The round whose worklist asked for it (0: the initial set).
+    pub round: usize,
+    /// Its copy in `labels/`.
+    pub file: String,
+    /// xxh3-128 of the file's bytes, hex.
+    pub checksum: String,
+    /// The file it was imported from.
+    pub source: String,
+    /// Seconds since the Unix epoch.
+    pub imported: f64,
+    /// Against the prediction the package gave to start from (none in round 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effort: Option<Effort>,
+}
+
+/// How much an annotator changed the model's prediction, over the voxels asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Effort {
+    /// Dice between the prediction and the annotation (whole tumour; 1 when both are empty).
+    pub dice: f64,
+    /// Voxels whose whole-tumour label differs between the two.
+    pub changed_voxels: u64,
+    pub voxels: u64,
 }
 
 /// Summary of the gradient steps behind one round of proposed picks.

@@ -262,6 +262,11 @@ impl Dashboard {
                 self.run = RunState::Finished;
                 self.step = None;
             }
+            Message::Idle(Outcome::Waiting { .. }) => {
+                // The run said what it waits for (AwaitingLabels); n or r looks again.
+                self.run = RunState::Paused;
+                self.step = None;
+            }
             Message::Idle(Outcome::Stopped) => {
                 self.run = RunState::Paused;
                 // The step's progress (and its ETA) belongs to the run that stopped.
@@ -439,7 +444,7 @@ impl Dashboard {
             Event::StepDone { .. } => {}
             Event::Stopped { steps_done, .. } => self.steps_done = steps_done,
             Event::Finished { steps_total } => self.steps_done = steps_total,
-            Event::Error { .. } => {}
+            Event::Error { .. } | Event::Annotation { .. } | Event::AwaitingLabels { .. } => {}
         }
     }
 
@@ -776,6 +781,17 @@ fn event_line(e: &Event) -> Option<(bool, String)> {
         Event::Stopped { steps_done, .. } => (false, format!("paused after {steps_done} steps")),
         Event::Finished { .. } => (false, "finished".into()),
         Event::Error { message } => (true, format!("error: {message}")),
+        Event::Annotation { counted, text, .. } => (!counted, text.clone()),
+        Event::AwaitingLabels {
+            round,
+            received,
+            needed,
+            inbox,
+            ..
+        } => (
+            false,
+            format!("round {round}: {received} of {needed} annotations in {inbox}; waiting for the rest"),
+        ),
         Event::Started { .. } | Event::EpochDone { .. } | Event::StepDone { .. } => return None,
     })
 }

@@ -118,6 +118,7 @@ impl Runner {
             data_load_s: 0.0,
             log: self.files.event_log(repeat)?,
             plan: self.plan.clone(),
+            annotated: None,
         })
     }
 

@@ -27,6 +27,7 @@ use crate::data::Dataset;
 use crate::engine::batch::Feed;
 use crate::engine::device;
 
+mod annotation;
 mod lanes;
 mod repeat;
 mod selection;
@@ -46,6 +47,13 @@ pub struct Control {
 pub enum Outcome {
     Finished,
     Stopped,
+    /// A session labelled by people: round `round` has `received` of the `needed`
+    /// segmentations its training needs (its work package says which).
+    Waiting {
+        round: usize,
+        received: usize,
+        needed: usize,
+    },
 }
 
 pub struct Runner {
@@ -72,6 +80,20 @@ pub struct Runner {
     /// The event log of the repeat being run.
     log: EventLog,
     plan: Vec<Step>,
+    /// A session labelled by people: how many counted segmentations the pool's masks hold
+    /// (`None`: the data set's own, not yet replaced).
+    annotated: Option<usize>,
+}
+
+/// How a repeat's run ended.
+enum RepeatEnd {
+    Done,
+    Stopped,
+    Waiting {
+        round: usize,
+        received: usize,
+        needed: usize,
+    },
 }
 
 /// Evaluation and prediction batch size (no gradients, so larger than training's).
@@ -200,7 +222,21 @@ impl Runner {
             data_load_s,
             log,
             plan,
+            annotated: None,
         };
+        // Labelled by people: the pool trains on the annotators' segmentations only.
+        if r.human_labels() {
+            for &repeat in &r.repeats.clone() {
+                if r.session
+                    .state
+                    .repeats
+                    .get(repeat)
+                    .is_some_and(|d| !d.train.is_empty())
+                {
+                    r.apply_annotations(repeat)?;
+                }
+            }
+        }
         if r.session.state.dataset.is_none() {
             r.session.state.dataset = Some(stamp);
         }
@@ -273,8 +309,35 @@ impl Runner {
                 self.log = self.files.event_log(repeat)?;
             }
             match self.run_repeat(repeat, control, sink) {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(RepeatEnd::Done) => {}
+                Ok(RepeatEnd::Waiting {
+                    round,
+                    received,
+                    needed,
+                }) => {
+                    let inbox = self
+                        .files
+                        .package(round)
+                        .join(super::annotations::INBOX)
+                        .display()
+                        .to_string();
+                    self.emit(
+                        Event::AwaitingLabels {
+                            repeat,
+                            round,
+                            received,
+                            needed,
+                            inbox,
+                        },
+                        sink,
+                    );
+                    return Ok(Outcome::Waiting {
+                        round,
+                        received,
+                        needed,
+                    });
+                }
+                Ok(RepeatEnd::Stopped) => {
                     let done = self.session.state.done;
                     self.emit(
                         Event::Stopped {
@@ -300,23 +363,38 @@ impl Runner {
         Ok(Outcome::Finished)
     }
 
-    /// Runs the rest of one repeat's steps; Ok(false) when stopped first.
+    /// Runs the rest of one repeat's steps, until they are done, a stop, or (labelled by
+    /// people) a round whose segmentations are not all in.
     fn run_repeat(
         &mut self,
         repeat: usize,
         control: &Control,
         sink: &mut dyn FnMut(&Event),
-    ) -> Result<bool> {
+    ) -> Result<RepeatEnd> {
         let first = repeat * self.steps_per_repeat;
         loop {
             let done = self.session.state.progress_of(repeat).done;
             if done >= self.steps_per_repeat {
-                return Ok(true);
+                return Ok(RepeatEnd::Done);
             }
             if control.stop.load(Ordering::Relaxed) {
-                return Ok(false);
+                return Ok(RepeatEnd::Stopped);
             }
             let index = first + done;
+            if let Some(round) = self.labels_round(self.plan[index]) {
+                if let annotation::Labelled::Waiting {
+                    round,
+                    received,
+                    needed,
+                } = self.await_labels(repeat, round, sink)?
+                {
+                    return Ok(RepeatEnd::Waiting {
+                        round,
+                        received,
+                        needed,
+                    });
+                }
+            }
             // A round of several arms on several devices (lanes.rs records it when it ends),
             // or the next step on its own.
             let finished = match self.parallel_round(index) {
@@ -338,7 +416,12 @@ impl Runner {
                 }
             };
             if !finished {
-                return Ok(false);
+                return Ok(RepeatEnd::Stopped);
+            }
+            // Labelled by people: the initial set's package as soon as the split is known, so
+            // that annotating can start while the VAE trains.
+            if self.human_labels() && matches!(self.plan[index], Step::Split { .. }) {
+                self.ensure_package(repeat, 0)?;
             }
         }
     }

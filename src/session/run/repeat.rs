@@ -119,6 +119,7 @@ impl Runner {
             order: Vec::new(),
             test_cases,
             manifold: None,
+            annotations: Vec::new(),
         };
         self.session
             .state

@@ -1,0 +1,118 @@
+//! `import`: segmentations from annotators, offered to a session labelled by people.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::session_commands::SessionsDir;
+use suggestive::paths;
+use suggestive::session::annotations::{self, Verdict, INBOX};
+use suggestive::session::config::Labels;
+use suggestive::session::files::write_atomic;
+use suggestive::session::Session;
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Session name or path.
+    pub session: String,
+    /// Segmentations, each named after its case (CASE_seg.nii.gz, CASE.nii.gz, or the data
+    /// set's own naming).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Replace a case's segmentation counted earlier in this round.
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub dirs: SessionsDir,
+}
+
+pub fn cmd_import(a: ImportArgs) -> Result<()> {
+    let dir = a.dirs.resolve(&a.session);
+    let mut session = Session::open(&dir)?;
+    if session.config.experiment.labels != Labels::Human {
+        bail!(
+            "session {} is not labelled by people (experiment.labels = \"simulated\"): its rounds take the data set's own segmentations",
+            session.name()
+        );
+    }
+    let files = session.files();
+    let Some(round) = annotations::latest_round(&files) else {
+        bail!(
+            "session {} asks for no annotations yet: `suggestive run {}` writes the first work package",
+            session.name(),
+            session.name()
+        );
+    };
+    for f in &a.files {
+        if !f.is_file() {
+            bail!("{}: no such file; nothing was imported", f.display());
+        }
+    }
+    let repeat = 0;
+    let lock = match files.lock_repeat(repeat) {
+        Ok(lock) => lock,
+        Err(_) => {
+            // A run holds the session (one that waits for this round, with --wait): the files
+            // go into the inbox, and it checks and counts them itself.
+            let inbox = files.package(round).join(INBOX);
+            for f in &a.files {
+                let name = f.file_name().unwrap_or_default();
+                write_atomic(&inbox.join(name), &std::fs::read(f)?)?;
+                println!(
+                    "{}: a run holds the session; copied into {} for it to take",
+                    f.display(),
+                    inbox.display()
+                );
+            }
+            return Ok(());
+        }
+    };
+    let ds = session.load_dataset(None, &paths::dataset_cache_root())?;
+    let mut refused = 0;
+    for f in &a.files {
+        match annotations::import(&mut session, &ds, repeat, round, f, a.replace)? {
+            Verdict::Counted { case, warnings } => {
+                println!("{}: counted for {case} (round {round})", f.display());
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            Verdict::AlreadyCounted { case } => {
+                println!(
+                    "{}: already counted for {case} (round {round})",
+                    f.display()
+                )
+            }
+            Verdict::Refused(why) => {
+                eprintln!("refused: {why}");
+                refused += 1;
+            }
+        }
+    }
+    drop(lock);
+    let items = annotations::worklist(&files, round)?.unwrap_or_default();
+    let missing = annotations::missing(&session, repeat, round, &items);
+    if missing.is_empty() {
+        println!(
+            "round {round}: all {} annotations are in; `suggestive run {}` goes on",
+            items.len(),
+            session.name()
+        );
+    } else {
+        let names: Vec<&str> = missing.iter().map(|i| i.case.as_str()).collect();
+        println!(
+            "round {round}: {} of {} annotations in; still to come: {}",
+            items.len() - missing.len(),
+            items.len(),
+            names.join(", ")
+        );
+    }
+    if refused > 0 {
+        bail!(
+            "{refused} of {} files refused; nothing else changed",
+            a.files.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,612 @@
+//! A session labelled by people: each round's work package (what to annotate, in which order,
+//! with the model's prediction to start from), the checks a returned segmentation must pass,
+//! and its import, counted at once with the repeat's state.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::files::{shell_quote, write_atomic, SessionFiles};
+use super::state::{Annotation, Effort};
+use super::Session;
+use crate::data::{read_affine, read_dims, read_seg, Dataset, PatientFiles};
+
+pub const WORKLIST: &str = "worklist.csv";
+pub const INBOX: &str = "inbox";
+pub const REJECTED: &str = "rejected";
+pub const OPEN_SCRIPT: &str = "open.sh";
+/// How far a segmentation's voxel-to-world transform may be from its image's (mm, per entry).
+pub const AFFINE_TOLERANCE: f64 = 1e-3;
+
+/// One case of a round's worklist (a row of `worklist.csv`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// The order to annotate in, from 1.
+    pub order: usize,
+    pub case: String,
+    /// The case's image files, `;` between them.
+    pub images: String,
+    /// Image-wise: the axial slices to annotate, as z of the original NIfTI, space-separated;
+    /// empty: the whole case.
+    pub slices: String,
+    /// What picked it: the strategy, and for `proposed` the labelled case whose gradient led
+    /// here with the latent distance and angle.
+    pub strategy: String,
+    pub source: String,
+    pub distance: String,
+    pub angle_deg: String,
+    /// The model's prediction in the package, to correct (empty in round 0: no model yet).
+    pub prediction: String,
+    /// The name the segmentation goes back under, in `inbox/`.
+    pub segmentation: String,
+}
+
+impl WorkItem {
+    /// The requested slices (z of the original volume); empty: all of them.
+    pub fn slice_list(&self) -> Vec<usize> {
+        self.slices
+            .split_whitespace()
+            .filter_map(|z| z.parse().ok())
+            .collect()
+    }
+
+    pub fn image_paths(&self) -> Vec<PathBuf> {
+        self.images
+            .split(';')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+}
+
+/// Round `round`'s worklist, or `None` when no package was written for it.
+pub fn worklist(files: &SessionFiles, round: usize) -> Result<Option<Vec<WorkItem>>> {
+    let path = files.package(round).join(WORKLIST);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut reader =
+        csv::Reader::from_path(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let items = reader
+        .deserialize()
+        .collect::<Result<Vec<WorkItem>, _>>()
+        .with_context(|| format!("{} is not a worklist", path.display()))?;
+    Ok(Some(items))
+}
+
+/// The newest round with a work package, if any.
+pub fn latest_round(files: &SessionFiles) -> Option<usize> {
+    let dir = files.package(0);
+    let parent = dir.parent()?;
+    std::fs::read_dir(parent)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("round-")?
+                .parse::<usize>()
+                .ok()
+        })
+        .filter(|&r| files.package(r).join(WORKLIST).exists())
+        .max()
+}
+
+/// A prediction to put in a package: the case and its labels (0/1) in the geometry of the
+/// case's first image.
+pub struct Prediction {
+    pub case: String,
+    pub labels: Vec<u8>,
+}
+
+/// Writes round `round`'s package: `worklist.csv`, each prediction as a NIfTI with its image's
+/// geometry, `open.sh`, and an empty `inbox/`. The worklist is written last, so a package is
+/// there only once whole.
+pub fn write_package(
+    files: &SessionFiles,
+    ds: &Dataset,
+    round: usize,
+    items: &[WorkItem],
+    predictions: &[Prediction],
+) -> Result<()> {
+    let dir = files.package(round);
+    std::fs::create_dir_all(dir.join(INBOX))
+        .with_context(|| format!("cannot create {}", dir.join(INBOX).display()))?;
+    for p in predictions {
+        let item = items
+            .iter()
+            .find(|i| i.case == p.case)
+            .context("a prediction of a case not in the worklist")?;
+        let case = case_files(ds, &p.case)?;
+        write_labels_like(&dir.join(&item.prediction), &case, &p.labels)?;
+    }
+    let mut script = String::from(
+        "#!/bin/sh\n# Opens each case of this round with the model's prediction to correct, in the order\n# to annotate. Save the segmentation into inbox/ under the name the worklist gives.\n",
+    );
+    for item in items {
+        let images = item.image_paths();
+        let (first, rest) = images.split_first().context("a work item without images")?;
+        let q = |p: &Path| shell_quote(&p.display().to_string());
+        let mut line = format!("itksnap -g {}", q(first));
+        if !rest.is_empty() {
+            let others: Vec<String> = rest.iter().map(|p| q(p)).collect();
+            line += &format!(" -o {}", others.join(" "));
+        }
+        let seg = if item.prediction.is_empty() {
+            None
+        } else {
+            Some(dir.join(&item.prediction))
+        };
+        if let Some(s) = &seg {
+            line += &format!(" -s {}", q(s));
+        }
+        script += &format!(
+            "\n# {} {}: {}\n{line}\n",
+            item.order,
+            item.case,
+            describe(item)
+        );
+        let slicer_seg = seg
+            .map(|s| {
+                format!(
+                    "; slicer.util.loadSegmentation({:?})",
+                    s.display().to_string()
+                )
+            })
+            .unwrap_or_default();
+        script += &format!(
+            "# Slicer --python-code 'slicer.util.loadVolume({:?}){slicer_seg}'\n",
+            first.display().to_string()
+        );
+    }
+    write_atomic(&dir.join(OPEN_SCRIPT), script.as_bytes())?;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    for item in items {
+        out.serialize(item)?;
+    }
+    let bytes = out.into_inner().context("cannot write the worklist")?;
+    write_atomic(&dir.join(WORKLIST), &bytes)
+}
+
+/// Why a case is on the list, for people.
+fn describe(item: &WorkItem) -> String {
+    let mut s = format!("picked by {}", item.strategy);
+    if !item.source.is_empty() {
+        s += &format!(" from {}", item.source);
+    }
+    if !item.slices.is_empty() {
+        s += &format!("; slices z = {}", item.slices);
+    }
+    s
+}
+
+/// A case's files in the data set.
+pub fn case_files(ds: &Dataset, case: &str) -> Result<PatientFiles> {
+    ds.files_of(case)
+        .cloned()
+        .with_context(|| format!("case {case} is not in the data set"))
+}
+
+/// The file every segmentation of a case is checked against: its first image.
+fn reference_image(case: &PatientFiles) -> Result<PathBuf> {
+    case.images
+        .values()
+        .next()
+        .map(|f| f.path.clone())
+        .with_context(|| format!("case {} has no image", case.id))
+}
+
+/// Writes `labels` (x fastest) as a uint8 NIfTI with the header of the case's first image
+/// (its shape, voxel size and transforms), atomically.
+fn write_labels_like(path: &Path, case: &PatientFiles, labels: &[u8]) -> Result<()> {
+    let reference = reference_image(case)?;
+    let mut header = nifti::NiftiHeader::from_file(&reference)
+        .with_context(|| format!("cannot read the header of {}", reference.display()))?;
+    let (dims, _, _) = read_dims(&case.id, &reference)?;
+    // Labels as they are: no intensity scaling, one volume.
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
+    header.cal_min = 0.0;
+    header.cal_max = 1.0;
+    use ndarray::ShapeBuilder;
+    let array = ndarray::Array::from_shape_vec(ndarray::IxDyn(&dims).f(), labels.to_vec())
+        .context("the labels do not fill the image's shape")?;
+    // The writer names its output after the path it is given (it would turn a temporary
+    // `x.nii.gz.tmp` into `x.nii.gz`): write under the final name in a temporary folder
+    // beside it, then move it into place.
+    let dir = path.parent().context("a file in a folder")?;
+    let staging = tempfile::Builder::new()
+        .prefix(".writing")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let staged = staging
+        .path()
+        .join(path.file_name().context("a file name")?);
+    nifti::writer::WriterOptions::new(&staged)
+        .reference_header(&header)
+        .write_nifti(&array)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(&staged).and_then(|f| f.sync_all())?;
+    std::fs::rename(&staged, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A segmentation that passed the checks: its labels (the layout's, as BraTS 2019 values) in
+/// the case's geometry, and what the checks noted.
+#[derive(Debug)]
+pub struct Checked {
+    pub labels: Vec<u8>,
+    pub dims: [usize; 3],
+    pub warnings: Vec<String>,
+}
+
+/// Checks `file` as the segmentation of `item`'s case: a readable NIfTI, of the image's shape
+/// and voxel-to-world transform (within `AFFINE_TOLERANCE`), with the data set's labels only.
+/// Image-wise only the requested slices are taken; labels elsewhere are dropped, with a
+/// warning. `Err` says why it is refused.
+pub fn check(case: &PatientFiles, item: &WorkItem, file: &Path) -> Result<Checked, String> {
+    let (seg, mut labels) = read_seg(&case.id, file, case.kind).map_err(|e| e.to_string())?;
+    let reference = reference_image(case).map_err(|e| e.to_string())?;
+    let (dims, _, _) = read_dims(&case.id, &reference).map_err(|e| e.to_string())?;
+    if seg.dims != dims {
+        return Err(format!(
+            "{}: shape {:?}, but the image {} is {:?}",
+            file.display(),
+            seg.dims,
+            reference.display(),
+            dims
+        ));
+    }
+    let (a, b) = (
+        read_affine(&case.id, file).map_err(|e| e.to_string())?,
+        read_affine(&case.id, &reference).map_err(|e| e.to_string())?,
+    );
+    let off = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    if off > AFFINE_TOLERANCE {
+        return Err(format!(
+            "{}: its voxel-to-world transform differs from the image's ({}) by up to {off:.4} (more than {AFFINE_TOLERANCE}); it was saved in another space",
+            file.display(),
+            reference.display()
+        ));
+    }
+    let mut warnings = Vec::new();
+    let wanted = item.slice_list();
+    if !wanted.is_empty() {
+        let plane = dims[0] * dims[1];
+        let mut elsewhere = Vec::new();
+        for z in 0..dims[2] {
+            if wanted.contains(&z) {
+                continue;
+            }
+            let slice = &mut labels[z * plane..(z + 1) * plane];
+            if slice.iter().any(|&l| l != 0) {
+                elsewhere.push(z);
+                slice.fill(0);
+            }
+        }
+        if !elsewhere.is_empty() {
+            warnings.push(format!(
+                "{}: labels on slices z = {} were not asked for and are not taken (asked: z = {})",
+                file.display(),
+                join(&elsewhere),
+                item.slices
+            ));
+        }
+    }
+    Ok(Checked {
+        labels,
+        dims,
+        warnings,
+    })
+}
+
+fn join(zs: &[usize]) -> String {
+    zs.iter()
+        .map(|z| z.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The work item a file is for: its name is the case ID, then `_seg`, `-seg` or nothing, then
+/// `.nii.gz` or `.nii`. The longest matching ID wins (`P1` and `P10`).
+pub fn item_for<'a>(items: &'a [WorkItem], file: &Path) -> Option<&'a WorkItem> {
+    let name = file.file_name()?.to_str()?;
+    let stem = name
+        .strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))?;
+    items
+        .iter()
+        .filter(|i| {
+            stem.strip_prefix(i.case.as_str())
+                .is_some_and(|rest| ["", "_seg", "-seg", "_label", "_mask"].contains(&rest))
+        })
+        .max_by_key(|i| i.case.len())
+}
+
+/// What became of a file offered as a segmentation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Checked and counted (with what the checks noted).
+    Counted { case: String, warnings: Vec<String> },
+    /// The same file was counted before.
+    AlreadyCounted { case: String },
+    /// Not counted, and why.
+    Refused(String),
+}
+
+/// Offers `file` as a segmentation for round `round` of `session`'s repeat `repeat` (whose
+/// lock the caller holds). A file that passes is copied into `labels/` and recorded in the
+/// repeat's state: the state file's replacement is the one moment it counts, so a process
+/// killed at any point leaves it either counted or not. A refusal changes nothing.
+pub fn import(
+    session: &mut Session,
+    ds: &Dataset,
+    repeat: usize,
+    round: usize,
+    file: &Path,
+    replace: bool,
+) -> Result<Verdict> {
+    let files = session.files();
+    let Some(items) = worklist(&files, round)? else {
+        bail!(
+            "round {round} has no work package in {}",
+            files.package(round).display()
+        );
+    };
+    let Some(item) = item_for(&items, file) else {
+        let cases: Vec<&str> = items.iter().map(|i| i.case.as_str()).collect();
+        return Ok(Verdict::Refused(format!(
+            "{}: not a case of round {round}'s worklist (its cases: {}; name a file CASE_seg.nii.gz)",
+            file.display(),
+            cases.join(", ")
+        )));
+    };
+    let case = case_files(ds, &item.case)?;
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return Ok(Verdict::Refused(format!("{}: {e}", file.display()))),
+    };
+    let checked = match check(&case, item, file) {
+        Ok(c) => c,
+        Err(why) => return Ok(Verdict::Refused(why)),
+    };
+    let checksum = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
+    let data = session
+        .state
+        .repeats
+        .get(repeat)
+        .context("the repeat has no split yet")?;
+    let previous = data
+        .annotations
+        .iter()
+        .position(|a| a.case == item.case && a.round == round);
+    if let Some(at) = previous {
+        let old = &data.annotations[at];
+        if old.checksum == checksum {
+            return Ok(Verdict::AlreadyCounted {
+                case: item.case.clone(),
+            });
+        }
+        if !replace {
+            return Ok(Verdict::Refused(format!(
+                "{}: case {} already has a segmentation for round {round} ({}, from {}); --replace replaces it",
+                file.display(),
+                item.case,
+                files.labels_dir().join(&old.file).display(),
+                old.source
+            )));
+        }
+    }
+    let effort = effort(&files.package(round), item, &case, &checked)?;
+    let name = format!("{}.round-{round:02}.{}.nii.gz", item.case, &checksum[..16]);
+    let dir = files.labels_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(&dir.join(&name), &bytes)?;
+    let annotation = Annotation {
+        case: item.case.clone(),
+        round,
+        file: name,
+        checksum,
+        source: file.display().to_string(),
+        imported: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        effort,
+    };
+    let annotations = &mut session.state.repeats[repeat].annotations;
+    let replaced = match previous {
+        Some(at) => Some(std::mem::replace(&mut annotations[at], annotation)),
+        None => {
+            annotations.push(annotation);
+            None
+        }
+    };
+    if let Err(e) = session.save_repeat(repeat) {
+        // Not counted: the state on disk is as before; so is the one in memory.
+        let annotations = &mut session.state.repeats[repeat].annotations;
+        match (previous, replaced) {
+            (Some(at), Some(old)) => annotations[at] = old,
+            _ => {
+                annotations.pop();
+            }
+        }
+        return Err(e);
+    }
+    if let Some(old) = replaced {
+        let _ = std::fs::remove_file(dir.join(old.file));
+    }
+    Ok(Verdict::Counted {
+        case: item.case.clone(),
+        warnings: checked.warnings,
+    })
+}
+
+/// What the annotator changed of the package's prediction, over the requested voxels (none
+/// when the package had no prediction).
+fn effort(
+    package: &Path,
+    item: &WorkItem,
+    case: &PatientFiles,
+    checked: &Checked,
+) -> Result<Option<Effort>> {
+    if item.prediction.is_empty() {
+        return Ok(None);
+    }
+    let path = package.join(&item.prediction);
+    let (_, predicted) = crate::data::read_labels(&case.id, &path)?;
+    let plane = checked.dims[0] * checked.dims[1];
+    let wanted = item.slice_list();
+    let (mut both, mut pred, mut ann, mut changed, mut voxels) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for z in 0..checked.dims[2] {
+        if !wanted.is_empty() && !wanted.contains(&z) {
+            continue;
+        }
+        let range = z * plane..(z + 1) * plane;
+        for (&p, &a) in predicted[range.clone()].iter().zip(&checked.labels[range]) {
+            let (p, a) = (p != 0, a != 0);
+            both += (p && a) as u64;
+            pred += p as u64;
+            ann += a as u64;
+            changed += (p != a) as u64;
+            voxels += 1;
+        }
+    }
+    let dice = if pred + ann == 0 {
+        1.0
+    } else {
+        2.0 * both as f64 / (pred + ann) as f64
+    };
+    Ok(Some(Effort {
+        dice,
+        changed_voxels: changed,
+        voxels,
+    }))
+}
+
+/// Round `round`'s cases still without a counted segmentation.
+pub fn missing<'a>(
+    session: &Session,
+    repeat: usize,
+    round: usize,
+    items: &'a [WorkItem],
+) -> Vec<&'a WorkItem> {
+    let have = session
+        .state
+        .repeats
+        .get(repeat)
+        .map(|d| d.annotations.as_slice())
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter(|i| !have.iter().any(|a| a.case == i.case && a.round == round))
+        .collect()
+}
+
+/// Offers every file in round `round`'s inbox. A counted file leaves the inbox (its copy is in
+/// `labels/`); a refused one moves to `rejected/` with a note beside it saying why.
+pub fn take_inbox(
+    session: &mut Session,
+    ds: &Dataset,
+    repeat: usize,
+    round: usize,
+    replace: bool,
+) -> Result<Vec<(PathBuf, Verdict)>> {
+    let package = session.files().package(round);
+    let inbox = package.join(INBOX);
+    let mut offered: Vec<PathBuf> = match std::fs::read_dir(&inbox) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            // Files still being written by an editor (hidden, temporary) wait.
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        !n.starts_with('.') && (n.ends_with(".nii.gz") || n.ends_with(".nii"))
+                    })
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    offered.sort();
+    let mut out = Vec::new();
+    for file in offered {
+        let verdict = import(session, ds, repeat, round, &file, replace)?;
+        match &verdict {
+            Verdict::Counted { .. } | Verdict::AlreadyCounted { .. } => {
+                let _ = std::fs::remove_file(&file);
+            }
+            Verdict::Refused(why) => {
+                let rejected = package.join(REJECTED);
+                std::fs::create_dir_all(&rejected)?;
+                let name = file.file_name().expect("a file").to_os_string();
+                let to = rejected.join(&name);
+                std::fs::rename(&file, &to).with_context(|| {
+                    format!("cannot move {} to {}", file.display(), to.display())
+                })?;
+                let mut note = name.to_string_lossy().into_owned();
+                note += ".why.txt";
+                write_atomic(&rejected.join(note), format!("{why}\n").as_bytes())?;
+            }
+        }
+        out.push((file, verdict));
+    }
+    Ok(out)
+}
+
+/// The pool's masks as the annotators gave them: for each pool patient of `repeat`, the
+/// union of its counted segmentations (image-wise, each on the slices it was asked for),
+/// preprocessed as the data set's are; background where there is none. The data set's own
+/// segmentations of the pool are not used.
+pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Result<Dataset> {
+    let data = session
+        .state
+        .repeats
+        .get(repeat)
+        .context("the pool is known once the repeat is split")?;
+    let files = session.files();
+    let prep = ds.preprocessing().clone();
+    let geom = ds.geometry();
+    let mut cache: std::collections::BTreeMap<usize, Vec<WorkItem>> = Default::default();
+    let mut slices_of = |round: usize, case: &str| -> Result<Vec<usize>> {
+        if let std::collections::btree_map::Entry::Vacant(e) = cache.entry(round) {
+            e.insert(worklist(&files, round)?.unwrap_or_default());
+        }
+        Ok(cache[&round]
+            .iter()
+            .find(|i| i.case == case)
+            .map(|i| i.slice_list())
+            .unwrap_or_default())
+    };
+    // Read every label file first (errors name the file), then lay them over the pool.
+    let mut by_patient: std::collections::BTreeMap<usize, Vec<u8>> = Default::default();
+    for a in &data.annotations {
+        let Some(p) = ds.patients().iter().position(|p| p.id == a.case) else {
+            bail!(
+                "{}: case {} is not in the data set",
+                files.labels_dir().join(&a.file).display(),
+                a.case
+            );
+        };
+        let case = case_files(ds, &a.case)?;
+        let path = files.labels_dir().join(&a.file);
+        let (seg, labels) = read_seg(&a.case, &path, case.kind)?;
+        let masks = crate::data::preprocess_labels(&prep, geom, seg.dims, &labels);
+        let wanted = slices_of(a.round, &a.case)?;
+        let plane = ds.size() * ds.size();
+        let entry = by_patient
+            .entry(p)
+            .or_insert_with(|| vec![0u8; masks.len()]);
+        for (s, z) in prep.kept_slices(seg.dims[2]).enumerate() {
+            if wanted.is_empty() || wanted.contains(&z) {
+                entry[s * plane..(s + 1) * plane]
+                    .copy_from_slice(&masks[s * plane..(s + 1) * plane]);
+            }
+        }
+    }
+    Ok(ds.with_masks(&data.train, |p| Ok(by_patient.remove(&p)))?)
+}

@@ -161,3 +161,248 @@ fn a_scripted_annotator_gives_the_simulated_result() {
     }
     assert_eq!(std::fs::read_dir(dir.join("labels")).unwrap().count(), 4);
 }
+
+/// Every file of a session folder, for before/after comparisons.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// The phantom's segmentation of `case` with `edit` applied to its labels and header, written
+/// to `to`.
+fn edited_truth(
+    env: &Env,
+    case: &str,
+    to: &Path,
+    edit: impl FnOnce(&mut nifti::NiftiHeader, &mut Vec<u8>, &mut [usize; 3]),
+) {
+    use nifti::{IntoNdArray, NiftiObject};
+    let obj = nifti::ReaderOptions::new()
+        .read_file(env.truth(case))
+        .unwrap();
+    let mut header = obj.header().clone();
+    let volume = obj.into_volume().into_ndarray::<f32>().unwrap();
+    let mut dims = [volume.shape()[0], volume.shape()[1], volume.shape()[2]];
+    let mut labels: Vec<u8> = volume.t().iter().map(|&v| v as u8).collect();
+    edit(&mut header, &mut labels, &mut dims);
+    use ndarray::ShapeBuilder;
+    let a = ndarray::Array::from_shape_vec(ndarray::IxDyn(&dims).f(), labels).unwrap();
+    nifti::writer::WriterOptions::new(to)
+        .reference_header(&header)
+        .write_nifti(&a)
+        .unwrap();
+}
+
+/// Each bad file is refused with a message that names it and says why, and leaves every file
+/// of the session as it was; a second file for a case needs --replace; a bad file dropped
+/// into the inbox moves to rejected/ with a note.
+#[test]
+fn bad_segmentations_are_refused_and_change_nothing() {
+    let env = Env::new();
+    let dir = env.session("people", "human");
+    assert_eq!(env.run("people").0, Some(3));
+    let items = worklist(&dir, 0);
+    let (a, b) = (&items[0].case, &items[1].case);
+    let bad = env.root.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let import = |files: &[&Path], extra: &[&str]| {
+        let mut args = vec!["import", "people"];
+        args.extend(files.iter().map(|f| f.to_str().unwrap()));
+        args.extend(extra);
+        let out = env.cmd(&args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let wrong_shape = bad.join(format!("{a}_seg.nii.gz"));
+    edited_truth(&env, a, &wrong_shape, |_, labels, dims| {
+        dims[2] -= 1;
+        labels.truncate(dims.iter().product());
+    });
+    let wrong_affine = bad.join(format!("{a}.nii.gz"));
+    edited_truth(&env, a, &wrong_affine, |h, _, _| {
+        h.sform_code = 1;
+        h.srow_x = [1.0, 0.0, 0.0, 5.0];
+        h.srow_y = [0.0, 1.0, 0.0, 0.0];
+        h.srow_z = [0.0, 0.0, 1.0, 0.0];
+    });
+    let unknown_label = bad.join(format!("{b}-seg.nii.gz"));
+    edited_truth(&env, b, &unknown_label, |_, labels, _| labels[10] = 7);
+    let truncated = bad.join("cut").join(format!("{a}_seg.nii.gz"));
+    std::fs::create_dir_all(truncated.parent().unwrap()).unwrap();
+    let whole = std::fs::read(env.truth(a)).unwrap();
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
+    let stranger = bad.join("NOBODY_seg.nii.gz");
+    std::fs::copy(env.truth(a), &stranger).unwrap();
+    let before = snapshot(&dir);
+    for (file, why) in [
+        (&wrong_shape, "shape"),
+        (&wrong_affine, "voxel-to-world transform differs"),
+        (&unknown_label, "segmentation label 7"),
+        (&truncated, "truncated"),
+        (&stranger, "not a case of round 0's worklist"),
+    ] {
+        let (code, out) = import(&[file], &[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            out.contains(&format!("refused: {}", file.display()))
+                || out.contains(&file.display().to_string()),
+            "the message names the file: {out}"
+        );
+        assert!(out.contains(why), "{why}: {out}");
+        assert!(
+            snapshot(&dir) == before,
+            "refusing {} changed the session",
+            file.display()
+        );
+    }
+
+    // The right file counts; a second, different one for the case needs --replace.
+    let (code, out) = import(&[&env.truth(a)], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("counted for {a} (round 0)")), "{out}");
+    let other = bad.join(format!("{a}_seg.nii"));
+    edited_truth(&env, a, &other, |_, labels, _| {
+        let at = labels.iter().position(|&l| l != 0).unwrap();
+        labels[at] = 0;
+    });
+    let counted = snapshot(&dir);
+    let (code, out) = import(&[&other], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--replace"), "{out}");
+    assert!(
+        snapshot(&dir) == counted,
+        "a refused second file changed the session"
+    );
+    let (code, out) = import(&[&other], &["--replace"]);
+    assert_eq!(code, Some(0), "{out}");
+    let st = state(&dir);
+    let list = st["data"]["annotations"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0]["source"].as_str().unwrap().ends_with(".nii"));
+    // The replaced copy is gone from labels/.
+    assert_eq!(std::fs::read_dir(dir.join("labels")).unwrap().count(), 1);
+
+    // A bad file in the inbox: the run moves it to rejected/ with a note, and waits on.
+    let package = dir.join("annotate/round-00");
+    std::fs::copy(
+        &unknown_label,
+        package.join("inbox").join(format!("{b}_seg.nii.gz")),
+    )
+    .unwrap();
+    let (code, out) = env.run("people");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("refused, moved to rejected/"), "{out}");
+    let note = std::fs::read_to_string(
+        package
+            .join("rejected")
+            .join(format!("{b}_seg.nii.gz.why.txt")),
+    )
+    .unwrap();
+    assert!(note.contains("segmentation label 7"), "{note}");
+    assert!(out.contains("round 0: 1 of 2 annotations in"), "{out}");
+}
+
+/// SIGKILL at any moment of an import leaves the segmentation either counted (its copy in
+/// labels/ with the recorded checksum) or not counted at all.
+#[test]
+fn an_import_killed_at_any_point_counts_whole_or_not_at_all() {
+    let env = Env::new();
+    let dir = env.session("people", "human");
+    assert_eq!(env.run("people").0, Some(3));
+    let case = worklist(&dir, 0)[0].case.clone();
+    let truth = env.truth(&case);
+    let mut seen_counted = false;
+    for delay_ms in (0..60).step_by(4) {
+        let mut child = env
+            .cmd(&["import", "people", truth.to_str().unwrap(), "--replace"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let st = state(&dir);
+        match st["data"]["annotations"].as_array() {
+            Some(list) if !list.is_empty() => {
+                seen_counted = true;
+                let a = &list[0];
+                let copy =
+                    std::fs::read(dir.join("labels").join(a["file"].as_str().unwrap())).unwrap();
+                assert_eq!(
+                    a["checksum"].as_str().unwrap(),
+                    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&copy)),
+                    "killed after {delay_ms} ms: the counted copy is not the recorded one"
+                );
+            }
+            _ => {}
+        }
+    }
+    // Whatever the kills left, the next import finishes it.
+    let out = env
+        .cmd(&["import", "people", truth.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = seen_counted;
+    assert_eq!(
+        state(&dir)["data"]["annotations"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn people_labels_take_one_strategy_and_the_rounds_protocol() {
+    let env = Env::new();
+    for (sets, why) in [
+        (
+            vec!["experiment.arms=[\"random\",\"proposed\"]"],
+            "takes one strategy",
+        ),
+        (
+            vec!["experiment.arms=[\"oracle\"]"],
+            "oracle needs the labels",
+        ),
+        (
+            vec!["experiment.protocol=\"budgets\"", "experiment.budgets=[4]"],
+            "needs the rounds protocol",
+        ),
+        (vec!["experiment.repeats=2"], "experiment.repeats must be 1"),
+    ] {
+        let mut args = vec![
+            "new".to_string(),
+            "x".into(),
+            "--preset".into(),
+            "annotate".into(),
+            "--dataset".into(),
+            env.data.display().to_string(),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push(s.into());
+        }
+        let out = env
+            .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{why}: {err}");
+    }
+    // A simulated session refuses imports.
+    env.session("simulated", "simulated");
+    let out = env
+        .cmd(&["import", "simulated", "anything_seg.nii.gz"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not labelled by people"));
+}

@@ -403,7 +403,13 @@ pub fn import(
         }
     }
     let effort = effort(&files.package(round), item, &case, &checked)?;
-    let name = format!("{}.round-{round:02}.{}.nii.gz", item.case, &checksum[..16]);
+    // Compressed or not, as it came.
+    let gz = if file.to_string_lossy().ends_with(".gz") {
+        ".gz"
+    } else {
+        ""
+    };
+    let name = format!("{}.round-{round:02}.{}.nii{gz}", item.case, &checksum[..16]);
     let dir = files.labels_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(&dir.join(&name), &bytes)?;

@@ -160,6 +160,26 @@ fn a_scripted_annotator_gives_the_simulated_result() {
         assert_eq!(std::fs::read_dir(inbox).unwrap().count(), 0);
     }
     assert_eq!(std::fs::read_dir(dir.join("labels")).unwrap().count(), 4);
+
+    // The report gives the annotators' corrections per round (not for round 0: no prediction).
+    let out = env.cmd(&["report", "people"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report/results.json")).unwrap()).unwrap();
+    let effort = results["annotation_effort"].as_array().unwrap();
+    assert_eq!(effort.len(), 2, "{effort:?}");
+    for (e, round) in effort.iter().zip(1..) {
+        assert_eq!(e["round"], round);
+        assert_eq!(e["cases"], 1);
+        let d = e["mean_dice"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&d));
+    }
+    let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(md.contains("annotation effort"), "{md}");
 }
 
 /// Every file of a session folder, for before/after comparisons.

@@ -111,6 +111,50 @@ impl FallbackRate {
     }
 }
 
+/// Labelled by people: what the annotators changed of the model's predictions in one round
+/// (the initial set has no prediction, so no row).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnnotationEffort {
+    pub round: usize,
+    pub cases: usize,
+    /// Mean Dice between prediction and annotation over the cases: 1 means nothing changed.
+    pub mean_dice: f64,
+    /// Voxels changed, in all and per case, over the voxels asked for.
+    pub changed_voxels: u64,
+    pub changed_per_case: f64,
+    pub changed_fraction: f64,
+}
+
+impl AnnotationEffort {
+    /// Per round, from the counted segmentations' efforts.
+    pub fn of(state: &SessionState) -> Vec<AnnotationEffort> {
+        let mut by_round: BTreeMap<usize, Vec<crate::session::state::Effort>> = BTreeMap::new();
+        for d in &state.repeats {
+            for a in &d.annotations {
+                if let Some(e) = a.effort {
+                    by_round.entry(a.round).or_default().push(e);
+                }
+            }
+        }
+        by_round
+            .into_iter()
+            .map(|(round, efforts)| {
+                let n = efforts.len();
+                let changed: u64 = efforts.iter().map(|e| e.changed_voxels).sum();
+                let voxels: u64 = efforts.iter().map(|e| e.voxels).sum();
+                AnnotationEffort {
+                    round,
+                    cases: n,
+                    mean_dice: efforts.iter().map(|e| e.dice).sum::<f64>() / n as f64,
+                    changed_voxels: changed,
+                    changed_per_case: changed as f64 / n as f64,
+                    changed_fraction: changed as f64 / voxels.max(1) as f64,
+                }
+            })
+            .collect()
+    }
+}
+
 /// One repeat's manifold statistics (see `engine::manifold`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RepeatManifold {
@@ -211,6 +255,9 @@ pub struct Report {
     pub fallback_rates: Vec<FallbackRate>,
     /// Per repeat: how much of the pool the VAE's latent space holds.
     pub manifold: Vec<RepeatManifold>,
+    /// Labelled by people: the annotators' corrections per round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub annotation_effort: Vec<AnnotationEffort>,
     /// One row per repeat, arm, budget and test case (results_long.csv).
     #[serde(skip)]
     pub cases: Vec<CaseRow>,
@@ -231,6 +278,7 @@ impl Report {
             })
             .collect();
         report.cases = cases::rows(state);
+        report.annotation_effort = AnnotationEffort::of(state);
         report
     }
 
@@ -324,6 +372,7 @@ impl Report {
             budget_to_full: reference::budget_to_full(&rows, arms, protocol, DEFAULT_DELTA),
             fallback_rates: Vec::new(),
             manifold: Vec::new(),
+            annotation_effort: Vec::new(),
             cases: Vec::new(),
             rows,
             summary,

@@ -119,6 +119,34 @@ impl Report {
         s += &self.comparisons_markdown(&budgets);
         s += &self.fallbacks_markdown();
         s += &self.manifold_markdown();
+        s += &self.effort_markdown();
+        s
+    }
+
+    /// Labelled by people: per round, how much the annotators changed the predictions.
+    fn effort_markdown(&self) -> String {
+        if self.annotation_effort.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "
+annotation effort: what the annotators changed of the model's prediction, per round              (Dice 1 and 0 voxels: accepted as predicted)
+
+             | round | cases | mean Dice (prediction, annotation) | voxels changed per case | of the voxels asked for |
+             |---|---|---|---|---|
+",
+        );
+        for e in &self.annotation_effort {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.3} | {:.0} | {:.2} % |",
+                e.round,
+                e.cases,
+                e.mean_dice,
+                e.changed_per_case,
+                100.0 * e.changed_fraction
+            );
+        }
         s
     }
 

@@ -173,8 +173,12 @@ pub struct ExportArgs {
     #[arg(long)]
     pub round: Option<usize>,
     /// FILE.csv or FILE.json
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "labels")]
+    pub out: Option<PathBuf>,
+    /// A session labelled by people: write its counted segmentations into DIR in the data
+    /// set's own layout and naming (for nnU-Net or MONAI).
+    #[arg(long, value_name = "DIR")]
+    pub labels: Option<PathBuf>,
     #[command(flatten)]
     pub dirs: SessionsDir,
 }
@@ -603,6 +607,20 @@ pub fn cmd_export(a: ExportArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
     let ds = s.load_dataset(None, &paths::dataset_cache_root())?;
+    if let Some(out) = &a.labels {
+        let written = session::annotations::export_labels(&s, &ds, 0, out)?;
+        if written.is_empty() {
+            bail!("session {} has no counted segmentations", s.name());
+        }
+        println!(
+            "wrote {} segmentations to {} in the data set's layout",
+            written.len(),
+            out.display()
+        );
+    }
+    let Some(out) = &a.out else {
+        return Ok(());
+    };
     let rows = session::export::rows(&s, &ds, a.arm, a.round);
     if rows.is_empty() {
         bail!(
@@ -615,7 +633,7 @@ pub fn cmd_export(a: ExportArgs) -> Result<()> {
             }
         );
     }
-    session::export::write(&rows, &a.out)?;
-    println!("wrote {} picks to {}", rows.len(), a.out.display());
+    session::export::write(&rows, out)?;
+    println!("wrote {} picks to {}", rows.len(), out.display());
     Ok(())
 }

@@ -180,6 +180,29 @@ fn a_scripted_annotator_gives_the_simulated_result() {
     }
     let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
     assert!(md.contains("annotation effort"), "{md}");
+
+    // export --labels: the annotated cases in the data set's own layout, naming and labels.
+    let out_dir = env.root.join("annotated");
+    let out = env
+        .cmd(&["export", "people", "--labels", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut exported = 0;
+    for a in counted {
+        let case = a["case"].as_str().unwrap();
+        let truth = env.truth(case);
+        let relative = truth.strip_prefix(&env.data).unwrap();
+        let (got, dims) = read(&out_dir.join(relative));
+        let (want, want_dims) = read(&truth);
+        assert_eq!((got, dims), (want, want_dims), "{case}");
+        exported += 1;
+    }
+    assert_eq!(exported, 4);
 }
 
 /// Every file of a session folder, for before/after comparisons.

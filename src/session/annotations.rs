@@ -616,3 +616,60 @@ pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Resu
     }
     Ok(ds.with_masks(&data.train, |p| Ok(by_patient.remove(&p)))?)
 }
+
+/// Writes every counted segmentation of `repeat` into `out` in the data set's own layout and
+/// naming (`CASE/CASE_seg.nii.gz`, `CASE/CASE-seg.nii.gz`, `labelsTr/CASE.nii.gz`), with the
+/// data set's own label values, so that the annotated cases go straight into nnU-Net or MONAI.
+/// A case annotated in several rounds (image-wise) gets each round's requested slices.
+/// Returns the files written.
+pub fn export_labels(
+    session: &Session,
+    ds: &Dataset,
+    repeat: usize,
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
+    let files = session.files();
+    let annotations = session
+        .state
+        .repeats
+        .get(repeat)
+        .map(|d| d.annotations.as_slice())
+        .unwrap_or_default();
+    let mut cases: Vec<&str> = annotations.iter().map(|a| a.case.as_str()).collect();
+    cases.sort_unstable();
+    cases.dedup();
+    let mut written = Vec::new();
+    for case_id in cases {
+        let case = case_files(ds, case_id)?;
+        let mut merged: Option<Vec<u8>> = None;
+        for a in annotations.iter().filter(|a| a.case == case_id) {
+            let path = files.labels_dir().join(&a.file);
+            let (vol, labels) = crate::data::read_labels(case_id, &path)?;
+            let wanted: Vec<usize> = worklist(&files, a.round)?
+                .unwrap_or_default()
+                .iter()
+                .find(|i| i.case == case_id)
+                .map(|i| i.slice_list())
+                .unwrap_or_default();
+            let plane = vol.dims[0] * vol.dims[1];
+            let m = merged.get_or_insert_with(|| vec![0u8; labels.len()]);
+            for z in 0..vol.dims[2] {
+                if wanted.is_empty() || wanted.contains(&z) {
+                    m[z * plane..(z + 1) * plane]
+                        .copy_from_slice(&labels[z * plane..(z + 1) * plane]);
+                }
+            }
+        }
+        let Some(labels) = merged else { continue };
+        let own = case.expected_path(None);
+        let relative = own.strip_prefix(ds.root()).unwrap_or(&own);
+        let target = out.join(relative);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        write_labels_like(&target, &case, &labels)?;
+        written.push(target);
+    }
+    Ok(written)
+}

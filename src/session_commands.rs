@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -397,55 +397,15 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
     }
 }
 
-/// Waits until a file appears or changes in `dir` (inotify, through notify; and a look every
-/// 5 s, for shared file systems whose changes made elsewhere raise no event). False when
-/// stopped first.
+/// Waits until a file arrives in `dir`; false when stopped first.
 fn wait_for_files(dir: &Path, control: &Control) -> Result<bool> {
-    use notify::Watcher;
-    use std::sync::atomic::Ordering;
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        let _ = tx.send(());
-    })?;
-    watcher
-        .watch(dir, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("cannot watch {}", dir.display()))?;
-    let listing = || -> Vec<(std::ffi::OsString, u64)> {
-        let mut l: Vec<_> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| (e.file_name(), e.metadata().map_or(0, |m| m.len())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        l.sort();
-        l
-    };
-    let before = listing();
-    loop {
-        if control.stop.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        if rx
-            .recv_timeout(std::time::Duration::from_millis(500))
-            .is_ok()
-            || listing() != before
-        {
-            // Let the writer finish: take the files once they stop changing.
-            let mut last = listing();
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                let now = listing();
-                if now == last {
-                    break;
-                }
-                last = now;
-            }
-            if last != before {
-                return Ok(true);
-            }
+    let mut watch = session::annotations::InboxWatch::new(dir);
+    while !control.stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if watch.wait(std::time::Duration::from_millis(500)) {
+            return Ok(true);
         }
     }
+    Ok(false)
 }
 
 pub fn cmd_status(a: StatusArgs) -> Result<()> {

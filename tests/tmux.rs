@@ -407,3 +407,79 @@ fn tui_attaches_to_a_session_another_process_runs_and_follows_it() {
     assert_eq!(st.done, total);
     assert_eq!(st.results.len(), 6);
 }
+
+/// Labelled by people: the dashboard shows the worklist while the round waits, a file dropped
+/// into the inbox changes it (a bad one shows as rejected, with why), and once the round is
+/// complete the run goes on by itself.
+#[test]
+fn tui_shows_the_worklist_and_goes_on_when_the_inbox_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = tiny_phantom(
+        &root.join("data"),
+        &[("CBICA", 4), ("TCIA", 4)],
+        suggestive::phantom::PhantomLayout::Brats2019,
+        6,
+    );
+    let cfg = tiny_session_config(
+        &data,
+        &[
+            "experiment.rounds=1",
+            "experiment.arms=[\"random\"]",
+            "experiment.labels=\"human\"",
+        ],
+    );
+    let dir = root.join("sessions/lab");
+    suggestive::session::Session::create(&dir, cfg).unwrap();
+    let (name, _kill) = start_tui(root, &[], "tui lab");
+    wait_for(&name, "the dashboard", |s| s.contains("paused"));
+    // n: the split, the VAE and the latents, then the initial set waits for its annotations.
+    tmux(&["send-keys", "-t", &name, "n"]);
+    let s = wait_for(&name, "the worklist", |s| {
+        s.contains("Round 0: 0 of 2 annotations in") && s.contains("waiting for annotations")
+    });
+    let package = dir.join("annotate/round-00");
+    let items = suggestive::session::annotations::worklist(
+        &suggestive::session::Session::open(&dir).unwrap().files(),
+        0,
+    )
+    .unwrap()
+    .unwrap();
+    for item in &items {
+        assert!(s.contains(&format!("waiting  {}", item.case)), "{s}");
+    }
+    let truth = |case: &str| patient_file(&data, case, "seg");
+    // One right file: received.
+    std::fs::copy(
+        truth(&items[0].case),
+        package.join("inbox").join(&items[0].segmentation),
+    )
+    .unwrap();
+    wait_for(&name, "the first case received", |s| {
+        s.contains("Round 0: 1 of 2 annotations in")
+            && s.contains(&format!("received {}", items[0].case))
+    });
+    // The other case's file, cut in half: rejected, with why.
+    let whole = std::fs::read(truth(&items[1].case)).unwrap();
+    std::fs::write(
+        package.join("inbox").join(&items[1].segmentation),
+        &whole[..whole.len() / 2],
+    )
+    .unwrap();
+    wait_for(&name, "the rejection", |s| {
+        s.contains(&format!("rejected {}", items[1].case)) && s.contains("truncated")
+    });
+    // The right file: the round is complete and the run goes on by itself.
+    std::fs::copy(
+        truth(&items[1].case),
+        package.join("inbox").join(&items[1].segmentation),
+    )
+    .unwrap();
+    wait_for(&name, "the run to go on", |s| {
+        s.contains("random round 0: 2 annotated, test Dice")
+    });
+    tmux(&["send-keys", "-t", &name, "q"]);
+    let s = wait_for(&name, "exit", |s| s.contains("EXIT:"));
+    assert!(s.contains("EXIT:0"), "{s}");
+    assert!(no_lock_left(&dir), "the session is still locked");
+}

@@ -926,3 +926,77 @@ fn an_attached_dashboard_says_where_each_repeat_runs_and_runs_nothing_itself() {
     assert!(!app.watching);
     assert_eq!(app.run, RunState::Loading);
 }
+
+/// Labelled by people, waiting for round 1: the worklist with each case's state replaces the
+/// progress panel; the footer's keys say what can be done.
+#[test]
+fn the_worklist_shows_each_case_waiting_received_or_rejected() {
+    use suggestive::session::annotations::{CaseState, WorkItem, WorkRow};
+    let mut app = three_repeats();
+    let item = |order: usize, case: &str| WorkItem {
+        order,
+        case: case.into(),
+        images: format!("/data/{case}/{case}_flair.nii.gz"),
+        slices: String::new(),
+        strategy: "proposed".into(),
+        source: "BraTS19_CBICA_P001_1".into(),
+        distance: "0.1234".into(),
+        angle_deg: "21.0000".into(),
+        prediction: format!("{case}_prediction.nii.gz"),
+        segmentation: format!("{case}_seg.nii.gz"),
+    };
+    let rows = vec![
+        WorkRow {
+            item: item(1, "BraTS19_CBICA_P012_1"),
+            state: CaseState::Received,
+        },
+        WorkRow {
+            item: item(2, "BraTS19_TCIA01_P003_1"),
+            state: CaseState::Rejected(
+                "BraTS19_TCIA01_P003_1_seg.nii.gz: shape [240, 240, 150], but the image is [240, 240, 155]"
+                    .into(),
+            ),
+        },
+        WorkRow {
+            item: item(3, "BraTS19_CBICA_P020_1"),
+            state: CaseState::Waiting,
+        },
+    ];
+    app.on_message(Message::Worklist {
+        round: 1,
+        inbox: "/home/me/sessions/lab/annotate/round-01/inbox".into(),
+        rows,
+    });
+    app.on_message(Message::Idle(Outcome::Waiting {
+        round: 1,
+        received: 1,
+        needed: 3,
+    }));
+    assert_eq!(app.run, RunState::AwaitingLabels);
+    let wide = render(&app, 160, 48);
+    for want in [
+        "waiting for annotations",
+        "Round 1: 1 of 3 annotations in",
+        " 1 received BraTS19_CBICA_P012_1",
+        " 2 rejected BraTS19_TCIA01_P003_1",
+        "   BraTS19_TCIA01_P003_1_seg.nii.gz: shape [240, 240,",
+        " 3 waiting  BraTS19_CBICA_P020_1",
+        "n look now · p stop waiting",
+    ] {
+        assert!(wide.contains(want), "{want}:\n{wide}");
+    }
+    insta::assert_snapshot!("worklist_160x48", wide);
+    let small = render(&app, 80, 24);
+    assert!(small.contains("3 waiting"), "{small}");
+    insta::assert_snapshot!("worklist_80x24", small);
+    // n looks at the inbox again now; p stops waiting.
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), Some(Command::Step));
+    assert_eq!(app.run, RunState::Running);
+    app.on_message(Message::Idle(Outcome::Waiting {
+        round: 1,
+        received: 1,
+        needed: 3,
+    }));
+    assert_eq!(app.on_key(key(KeyCode::Char('p'))), Some(Command::Pause));
+    assert_eq!(app.run, RunState::Paused);
+}

@@ -494,6 +494,67 @@ fn effort(
     }))
 }
 
+/// Where a case of a worklist stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaseState {
+    Waiting,
+    /// A segmentation is counted.
+    Received,
+    /// The last file offered was refused, and why.
+    Rejected(String),
+}
+
+/// One case of a round's worklist with where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkRow {
+    pub item: WorkItem,
+    pub state: CaseState,
+}
+
+/// Round `round`'s worklist with each case's state: received (counted), rejected (a refused
+/// file in `rejected/`, and none counted since), or waiting.
+pub fn work_rows(session: &Session, repeat: usize, round: usize) -> Result<Vec<WorkRow>> {
+    let files = session.files();
+    let items = worklist(&files, round)?.unwrap_or_default();
+    let to_come = missing(session, repeat, round, &items);
+    let rejected = files.package(round).join(REJECTED);
+    let mut notes: Vec<(PathBuf, String)> = std::fs::read_dir(&rejected)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| !p.to_string_lossy().ends_with(".why.txt"))
+                .map(|p| {
+                    let mut note = p.clone().into_os_string();
+                    note.push(".why.txt");
+                    let why = std::fs::read_to_string(&note).unwrap_or_default();
+                    (p, why.lines().next().unwrap_or("refused").to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    notes.sort();
+    Ok(items
+        .iter()
+        .map(|item| {
+            let state = if !to_come.iter().any(|m| m.case == item.case) {
+                CaseState::Received
+            } else if let Some((_, why)) = notes
+                .iter()
+                .rev()
+                .find(|(p, _)| item_for(std::slice::from_ref(item), p).is_some())
+            {
+                CaseState::Rejected(why.clone())
+            } else {
+                CaseState::Waiting
+            };
+            WorkRow {
+                item: item.clone(),
+                state,
+            }
+        })
+        .collect())
+}
+
 /// Round `round`'s cases still without a counted segmentation.
 pub fn missing<'a>(
     session: &Session,
@@ -672,4 +733,68 @@ pub fn export_labels(
         written.push(target);
     }
     Ok(written)
+}
+
+/// Watches a round's inbox for files arriving (inotify through `notify`, and a look at its
+/// listing at every wait, for shared file systems whose changes made elsewhere raise no event).
+pub struct InboxWatch {
+    dir: PathBuf,
+    wake: crossbeam_channel::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    seen: Vec<(std::ffi::OsString, u64)>,
+}
+
+impl InboxWatch {
+    pub fn new(dir: &Path) -> InboxWatch {
+        use notify::Watcher;
+        let (tx, wake) = crossbeam_channel::unbounded();
+        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .and_then(|mut w| {
+            w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        })
+        .ok();
+        InboxWatch {
+            dir: dir.to_path_buf(),
+            wake,
+            _watcher: watcher,
+            seen: listing(dir),
+        }
+    }
+
+    /// Waits up to `timeout` for the inbox to change; true once it has, and its files have
+    /// stopped growing (a file still being copied is taken when whole).
+    pub fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        let _ = self.wake.recv_timeout(timeout);
+        if listing(&self.dir) == self.seen {
+            return false;
+        }
+        let mut last = listing(&self.dir);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            while self.wake.try_recv().is_ok() {}
+            let now = listing(&self.dir);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        self.seen = last;
+        true
+    }
+}
+
+/// The inbox's file names and sizes, sorted.
+fn listing(dir: &Path) -> Vec<(std::ffi::OsString, u64)> {
+    let mut l: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| (e.file_name(), e.metadata().map_or(0, |m| m.len())))
+                .collect()
+        })
+        .unwrap_or_default();
+    l.sort();
+    l
 }

@@ -11,6 +11,7 @@ use super::latent::{pca_axes, Projection};
 use super::watch::Followed;
 use super::worker::{Command, Message, PreviewReply, PreviewRequest};
 use crate::cluster::Placement;
+use crate::session::annotations::WorkRow;
 use crate::session::compare::Comparison;
 use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, Phase, PickView};
@@ -28,6 +29,8 @@ pub enum RunState {
     Finished,
     /// Attached to a session whose repeats run elsewhere: following, not running.
     Watching,
+    /// Labelled by people: the round waits for the annotators' segmentations.
+    AwaitingLabels,
     Failed(String),
 }
 
@@ -40,6 +43,7 @@ impl RunState {
             RunState::Stopping => "stopping at the next safe point",
             RunState::Finished => "finished",
             RunState::Watching => "attached",
+            RunState::AwaitingLabels => "waiting for annotations",
             RunState::Failed(_) => "error",
         }
     }
@@ -134,6 +138,8 @@ pub struct Dashboard {
     pub activity: Vec<Activity>,
     /// Attached: where each repeat runs.
     pub placements: Vec<Placement>,
+    /// Labelled by people: the worklist of the round that waits, with its inbox.
+    pub worklist: Option<(usize, std::path::PathBuf, Vec<WorkRow>)>,
 }
 
 const LOG_LINES: usize = 200;
@@ -177,6 +183,7 @@ impl Dashboard {
             watching: false,
             activity: Vec::new(),
             placements: Vec::new(),
+            worklist: None,
         }
     }
 
@@ -263,9 +270,16 @@ impl Dashboard {
                 self.step = None;
             }
             Message::Idle(Outcome::Waiting { .. }) => {
-                // The run said what it waits for (AwaitingLabels); n or r looks again.
-                self.run = RunState::Paused;
+                // The worker watches the inbox and goes on by itself.
+                self.run = RunState::AwaitingLabels;
                 self.step = None;
+            }
+            Message::Worklist { round, inbox, rows } => {
+                self.worklist = Some((round, inbox, rows));
+            }
+            Message::Busy => {
+                self.run = RunState::Running;
+                self.worklist = None;
             }
             Message::Idle(Outcome::Stopped) => {
                 self.run = RunState::Paused;
@@ -573,6 +587,20 @@ impl Dashboard {
                 return self.start(Command::Step);
             }
             KeyCode::Char('r') if self.can_start() => return self.start(Command::RunAll),
+            KeyCode::Char('n') | KeyCode::Char(' ') | KeyCode::Char('r')
+                if self.run == RunState::AwaitingLabels =>
+            {
+                // Look at the inbox again now.
+                self.run = RunState::Running;
+                return Some(match key.code {
+                    KeyCode::Char('r') => Command::RunAll,
+                    _ => Command::Step,
+                });
+            }
+            KeyCode::Char('p') if self.run == RunState::AwaitingLabels => {
+                self.run = RunState::Paused;
+                return Some(Command::Pause);
+            }
             KeyCode::Char('p') if self.run == RunState::Running => {
                 self.run = RunState::Stopping;
                 return Some(Command::Pause);

@@ -109,6 +109,17 @@ pub fn draw(f: &mut Frame, app: &Dashboard, t: &Theme, img: &mut ImageState) {
                 let rows = if app.watching {
                     let lines: usize = app.placements.iter().map(|p| 2 - p.finished as usize).sum();
                     (lines as u16 + 2).clamp(4, 12)
+                } else if let (RunState::AwaitingLabels, Some((_, _, list))) =
+                    (&app.run, &app.worklist)
+                {
+                    // A line per case, two more under a refused one, and the inbox's.
+                    let rejected = list
+                        .iter()
+                        .filter(|r| {
+                            matches!(r.state, crate::session::annotations::CaseState::Rejected(_))
+                        })
+                        .count();
+                    ((list.len() + 2 * rejected) as u16 + 4).clamp(4, 14)
                 } else {
                     7
                 };
@@ -191,6 +202,7 @@ fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             "n/r run it here · ←/→ picks · tab arm · c compare · ? help"
         }
         RunState::Watching => "←/→ picks · tab arm · m modality · c compare · ? help",
+        RunState::AwaitingLabels => "n look now · p stop waiting · ←/→ picks · c compare · ? help",
         RunState::Paused | RunState::Failed(_) => {
             "n next round · r run all · ←/→ picks · tab arm · c compare · ? help"
         }
@@ -276,9 +288,61 @@ fn repeats_panel(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
+/// Labelled by people: the round's worklist, each case with its state.
+fn worklist_panel(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    use crate::session::annotations::CaseState;
+    let Some((round, inbox, rows)) = &app.worklist else {
+        return;
+    };
+    let received = rows
+        .iter()
+        .filter(|r| r.state == CaseState::Received)
+        .count();
+    let title = format!("Round {round}: {received} of {} annotations in", rows.len());
+    let b = block(&title, t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let mut lines = vec![Line::from(Span::styled(
+        format!("save into {}", inbox.display()),
+        Style::default().fg(t.dim),
+    ))];
+    for r in rows {
+        let (word, style) = match &r.state {
+            CaseState::Received => ("received", Style::default().fg(t.highlight)),
+            CaseState::Waiting => ("waiting ", Style::default().fg(t.text)),
+            CaseState::Rejected(_) => ("rejected", Style::default().fg(t.error)),
+        };
+        let mut spans = vec![
+            Span::styled(
+                format!("{:>2} ", r.item.order),
+                Style::default().fg(t.accent),
+            ),
+            Span::styled(word, style.add_modifier(Modifier::BOLD)),
+            Span::styled(format!(" {}", r.item.case), Style::default().fg(t.text)),
+        ];
+        if !r.item.slices.is_empty() {
+            spans.push(Span::styled(
+                format!(" z {}", r.item.slices),
+                Style::default().fg(t.dim),
+            ));
+        }
+        lines.push(Line::from(spans));
+        if let CaseState::Rejected(why) = &r.state {
+            lines.push(Line::from(Span::styled(
+                format!("   {why}"),
+                Style::default().fg(t.error),
+            )));
+        }
+    }
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
 fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     if app.watching {
         return repeats_panel(f, area, app, t);
+    }
+    if app.run == RunState::AwaitingLabels && app.worklist.is_some() {
+        return worklist_panel(f, area, app, t);
     }
     let b = block("Work in progress", t);
     let inner = b.inner(area);

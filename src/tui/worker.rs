@@ -17,6 +17,7 @@ use tch::Kind;
 use crate::data::Dataset;
 use crate::engine::nets::UNet;
 use crate::engine::{batch, device};
+use crate::session::annotations;
 use crate::session::config::{Arm, SessionConfig};
 use crate::session::events::{Event, PickView};
 use crate::session::plan::{previous_model, Step};
@@ -73,6 +74,14 @@ pub enum Message {
     Event(Event),
     /// Attached to a session that runs elsewhere: what changed in its files.
     Followed(Box<super::watch::Followed>),
+    /// Labelled by people: the round's worklist and each case's state, when the run waits.
+    Worklist {
+        round: usize,
+        inbox: PathBuf,
+        rows: Vec<annotations::WorkRow>,
+    },
+    /// The worker started a run by itself (files arrived in the inbox).
+    Busy,
     /// The run paused (round done, or asked to) or finished.
     Idle(Outcome),
     Failed(String),
@@ -175,7 +184,16 @@ fn session_thread(
         .strategies()
         .last()
         .copied();
-    while let Ok(cmd) = rx.recv() {
+    // A run to start again by itself: labelled by people, once files arrive in the inbox.
+    let mut again: Option<Command> = None;
+    loop {
+        let cmd = match again.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => return Ok(()),
+            },
+        };
         #[cfg(debug_assertions)]
         if cmd != Command::Quit {
             test_panic(SESSION_THREAD);
@@ -201,6 +219,32 @@ fn session_thread(
             let _ = out.send(Message::Event(ev.clone()));
         });
         match outcome {
+            Ok(waiting @ Outcome::Waiting { round, .. }) => {
+                let _ = out.send(worklist_message(runner.session(), round));
+                let _ = out.send(Message::Idle(waiting));
+                // Wait for the annotators: a file in the inbox runs the round again (it
+                // takes the files), as do n and r; q ends the thread, p stops waiting.
+                let inbox = runner
+                    .session()
+                    .files()
+                    .package(round)
+                    .join(annotations::INBOX);
+                let mut watch = annotations::InboxWatch::new(&inbox);
+                again = loop {
+                    match rx.try_recv() {
+                        Ok(Command::Quit) => return Ok(()),
+                        Ok(Command::Pause) => break None,
+                        Ok(c) => break Some(c),
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => return Ok(()),
+                        Err(crossbeam_channel::TryRecvError::Empty) => {}
+                    }
+                    if watch.wait(std::time::Duration::from_millis(300)) {
+                        let _ = out.send(Message::Busy);
+                        break Some(cmd);
+                    }
+                };
+                continue;
+            }
             Ok(o) => {
                 let _ = out.send(Message::Idle(o));
             }
@@ -215,7 +259,18 @@ fn session_thread(
             }
         }
     }
-    Ok(())
+}
+
+/// Round `round`'s worklist with each case's state, for the dashboard.
+fn worklist_message(session: &Session, round: usize) -> Message {
+    match annotations::work_rows(session, 0, round) {
+        Ok(rows) => Message::Worklist {
+            round,
+            inbox: session.files().package(round).join(annotations::INBOX),
+            rows,
+        },
+        Err(e) => Message::Failed(format!("{e:#}")),
+    }
 }
 
 /// Debug builds only: `SUGGESTIVE_TEST_PANIC=session` (or `preview`) makes that worker panic when

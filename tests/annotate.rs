@@ -180,6 +180,9 @@ fn a_scripted_annotator_gives_the_simulated_result() {
     }
     let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
     assert!(md.contains("annotation effort"), "{md}");
+    // A Markdown table: its rows start their lines.
+    assert!(md.lines().any(|l| l == "|---|---|---|---|---|"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| 1 | 1 | ")), "{md}");
 
     // export --labels: the annotated cases in the data set's own layout, naming and labels.
     let out_dir = env.root.join("annotated");

@@ -128,14 +128,12 @@ impl Report {
         if self.annotation_effort.is_empty() {
             return String::new();
         }
-        let mut s = String::from(
-            "
-annotation effort: what the annotators changed of the model's prediction, per round              (Dice 1 and 0 voxels: accepted as predicted)
-
-             | round | cases | mean Dice (prediction, annotation) | voxels changed per case | of the voxels asked for |
-             |---|---|---|---|---|
-",
-        );
+        let mut s = String::from(concat!(
+            "\nannotation effort: what the annotators changed of the model's prediction, per round ",
+            "(Dice 1 and 0 voxels: accepted as predicted)\n\n",
+            "| round | cases | mean Dice (prediction, annotation) | voxels changed per case | of the voxels asked for |\n",
+            "|---|---|---|---|---|\n",
+        ));
         for e in &self.annotation_effort {
             let _ = writeln!(
                 s,

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::session_commands::SessionsDir;
 use suggestive::paths;
-use suggestive::session::annotations::{self, Verdict, INBOX};
+use suggestive::session::annotations::{self, Verdict};
 use suggestive::session::config::Labels;
 use suggestive::session::files::write_atomic;
 use suggestive::session::Session;
@@ -29,7 +29,7 @@ pub struct ImportArgs {
 
 pub fn cmd_import(a: ImportArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
-    let mut session = Session::open(&dir)?;
+    let session = Session::open(&dir)?;
     if session.config.experiment.labels != Labels::Human {
         bail!(
             "session {} is not labelled by people (experiment.labels = \"simulated\"): its rounds take the data set's own segmentations",
@@ -52,10 +52,17 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
     let repeat = 0;
     let lock = match files.lock_repeat(repeat) {
         Ok(lock) => lock,
-        Err(_) => {
+        Err(_) if files.repeat_holder(repeat).is_some() => {
             // A run holds the session (one that waits for this round, with --wait): the files
             // go into the inbox, and it checks and counts them itself.
-            let inbox = files.package(round).join(INBOX);
+            if a.replace {
+                bail!(
+                    "a run holds session {} (pid {}); it takes the inbox's files, but not as replacements: stop it, then import --replace",
+                    session.name(),
+                    files.repeat_holder(repeat).unwrap_or(0)
+                );
+            }
+            let inbox = files.inbox(round);
             for f in &a.files {
                 let name = f.file_name().unwrap_or_default();
                 write_atomic(&inbox.join(name), &std::fs::read(f)?)?;
@@ -67,7 +74,10 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
             }
             return Ok(());
         }
+        Err(e) => return Err(e),
     };
+    // Read again under the lock: a run that held it until now may have counted files since.
+    let mut session = Session::open(&dir)?;
     let ds = session.load_dataset(None, &paths::dataset_cache_root())?;
     let mut refused = 0;
     for f in &a.files {

@@ -371,11 +371,7 @@ pub fn cmd_run(a: RunArgs) -> Result<()> {
         };
         match outcome {
             Outcome::Waiting { round, .. } if a.wait => {
-                let inbox = runner
-                    .session()
-                    .files()
-                    .package(round)
-                    .join(session::annotations::INBOX);
+                let inbox = runner.session().files().inbox(round);
                 if !wait_for_files(&inbox, &control)? {
                     break Outcome::Stopped;
                 }

@@ -296,8 +296,8 @@ fn bad_segmentations_are_refused_and_change_nothing() {
         let (code, out) = import(&[file], &[]);
         assert_eq!(code, Some(1), "{out}");
         assert!(
-            out.contains(&format!("refused: {}", file.display()))
-                || out.contains(&file.display().to_string()),
+            out.lines()
+                .any(|l| l.starts_with("refused: ") && l.contains(&file.display().to_string())),
             "the message names the file: {out}"
         );
         assert!(out.contains(why), "{why}: {out}");
@@ -354,43 +354,80 @@ fn bad_segmentations_are_refused_and_change_nothing() {
     assert!(out.contains("round 0: 1 of 2 annotations in"), "{out}");
 }
 
-/// SIGKILL at any moment of an import leaves the segmentation either counted (its copy in
-/// labels/ with the recorded checksum) or not counted at all.
+/// The counted copies in labels/ (hidden files are a killed import's leftovers).
+fn label_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("labels"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The session's counted segmentations: (case, file, checksum).
+fn counted(dir: &Path) -> Vec<(String, String, String)> {
+    state(dir)["data"]["annotations"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| {
+                    let f = |k: &str| a[k].as_str().unwrap().to_string();
+                    (f("case"), f("file"), f("checksum"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL between storing a segmentation's copy and counting it (the import paused there by
+/// a debug-build hook) leaves it not counted, and a replacement killed there leaves the first
+/// counted, whole: an import counts entirely or not at all.
 #[test]
-fn an_import_killed_at_any_point_counts_whole_or_not_at_all() {
+#[cfg(debug_assertions)]
+fn an_import_killed_before_it_counts_changes_nothing_that_counts() {
     let env = Env::new();
     let dir = env.session("people", "human");
     assert_eq!(env.run("people").0, Some(3));
     let case = worklist(&dir, 0)[0].case.clone();
     let truth = env.truth(&case);
-    let mut seen_counted = false;
-    for delay_ms in (0..60).step_by(4) {
+    let killed_at_the_pause = |file: &Path, extra: &[&str], copies: usize| {
+        let mut args = vec!["import", "people", file.to_str().unwrap()];
+        args.extend(extra);
         let mut child = env
-            .cmd(&["import", "people", truth.to_str().unwrap(), "--replace"])
+            .cmd(&args)
+            .env("SUGGESTIVE_TEST_IMPORT_PAUSE", "10000")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let st = state(&dir);
-        match st["data"]["annotations"].as_array() {
-            Some(list) if !list.is_empty() => {
-                seen_counted = true;
-                let a = &list[0];
-                let copy =
-                    std::fs::read(dir.join("labels").join(a["file"].as_str().unwrap())).unwrap();
-                assert_eq!(
-                    a["checksum"].as_str().unwrap(),
-                    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&copy)),
-                    "killed after {delay_ms} ms: the counted copy is not the recorded one"
-                );
-            }
-            _ => {}
+        let start = std::time::Instant::now();
+        while label_files(&dir).len() < copies {
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "the import never stored its copy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-    }
-    // Whatever the kills left, the next import finishes it.
+        child.kill().unwrap();
+        child.wait().unwrap();
+    };
+    let check_counted = |want: &[u8]| {
+        let list = counted(&dir);
+        assert_eq!(list.len(), 1);
+        let copy = std::fs::read(dir.join("labels").join(&list[0].1)).unwrap();
+        assert_eq!(copy, want, "the counted copy is the file imported");
+        assert_eq!(
+            list[0].2,
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&copy))
+        );
+    };
+
+    // Killed with the copy stored: not counted.
+    killed_at_the_pause(&truth, &[], 1);
+    assert!(counted(&dir).is_empty(), "a killed import counted");
+    // Imported whole: counted.
     let out = env
         .cmd(&["import", "people", truth.to_str().unwrap()])
         .output()
@@ -400,11 +437,29 @@ fn an_import_killed_at_any_point_counts_whole_or_not_at_all() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = seen_counted;
-    assert_eq!(
-        state(&dir)["data"]["annotations"].as_array().unwrap().len(),
-        1
+    let first = std::fs::read(&truth).unwrap();
+    check_counted(&first);
+
+    // A replacement killed with its copy stored: the first stays counted, whole.
+    let other = env.root.join(format!("{case}_seg.nii"));
+    edited_truth(&env, &case, &other, |_, labels, _| {
+        let at = labels.iter().position(|&l| l != 0).unwrap();
+        labels[at] = 0;
+    });
+    killed_at_the_pause(&other, &["--replace"], 2);
+    check_counted(&first);
+    // The replacement imported whole: it counts, and the first's copy is gone.
+    let out = env
+        .cmd(&["import", "people", other.to_str().unwrap(), "--replace"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    check_counted(&std::fs::read(&other).unwrap());
+    assert_eq!(label_files(&dir).len(), 1);
 }
 
 #[test]

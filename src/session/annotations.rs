@@ -120,6 +120,10 @@ pub fn write_package(
             .context("a prediction of a case not in the worklist")?;
         let case = case_files(ds, &p.case)?;
         write_labels_like(&dir.join(&item.prediction), &case, &p.labels)?;
+        let kept = dir.join(KEPT_PREDICTIONS);
+        std::fs::create_dir_all(&kept)
+            .with_context(|| format!("cannot create {}", kept.display()))?;
+        write_labels_like(&kept.join(&item.prediction), &case, &p.labels)?;
     }
     let mut script = String::from(
         "#!/bin/sh\n# Opens each case of this round with the model's prediction to correct, in the order\n# to annotate. Save the segmentation into inbox/ under the name the worklist gives.\n",
@@ -312,8 +316,8 @@ fn join(zs: &[usize]) -> String {
         .join(" ")
 }
 
-/// The work item a file is for: its name is the case ID, then `_seg`, `-seg` or nothing, then
-/// `.nii.gz` or `.nii`. The longest matching ID wins (`P1` and `P10`).
+/// The work item a file is for: its name is the case ID, then `_seg`, `-seg`, `_label`,
+/// `_mask` or nothing, then `.nii.gz` or `.nii`. The longest matching ID wins (`P1` and `P10`).
 pub fn item_for<'a>(items: &'a [WorkItem], file: &Path) -> Option<&'a WorkItem> {
     let name = file.file_name()?.to_str()?;
     let stem = name
@@ -366,14 +370,15 @@ pub fn import(
             cases.join(", ")
         )));
     };
-    let case = case_files(ds, &item.case)?;
+    let case = match case_files(ds, &item.case) {
+        Ok(c) => c,
+        Err(e) => return Ok(Verdict::Refused(format!("{}: {e:#}", file.display()))),
+    };
+    // Read once: the bytes checked are the bytes kept (a file still being copied cannot pass
+    // the checks in one state and be stored in another).
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => return Ok(Verdict::Refused(format!("{}: {e}", file.display()))),
-    };
-    let checked = match check(&case, item, file) {
-        Ok(c) => c,
-        Err(why) => return Ok(Verdict::Refused(why)),
     };
     let checksum = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
     let data = session
@@ -402,17 +407,39 @@ pub fn import(
             )));
         }
     }
-    let effort = effort(&files.package(round), item, &case, &checked)?;
     // Compressed or not, as it came.
     let gz = if file.to_string_lossy().ends_with(".gz") {
         ".gz"
     } else {
         ""
     };
-    let name = format!("{}.round-{round:02}.{}.nii{gz}", item.case, &checksum[..16]);
     let dir = files.labels_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomic(&dir.join(&name), &bytes)?;
+    let staged = tempfile::Builder::new()
+        .prefix(".importing.")
+        .suffix(&format!(".nii{gz}"))
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::fs::write(staged.path(), &bytes)
+        .with_context(|| format!("cannot write {}", staged.path().display()))?;
+    let checked = match check(&case, item, staged.path()) {
+        Ok(c) => c,
+        // The checks name the file offered, not the staged copy.
+        Err(why) => {
+            let staged_name = staged.path().display().to_string();
+            return Ok(Verdict::Refused(
+                why.replace(&staged_name, &file.display().to_string()),
+            ));
+        }
+    };
+    let effort = effort(&files.package(round), item, &case, &checked);
+    let name = format!("{}.round-{round:02}.{}.nii{gz}", item.case, &checksum[..16]);
+    std::fs::File::open(staged.path()).and_then(|f| f.sync_all())?;
+    staged
+        .persist(dir.join(&name))
+        .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
+    #[cfg(debug_assertions)]
+    test_pause();
     let annotation = Annotation {
         case: item.case.clone(),
         round,
@@ -422,6 +449,7 @@ pub fn import(
         imported: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
+        slices: item.slice_list(),
         effort,
     };
     let annotations = &mut session.state.repeats[repeat].annotations;
@@ -452,19 +480,38 @@ pub fn import(
     })
 }
 
+/// Debug builds only: `SUGGESTIVE_TEST_IMPORT_PAUSE=MS` waits that long between storing a
+/// segmentation's copy and counting it, so that the tests can kill an import right there.
+#[cfg(debug_assertions)]
+fn test_pause() {
+    if let Some(ms) = std::env::var("SUGGESTIVE_TEST_IMPORT_PAUSE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// The package's own copy of the predictions, to measure the effort against: the copy beside
+/// the worklist is the annotator's to open, and an editor may save over it.
+pub const KEPT_PREDICTIONS: &str = ".predictions";
+
 /// What the annotator changed of the package's prediction, over the requested voxels (none
-/// when the package had no prediction).
+/// when the package had no prediction, or its kept copy is gone or of another shape).
 fn effort(
     package: &Path,
     item: &WorkItem,
     case: &PatientFiles,
     checked: &Checked,
-) -> Result<Option<Effort>> {
+) -> Option<Effort> {
     if item.prediction.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let path = package.join(&item.prediction);
-    let (_, predicted) = crate::data::read_labels(&case.id, &path)?;
+    let path = package.join(KEPT_PREDICTIONS).join(&item.prediction);
+    let (vol, predicted) = crate::data::read_labels(&case.id, &path).ok()?;
+    if vol.dims != checked.dims {
+        return None;
+    }
     let plane = checked.dims[0] * checked.dims[1];
     let wanted = item.slice_list();
     let (mut both, mut pred, mut ann, mut changed, mut voxels) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -487,11 +534,11 @@ fn effort(
     } else {
         2.0 * both as f64 / (pred + ann) as f64
     };
-    Ok(Some(Effort {
+    Some(Effort {
         dice,
         changed_voxels: changed,
         voxels,
-    }))
+    })
 }
 
 /// Where a case of a worklist stands.
@@ -584,12 +631,14 @@ pub fn take_inbox(
     replace: bool,
 ) -> Result<Vec<(PathBuf, Verdict)>> {
     let package = session.files().package(round);
-    let inbox = package.join(INBOX);
+    let inbox = session.files().inbox(round);
     let mut offered: Vec<PathBuf> = match std::fs::read_dir(&inbox) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            // Files still being written by an editor (hidden, temporary) wait.
+            // Files still being written wait: hidden or temporary ones, and any changed in
+            // the last second.
+            .filter(|p| settled(p))
             .filter(|p| {
                 p.is_file()
                     && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
@@ -638,17 +687,6 @@ pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Resu
     let files = session.files();
     let prep = ds.preprocessing().clone();
     let geom = ds.geometry();
-    let mut cache: std::collections::BTreeMap<usize, Vec<WorkItem>> = Default::default();
-    let mut slices_of = |round: usize, case: &str| -> Result<Vec<usize>> {
-        if let std::collections::btree_map::Entry::Vacant(e) = cache.entry(round) {
-            e.insert(worklist(&files, round)?.unwrap_or_default());
-        }
-        Ok(cache[&round]
-            .iter()
-            .find(|i| i.case == case)
-            .map(|i| i.slice_list())
-            .unwrap_or_default())
-    };
     // Read every label file first (errors name the file), then lay them over the pool.
     let mut by_patient: std::collections::BTreeMap<usize, Vec<u8>> = Default::default();
     for a in &data.annotations {
@@ -663,7 +701,7 @@ pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Resu
         let path = files.labels_dir().join(&a.file);
         let (seg, labels) = read_seg(&a.case, &path, case.kind)?;
         let masks = crate::data::preprocess_labels(&prep, geom, seg.dims, &labels);
-        let wanted = slices_of(a.round, &a.case)?;
+        let wanted = &a.slices;
         let plane = ds.size() * ds.size();
         let entry = by_patient
             .entry(p)
@@ -706,12 +744,7 @@ pub fn export_labels(
         for a in annotations.iter().filter(|a| a.case == case_id) {
             let path = files.labels_dir().join(&a.file);
             let (vol, labels) = crate::data::read_labels(case_id, &path)?;
-            let wanted: Vec<usize> = worklist(&files, a.round)?
-                .unwrap_or_default()
-                .iter()
-                .find(|i| i.case == case_id)
-                .map(|i| i.slice_list())
-                .unwrap_or_default();
+            let wanted = &a.slices;
             let plane = vol.dims[0] * vol.dims[1];
             let m = merged.get_or_insert_with(|| vec![0u8; labels.len()]);
             for z in 0..vol.dims[2] {
@@ -733,6 +766,27 @@ pub fn export_labels(
         written.push(target);
     }
     Ok(written)
+}
+
+/// Whether a file is whole (a copy into the inbox has ended): unchanged for a second, or
+/// younger but not growing over a moment's look.
+fn settled(path: &Path) -> bool {
+    let look = || std::fs::metadata(path).ok();
+    let Some(before) = look() else {
+        return false;
+    };
+    let old = before
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= std::time::Duration::from_secs(1));
+    if old {
+        return true;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    look().is_some_and(|after| {
+        after.len() == before.len() && after.modified().ok() == before.modified().ok()
+    })
 }
 
 /// Watches a round's inbox for files arriving (inotify through `notify`, and a look at its
@@ -760,7 +814,9 @@ impl InboxWatch {
             dir: dir.to_path_buf(),
             wake,
             _watcher: watcher,
-            seen: listing(dir),
+            // Empty: a segmentation already there (arrived since the inbox was last taken)
+            // wakes the first wait.
+            seen: Vec::new(),
         }
     }
 
@@ -771,8 +827,9 @@ impl InboxWatch {
         if listing(&self.dir) == self.seen {
             return false;
         }
+        // Until the files stop growing, for a few seconds at most (a stop waits no longer).
         let mut last = listing(&self.dir);
-        loop {
+        for _ in 0..20 {
             std::thread::sleep(std::time::Duration::from_millis(300));
             while self.wake.try_recv().is_ok() {}
             let now = listing(&self.dir);
@@ -786,11 +843,16 @@ impl InboxWatch {
     }
 }
 
-/// The inbox's file names and sizes, sorted.
+/// The segmentations in the inbox (NIfTI files, not hidden) with their sizes, sorted.
 fn listing(dir: &Path) -> Vec<(std::ffi::OsString, u64)> {
     let mut l: Vec<_> = std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|n| {
+                        !n.starts_with('.') && (n.ends_with(".nii.gz") || n.ends_with(".nii"))
+                    })
+                })
                 .map(|e| (e.file_name(), e.metadata().map_or(0, |m| m.len())))
                 .collect()
         })

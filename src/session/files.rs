@@ -273,10 +273,14 @@ impl SessionFiles {
         }
     }
 
-    /// The Slurm job scripts, their logs and the submissions (`suggestive slurm`).
     /// A session labelled by people: round `round`'s work package (`annotate/round-NN/`).
     pub fn package(&self, round: usize) -> PathBuf {
         self.dir.join("annotate").join(format!("round-{round:02}"))
+    }
+
+    /// Where round `round`'s segmentations go back.
+    pub fn inbox(&self, round: usize) -> PathBuf {
+        self.package(round).join(super::annotations::INBOX)
     }
 
     /// Where accepted segmentations are kept (named by case, round and checksum).
@@ -284,6 +288,7 @@ impl SessionFiles {
         self.dir.join("labels")
     }
 
+    /// The Slurm job scripts, their logs and the submissions (`suggestive slurm`).
     pub fn slurm_dir(&self) -> PathBuf {
         self.dir.join("slurm")
     }

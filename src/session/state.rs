@@ -73,6 +73,10 @@ pub struct Annotation {
     pub checksum: String,
     /// The file it was imported from.
     pub source: String,
+    /// Image-wise: the slices (z of the original volume) it was asked for and counts on;
+    /// empty: the whole case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<usize>,
     /// Seconds since the Unix epoch.
     pub imported: f64,
     /// Against the prediction the package gave to start from (none in round 0).

@@ -138,6 +138,8 @@ pub struct Dashboard {
     pub activity: Vec<Activity>,
     /// Attached: where each repeat runs.
     pub placements: Vec<Placement>,
+    /// `tui --watch`: attached for good; `n`/`r` never run the session here.
+    pub watch_only: bool,
     /// Labelled by people: the worklist of the round that waits, with its inbox.
     pub worklist: Option<(usize, std::path::PathBuf, Vec<WorkRow>)>,
 }
@@ -183,6 +185,7 @@ impl Dashboard {
             watching: false,
             activity: Vec::new(),
             placements: Vec::new(),
+            watch_only: false,
             worklist: None,
         }
     }
@@ -502,9 +505,16 @@ impl Dashboard {
                 self.want_preview = true;
             }
         }
-        if state.picks.len() != self.picks.len() {
+        let grew = state.picks.len() != self.picks.len();
+        // Or the same picks, now with names (the data set was loaded after the first look).
+        let named = !grew && self.picks.iter().map(|(_, v)| v).ne(views.iter());
+        if grew || named {
             let newest = state.picks.last().map(|r| (r.repeat, r.arm));
             self.picks = state.picks.into_iter().zip(views).collect();
+            if !grew {
+                self.want_preview = self.current_picks().is_some();
+                return;
+            }
             if let Some((repeat, arm)) = newest {
                 self.want_latents_of(repeat);
                 if Some(arm) == self.selected_arm() {
@@ -668,6 +678,10 @@ impl Dashboard {
             .filter(|p| p.is_live())
             .map(|p| format!("repeat {}: {}", p.repeat + 1, p.describe()))
             .collect();
+        if self.watch_only {
+            self.log(false, "opened with --watch: this dashboard only watches");
+            return;
+        }
         if !live.is_empty() {
             self.log(
                 false,

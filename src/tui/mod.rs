@@ -253,6 +253,7 @@ fn dashboard(ui: Ui, dir: PathBuf, from_browser: bool) -> Result<bool> {
     let mut app = Dashboard::new(name);
     app.from_browser = from_browser;
     app.watching = watching;
+    app.watch_only = opts.watch;
     if let Some(m) = theme_msg {
         app.log(true, m);
     }

@@ -198,7 +198,7 @@ fn footer(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
         RunState::Stopping => "←/→ picks · tab arm · m modality · c compare · ? help",
         RunState::Loading => "? help",
         RunState::Finished => "←/→ picks · tab arm · m modality · d axes · c compare · ? help",
-        RunState::Watching if !app.runs_elsewhere() => {
+        RunState::Watching if !app.runs_elsewhere() && !app.watch_only => {
             "n/r run it here · ←/→ picks · tab arm · c compare · ? help"
         }
         RunState::Watching => "←/→ picks · tab arm · m modality · c compare · ? help",

@@ -58,6 +58,15 @@ fn follow_thread(
     out: &Sender<Message>,
 ) -> Result<()> {
     let (mut follower, session) = Follower::open(dir)?;
+    // Shown at once; the picks' names and the previews follow once the data set is loaded.
+    let _ = out.send(Message::Loaded {
+        config: Box::new(session.config.clone()),
+        views: vec![Vec::new(); session.state.picks.len()],
+        state: Box::new(session.state.clone()),
+        // The device the runs reported; this process runs nothing.
+        device: session.state.device.clone().unwrap_or_default(),
+        steps_total: crate::session::plan::plan(&session.config).len(),
+    });
     // The data set names the picks and draws the previews; without it (not reachable from
     // this machine) the curves and statistics still follow.
     let ds = match session.load_dataset(None, cache_root) {
@@ -69,14 +78,11 @@ fn follow_thread(
             None
         }
     };
-    let _ = out.send(Message::Loaded {
-        config: Box::new(session.config.clone()),
-        views: views(&session, ds.as_ref()),
-        state: Box::new(session.state.clone()),
-        // The device the runs reported; this process runs nothing.
-        device: session.state.device.clone().unwrap_or_default(),
-        steps_total: crate::session::plan::plan(&session.config).len(),
-    });
+    let _ = out.send(Message::Followed(Box::new(Followed {
+        state: Some((session.state.clone(), views(&session, ds.as_ref()))),
+        events: Vec::new(),
+        placements: None,
+    })));
     let mut current = session;
     let (wake_tx, wake) = crossbeam_channel::unbounded();
     // Without inotify (or over its limit of watches) the timer alone does it.
@@ -88,13 +94,16 @@ fn follow_thread(
         Ok(w)
     });
     let _watcher = watcher.ok();
-    let mut asked_places = Instant::now() - PLACES;
+    let mut asked_places: Option<Instant> = None;
+    let mut last_error: Option<String> = None;
     loop {
         let changes = follower.poll();
-        let places = (asked_places.elapsed() >= PLACES).then(|| {
-            asked_places = Instant::now();
-            placements(&current).ok()
-        });
+        let places = asked_places
+            .is_none_or(|at| at.elapsed() >= PLACES)
+            .then(|| {
+                asked_places = Some(Instant::now());
+                placements(&current).ok()
+            });
         let mut update = Followed {
             state: None,
             events: Vec::new(),
@@ -102,21 +111,27 @@ fn follow_thread(
         };
         match changes {
             Ok(c) => {
+                last_error = None;
                 if let Some(s) = c.session {
                     update.state = Some((s.state.clone(), views(&s, ds.as_ref())));
                     current = s;
                     // The state moved: where things run may have too.
                     if update.placements.is_none() {
                         update.placements = placements(&current).ok();
-                        asked_places = Instant::now();
+                        asked_places = Some(Instant::now());
                     }
                 }
                 update.events = c.events;
             }
+            // Said once, not at every look while it lasts.
             Err(e) => {
-                let _ = out.send(Message::Event(crate::session::events::Event::Error {
-                    message: format!("{e:#} (tried again in a moment)"),
-                }));
+                let message = format!("{e:#} (tried again every {} s)", REREAD.as_secs());
+                if last_error.as_ref() != Some(&message) {
+                    let _ = out.send(Message::Event(crate::session::events::Event::Error {
+                        message: message.clone(),
+                    }));
+                    last_error = Some(message);
+                }
             }
         }
         if update.state.is_some() || !update.events.is_empty() || update.placements.is_some() {

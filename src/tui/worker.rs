@@ -224,11 +224,7 @@ fn session_thread(
                 let _ = out.send(Message::Idle(waiting));
                 // Wait for the annotators: a file in the inbox runs the round again (it
                 // takes the files), as do n and r; q ends the thread, p stops waiting.
-                let inbox = runner
-                    .session()
-                    .files()
-                    .package(round)
-                    .join(annotations::INBOX);
+                let inbox = runner.session().files().inbox(round);
                 let mut watch = annotations::InboxWatch::new(&inbox);
                 again = loop {
                     match rx.try_recv() {
@@ -266,7 +262,7 @@ fn worklist_message(session: &Session, round: usize) -> Message {
     match annotations::work_rows(session, 0, round) {
         Ok(rows) => Message::Worklist {
             round,
-            inbox: session.files().package(round).join(annotations::INBOX),
+            inbox: session.files().inbox(round),
             rows,
         },
         Err(e) => Message::Failed(format!("{e:#}")),

@@ -105,6 +105,8 @@ impl Runner {
     pub(super) fn apply_annotations(&mut self, repeat: usize) -> Result<()> {
         let ds = annotations::annotated_dataset(&self.session, &self.ds, repeat)?;
         self.ds = Arc::new(ds);
+        // The old pool leaves the device before the new one is placed there.
+        self.feed = crate::engine::batch::Feed::host(self.device);
         self.feed = crate::engine::batch::Feed::auto(&self.ds, self.device);
         self.annotated = Some(self.session.state.repeats[repeat].annotations.len());
         Ok(())

@@ -304,6 +304,8 @@ impl Runner {
             data_load_s: self.data_load_s,
         };
         self.emit(started, sink);
+        // Counted once: a run started again (after waiting for annotations) loaded nothing.
+        self.data_load_s = 0.0;
         for repeat in self.repeats.clone() {
             if self.session.state.progress_of(repeat).done < self.steps_per_repeat {
                 self.log = self.files.event_log(repeat)?;
@@ -315,12 +317,7 @@ impl Runner {
                     received,
                     needed,
                 }) => {
-                    let inbox = self
-                        .files
-                        .package(round)
-                        .join(super::annotations::INBOX)
-                        .display()
-                        .to_string();
+                    let inbox = self.files.inbox(round).display().to_string();
                     self.emit(
                         Event::AwaitingLabels {
                             repeat,

@@ -120,7 +120,7 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
     }
     if refused > 0 {
         bail!(
-            "{refused} of {} files refused; nothing else changed",
+            "{refused} of {} files refused (a refusal changes nothing; the others are counted)",
             a.files.len()
         );
     }

@@ -212,7 +212,7 @@ fn write_labels_like(path: &Path, case: &PatientFiles, labels: &[u8]) -> Result<
     header.scl_slope = 1.0;
     header.scl_inter = 0.0;
     header.cal_min = 0.0;
-    header.cal_max = 1.0;
+    header.cal_max = labels.iter().copied().max().unwrap_or(0).max(1) as f32;
     use ndarray::ShapeBuilder;
     let array = ndarray::Array::from_shape_vec(ndarray::IxDyn(&dims).f(), labels.to_vec())
         .context("the labels do not fill the image's shape")?;

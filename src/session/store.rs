@@ -54,8 +54,12 @@ pub fn host_name() -> String {
     }
 }
 
-/// The pid in the lock file when that process is alive and is not this one.
+/// The pid in the lock file when that process is alive and is not this one. A pid of another
+/// host (the file names it) cannot be looked up here: it counts as not alive.
 fn pid_alive(path: &Path) -> Option<u32> {
+    if holder_host(path).is_some_and(|h| h != host_name()) {
+        return None;
+    }
     read_pid(path).filter(|&p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
 }
 

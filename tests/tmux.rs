@@ -319,24 +319,9 @@ fn tui_q_in_a_dashboard_opened_from_the_browser_goes_back_to_it() {
 fn tui_attaches_to_a_session_another_process_runs_and_follows_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let data = tiny_phantom(
-        &root.join("data"),
-        &[("CBICA", 4), ("TCIA", 4)],
-        suggestive::phantom::PhantomLayout::Brats2019,
-        6,
-    );
     // Enough VAE epochs that the run is still in them when it is stopped below, and enough
     // epochs per round that it is still in round 1 when it is killed.
-    let cfg = tiny_session_config(
-        &data,
-        &[
-            "experiment.rounds=1",
-            "vae.epochs=60",
-            "unet.epochs_per_round=30",
-        ],
-    );
-    let dir = root.join("sessions/live");
-    suggestive::session::Session::create(&dir, cfg).unwrap();
+    let dir = tiny_session_in(root, "live", &["vae.epochs=60", "unet.epochs_per_round=30"]);
     let events = repeat_dir(&dir, 1).join("events.jsonl");
     let mut run = bin()
         .args(["run", "live"])
@@ -415,22 +400,15 @@ fn tui_attaches_to_a_session_another_process_runs_and_follows_it() {
 fn tui_shows_the_worklist_and_goes_on_when_the_inbox_is_complete() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let data = tiny_phantom(
-        &root.join("data"),
-        &[("CBICA", 4), ("TCIA", 4)],
-        suggestive::phantom::PhantomLayout::Brats2019,
-        6,
-    );
-    let cfg = tiny_session_config(
-        &data,
+    let dir = tiny_session_in(
+        root,
+        "lab",
         &[
-            "experiment.rounds=1",
             "experiment.arms=[\"random\"]",
             "experiment.labels=\"human\"",
         ],
     );
-    let dir = root.join("sessions/lab");
-    suggestive::session::Session::create(&dir, cfg).unwrap();
+    let data = root.join("data");
     let (name, _kill) = start_tui(root, &[], "tui lab");
     wait_for(&name, "the dashboard", |s| s.contains("paused"));
     // n: the split, the VAE and the latents, then the initial set waits for its annotations.

@@ -800,16 +800,7 @@ pub struct InboxWatch {
 
 impl InboxWatch {
     pub fn new(dir: &Path) -> InboxWatch {
-        use notify::Watcher;
-        let (tx, wake) = crossbeam_channel::unbounded();
-        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            let _ = tx.send(());
-        })
-        .and_then(|mut w| {
-            w.watch(dir, notify::RecursiveMode::NonRecursive)?;
-            Ok(w)
-        })
-        .ok();
+        let (watcher, wake) = super::follow::wake_on_changes(dir, false);
         InboxWatch {
             dir: dir.to_path_buf(),
             wake,

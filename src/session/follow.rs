@@ -14,6 +14,35 @@ use super::config::Arm;
 use super::events::{Event, LoggedEvent, Phase};
 use super::Session;
 
+/// A folder watched for changes (inotify, through `notify`): each change sends `()` on the
+/// receiver. `None` for the watcher where it cannot be had (no inotify, over its limit of
+/// watches); the callers look again on a timer anyway, as a shared file system raises no event
+/// for a change made on another machine. Keep the watcher alive while it is wanted.
+pub fn wake_on_changes(
+    dir: &Path,
+    recursive: bool,
+) -> (
+    Option<notify::RecommendedWatcher>,
+    crossbeam_channel::Receiver<()>,
+) {
+    use notify::Watcher;
+    let (tx, wake) = crossbeam_channel::unbounded();
+    let mode = if recursive {
+        notify::RecursiveMode::Recursive
+    } else {
+        notify::RecursiveMode::NonRecursive
+    };
+    let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .and_then(|mut w| {
+        w.watch(dir, mode)?;
+        Ok(w)
+    })
+    .ok();
+    (watcher, wake)
+}
+
 /// What identifies a version of a file: state files are replaced by rename (a new inode), and
 /// an append changes the length and the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

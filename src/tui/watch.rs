@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use crossbeam_channel::{select, Receiver, Sender};
-use notify::Watcher;
 
 use super::worker::{Command, Message, SessionWorker};
 use crate::cluster::{placements, Placement};
@@ -84,16 +83,8 @@ fn follow_thread(
         placements: None,
     })));
     let mut current = session;
-    let (wake_tx, wake) = crossbeam_channel::unbounded();
     // Without inotify (or over its limit of watches) the timer alone does it.
-    let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        let _ = wake_tx.send(());
-    })
-    .and_then(|mut w| {
-        w.watch(dir, notify::RecursiveMode::Recursive)?;
-        Ok(w)
-    });
-    let _watcher = watcher.ok();
+    let (_watcher, wake) = crate::session::follow::wake_on_changes(dir, true);
     let mut asked_places: Option<Instant> = None;
     let mut last_error: Option<String> = None;
     loop {

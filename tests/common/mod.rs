@@ -170,14 +170,22 @@ pub fn assert_close(a: &serde_json::Value, b: &serde_json::Value, rel: f64, at: 
 
 /// A tiny session `live` under `root/sessions` (phantom data, one round).
 pub fn tiny_live_session(root: &Path) -> std::path::PathBuf {
+    tiny_session_in(root, "live", &[])
+}
+
+/// A tiny session `name` of one round under `root/sessions`, with `extra` settings, on the
+/// phantom in `root/data` (made here).
+pub fn tiny_session_in(root: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
     let data = tiny_phantom(
         &root.join("data"),
         &[("CBICA", 4), ("TCIA", 4)],
         PhantomLayout::Brats2019,
         6,
     );
-    let cfg = tiny_session_config(&data, &["experiment.rounds=1"]);
-    let dir = root.join("sessions/live");
+    let mut sets = vec!["experiment.rounds=1"];
+    sets.extend(extra);
+    let cfg = tiny_session_config(&data, &sets);
+    let dir = root.join("sessions").join(name);
     Session::create(&dir, cfg).unwrap();
     dir
 }

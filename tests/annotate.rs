@@ -163,11 +163,7 @@ fn a_scripted_annotator_gives_the_simulated_result() {
 
     // The report gives the annotators' corrections per round (not for round 0: no prediction).
     let out = env.cmd(&["report", "people"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("report/results.json")).unwrap()).unwrap();
     let effort = results["annotation_effort"].as_array().unwrap();
@@ -190,11 +186,7 @@ fn a_scripted_annotator_gives_the_simulated_result() {
         .cmd(&["export", "people", "--labels", out_dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let mut exported = 0;
     for a in counted {
         let case = a["case"].as_str().unwrap();
@@ -432,11 +424,7 @@ fn an_import_killed_before_it_counts_changes_nothing_that_counts() {
         .cmd(&["import", "people", truth.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let first = std::fs::read(&truth).unwrap();
     check_counted(&first);
 
@@ -453,11 +441,7 @@ fn an_import_killed_before_it_counts_changes_nothing_that_counts() {
         .cmd(&["import", "people", other.to_str().unwrap(), "--replace"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     check_counted(&std::fs::read(&other).unwrap());
     assert_eq!(label_files(&dir).len(), 1);
 }

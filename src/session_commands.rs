@@ -410,7 +410,7 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
     let plan = session::plan::plan(&s.config);
     let (state, holder) = s.status();
     // Where each repeat stands in Slurm, for sessions submitted with `suggestive slurm`.
-    let jobs = suggestive::cluster::repeat_jobs(&s)?;
+    let places = suggestive::cluster::placements(&s)?;
     if a.json {
         let v = serde_json::json!({
             "session": s.name(),
@@ -427,8 +427,9 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
                         "steps_done": p.done,
                         "steps_total": s.steps_per_repeat(),
                         "partial_epochs": p.partial_epochs,
-                        "pid": s.files().repeat_holder(r),
-                        "slurm": jobs[r],
+                        "pid": places[r].pid,
+                        "host": places[r].host,
+                        "slurm": places[r].slurm,
                     })
                 })
                 .collect::<Vec<_>>(),
@@ -466,13 +467,12 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         println!("device    {d}");
     }
     let per = s.steps_per_repeat();
-    let files = s.files();
-    for (r, job) in jobs.iter().enumerate() {
+    for (r, place) in places.iter().enumerate() {
         let p = s.state.progress_of(r);
         let how = if p.done >= per {
             "finished".to_string()
-        } else if let Some(pid) = files.repeat_holder(r) {
-            match files.repeat_holder_host(r) {
+        } else if let Some(pid) = place.pid {
+            match &place.host {
                 Some(host) => format!("running, pid {pid} on {host}"),
                 None => format!("running, pid {pid}"),
             }
@@ -481,7 +481,8 @@ pub fn cmd_status(a: StatusArgs) -> Result<()> {
         } else {
             "paused".to_string()
         };
-        let slurm = job
+        let slurm = place
+            .slurm
             .as_ref()
             .map(|j| format!(" · {} · log {}", j.describe(), j.log.display()))
             .unwrap_or_default();

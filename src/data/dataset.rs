@@ -317,11 +317,14 @@ impl Dataset {
     }
     /// The patient a slice belongs to.
     pub fn patient_of(&self, slice: usize) -> &PatientInfo {
-        let i = self
-            .index
+        &self.index.patients[self.patient_index(slice)]
+    }
+
+    /// The index (into `patients()`) of the patient a slice belongs to.
+    pub fn patient_index(&self, slice: usize) -> usize {
+        self.index
             .patients
-            .partition_point(|p| p.first_slice + p.slices <= slice);
-        &self.index.patients[i]
+            .partition_point(|p| p.first_slice + p.slices <= slice)
     }
 
     /// Recomputes every patient's checksum over the cached bytes (reads the whole cache).

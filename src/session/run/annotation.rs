@@ -147,7 +147,7 @@ impl Runner {
         let mut cases: Vec<(usize, Vec<usize>, Option<crate::engine::select::Pick>)> = Vec::new();
         for (sample, pick) in samples.iter().zip(picks) {
             let slices = pool.sample_slices(&[*sample]);
-            let patient = self.patient_index(slices[0]);
+            let patient = self.ds.patient_index(slices[0]);
             let zs: Vec<usize> = match cfg.experiment.granularity {
                 Granularity::Patient => Vec::new(),
                 Granularity::Image => {
@@ -226,12 +226,5 @@ impl Runner {
             );
         }
         annotations::write_package(&self.files, &self.ds, round, &items, &predictions)
-    }
-
-    /// The data set's index of the patient a slice belongs to.
-    fn patient_index(&self, slice: usize) -> usize {
-        self.ds
-            .patients()
-            .partition_point(|p| p.first_slice + p.slices <= slice)
     }
 }

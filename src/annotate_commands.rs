@@ -78,7 +78,7 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
     };
     // Read again under the lock: a run that held it until now may have counted files since.
     let mut session = Session::open(&dir)?;
-    let ds = session.load_dataset(None, &paths::dataset_cache_root())?;
+    let ds = session.load_cases(None, &paths::dataset_cache_root())?;
     let mut refused = 0;
     for f in &a.files {
         match annotations::import(&mut session, &ds, repeat, round, f, a.replace)? {

@@ -148,6 +148,7 @@ fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadRepor
         progress: if a.json { None } else { loading_bar() },
         threads: a.threads,
         sites: a.sites.clone(),
+        segmentations: Default::default(),
     };
     // One spelling of the folder (`data`, `./data/`, links to it): the cache's fingerprint
     // holds the input files' paths, which would otherwise differ with it and rebuild the cache

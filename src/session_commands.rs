@@ -308,6 +308,7 @@ impl Progress {
                 say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
             }
             Event::Manifold { repeat, stats } => say!("    repeat {}: {}", repeat + 1, stats.line()),
+            Event::Split { repeat, pool_cases, test_cases } => say!("    {}", suggestive::session::events::split_summary(*repeat, *pool_cases, *test_cases)),
             Event::Stopped { steps_done, steps_total } => say!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
             Event::Finished { steps_total } => say!("finished: {steps_total} steps"),
             Event::Annotation { counted: true, text, .. } => say!("{text}"),
@@ -563,7 +564,8 @@ fn machine() -> String {
 pub fn cmd_export(a: ExportArgs) -> Result<()> {
     let dir = a.dirs.resolve(&a.session);
     let s = Session::open(&dir)?;
-    let ds = s.load_dataset(None, &paths::dataset_cache_root())?;
+    // Names and geometry only: the masks are not exported.
+    let ds = s.load_cases(None, &paths::dataset_cache_root())?;
     if let Some(out) = &a.labels {
         let written = session::annotations::export_labels(&s, &ds, 0, out)?;
         if written.is_empty() {

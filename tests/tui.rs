@@ -105,7 +105,7 @@ fn mid_round() -> Dashboard {
                 view("BraTS19_TCIA01_P036_1", 20, None, None),
             ],
             fallbacks: 0,
-            tumour_picks: 2,
+            tumour_picks: Some(2),
         },
         Event::Evaluated {
             repeat: 0,
@@ -128,7 +128,7 @@ fn mid_round() -> Dashboard {
                 view("BraTS19_TCIA01_P025_1", 17, Some(3), Some(0.57)),
             ],
             fallbacks: 1,
-            tumour_picks: 2,
+            tumour_picks: Some(2),
         },
         Event::Evaluated {
             repeat: 0,
@@ -148,7 +148,7 @@ fn mid_round() -> Dashboard {
             round: 1,
             picks: vec![view("BraTS19_TCIA01_P032_1", 22, None, None)],
             fallbacks: 0,
-            tumour_picks: 1,
+            tumour_picks: Some(1),
         },
         Event::StepStarted {
             index: 9,

@@ -98,13 +98,22 @@ impl CacheIndex {
 }
 
 /// The folder for a data set + preprocessing under `cache_root`.
-pub fn cache_dir_for(cache_root: &Path, root: &Path, prep: &Preprocessing) -> PathBuf {
+/// `images_only`: a cache without the data set's segmentations (`Segmentations::Ignore`).
+pub fn cache_dir_for(
+    cache_root: &Path,
+    root: &Path,
+    prep: &Preprocessing,
+    images_only: bool,
+) -> PathBuf {
     let canon = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    let key = format!(
+    let mut key = format!(
         "{}\n{}",
         canon.display(),
         serde_json::to_string(prep).expect("preprocessing serialises")
     );
+    if images_only {
+        key.push_str("\nimages only");
+    }
     let name: String = canon
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -38,6 +38,21 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// A CSV of `case ID, site` rows, for data sets whose IDs carry no site.
     pub sites: Option<PathBuf>,
+    /// Whether the cache holds the data set's segmentations.
+    pub segmentations: Segmentations,
+}
+
+/// Whether a load reads the data set's segmentation files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Segmentations {
+    /// Every case needs one, and its whole-tumour masks go into the cache.
+    #[default]
+    Read,
+    /// None is opened, and every case loads with empty masks, whether or not it has a file:
+    /// the Decathlon's `imagesTs/` and folders of scans without labels included. For a session
+    /// labelled by people, which reads the segmentations of its test cases only
+    /// (`Dataset::dataset_masks`). A cache of its own: the masks differ.
+    Ignore,
 }
 
 impl LoadOptions {
@@ -50,6 +65,7 @@ impl LoadOptions {
             progress: None,
             threads: None,
             sites: None,
+            segmentations: Segmentations::Read,
         }
     }
 }
@@ -73,6 +89,8 @@ pub struct Dataset {
     blank: Vec<bool>,
     /// The folder's cases and files as found by this load.
     layout: DatasetLayout,
+    /// Whether the masks came from the data set's segmentations (else they start empty).
+    segmentations: Segmentations,
 }
 
 /// The whole-tumour masks: the cache's, mapped, or a copy in memory in which some cases hold
@@ -98,20 +116,27 @@ impl Dataset {
         let start = Instant::now();
         opts.preprocessing.validate()?;
         let mut layout = discover(root)?;
+        let segs = opts.segmentations;
+        let cases = cases_to_load(&layout, segs)?;
         // Before the sites file: sites come from it at every load (`open`), so one cache
         // serves loads with and without it, and a changed row rebuilds nothing.
-        let fingerprint = fingerprint(&layout.patients, &opts.preprocessing);
+        let fingerprint = fingerprint(&cases, &opts.preprocessing, segs);
         if let Some(file) = &opts.sites {
             layout.apply_sites(file)?;
         }
-        let dir = cache::cache_dir_for(&opts.cache_root, root, &opts.preprocessing);
+        let dir = cache::cache_dir_for(
+            &opts.cache_root,
+            root,
+            &opts.preprocessing,
+            segs == Segmentations::Ignore,
+        );
 
         let mut status = CacheStatus::Built;
         if !opts.rebuild {
             match cache::read_index(&dir) {
                 Ok(Some(index)) if index.inputs_fingerprint == fingerprint => {
                     refuse_skipped(&index.skipped, opts.skip_bad)?;
-                    let ds = Dataset::open(&dir, index, layout)?;
+                    let ds = Dataset::open(&dir, index, layout, segs)?;
                     let report = LoadReport {
                         status: CacheStatus::Hit,
                         seconds: start.elapsed().as_secs_f64(),
@@ -127,7 +152,7 @@ impl Dataset {
             status = CacheStatus::Rebuilt("rebuild requested".into());
         }
 
-        let build = || build_cache(root, &layout.patients, opts, &dir, fingerprint.clone());
+        let build = || build_cache(root, &cases, opts, &dir, fingerprint.clone());
         let index = match opts.threads {
             Some(n) => rayon::ThreadPoolBuilder::new()
                 .num_threads(n.max(1))
@@ -136,7 +161,7 @@ impl Dataset {
                 .install(build)?,
             None => build()?,
         };
-        let ds = Dataset::open(&dir, index, layout)?;
+        let ds = Dataset::open(&dir, index, layout, segs)?;
         let report = LoadReport {
             status,
             seconds: start.elapsed().as_secs_f64(),
@@ -149,10 +174,11 @@ impl Dataset {
         dir: &Path,
         mut index: CacheIndex,
         layout: DatasetLayout,
+        segmentations: Segmentations,
     ) -> Result<Dataset, DataError> {
         // Sites as this load found them (its sites file may differ from the cache build's).
         for p in &mut index.patients {
-            if let Some(f) = layout.patients.iter().find(|f| f.id == p.id) {
+            if let Some(f) = layout.case(&p.id) {
                 p.site = f.site.clone();
             }
         }
@@ -178,6 +204,7 @@ impl Dataset {
             cache_dir: dir.to_path_buf(),
             blank,
             layout,
+            segmentations,
         })
     }
 
@@ -187,7 +214,50 @@ impl Dataset {
     }
     /// The files of a loaded patient.
     pub fn files_of(&self, id: &str) -> Option<&PatientFiles> {
-        self.layout.patients.iter().find(|p| p.id == id)
+        self.layout.case(id)
+    }
+    /// Whether the masks came from the data set's segmentations (else they start empty).
+    pub fn segmentations(&self) -> Segmentations {
+        self.segmentations
+    }
+    /// Whether a loaded patient has a segmentation file in the data set (read or not).
+    pub fn has_segmentation(&self, patient: usize) -> bool {
+        self.files_of(&self.index.patients[patient].id)
+            .is_some_and(|f| f.seg.is_some())
+    }
+
+    /// The whole-tumour masks of a patient's segmentation file, read now and preprocessed as
+    /// the cache's are: the test cases of a load that ignored segmentations.
+    pub fn dataset_masks(&self, patient: usize) -> Result<Vec<u8>, DataError> {
+        let info = &self.index.patients[patient];
+        let files = self.files_of(&info.id).ok_or_else(|| DataError::Patient {
+            patient: info.id.clone(),
+            msg: "no longer in the data set folder".into(),
+        })?;
+        let Some(path) = &files.seg else {
+            return Err(DataError::file(
+                &info.id,
+                files.expected_path(None),
+                files.missing_message(None),
+            ));
+        };
+        let (seg, labels) = read_seg(&info.id, path, files.kind)?;
+        if seg.dims != info.dims {
+            return Err(DataError::file(
+                &info.id,
+                path,
+                format!(
+                    "shape {:?} differs from the images' {:?}",
+                    seg.dims, info.dims
+                ),
+            ));
+        }
+        Ok(super::preprocess_labels(
+            self.preprocessing(),
+            self.geometry(),
+            seg.dims,
+            &labels,
+        ))
     }
     pub fn root(&self) -> &Path {
         &self.index.root
@@ -291,6 +361,7 @@ impl Dataset {
             cache_dir: self.cache_dir.clone(),
             blank: self.blank.clone(),
             layout: self.layout.clone(),
+            segmentations: self.segmentations,
         })
     }
 
@@ -348,6 +419,34 @@ impl Dataset {
     }
 }
 
+/// The cases a load reads: the labelled ones, or with `Ignore` every case found.
+fn cases_to_load(
+    layout: &DatasetLayout,
+    segs: Segmentations,
+) -> Result<Vec<PatientFiles>, DataError> {
+    match segs {
+        Segmentations::Read if layout.patients.is_empty() => Err(DataError::Folder {
+            path: layout.root.clone(),
+            msg: format!(
+                "no labelled cases, only {} without segmentation; cases without labels are \
+                 loaded by a session labelled by people (experiment.labels = \"human\")",
+                layout.unlabelled.len()
+            ),
+        }),
+        Segmentations::Read => Ok(layout.patients.clone()),
+        Segmentations::Ignore => {
+            let mut all: Vec<PatientFiles> = layout
+                .patients
+                .iter()
+                .chain(&layout.unlabelled)
+                .cloned()
+                .collect();
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(all)
+        }
+    }
+}
+
 fn refuse_skipped(skipped: &[SkippedPatient], skip_bad: bool) -> Result<(), DataError> {
     match skipped.first() {
         Some(s) if !skip_bad => Err(DataError::Config(format!(
@@ -367,9 +466,13 @@ fn checksum(images: &[u8], masks: &[u8]) -> String {
 }
 
 /// Fingerprint of the inputs a load reads: any added, removed or rewritten file changes it.
-fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing) -> String {
+/// A load that ignores segmentations reads none, so they do not count.
+fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing, segs: Segmentations) -> String {
     let mut h = Xxh3::new();
     h.update(&CACHE_FORMAT_VERSION.to_le_bytes());
+    if segs == Segmentations::Ignore {
+        h.update(b"segmentations ignored");
+    }
     for p in patients {
         h.update(p.id.as_bytes());
         h.update(p.site.as_bytes());
@@ -382,7 +485,8 @@ fn fingerprint(patients: &[PatientFiles], prep: &Preprocessing) -> String {
                 h.update(&(channel as u64).to_le_bytes());
             }
         }
-        let files = channels.map(|c| c.map(|c| &c.path)).chain([p.seg.as_ref()]);
+        let seg = (segs == Segmentations::Read).then_some(p.seg.as_ref());
+        let files = channels.map(|c| c.map(|c| &c.path)).chain(seg);
         for f in files {
             match f.and_then(|f| std::fs::metadata(f).ok().map(|m| (f, m))) {
                 Some((f, m)) => {
@@ -412,7 +516,11 @@ struct Planned<'a> {
 
 /// Phase 1: every requested file exists, has a readable header with the channels the layout
 /// says, and all share one shape.
-fn plan_patient<'a>(p: &'a PatientFiles, prep: &Preprocessing) -> Result<Planned<'a>, DataError> {
+fn plan_patient<'a>(
+    p: &'a PatientFiles,
+    prep: &Preprocessing,
+    segs: Segmentations,
+) -> Result<Planned<'a>, DataError> {
     let mut first: Option<([usize; 3], [f32; 3], &Path)> = None;
     let images = prep.modalities.iter().map(|&m| {
         (
@@ -420,7 +528,8 @@ fn plan_patient<'a>(p: &'a PatientFiles, prep: &Preprocessing) -> Result<Planned
             p.images.get(&m).map(|f: &ImageFile| (&f.path, f.channel)),
         )
     });
-    let seg = std::iter::once((None, p.seg.as_ref().map(|path| (path, None))));
+    let seg =
+        (segs == Segmentations::Read).then(|| (None, p.seg.as_ref().map(|path| (path, None))));
     for (modality, file) in images.chain(seg) {
         let Some((path, channel)) = file else {
             return Err(DataError::file(
@@ -487,7 +596,11 @@ fn build_cache(
     let prep = &opts.preprocessing;
     let mut skipped = Vec::new();
     let mut planned = Vec::new();
-    let plans: Vec<_> = patients.par_iter().map(|p| plan_patient(p, prep)).collect();
+    let segs = opts.segmentations;
+    let plans: Vec<_> = patients
+        .par_iter()
+        .map(|p| plan_patient(p, prep, segs))
+        .collect();
     for (p, plan) in patients.iter().zip(plans) {
         match plan {
             Ok(plan) if plan.dims[2] > prep.drop_first.saturating_add(prep.drop_last) => {
@@ -548,7 +661,7 @@ fn build_cache(
             if abort.load(Ordering::Relaxed) {
                 return None;
             }
-            let r = load_patient(plan, prep, geom, first_slice, &builder, shape);
+            let r = load_patient(plan, prep, segs, geom, first_slice, &builder, shape);
             if let Some(progress) = &opts.progress {
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1, planned.len());
             }
@@ -624,6 +737,7 @@ fn blank_slices(images: &[f16], slices: usize) -> Vec<usize> {
 fn load_patient(
     plan: &Planned,
     prep: &Preprocessing,
+    segs: Segmentations,
     geom: super::preprocess::Geometry,
     first_slice: usize,
     builder: &CacheBuilder,
@@ -657,18 +771,24 @@ fn load_patient(
         volumes.push(v);
     }
     drop(decoded);
-    let seg_path = p.seg.as_ref().expect("checked in phase 1");
-    let (seg, labels) = read_seg(&p.id, seg_path, p.kind)?;
-    if seg.dims != plan.dims {
-        return Err(DataError::file(
-            &p.id,
-            seg_path,
-            format!(
-                "shape {:?} differs from the images' {:?}",
-                seg.dims, plan.dims
-            ),
-        ));
-    }
+    let labels = match segs {
+        Segmentations::Ignore => vec![0u8; plan.dims.iter().product()],
+        Segmentations::Read => {
+            let seg_path = p.seg.as_ref().expect("checked in phase 1");
+            let (seg, labels) = read_seg(&p.id, seg_path, p.kind)?;
+            if seg.dims != plan.dims {
+                return Err(DataError::file(
+                    &p.id,
+                    seg_path,
+                    format!(
+                        "shape {:?} differs from the images' {:?}",
+                        seg.dims, plan.dims
+                    ),
+                ));
+            }
+            labels
+        }
+    };
     let out = preprocess(&p.id, prep, geom, &volumes, &labels)?;
     drop(volumes);
     let image_bytes: &[u8] = bytemuck::cast_slice(&out.images);
@@ -719,7 +839,7 @@ mod tests {
         };
         // xxh3 of: format version 2 (u32 LE), "P1", "CBICA", "HGG", "<missing>" × 5 files.
         assert_eq!(
-            fingerprint(&[p], &Preprocessing::default()),
+            fingerprint(&[p], &Preprocessing::default(), Segmentations::Read),
             "2b2c778a921cb976"
         );
     }

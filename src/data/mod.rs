@@ -11,7 +11,7 @@ mod summary;
 mod volume;
 
 pub use cache::{CacheStatus, PatientInfo, SkippedPatient, CACHE_FORMAT_VERSION};
-pub use dataset::{Dataset, LoadOptions, LoadProgress, LoadReport};
+pub use dataset::{Dataset, LoadOptions, LoadProgress, LoadReport, Segmentations};
 pub use error::DataError;
 pub use layout::{
     discover, find_case, site_from_id, DatasetLayout, ImageFile, LayoutKind, PatientFiles,

@@ -679,6 +679,23 @@ pub fn take_inbox(
 /// preprocessed as the data set's are; background where there is none. The data set's own
 /// segmentations of the pool are not used.
 pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Result<Dataset> {
+    overlay_labels(session, ds, repeat, false)
+}
+
+/// `ds`, loaded without segmentations, as a session labelled by people trains and measures
+/// on: the data set's own segmentations of `repeat`'s test and source cases, and the
+/// annotators' of its pool (`annotated_dataset`).
+pub fn labelled_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Result<Dataset> {
+    overlay_labels(session, ds, repeat, true)
+}
+
+/// One copy of the masks for both (they are a byte per pixel of the whole data set).
+fn overlay_labels(
+    session: &Session,
+    ds: &Dataset,
+    repeat: usize,
+    with_dataset_labels: bool,
+) -> Result<Dataset> {
     let data = session
         .state
         .repeats
@@ -713,7 +730,20 @@ pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Resu
             }
         }
     }
-    Ok(ds.with_masks(&data.train, |p| Ok(by_patient.remove(&p)))?)
+    let mut patients = data.train.clone();
+    let from_dataset: Vec<usize> = if with_dataset_labels {
+        data.test.iter().chain(&data.source).copied().collect()
+    } else {
+        Vec::new()
+    };
+    patients.extend(&from_dataset);
+    Ok(ds.with_masks(&patients, |p| {
+        if from_dataset.contains(&p) {
+            ds.dataset_masks(p).map(Some)
+        } else {
+            Ok(by_patient.remove(&p))
+        }
+    })?)
 }
 
 /// Writes every counted segmentation of `repeat` into `out` in the data set's own layout and

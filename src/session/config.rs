@@ -372,10 +372,21 @@ impl SessionConfig {
                 );
             }
         }
-        if !(0.0 < e.test_fraction && e.test_fraction < 1.0) {
+        // People may annotate every case: no test set, evaluation off.
+        let least = if e.labels == Labels::Human {
+            0.0
+        } else {
+            f64::MIN_POSITIVE
+        };
+        if !(least <= e.test_fraction && e.test_fraction < 1.0) {
             bail!(
-                "experiment.test_fraction {} must be between 0 and 1",
-                e.test_fraction
+                "experiment.test_fraction {} must be between 0 and 1{}",
+                e.test_fraction,
+                if e.labels == Labels::Human {
+                    " (0: no test cases, evaluation off)"
+                } else {
+                    ""
+                }
             );
         }
         match e.protocol {

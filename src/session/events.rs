@@ -39,14 +39,29 @@ pub struct PickView {
 /// scale picks hundreds; they all are in `export` and `--jsonl`).
 const PICKS_NAMED: usize = 4;
 
-/// A round's picks as a person reads them: `8 picks, 5 with tumour, 2 fallbacks: P1, P7, …`.
-pub fn picks_summary(picks: &[PickView], tumour_picks: usize, fallbacks: usize) -> String {
+/// A round's picks as a person reads them: `8 picks, 5 with tumour, 2 fallbacks: P1, P7, …`
+/// (without the tumour count where it is not known: a session labelled by people).
+pub fn picks_summary(picks: &[PickView], tumour_picks: Option<usize>, fallbacks: usize) -> String {
     format!(
-        "{} pick{}, {tumour_picks} with tumour, {fallbacks} fallback{}: {}",
+        "{} pick{}, {}{fallbacks} fallback{}: {}",
         picks.len(),
         if picks.len() == 1 { "" } else { "s" },
+        tumour_picks.map_or(String::new(), |n| format!("{n} with tumour, ")),
         if fallbacks == 1 { "" } else { "s" },
         picks_line(picks)
+    )
+}
+
+/// A split as a person reads it: `repeat 1: 40 cases in the pool, 10 test cases`.
+pub fn split_summary(repeat: usize, pool_cases: usize, test_cases: usize) -> String {
+    let test = match test_cases {
+        0 => "no labelled test case: evaluation off".to_string(),
+        1 => "1 test case".to_string(),
+        n => format!("{n} test cases"),
+    };
+    format!(
+        "repeat {}: {pool_cases} cases in the pool, {test}",
+        repeat + 1
     )
 }
 
@@ -110,7 +125,7 @@ pub enum Event {
         round: usize,
         picks: Vec<PickView>,
         fallbacks: usize,
-        tumour_picks: usize,
+        tumour_picks: Option<usize>,
     },
     Evaluated {
         repeat: usize,
@@ -122,6 +137,13 @@ pub enum Event {
         dice_mean: f64,
         dice_sd: f64,
         collapsed: bool,
+    },
+    /// A repeat's cases are split into its pool and its test cases. None of the latter (a
+    /// session labelled by people without labelled cases): evaluation is off.
+    Split {
+        repeat: usize,
+        pool_cases: usize,
+        test_cases: usize,
     },
     /// The pool is encoded: how much of it the VAE's latent space holds.
     Manifold {

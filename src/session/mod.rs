@@ -348,8 +348,6 @@ impl Session {
         Ok(p.clone())
     }
 
-    /// Loads the session's data set through the preprocessed cache under `cache_root`.
-    /// `progress` is told of each patient decoded while a cache is built.
     /// Where the session stands, with the pid of the process running it.
     pub fn status(&self) -> (Status, Option<u32>) {
         let holder = self.files().live_holder();
@@ -365,15 +363,38 @@ impl Session {
         (status, holder)
     }
 
+    /// Loads the session's data set through the preprocessed cache under `cache_root`, with
+    /// the labels it trains and measures on: labelled by people, the data set's segmentations
+    /// of the test cases and the annotators' of the pool (`annotations::labelled_dataset`).
+    /// `progress` is told of each patient decoded while a cache is built.
     pub fn load_dataset(
         &self,
         progress: Option<LoadProgress>,
         cache_root: &Path,
     ) -> Result<Dataset> {
+        let mut ds = self.load_cases(progress, cache_root)?;
+        if self.config.experiment.labels == config::Labels::Human {
+            for repeat in 0..self.state.repeats.len() {
+                if !self.state.repeats[repeat].train.is_empty() {
+                    ds = annotations::labelled_dataset(self, &ds, repeat)
+                        .with_context(|| format!("session {}", self.name()))?;
+                }
+            }
+        }
+        Ok(ds)
+    }
+
+    /// The session's data set as its cache holds it: its cases, images and geometry, for
+    /// commands that need no labels (labelled by people, every mask is empty).
+    pub fn load_cases(&self, progress: Option<LoadProgress>, cache_root: &Path) -> Result<Dataset> {
         let mut opts = LoadOptions::new(cache_root);
         opts.preprocessing = self.config.dataset.preprocessing();
         opts.progress = progress;
         opts.sites = self.config.dataset.sites.clone();
+        if self.config.experiment.labels == config::Labels::Human {
+            // The pool's segmentations are never read: its labels are the annotators'.
+            opts.segmentations = crate::data::Segmentations::Ignore;
+        }
         let dir = self.dataset_dir()?;
         let ds = Dataset::load(&dir, &opts)
             .with_context(|| format!("session {}: data set {}", self.name(), dir.display()))?

@@ -113,8 +113,9 @@ pub struct PickRecord {
     pub round: usize,
     pub picks: Vec<Pick>,
     pub fallbacks: usize,
-    /// Picks that contain tumour (slices with tumour; patients always do in BraTS).
-    pub tumour_picks: usize,
+    /// Picks that contain tumour (slices with tumour; patients always do in BraTS). `None` in
+    /// a session labelled by people: nobody knows until the annotator has looked.
+    pub tumour_picks: Option<usize>,
     #[serde(default)]
     pub directions: Option<DirectionSummary>,
 }

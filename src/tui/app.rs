@@ -142,6 +142,8 @@ pub struct Dashboard {
     pub watch_only: bool,
     /// Labelled by people: the worklist of the round that waits, with its inbox.
     pub worklist: Option<(usize, std::path::PathBuf, Vec<WorkRow>)>,
+    /// A split without test cases (labelled by people, none labelled): no Dice to show.
+    pub evaluation_off: bool,
 }
 
 const LOG_LINES: usize = 200;
@@ -187,6 +189,7 @@ impl Dashboard {
             placements: Vec::new(),
             watch_only: false,
             worklist: None,
+            evaluation_off: false,
         }
     }
 
@@ -313,6 +316,10 @@ impl Dashboard {
             .enumerate()
             .filter_map(|(r, d)| Some((r, d.manifold.clone()?)))
             .collect();
+        self.evaluation_off = state
+            .repeats
+            .iter()
+            .any(|d| !d.train.is_empty() && d.test.is_empty());
         self.refresh_report();
         if !state.repeats.is_empty() && state.done > 2 {
             self.want_latents = Some(self.picks.last().map(|(r, _)| r.repeat).unwrap_or(0));
@@ -355,6 +362,7 @@ impl Dashboard {
             Event::Manifold { repeat, stats } => {
                 self.manifold.insert(repeat, stats);
             }
+            Event::Split { test_cases, .. } => self.evaluation_off = test_cases == 0,
             Event::Started {
                 steps_done,
                 steps_total,
@@ -793,6 +801,14 @@ fn event_line(e: &Event) -> Option<(bool, String)> {
         Event::Manifold { repeat, stats } => {
             (false, format!("repeat {}: {}", repeat + 1, stats.line()))
         }
+        Event::Split {
+            repeat,
+            pool_cases,
+            test_cases,
+        } => (
+            false,
+            crate::session::events::split_summary(*repeat, *pool_cases, *test_cases),
+        ),
         Event::StepStarted { description, .. } => (false, description.clone()),
         Event::PicksMade {
             arm,

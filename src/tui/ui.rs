@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::layout::{Alignment, Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
@@ -444,6 +444,21 @@ pub fn curves(app: &Dashboard) -> (Vec<Curve>, Option<FullLine>) {
 }
 
 fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
+    if app.evaluation_off {
+        let text = Paragraph::new(vec![
+            Line::raw(""),
+            Line::styled("Evaluation off", Style::default().fg(t.accent)),
+            Line::styled(
+                "no test case has a segmentation to measure Dice against",
+                Style::default().fg(t.dim),
+            ),
+        ])
+        .alignment(Alignment::Center)
+        .wrap(Wrap { trim: true })
+        .block(block("Test Dice vs annotation budget", t));
+        f.render_widget(text, area);
+        return;
+    }
     let (curves, full) = curves(app);
     let unit = match app.config.as_ref().map(|c| c.experiment.granularity) {
         Some(Granularity::Image) => "slices",
@@ -707,9 +722,19 @@ fn preview(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme, img: &mut Imag
         .as_ref()
         .map(|(_, _, c)| c.clone())
         .unwrap_or_default();
+    // Labelled by people, the red outline is the annotator's segmentation (once received).
+    let human = app
+        .config
+        .as_ref()
+        .is_some_and(|c| c.experiment.labels == crate::session::config::Labels::Human);
+    let truth = if human {
+        " annotation · "
+    } else {
+        " truth · "
+    };
     let legend = Line::from(vec![
         Span::styled("red", Style::default().fg(t.error)),
-        Span::styled(" truth · ", Style::default().fg(t.dim)),
+        Span::styled(truth, Style::default().fg(t.dim)),
         Span::styled("cyan", Style::default().fg(t.accent)),
         Span::styled(
             format!(" prediction  {caption}"),

@@ -323,21 +323,29 @@ pub fn start_preview_worker(
 ) -> JoinHandle<()> {
     spawn_preview_worker(jobs, out, move || {
         let (dir, cache_root) = (dir.clone(), cache_root.clone());
-        let mut ctx: Option<(SessionConfig, Dataset)> = None;
+        // The data set with the session's labels: reloaded when the settings or (labelled by
+        // people) the counted segmentations change.
+        let mut ctx: Option<(SessionConfig, usize, Dataset)> = None;
         let mut net: Option<LoadedNet> = None;
         move |latest_image: Option<PreviewRequest>, latest_latents: Option<usize>| {
             // Reopen the session for each batch of jobs: the runner keeps writing its state.
             let session = Session::open(&dir)?;
+            let labels: usize = session
+                .state
+                .repeats
+                .iter()
+                .map(|d| d.annotations.len() + d.test.len())
+                .sum();
             if ctx
                 .as_ref()
-                .map(|(config, _)| *config != session.config)
+                .map(|(config, n, _)| *config != session.config || *n != labels)
                 .unwrap_or(true)
             {
                 let ds = session.load_dataset(None, &cache_root)?;
-                ctx = Some((session.config.clone(), ds));
+                ctx = Some((session.config.clone(), labels, ds));
                 net = None;
             }
-            let (_, ds) = ctx.as_ref().expect("set above");
+            let (_, _, ds) = ctx.as_ref().expect("set above");
             let mut replies = Vec::new();
             if let Some(repeat) = latest_latents {
                 let initial = crate::session::plan::stages(&session.config)

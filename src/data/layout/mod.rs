@@ -134,18 +134,26 @@ pub struct DatasetLayout {
     pub root: PathBuf,
     pub kind: LayoutKind,
     pub patients: Vec<PatientFiles>,
-    /// Cases that ship without a segmentation (the Decathlon's `imagesTs/`): counted, not
-    /// loaded.
-    pub unlabelled: Vec<String>,
+    /// Cases that ship without a segmentation by design (the Decathlon's `imagesTs/`): counted
+    /// by every load, loaded only by one that reads no segmentations (`Segmentations::Ignore`).
+    pub unlabelled: Vec<PatientFiles>,
     pub name_mapping: Option<PathBuf>,
 }
 
 impl DatasetLayout {
+    /// A case's files, labelled or not.
+    pub fn case(&self, id: &str) -> Option<&PatientFiles> {
+        self.patients
+            .iter()
+            .chain(&self.unlabelled)
+            .find(|p| p.id == id)
+    }
+
     /// Sets every case's site from a sites file (`case ID, site` rows); a case it does not list
     /// is an error that names it.
     pub fn apply_sites(&mut self, file: &Path) -> Result<(), DataError> {
         let sites = sites::read_sites(file)?;
-        for p in &mut self.patients {
+        for p in self.patients.iter_mut().chain(&mut self.unlabelled) {
             match sites.get(&p.id) {
                 Some(site) => p.site = site.clone(),
                 None => {
@@ -229,8 +237,9 @@ pub fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
     };
     // Folder order would group by grade; ID order is what people expect in listings.
     layout.patients.sort_by(|a, b| a.id.cmp(&b.id));
+    layout.unlabelled.sort_by(|a, b| a.id.cmp(&b.id));
     let mut ids = HashMap::new();
-    for p in &layout.patients {
+    for p in layout.patients.iter().chain(&layout.unlabelled) {
         if let Some(first) = ids.insert(p.id.clone(), p.dir.clone()) {
             return Err(DataError::Folder {
                 path: root.to_path_buf(),

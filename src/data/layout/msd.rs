@@ -155,23 +155,17 @@ pub(super) fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
         let seg = labels.get(&id).cloned();
         patients.push(case(id, &path, &channels, seg));
     }
-    let unlabelled: Vec<String> = cases_in(&root.join(UNLABELLED))?
+    let unlabelled: Vec<PatientFiles> = cases_in(&root.join(UNLABELLED))?
         .into_iter()
-        .map(|(id, _)| id)
+        .map(|(id, path)| case(id, &path, &channels, None))
         .collect();
-    if patients.is_empty() {
+    // Only unlabelled cases is a data set for annotating (a load that reads segmentations
+    // refuses it with its own message).
+    if patients.is_empty() && unlabelled.is_empty() {
         return Err(DataError::Folder {
             path: root.to_path_buf(),
             msg: format!(
-                "a Decathlon task without training cases: {IMAGES}/ holds no .nii.gz files{}",
-                if unlabelled.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " ({} unlabelled cases in {UNLABELLED}/ cannot train)",
-                        unlabelled.len()
-                    )
-                }
+                "a Decathlon task without cases: {IMAGES}/ and {UNLABELLED}/ hold no .nii.gz files"
             ),
         });
     }

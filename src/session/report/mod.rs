@@ -184,7 +184,8 @@ pub struct SelectionSummary {
     pub rounds: usize,
     pub picks: usize,
     pub fallbacks: usize,
-    pub tumour_picks: usize,
+    /// `None`: not known when picked (a session labelled by people).
+    pub tumour_picks: Option<usize>,
     /// Directions per path (float32 / float64 / central difference), summed over rounds.
     pub direction_methods: BTreeMap<String, usize>,
     /// The median over rounds of each round's median relative step ‖αg‖/‖x‖.

@@ -29,11 +29,12 @@ impl Report {
         for a in &self.selection {
             let _ = write!(
                 s,
-                "  {:<9} {} picks in {} rounds, {} with tumour, {} cone fallbacks",
+                "  {:<9} {} picks in {} rounds, {}{} cone fallbacks",
                 a.arm.to_string(),
                 a.picks,
                 a.rounds,
-                a.tumour_picks,
+                a.tumour_picks
+                    .map_or(String::new(), |n| format!("{n} with tumour, ")),
                 a.fallbacks
             );
             if let Some(rel) = a.median_rel_dx {

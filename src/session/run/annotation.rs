@@ -104,12 +104,24 @@ impl Runner {
     /// again).
     pub(super) fn apply_annotations(&mut self, repeat: usize) -> Result<()> {
         let ds = annotations::annotated_dataset(&self.session, &self.ds, repeat)?;
+        self.replace_dataset(ds);
+        self.annotated = Some(self.session.state.repeats[repeat].annotations.len());
+        Ok(())
+    }
+
+    /// Right after the split: reads the data set's segmentations of the test (and source)
+    /// cases, the only ones a session labelled by people reads.
+    pub(super) fn apply_test_labels(&mut self, repeat: usize) -> Result<()> {
+        let ds = annotations::labelled_dataset(&self.session, &self.ds, repeat)?;
+        self.replace_dataset(ds);
+        Ok(())
+    }
+
+    fn replace_dataset(&mut self, ds: crate::data::Dataset) {
         self.ds = Arc::new(ds);
         // The old pool leaves the device before the new one is placed there.
         self.feed = crate::engine::batch::Feed::host(self.device);
         self.feed = crate::engine::batch::Feed::auto(&self.ds, self.device);
-        self.annotated = Some(self.session.state.repeats[repeat].annotations.len());
-        Ok(())
     }
 
     /// Writes round `round`'s work package unless it is there: the initial set (round 0), or

@@ -81,7 +81,7 @@ pub struct Runner {
     log: EventLog,
     plan: Vec<Step>,
     /// A session labelled by people: how many counted segmentations the pool's masks hold
-    /// (`None`: the data set's own, not yet replaced).
+    /// (`None`: not split yet).
     annotated: Option<usize>,
 }
 
@@ -224,18 +224,15 @@ impl Runner {
             plan,
             annotated: None,
         };
-        // Labelled by people: the pool trains on the annotators' segmentations only.
+        // Labelled by people: `load_dataset` laid the counted segmentations over the pool.
         if r.human_labels() {
-            for &repeat in &r.repeats.clone() {
-                if r.session
-                    .state
-                    .repeats
-                    .get(repeat)
-                    .is_some_and(|d| !d.train.is_empty())
-                {
-                    r.apply_annotations(repeat)?;
-                }
-            }
+            r.annotated = r
+                .session
+                .state
+                .repeats
+                .iter()
+                .find(|d| !d.train.is_empty())
+                .map(|d| d.annotations.len());
         }
         if r.session.state.dataset.is_none() {
             r.session.state.dataset = Some(stamp);
@@ -478,7 +475,7 @@ impl Runner {
         evaluation_s: &mut f64,
     ) -> Result<bool> {
         match step {
-            Step::Split { repeat } => self.split(repeat).map(|_| true),
+            Step::Split { repeat } => self.split(repeat, cx.sink).map(|_| true),
             Step::Latents { repeat } => self.latents(repeat, cx.sink).map(|_| true),
             Step::Select {
                 repeat,

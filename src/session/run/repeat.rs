@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::Runner;
 use crate::session::config::{Arm, Scenario};
+use crate::session::events::Event;
 use crate::session::plan::{seed_for, stages, Step};
 use crate::session::pool::Pool;
 use crate::session::state::RepeatData;
@@ -64,7 +65,7 @@ impl Runner {
         out
     }
 
-    pub(super) fn split(&mut self, repeat: usize) -> Result<()> {
+    pub(super) fn split(&mut self, repeat: usize, sink: &mut dyn FnMut(&Event)) -> Result<()> {
         let cfg = self.cfg().clone();
         let e = &cfg.experiment;
         let key = Step::Split { repeat }.key();
@@ -94,16 +95,19 @@ impl Runner {
             }
         };
         candidates.shuffle(&mut rng);
-        let n_test = ((candidates.len() as f64 * e.test_fraction).round() as usize)
-            .clamp(1, candidates.len().saturating_sub(1).max(1));
-        if candidates.len() < 2 {
-            bail!(
-                "only {} patient(s) available: need at least 2 for a train/test split",
-                candidates.len()
-            );
-        }
-        let test = candidates[..n_test].to_vec();
-        let mut train = candidates[n_test..].to_vec();
+        let (test, mut train) = if self.human_labels() {
+            self.human_split(&candidates)?
+        } else {
+            let n_test = ((candidates.len() as f64 * e.test_fraction).round() as usize)
+                .clamp(1, candidates.len().saturating_sub(1).max(1));
+            if candidates.len() < 2 {
+                bail!(
+                    "only {} patient(s) available: need at least 2 for a train/test split",
+                    candidates.len()
+                );
+            }
+            (candidates[..n_test].to_vec(), candidates[n_test..].to_vec())
+        };
         train.sort();
         let test_cases = test
             .iter()
@@ -138,7 +142,49 @@ impl Runner {
         let mut order: Vec<usize> = (0..pool).collect();
         order.shuffle(&mut rng);
         rd.order = order;
+        let split = Event::Split {
+            repeat,
+            pool_cases: rd.train.len(),
+            test_cases: rd.test.len(),
+        };
         self.session.state.repeats[repeat] = rd;
+        if self.human_labels() {
+            self.apply_test_labels(repeat)?;
+        }
+        self.emit(split, sink);
         Ok(())
+    }
+
+    /// The split of a session labelled by people, from `shuffled` candidates: the test cases
+    /// are the first of them with a segmentation in the data set (the test fraction of those),
+    /// and every other case is the pool. With all cases labelled this is the simulated split.
+    /// None labelled, or a test fraction of 0: no test cases, and evaluation is off.
+    fn human_split(&self, shuffled: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+        let fraction = self.cfg().experiment.test_fraction;
+        let labelled: Vec<usize> = shuffled
+            .iter()
+            .copied()
+            .filter(|&p| self.ds.has_segmentation(p))
+            .collect();
+        let n_test = if labelled.is_empty() || fraction == 0.0 {
+            0
+        } else {
+            ((labelled.len() as f64 * fraction).round() as usize)
+                .clamp(1, labelled.len())
+                .min(shuffled.len().saturating_sub(1))
+        };
+        let test = labelled[..n_test].to_vec();
+        let train: Vec<usize> = shuffled
+            .iter()
+            .copied()
+            .filter(|p| !test.contains(p))
+            .collect();
+        if train.is_empty() {
+            bail!(
+                "only {} case(s) available: none left to annotate",
+                shuffled.len()
+            );
+        }
+        Ok((test, train))
     }
 }

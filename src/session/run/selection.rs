@@ -218,7 +218,9 @@ impl Runner {
             );
         }
         let pool = self.pool(repeat);
-        let tumour_picks = picks.iter().filter(|p| pool.has_tumour(p.sample)).count();
+        // The pool's masks are the annotators' in a session labelled by people: a pick has none yet.
+        let tumour_picks = (!self.human_labels())
+            .then(|| picks.iter().filter(|p| pool.has_tumour(p.sample)).count());
         let fallbacks = picks.iter().filter(|p| p.fallback).count();
         let views = picks.iter().map(|p| pool.pick_view(p)).collect();
         self.session.state.picks.push(PickRecord {
@@ -262,6 +264,10 @@ impl Runner {
         } = at;
         let started = std::time::Instant::now();
         let test = self.session.state.repeats[repeat].test.clone();
+        if test.is_empty() {
+            // Labelled by people without labelled test cases: evaluation is off.
+            return Ok(0.0);
+        }
         let mut total_pred = 0;
         let mut dice = Vec::new();
         let mut hd95 = Vec::new();

@@ -84,22 +84,22 @@ fn state(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(repeat_dir(dir, 1).join("state.json")).unwrap()).unwrap()
 }
 
-/// Every round: the run stops with status 3 and says what it waits for; the annotator copies
-/// the ground truth into the inbox; the run goes on. The picks and test Dice equal those of
-/// the same session simulated.
-#[test]
-fn a_scripted_annotator_gives_the_simulated_result() {
-    let env = Env::new();
-    let dir = env.session("people", "human");
-    env.session("simulated", "simulated");
-    let (code, out) = env.run("simulated");
-    assert_eq!(code, Some(0), "{out}");
-
+/// Plays session `name` to its end as a scripted annotator: each run that stops with status 3
+/// and names what it waits for is given its round's segmentations (`truth_of(case)`) in the
+/// inbox, after `inspect(round, worklist, the run's output, package folder)`. The rounds
+/// played and the last run's output.
+fn play(
+    env: &Env,
+    name: &str,
+    truth_of: &dyn Fn(&str) -> PathBuf,
+    inspect: &mut dyn FnMut(usize, &[WorkItem], &str, &Path),
+) -> (usize, String) {
+    let dir = env.root.join("sessions").join(name);
     let mut rounds = 0;
     loop {
-        let (code, out) = env.run("people");
+        let (code, out) = env.run(name);
         if code == Some(0) {
-            break;
+            return (rounds, out);
         }
         assert_eq!(code, Some(3), "{out}");
         let round = annotations::latest_round(&Session::open(&dir).unwrap().files()).unwrap();
@@ -113,8 +113,33 @@ fn a_scripted_annotator_gives_the_simulated_result() {
             "{out}"
         );
         let package = dir.join("annotate").join(format!("round-{round:02}"));
-        let script = std::fs::read_to_string(package.join("open.sh")).unwrap();
+        inspect(round, &items, &out, &package);
         for item in &items {
+            std::fs::copy(
+                truth_of(&item.case),
+                package.join("inbox").join(&item.segmentation),
+            )
+            .unwrap();
+        }
+        rounds += 1;
+        assert!(rounds <= 3, "more rounds than the plan has");
+    }
+}
+
+/// Every round: the run stops with status 3 and says what it waits for; the annotator copies
+/// the ground truth into the inbox; the run goes on. The picks and test Dice equal those of
+/// the same session simulated.
+#[test]
+fn a_scripted_annotator_gives_the_simulated_result() {
+    let env = Env::new();
+    let dir = env.session("people", "human");
+    env.session("simulated", "simulated");
+    let (code, out) = env.run("simulated");
+    assert_eq!(code, Some(0), "{out}");
+
+    let inspect = &mut |round: usize, items: &[WorkItem], _: &str, package: &Path| {
+        let script = std::fs::read_to_string(package.join("open.sh")).unwrap();
+        for item in items {
             assert!(script.contains(&format!("itksnap -g '{}'", item.image_paths()[0].display())));
             if round > 0 {
                 // The prediction to correct: a NIfTI of the image's geometry, labels 0/1.
@@ -124,15 +149,9 @@ fn a_scripted_annotator_gives_the_simulated_result() {
                 assert!(labels.iter().all(|&l| l == 0.0 || l == 1.0));
                 assert!(script.contains(&format!("-s '{}'", pred.display())));
             }
-            std::fs::copy(
-                env.truth(&item.case),
-                package.join("inbox").join(&item.segmentation),
-            )
-            .unwrap();
         }
-        rounds += 1;
-        assert!(rounds <= 3, "more rounds than the plan has");
-    }
+    };
+    let (rounds, _) = play(&env, "people", &|case| env.truth(case), inspect);
     assert_eq!(rounds, 3, "the initial set and two rounds");
     let (mut people, mut simulated) = (state(&dir), state(&env.root.join("sessions/simulated")));
     assert_close(&people["results"], &simulated["results"], 1e-9, "results");
@@ -446,6 +465,121 @@ fn an_import_killed_before_it_counts_changes_nothing_that_counts() {
     assert_eq!(label_files(&dir).len(), 1);
 }
 
+/// Moves the segmentation files of the data set's first `n` cases (in ID order) out of it,
+/// into the annotator's `truth/`: they become scans without labels. Their IDs.
+fn unlabel(env: &Env, n: usize) -> Vec<String> {
+    let truth = env.root.join("truth");
+    std::fs::create_dir_all(&truth).unwrap();
+    let layout = suggestive::data::discover(&env.data).unwrap();
+    layout.patients[..n]
+        .iter()
+        .map(|p| {
+            let seg = p.seg.as_ref().unwrap();
+            std::fs::rename(seg, truth.join(format!("{}.nii.gz", p.id))).unwrap();
+            p.id.clone()
+        })
+        .collect()
+}
+
+/// The annotator's segmentation of `case`: from `truth/` when the data set has none.
+fn truth_of(env: &Env, case: &str) -> PathBuf {
+    let moved = env.root.join("truth").join(format!("{case}.nii.gz"));
+    if moved.exists() {
+        moved
+    } else {
+        env.truth(case)
+    }
+}
+
+/// Cases without a segmentation file are annotated like the others; the test cases are the
+/// labelled ones; and the pool's segmentation files are never read: damaged right after the
+/// split, the session still runs to its end.
+#[test]
+fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
+    let env = Env::new();
+    let unlabelled = unlabel(&env, 6);
+    let dir = env.session("people", "human");
+    let layout = suggestive::data::discover(&env.data).unwrap();
+    let inspect = &mut |round: usize, _: &[WorkItem], out: &str, _: &Path| {
+        if round != 0 {
+            return;
+        }
+        let data = &state(&dir)["data"];
+        let ids = |key: &str| -> Vec<String> {
+            data[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| layout.patients[p.as_u64().unwrap() as usize].id.clone())
+                .collect()
+        };
+        let (test, pool) = (ids("test"), ids("train"));
+        assert!(!test.is_empty(), "four labelled cases give test cases");
+        assert!(test.iter().all(|c| !unlabelled.contains(c)), "{test:?}");
+        assert!(unlabelled.iter().all(|c| pool.contains(c)), "{pool:?}");
+        assert!(
+            pool.len() > unlabelled.len(),
+            "labelled cases in the pool too"
+        );
+        assert!(
+            out.contains(&format!(
+                "{} cases in the pool, {} test case",
+                pool.len(),
+                test.len()
+            )),
+            "{out}"
+        );
+        for case in pool.iter().filter(|c| !unlabelled.contains(c)) {
+            // The annotator keeps a copy (`truth_of` looks there first).
+            let copy = env.root.join("truth").join(format!("{case}.nii.gz"));
+            std::fs::copy(env.truth(case), copy).unwrap();
+            std::fs::write(env.truth(case), b"damaged").unwrap();
+        }
+    };
+    let (rounds, out) = play(&env, "people", &|case| truth_of(&env, case), inspect);
+    assert_eq!(rounds, 3, "{out}");
+    let st = state(&dir);
+    let results = st["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "test Dice after every round");
+    let test = st["data"]["test"].as_array().unwrap().len();
+    assert!(results
+        .iter()
+        .all(|r| r["dice"].as_array().unwrap().len() == test));
+}
+
+/// A data set without any segmentation: the run says evaluation is off, the rounds go on,
+/// nothing is measured, and the report still gives the annotation effort. A test fraction of
+/// 0 does the same on a labelled data set.
+#[test]
+fn without_labelled_test_cases_evaluation_is_off() {
+    let env = Env::new();
+    unlabel(&env, 10);
+    let dir = env.session("scans", "human");
+    let inspect = &mut |round: usize, _: &[WorkItem], out: &str, _: &Path| {
+        if round == 0 {
+            assert!(
+                out.contains("10 cases in the pool, no labelled test case: evaluation off"),
+                "{out}"
+            );
+        }
+    };
+    let (rounds, out) = play(&env, "scans", &|case| truth_of(&env, case), inspect);
+    assert_eq!(rounds, 3, "{out}");
+    let st = state(&dir);
+    assert!(st["data"]["test"].as_array().unwrap().is_empty());
+    assert!(st["results"].as_array().unwrap().is_empty());
+    assert_eq!(st["data"]["annotations"].as_array().unwrap().len(), 4);
+    let out = env.cmd(&["report", "scans"]).output().unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("evaluation off"), "{text}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report/results.json")).unwrap()).unwrap();
+    assert_eq!(results["annotation_effort"].as_array().unwrap().len(), 2);
+    let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(md.contains("evaluation off"), "{md}");
+}
+
 #[test]
 fn people_labels_take_one_strategy_and_the_rounds_protocol() {
     let env = Env::new();
@@ -483,6 +617,28 @@ fn people_labels_take_one_strategy_and_the_rounds_protocol() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{why}: {err}");
     }
+    // People may annotate every case (no test set, evaluation off); a simulation needs one.
+    let data = env.data.display().to_string();
+    let zero = [
+        "--dataset",
+        data.as_str(),
+        "--set",
+        "experiment.test_fraction=0",
+    ];
+    let out = env
+        .cmd(&[&["new", "all", "--preset", "annotate"][..], &zero].concat())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let out = env
+        .cmd(&[&["new", "sim", "--preset", "demo"][..], &zero].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("test_fraction 0 must be between 0 and 1"),
+        "{err}"
+    );
     // A simulated session refuses imports.
     env.session("simulated", "simulated");
     let out = env

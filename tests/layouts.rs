@@ -11,7 +11,8 @@ use std::process::Command;
 
 use common::*;
 use suggestive::data::{
-    parse_modalities, read_labels, Dataset, LayoutKind, LoadOptions, Preprocessing, Summary,
+    parse_modalities, read_labels, CacheStatus, Dataset, LayoutKind, LoadOptions, Preprocessing,
+    Segmentations, Summary,
 };
 use suggestive::phantom::{self, PhantomConfig, PhantomLayout};
 use suggestive::session::Session;
@@ -123,6 +124,99 @@ fn the_decathlon_layout_as_its_archive_has_it() {
     );
     // Without a sites file the Decathlon's IDs carry none.
     assert!(text.contains("sites     unknown 5"), "{text}");
+}
+
+/// A load for a session labelled by people opens no segmentation: the Decathlon's imagesTs/
+/// cases load beside the others with empty masks, and a damaged label file changes nothing.
+/// A case's segmentation read afterwards (a test case's) is exactly what the cache of a load
+/// that reads them holds.
+#[test]
+fn a_load_without_segmentations_opens_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = phantom_in(&tmp.path().join("Task01"), PhantomLayout::Msd, 2);
+    let cache = tmp.path().join("cache");
+    let (read, _) = Dataset::load(&root, &opts(&cache)).unwrap();
+    let mut ignore_opts = opts(&cache);
+    ignore_opts.segmentations = Segmentations::Ignore;
+    let (ignored, _) = Dataset::load(&root, &ignore_opts).unwrap();
+    assert_eq!(ignored.segmentations(), Segmentations::Ignore);
+    assert_eq!(read.patients().len(), 5);
+    assert_eq!(ignored.patients().len(), 7, "imagesTs/ cases load too");
+    assert!(ignored.masks().iter().all(|&m| m == 0), "no mask was read");
+    assert!(read.masks().iter().any(|&m| m != 0));
+    let plane = read.size() * read.size();
+    let per = plane * read.channels();
+    for info in read.patients() {
+        let p = ignored
+            .patients()
+            .iter()
+            .position(|x| x.id == info.id)
+            .unwrap();
+        assert!(ignored.has_segmentation(p), "{}", info.id);
+        let slices = info.slice_range();
+        assert_eq!(
+            ignored.dataset_masks(p).unwrap(),
+            &read.masks()[slices.start * plane..slices.end * plane],
+            "{}",
+            info.id
+        );
+        let other = ignored.patients()[p].slice_range();
+        assert!(
+            ignored.images()[other.start * per..other.end * per]
+                == read.images()[slices.start * per..slices.end * per],
+            "{}: the same images",
+            info.id
+        );
+    }
+    let unlabelled: Vec<usize> = (0..7).filter(|&p| !ignored.has_segmentation(p)).collect();
+    assert_eq!(unlabelled.len(), 2);
+    let err = ignored
+        .dataset_masks(unlabelled[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("labelsTr") && err.contains("missing label file"),
+        "{err}"
+    );
+
+    // A damaged label file: a load that reads them names it; one that does not still hits
+    // its cache.
+    let label = root
+        .join("labelsTr")
+        .join(format!("{}.nii.gz", read.patients()[0].id));
+    fs::write(&label, b"not a NIfTI").unwrap();
+    let err = match Dataset::load(&root, &opts(&cache)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a damaged label file was loaded"),
+    };
+    assert!(err.contains(&label.display().to_string()), "{err}");
+    let (_, report) = Dataset::load(&root, &ignore_opts).unwrap();
+    assert_eq!(report.status, CacheStatus::Hit);
+}
+
+/// A Decathlon task with imagesTs/ only is for annotating: a load that reads segmentations
+/// says so, a session labelled by people loads it.
+#[test]
+fn a_task_without_labelled_cases_loads_for_annotation_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = phantom_in(&tmp.path().join("Task01"), PhantomLayout::Msd, 2);
+    for dir in ["imagesTr", "labelsTr"] {
+        fs::remove_dir_all(root.join(dir)).unwrap();
+    }
+    let cache = tmp.path().join("cache");
+    let err = match Dataset::load(&root, &opts(&cache)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("loaded without labelled cases"),
+    };
+    assert!(
+        err.contains("no labelled cases, only 2 without segmentation")
+            && err.contains("experiment.labels = \"human\""),
+        "{err}"
+    );
+    let mut o = opts(&cache);
+    o.segmentations = Segmentations::Ignore;
+    let (ds, _) = Dataset::load(&root, &o).unwrap();
+    assert_eq!(ds.patients().len(), 2);
 }
 
 #[test]

@@ -1000,3 +1000,43 @@ fn the_worklist_shows_each_case_waiting_received_or_rejected() {
     assert_eq!(app.on_key(key(KeyCode::Char('p'))), Some(Command::Pause));
     assert_eq!(app.run, RunState::Paused);
 }
+
+/// Labelled by people without a labelled test case: the Dice panel says that evaluation is off
+/// instead of drawing empty axes.
+#[test]
+fn evaluation_off_is_said_where_the_dice_curves_would_be() {
+    let mut app = Dashboard::new("scans".into());
+    app.on_message(Message::Loaded {
+        config: Box::new(suggestive::session::preset("annotate").unwrap()),
+        state: Box::new(SessionState::default()),
+        views: Vec::new(),
+        device: "CPU".into(),
+        steps_total: 24,
+    });
+    assert!(!render(&app, 160, 48).contains("Evaluation off"));
+    app.on_event(Event::Split {
+        repeat: 0,
+        pool_cases: 40,
+        test_cases: 0,
+    });
+    let wide = render(&app, 160, 48);
+    for want in [
+        "Evaluation off",
+        "no test case has a segmentation to measure Dice against",
+        "repeat 1: 40 cases in the pool, no labelled test case: evaluation off",
+    ] {
+        assert!(wide.contains(want), "{want}:\n{wide}");
+    }
+    assert!(render(&app, 80, 24).contains("Evaluation off"));
+    app.on_event(Event::Split {
+        repeat: 0,
+        pool_cases: 31,
+        test_cases: 9,
+    });
+    let wide = render(&app, 160, 48);
+    assert!(!wide.contains("Evaluation off"), "{wide}");
+    assert!(
+        wide.contains("31 cases in the pool, 9 test cases"),
+        "{wide}"
+    );
+}

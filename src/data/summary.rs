@@ -34,7 +34,8 @@ pub struct Summary {
     /// Which release's layout the folder has.
     pub layout: LayoutKind,
     pub patients: usize,
-    /// Cases without a segmentation (the Decathlon's `imagesTs/`): counted, not loaded.
+    /// Cases without a segmentation (the Decathlon's `imagesTs/`): counted here; only a session
+    /// labelled by people loads them.
     pub unlabelled: usize,
     /// Cases whose segmentation was found under an unusual name: `case: file name`.
     pub odd_names: Vec<String>,
@@ -153,7 +154,7 @@ impl Summary {
         if self.unlabelled > 0 {
             let _ = writeln!(
                 s,
-                "          unlabelled: {} (no segmentation; not loaded)",
+                "          unlabelled: {} (no segmentation; annotated in a session labelled by people)",
                 self.unlabelled
             );
         }

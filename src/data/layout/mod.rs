@@ -149,11 +149,17 @@ impl DatasetLayout {
             .find(|p| p.id == id)
     }
 
-    /// Sets every case's site from a sites file (`case ID, site` rows); a case it does not list
-    /// is an error that names it.
+    /// Sets every case's site from a sites file (`case ID, site` rows); a labelled case it does
+    /// not list is an error that names it.
     pub fn apply_sites(&mut self, file: &Path) -> Result<(), DataError> {
         let sites = sites::read_sites(file)?;
-        for p in self.patients.iter_mut().chain(&mut self.unlabelled) {
+        // The Decathlon's imagesTs/ cases need no row: the site files in use list imagesTr/.
+        for p in &mut self.unlabelled {
+            if let Some(site) = sites.get(&p.id) {
+                p.site = site.clone();
+            }
+        }
+        for p in &mut self.patients {
             match sites.get(&p.id) {
                 Some(site) => p.site = site.clone(),
                 None => {

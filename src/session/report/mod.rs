@@ -259,6 +259,9 @@ pub struct Report {
     /// Labelled by people: the annotators' corrections per round.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub annotation_effort: Vec<AnnotationEffort>,
+    /// Labelled by people without a labelled test case: no Dice is measured.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub evaluation_off: bool,
     /// One row per repeat, arm, budget and test case (results_long.csv).
     #[serde(skip)]
     pub cases: Vec<CaseRow>,
@@ -280,6 +283,10 @@ impl Report {
             .collect();
         report.cases = cases::rows(state);
         report.annotation_effort = AnnotationEffort::of(state);
+        report.evaluation_off = state
+            .repeats
+            .iter()
+            .any(|d| !d.train.is_empty() && d.test.is_empty());
         report
     }
 
@@ -374,6 +381,7 @@ impl Report {
             fallback_rates: Vec::new(),
             manifold: Vec::new(),
             annotation_effort: Vec::new(),
+            evaluation_off: false,
             cases: Vec::new(),
             rows,
             summary,

@@ -93,6 +93,13 @@ impl Report {
             .collect();
         budgets.sort();
         budgets.dedup();
+        if self.evaluation_off && self.summary.is_empty() {
+            let mut s = String::from(
+                "evaluation off: no test case has a segmentation in the data set, so no Dice is measured\n",
+            );
+            s += &self.effort_markdown();
+            return s;
+        }
         let mut s = format!("| annotated {} |", self.unit);
         for a in &arms {
             let _ = write!(s, " {a} |");

@@ -53,7 +53,7 @@ fn loaded_dashboard(points: usize) -> Dashboard {
                         round,
                         picks,
                         fallbacks: 1,
-                        tumour_picks: 9,
+                        tumour_picks: Some(9),
                     });
                 }
                 let d = 0.5 + 0.07 * round as f64 + 0.01 * i as f64 + 0.003 * repeat as f64;

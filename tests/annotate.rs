@@ -493,7 +493,8 @@ fn truth_of(env: &Env, case: &str) -> PathBuf {
 
 /// Cases without a segmentation file are annotated like the others; the test cases are the
 /// labelled ones; and the pool's segmentation files are never read: damaged right after the
-/// split, the session still runs to its end.
+/// split, the session still runs to its end. A test case's segmentation that changes is
+/// noticed.
 #[test]
 fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
     let env = Env::new();
@@ -501,6 +502,20 @@ fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
     let dir = env.session("people", "human");
     let layout = suggestive::data::discover(&env.data).unwrap();
     let inspect = &mut |round: usize, _: &[WorkItem], out: &str, _: &Path| {
+        if round == 1 {
+            // A test case's segmentation changed since the split: the run refuses to go on.
+            let test = state(&dir)["data"]["test"][0].as_u64().unwrap() as usize;
+            let seg = env.truth(&layout.patients[test].id);
+            let kept = std::fs::read(&seg).unwrap();
+            std::fs::copy(truth_of(&env, &unlabelled[0]), &seg).unwrap();
+            let (code, out) = env.run("people");
+            assert_eq!(code, Some(1), "{out}");
+            assert!(
+                out.contains("segmentations of its test cases changed since the split"),
+                "{out}"
+            );
+            std::fs::write(&seg, kept).unwrap();
+        }
         if round != 0 {
             return;
         }

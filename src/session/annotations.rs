@@ -679,13 +679,18 @@ pub fn take_inbox(
 /// preprocessed as the data set's are; background where there is none. The data set's own
 /// segmentations of the pool are not used.
 pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Result<Dataset> {
-    overlay_labels(session, ds, repeat, false)
+    Ok(overlay_labels(session, ds, repeat, false)?.0)
 }
 
 /// `ds`, loaded without segmentations, as a session labelled by people trains and measures
 /// on: the data set's own segmentations of `repeat`'s test and source cases, and the
-/// annotators' of its pool (`annotated_dataset`).
-pub fn labelled_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Result<Dataset> {
+/// annotators' of its pool (`annotated_dataset`). With the checksum of the former
+/// (`RepeatData::dataset_labels`).
+pub fn labelled_dataset(
+    session: &Session,
+    ds: &Dataset,
+    repeat: usize,
+) -> Result<(Dataset, String)> {
     overlay_labels(session, ds, repeat, true)
 }
 
@@ -695,7 +700,7 @@ fn overlay_labels(
     ds: &Dataset,
     repeat: usize,
     with_dataset_labels: bool,
-) -> Result<Dataset> {
+) -> Result<(Dataset, String)> {
     let data = session
         .state
         .repeats
@@ -737,13 +742,17 @@ fn overlay_labels(
         Vec::new()
     };
     patients.extend(&from_dataset);
-    Ok(ds.with_masks(&patients, |p| {
+    let mut checksum = xxhash_rust::xxh3::Xxh3::new();
+    let labelled = ds.with_masks(&patients, |p| {
         if from_dataset.contains(&p) {
-            ds.dataset_masks(p).map(Some)
+            let masks = ds.dataset_masks(p)?;
+            checksum.update(&masks);
+            Ok(Some(masks))
         } else {
             Ok(by_patient.remove(&p))
         }
-    })?)
+    })?;
+    Ok((labelled, format!("{:016x}", checksum.digest())))
 }
 
 /// Writes every counted segmentation of `repeat` into `out` in the data set's own layout and

@@ -243,8 +243,17 @@ mod tests {
         let many: Vec<PickView> = (0..1250).map(pick).collect();
         assert_eq!(picks_line(&many), "P0#0, P1#1, P2#2, P3#3, … 1246 more");
         assert_eq!(
-            picks_summary(&many, 700, 1),
+            picks_summary(&many, Some(700), 1),
             "1250 picks, 700 with tumour, 1 fallback: P0#0, P1#1, P2#2, P3#3, … 1246 more"
+        );
+        // Labelled by people, nobody knows yet.
+        assert_eq!(
+            picks_summary(&few, None, 0),
+            "3 picks, 0 fallbacks: P0#0, P1#1, P2#2"
+        );
+        assert_eq!(
+            split_summary(0, 40, 0),
+            "repeat 1: 40 cases in the pool, no labelled test case: evaluation off"
         );
     }
 

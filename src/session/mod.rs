@@ -374,11 +374,20 @@ impl Session {
     ) -> Result<Dataset> {
         let mut ds = self.load_cases(progress, cache_root)?;
         if self.config.experiment.labels == config::Labels::Human {
-            for repeat in 0..self.state.repeats.len() {
-                if !self.state.repeats[repeat].train.is_empty() {
-                    ds = annotations::labelled_dataset(self, &ds, repeat)
-                        .with_context(|| format!("session {}", self.name()))?;
+            for (repeat, data) in self.state.repeats.iter().enumerate() {
+                if data.train.is_empty() {
+                    continue;
                 }
+                let (labelled, checksum) = annotations::labelled_dataset(self, &ds, repeat)
+                    .with_context(|| format!("session {}", self.name()))?;
+                if data.dataset_labels.as_ref().is_some_and(|c| *c != checksum) {
+                    bail!(
+                        "session {}: the data set's segmentations of its test cases changed since the split (checksum {checksum}, {} then); its Dice would not compare with its earlier rounds; put them back, or start a new session; nothing was written",
+                        self.name(),
+                        data.dataset_labels.as_deref().unwrap_or_default()
+                    );
+                }
+                ds = labelled;
             }
         }
         Ok(ds)

@@ -58,6 +58,11 @@ pub struct RepeatData {
     /// A session labelled by people: the segmentations imported so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<Annotation>,
+    /// A session labelled by people: xxh3 of the data set's segmentations of the test and
+    /// source cases as read at the split (their preprocessed masks). The data set's
+    /// fingerprint leaves segmentation files out, so this is what notices them change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_labels: Option<String>,
 }
 
 /// An annotator's segmentation of a case, as imported: the file in the session's `labels/`

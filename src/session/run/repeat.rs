@@ -124,6 +124,7 @@ impl Runner {
             test_cases,
             manifold: None,
             annotations: Vec::new(),
+            dataset_labels: None,
         };
         self.session
             .state

@@ -595,6 +595,94 @@ fn without_labelled_test_cases_evaluation_is_off() {
     assert!(md.contains("evaluation off"), "{md}");
 }
 
+/// The Decathlon's layout: 4D images, `imagesTs/` cases without labels, label values 1-3.
+/// The predictions are 3D in the image's space, and the export writes `labelsTr/` with the
+/// annotators' label values.
+#[test]
+fn a_decathlon_task_with_unlabelled_cases_is_annotated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let data = tiny_phantom(
+        &root.join("Task01"),
+        &[("CBICA", 5), ("TCIA", 5)],
+        PhantomLayout::Msd,
+        4,
+    );
+    // Three cases move to imagesTs/; the annotator keeps their segmentations.
+    let truth = root.join("truth");
+    std::fs::create_dir_all(&truth).unwrap();
+    std::fs::create_dir_all(data.join("imagesTs")).unwrap();
+    let layout = suggestive::data::discover(&data).unwrap();
+    for p in &layout.patients[..3] {
+        let name = format!("{}.nii.gz", p.id);
+        std::fs::rename(
+            data.join("imagesTr").join(&name),
+            data.join("imagesTs").join(&name),
+        )
+        .unwrap();
+        std::fs::rename(p.seg.as_ref().unwrap(), truth.join(&name)).unwrap();
+    }
+    let env = Env {
+        _tmp: tmp,
+        root,
+        data: data.clone(),
+    };
+    let dir = env.session("task", "human");
+    let label_of = |case: &str| {
+        let moved = truth.join(format!("{case}.nii.gz"));
+        if moved.exists() {
+            moved
+        } else {
+            data.join("labelsTr").join(format!("{case}.nii.gz"))
+        }
+    };
+    let inspect = &mut |round: usize, items: &[WorkItem], out: &str, package: &Path| {
+        if round == 0 {
+            // A quarter of the seven labelled cases test; the imagesTs/ cases are in the pool.
+            assert!(out.contains("8 cases in the pool, 2 test cases"), "{out}");
+        }
+        for item in items {
+            assert_eq!(item.segmentation, format!("{}_seg.nii.gz", item.case));
+            if round > 0 {
+                let (labels, dims) = read(&package.join(&item.prediction));
+                assert_eq!(dims, read(&label_of(&item.case)).1, "3D, the image's space");
+                assert!(labels.iter().all(|&l| l == 0.0 || l == 1.0));
+            }
+        }
+    };
+    let (rounds, out) = play(&env, "task", &label_of, inspect);
+    assert_eq!(rounds, 3, "{out}");
+    let st = state(&dir);
+    let test = st["data"]["test"].as_array().unwrap();
+    assert!(!test.is_empty());
+    assert_eq!(st["results"].as_array().unwrap().len(), 3);
+    let out = env
+        .cmd(&["export", "task", "--labels"])
+        .arg(env.root.join("export"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let exported: Vec<PathBuf> = tree(&env.root.join("export"))
+        .into_iter()
+        .filter(|f| f.is_file())
+        .collect();
+    assert_eq!(exported.len(), 4, "{exported:?}");
+    for f in exported {
+        assert!(f.parent().unwrap().ends_with("labelsTr"), "{}", f.display());
+        let case = f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".nii.gz", "");
+        let (back, _) = read(&f);
+        let (given, _) = read(&label_of(&case));
+        assert_eq!(
+            back, given,
+            "{case}: the annotator's labels, values as given"
+        );
+    }
+}
+
 #[test]
 fn people_labels_take_one_strategy_and_the_rounds_protocol() {
     let env = Env::new();

@@ -84,6 +84,10 @@ fn state(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(repeat_dir(dir, 1).join("state.json")).unwrap()).unwrap()
 }
 
+/// Looks at a round before its segmentations are given: the round, its worklist, the output
+/// of the run that stopped for it, its package folder.
+type Inspect<'a> = dyn FnMut(usize, &[WorkItem], &str, &Path) + 'a;
+
 /// Plays session `name` to its end as a scripted annotator: each run that stops with status 3
 /// and names what it waits for is given its round's segmentations (`truth_of(case)`) in the
 /// inbox, after `inspect(round, worklist, the run's output, package folder)`. The rounds
@@ -92,7 +96,7 @@ fn play(
     env: &Env,
     name: &str,
     truth_of: &dyn Fn(&str) -> PathBuf,
-    inspect: &mut dyn FnMut(usize, &[WorkItem], &str, &Path),
+    inspect: &mut Inspect<'_>,
 ) -> (usize, String) {
     let dir = env.root.join("sessions").join(name);
     let mut rounds = 0;
@@ -569,6 +573,18 @@ fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
 fn without_labelled_test_cases_evaluation_is_off() {
     let env = Env::new();
     unlabel(&env, 10);
+    // A folder of scans is no data set for a simulation, which says where it is one.
+    let out = env
+        .cmd(&["dataset", env.data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("no labelled cases, only 10 without segmentation")
+            && err.contains("experiment.labels = \"human\""),
+        "{err}"
+    );
     let dir = env.session("scans", "human");
     let inspect = &mut |round: usize, _: &[WorkItem], out: &str, _: &Path| {
         if round == 0 {

@@ -234,28 +234,11 @@ impl Dataset {
             patient: info.id.clone(),
             msg: "no longer in the data set folder".into(),
         })?;
-        let Some(path) = &files.seg else {
-            return Err(DataError::file(
-                &info.id,
-                files.expected_path(None),
-                files.missing_message(None),
-            ));
-        };
-        let (seg, labels) = read_seg(&info.id, path, files.kind)?;
-        if seg.dims != info.dims {
-            return Err(DataError::file(
-                &info.id,
-                path,
-                format!(
-                    "shape {:?} differs from the images' {:?}",
-                    seg.dims, info.dims
-                ),
-            ));
-        }
+        let labels = read_case_labels(files, info.dims)?;
         Ok(super::preprocess_labels(
             self.preprocessing(),
             self.geometry(),
-            seg.dims,
+            info.dims,
             &labels,
         ))
     }
@@ -424,13 +407,16 @@ fn cases_to_load(
     layout: &DatasetLayout,
     segs: Segmentations,
 ) -> Result<Vec<PatientFiles>, DataError> {
+    let labelled = layout.patients.iter().filter(|p| p.seg.is_some()).count();
     match segs {
-        Segmentations::Read if layout.patients.is_empty() => Err(DataError::Folder {
+        // A folder of scans to annotate: say where it can be used rather than list every
+        // missing file.
+        Segmentations::Read if labelled == 0 => Err(DataError::Folder {
             path: layout.root.clone(),
             msg: format!(
                 "no labelled cases, only {} without segmentation; cases without labels are \
                  loaded by a session labelled by people (experiment.labels = \"human\")",
-                layout.unlabelled.len()
+                layout.patients.len() + layout.unlabelled.len()
             ),
         }),
         Segmentations::Read => Ok(layout.patients.clone()),
@@ -661,7 +647,7 @@ fn build_cache(
             if abort.load(Ordering::Relaxed) {
                 return None;
             }
-            let r = load_patient(plan, prep, segs, geom, first_slice, &builder, shape);
+            let r = load_patient(plan, opts, geom, first_slice, &builder, shape);
             if let Some(progress) = &opts.progress {
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1, planned.len());
             }
@@ -733,16 +719,36 @@ fn blank_slices(images: &[f16], slices: usize) -> Vec<usize> {
         .collect()
 }
 
+/// A case's segmentation file as BraTS 2019 labels, which must have the images' shape `dims`.
+fn read_case_labels(p: &PatientFiles, dims: [usize; 3]) -> Result<Vec<u8>, DataError> {
+    let Some(path) = &p.seg else {
+        return Err(DataError::file(
+            &p.id,
+            p.expected_path(None),
+            p.missing_message(None),
+        ));
+    };
+    let (seg, labels) = read_seg(&p.id, path, p.kind)?;
+    if seg.dims != dims {
+        return Err(DataError::file(
+            &p.id,
+            path,
+            format!("shape {:?} differs from the images' {:?}", seg.dims, dims),
+        ));
+    }
+    Ok(labels)
+}
+
 /// Phase 2 for one patient: decode, validate, preprocess, write into the cache.
 fn load_patient(
     plan: &Planned,
-    prep: &Preprocessing,
-    segs: Segmentations,
+    opts: &LoadOptions,
     geom: super::preprocess::Geometry,
     first_slice: usize,
     builder: &CacheBuilder,
     shape: (usize, usize),
 ) -> Result<PatientInfo, DataError> {
+    let prep = &opts.preprocessing;
     let p = plan.files;
     // A 4D file holds several modalities: each file is decoded once.
     let mut decoded: Vec<(&Path, Vec<Volume>)> = Vec::new();
@@ -771,23 +777,9 @@ fn load_patient(
         volumes.push(v);
     }
     drop(decoded);
-    let labels = match segs {
+    let labels = match opts.segmentations {
         Segmentations::Ignore => vec![0u8; plan.dims.iter().product()],
-        Segmentations::Read => {
-            let seg_path = p.seg.as_ref().expect("checked in phase 1");
-            let (seg, labels) = read_seg(&p.id, seg_path, p.kind)?;
-            if seg.dims != plan.dims {
-                return Err(DataError::file(
-                    &p.id,
-                    seg_path,
-                    format!(
-                        "shape {:?} differs from the images' {:?}",
-                        seg.dims, plan.dims
-                    ),
-                ));
-            }
-            labels
-        }
+        Segmentations::Read => read_case_labels(p, plan.dims)?,
     };
     let out = preprocess(&p.id, prep, geom, &volumes, &labels)?;
     drop(volumes);

@@ -564,6 +564,24 @@ fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
     assert!(results
         .iter()
         .all(|r| r["dice"].as_array().unwrap().len() == test));
+    // The data set the session trains on, and the dashboard outlines picks from: a pool case
+    // has the annotator's tumour once counted, none before; a test case has its own.
+    let session = Session::open(&dir).unwrap();
+    let ds = session.load_dataset(None, &env.root.join("cache")).unwrap();
+    let data = &session.state.repeats[0];
+    let annotated: Vec<&str> = data.annotations.iter().map(|a| a.case.as_str()).collect();
+    let plane = ds.size() * ds.size();
+    let has_tumour = |p: usize| {
+        let r = ds.patients()[p].slice_range();
+        ds.masks()[r.start * plane..r.end * plane]
+            .iter()
+            .any(|&m| m != 0)
+    };
+    for &p in &data.train {
+        let id = ds.patients()[p].id.as_str();
+        assert_eq!(has_tumour(p), annotated.contains(&id), "{id}");
+    }
+    assert!(data.test.iter().all(|&p| has_tumour(p)));
 }
 
 /// A data set without any segmentation: the run says evaluation is off, the rounds go on,

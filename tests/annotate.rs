@@ -20,14 +20,14 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::in_layout(PhantomLayout::Brats2019)
+    }
+
+    /// Ten tiny phantom cases in `layout`.
+    fn in_layout(layout: PhantomLayout) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let data = tiny_phantom(
-            &root.join("data"),
-            &[("CBICA", 5), ("TCIA", 5)],
-            PhantomLayout::Brats2019,
-            4,
-        );
+        let data = tiny_phantom(&root.join("data"), &[("CBICA", 5), ("TCIA", 5)], layout, 4);
         Env {
             _tmp: tmp,
             root,
@@ -634,16 +634,10 @@ fn without_labelled_test_cases_evaluation_is_off() {
 /// annotators' label values.
 #[test]
 fn a_decathlon_task_with_unlabelled_cases_is_annotated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let data = tiny_phantom(
-        &root.join("Task01"),
-        &[("CBICA", 5), ("TCIA", 5)],
-        PhantomLayout::Msd,
-        4,
-    );
+    let env = Env::in_layout(PhantomLayout::Msd);
+    let data = env.data.clone();
     // Three cases move to imagesTs/; the annotator keeps their segmentations.
-    let truth = root.join("truth");
+    let truth = env.root.join("truth");
     std::fs::create_dir_all(&truth).unwrap();
     std::fs::create_dir_all(data.join("imagesTs")).unwrap();
     let layout = suggestive::data::discover(&data).unwrap();
@@ -656,11 +650,6 @@ fn a_decathlon_task_with_unlabelled_cases_is_annotated() {
         .unwrap();
         std::fs::rename(p.seg.as_ref().unwrap(), truth.join(&name)).unwrap();
     }
-    let env = Env {
-        _tmp: tmp,
-        root,
-        data: data.clone(),
-    };
     let dir = env.session("task", "human");
     let label_of = |case: &str| {
         let moved = truth.join(format!("{case}.nii.gz"));

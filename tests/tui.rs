@@ -34,18 +34,27 @@ fn view(patient: &str, sample: usize, source: Option<usize>, distance: Option<f6
     }
 }
 
+/// What a session worker sends once it has opened a new session of `config`.
+fn loaded(
+    config: suggestive::session::config::SessionConfig,
+    device: &str,
+    steps_total: usize,
+) -> Message {
+    Message::Loaded {
+        config: Box::new(config),
+        state: Box::new(SessionState::default()),
+        views: Vec::new(),
+        device: device.into(),
+        steps_total,
+    }
+}
+
 /// A dashboard part-way through round 1 of the demo preset: the shared start evaluated, every
 /// arm's picks made, random and proposed evaluated, oracle training.
 fn mid_round() -> Dashboard {
     let mut app = Dashboard::new("demo".into());
     let config = suggestive::session::preset("demo").unwrap();
-    app.on_message(Message::Loaded {
-        config: Box::new(config),
-        state: Box::new(SessionState::default()),
-        views: Vec::new(),
-        device: "CPU".into(),
-        steps_total: 32,
-    });
+    app.on_message(loaded(config, "CPU", 32));
     app.run = RunState::Running;
     let events = vec![
         Event::Started {
@@ -565,13 +574,11 @@ fn n_after_the_worker_ended_reopens_the_session() {
     // The loop starts a worker; once it has loaded the session, the step runs.
     app.restart = None;
     app.worker_alive = true;
-    app.on_message(Message::Loaded {
-        config: Box::new(suggestive::session::preset("demo").unwrap()),
-        state: Box::new(SessionState::default()),
-        views: Vec::new(),
-        device: "CPU".into(),
-        steps_total: 32,
-    });
+    app.on_message(loaded(
+        suggestive::session::preset("demo").unwrap(),
+        "CPU",
+        32,
+    ));
     assert_eq!(app.run, RunState::Running);
     // A worker that ends without a word is an error too, not a run.
     app.on_worker_gone();
@@ -797,13 +804,7 @@ fn attached() -> Dashboard {
     app.watching = true;
     let mut config = suggestive::session::preset("demo").unwrap();
     config.experiment.repeats = 3;
-    app.on_message(Message::Loaded {
-        config: Box::new(config),
-        state: Box::new(SessionState::default()),
-        views: Vec::new(),
-        device: "CUDA 0".into(),
-        steps_total: 96,
-    });
+    app.on_message(loaded(config, "CUDA 0", 96));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1006,13 +1007,11 @@ fn the_worklist_shows_each_case_waiting_received_or_rejected() {
 #[test]
 fn evaluation_off_is_said_where_the_dice_curves_would_be() {
     let mut app = Dashboard::new("scans".into());
-    app.on_message(Message::Loaded {
-        config: Box::new(suggestive::session::preset("annotate").unwrap()),
-        state: Box::new(SessionState::default()),
-        views: Vec::new(),
-        device: "CPU".into(),
-        steps_total: 24,
-    });
+    app.on_message(loaded(
+        suggestive::session::preset("annotate").unwrap(),
+        "CPU",
+        24,
+    ));
     assert!(!render(&app, 160, 48).contains("Evaluation off"));
     app.on_event(Event::Split {
         repeat: 0,

@@ -45,13 +45,15 @@ impl Env {
 
     /// A session `name` of the tiny setting with one arm, labelled as `labels` says.
     fn session(&self, name: &str, labels: &str) -> PathBuf {
-        let cfg = tiny_session_config(
-            &self.data,
-            &[
-                "experiment.arms=[\"proposed\"]",
-                &format!("experiment.labels=\"{labels}\""),
-            ],
-        );
+        self.session_with(name, labels, &[])
+    }
+
+    /// As `session`, with more `key=value` settings.
+    fn session_with(&self, name: &str, labels: &str, sets: &[&str]) -> PathBuf {
+        let labels = format!("experiment.labels=\"{labels}\"");
+        let mut all = vec!["experiment.arms=[\"proposed\"]", labels.as_str()];
+        all.extend(sets);
+        let cfg = tiny_session_config(&self.data, &all);
         let dir = self.root.join("sessions").join(name);
         Session::create(&dir, cfg).unwrap();
         dir
@@ -514,8 +516,12 @@ fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
             std::fs::copy(truth_of(&env, &unlabelled[0]), &seg).unwrap();
             let (code, out) = env.run("people");
             assert_eq!(code, Some(1), "{out}");
+            let id = &layout.patients[test].id;
             assert!(
-                out.contains("segmentations of its test cases changed since the split"),
+                out.contains(&format!(
+                    "{}: the segmentation of test case {id} changed since the split",
+                    seg.display()
+                )),
                 "{out}"
             );
             std::fs::write(&seg, kept).unwrap();
@@ -586,7 +592,8 @@ fn cases_without_labels_join_the_pool_whose_files_are_never_read() {
 
 /// A data set without any segmentation: the run says evaluation is off, the rounds go on,
 /// nothing is measured, and the report still gives the annotation effort. A test fraction of
-/// 0 does the same on a labelled data set.
+/// 0 does the same on a labelled data set. A case removed from the folder mid-session is
+/// noticed before the session's indices are trusted.
 #[test]
 fn without_labelled_test_cases_evaluation_is_off() {
     let env = Env::new();
@@ -604,12 +611,28 @@ fn without_labelled_test_cases_evaluation_is_off() {
         "{err}"
     );
     let dir = env.session("scans", "human");
-    let inspect = &mut |round: usize, _: &[WorkItem], out: &str, _: &Path| {
+    let inspect = &mut |round: usize, items: &[WorkItem], out: &str, _: &Path| {
         if round == 0 {
             assert!(
                 out.contains("10 cases in the pool, no labelled test case: evaluation off"),
                 "{out}"
             );
+        }
+        if round == 1 {
+            let case = &items[0].case;
+            let folder = patient_file(&env.data, case, "flair")
+                .parent()
+                .unwrap()
+                .to_path_buf();
+            let away = env.root.join("away");
+            std::fs::rename(&folder, &away).unwrap();
+            let (code, out) = env.run("scans");
+            assert_eq!(code, Some(1), "{out}");
+            assert!(
+                out.contains("its data set changed since the session started (10 patients"),
+                "{out}"
+            );
+            std::fs::rename(&away, &folder).unwrap();
         }
     };
     let (rounds, out) = play(&env, "scans", &|case| truth_of(&env, case), inspect);
@@ -627,6 +650,19 @@ fn without_labelled_test_cases_evaluation_is_off() {
     assert_eq!(results["annotation_effort"].as_array().unwrap().len(), 2);
     let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
     assert!(md.contains("evaluation off"), "{md}");
+    assert!(
+        !dir.join("report/dice_vs_budget.png").exists(),
+        "no curve to draw"
+    );
+
+    let labelled = Env::new();
+    labelled.session_with("all", "human", &["experiment.test_fraction=0"]);
+    let (code, out) = labelled.run("all");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("10 cases in the pool, no labelled test case: evaluation off"),
+        "{out}"
+    );
 }
 
 /// The Decathlon's layout: 4D images, `imagesTs/` cases without labels, label values 1-3.
@@ -679,6 +715,19 @@ fn a_decathlon_task_with_unlabelled_cases_is_annotated() {
     let test = st["data"]["test"].as_array().unwrap();
     assert!(!test.is_empty());
     assert_eq!(st["results"].as_array().unwrap().len(), 3);
+    // The annotated cases include imagesTs/ ones (the seed decides which; the export of
+    // those is what this test is after).
+    let from_images_ts = st["data"]["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            truth
+                .join(format!("{}.nii.gz", a["case"].as_str().unwrap()))
+                .exists()
+        })
+        .count();
+    assert!(from_images_ts > 0, "no imagesTs/ case was picked");
     let out = env
         .cmd(&["export", "task", "--labels"])
         .arg(env.root.join("export"))

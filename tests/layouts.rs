@@ -136,9 +136,14 @@ fn a_load_without_segmentations_opens_none() {
     let root = phantom_in(&tmp.path().join("Task01"), PhantomLayout::Msd, 2);
     let cache = tmp.path().join("cache");
     let (read, _) = Dataset::load(&root, &opts(&cache)).unwrap();
+    // A label file damaged before the first load that ignores them: it builds all the same.
+    let damaged = read.patients()[0].id.clone();
+    let label = root.join("labelsTr").join(format!("{damaged}.nii.gz"));
+    fs::write(&label, b"not a NIfTI").unwrap();
     let mut ignore_opts = opts(&cache);
     ignore_opts.segmentations = Segmentations::Ignore;
-    let (ignored, _) = Dataset::load(&root, &ignore_opts).unwrap();
+    let (ignored, report) = Dataset::load(&root, &ignore_opts).unwrap();
+    assert_eq!(report.status, CacheStatus::Built);
     assert_eq!(ignored.segmentations(), Segmentations::Ignore);
     assert_eq!(read.patients().len(), 5);
     assert_eq!(ignored.patients().len(), 7, "imagesTs/ cases load too");
@@ -153,6 +158,12 @@ fn a_load_without_segmentations_opens_none() {
             .position(|x| x.id == info.id)
             .unwrap();
         assert!(ignored.has_segmentation(p), "{}", info.id);
+        if info.id == damaged {
+            // Read when asked for (a test case's), and named when it is bad.
+            let err = ignored.dataset_masks(p).unwrap_err().to_string();
+            assert!(err.contains(&label.display().to_string()), "{err}");
+            continue;
+        }
         let slices = info.slice_range();
         assert_eq!(
             ignored.dataset_masks(p).unwrap(),
@@ -179,12 +190,7 @@ fn a_load_without_segmentations_opens_none() {
         "{err}"
     );
 
-    // A damaged label file: a load that reads them names it; one that does not still hits
-    // its cache.
-    let label = root
-        .join("labelsTr")
-        .join(format!("{}.nii.gz", read.patients()[0].id));
-    fs::write(&label, b"not a NIfTI").unwrap();
+    // A load that reads them names the damaged file; one that does not hits its cache.
     let err = match Dataset::load(&root, &opts(&cache)) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a damaged label file was loaded"),

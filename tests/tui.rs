@@ -1038,4 +1038,35 @@ fn evaluation_off_is_said_where_the_dice_curves_would_be() {
         wide.contains("31 cases in the pool, 9 test cases"),
         "{wide}"
     );
+
+    // Opened on a session split without test cases, two rounds picked: the panel says so at
+    // once, and the header counts the rounds from the picks.
+    let mut state = SessionState::default();
+    state.repeats.push(suggestive::session::state::RepeatData {
+        train: (0..40).collect(),
+        ..Default::default()
+    });
+    for round in 1..=2 {
+        state.picks.push(suggestive::session::state::PickRecord {
+            repeat: 0,
+            stage: 0,
+            arm: Arm::Proposed,
+            round,
+            picks: Vec::new(),
+            fallbacks: 0,
+            tumour_picks: None,
+            directions: None,
+        });
+    }
+    let mut app = Dashboard::new("scans".into());
+    app.on_message(Message::Loaded {
+        config: Box::new(suggestive::session::preset("annotate").unwrap()),
+        state: Box::new(state),
+        views: vec![Vec::new(), Vec::new()],
+        device: "CPU".into(),
+        steps_total: 24,
+    });
+    let wide = render(&app, 160, 48);
+    assert!(wide.contains("Evaluation off"), "{wide}");
+    assert_eq!(app.round_label(), "round 2 of 10");
 }

@@ -2,6 +2,7 @@
 //! with the model's prediction to start from), the checks a returned segmentation must pass,
 //! and its import, counted at once with the repeat's state.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -684,13 +685,13 @@ pub fn annotated_dataset(session: &Session, ds: &Dataset, repeat: usize) -> Resu
 
 /// `ds`, loaded without segmentations, as a session labelled by people trains and measures
 /// on: the data set's own segmentations of `repeat`'s test and source cases, and the
-/// annotators' of its pool (`annotated_dataset`). With the checksum of the former
+/// annotators' of its pool (`annotated_dataset`). With the checksums of the former, by case
 /// (`RepeatData::dataset_labels`).
 pub fn labelled_dataset(
     session: &Session,
     ds: &Dataset,
     repeat: usize,
-) -> Result<(Dataset, String)> {
+) -> Result<(Dataset, BTreeMap<String, String>)> {
     overlay_labels(session, ds, repeat, true)
 }
 
@@ -700,7 +701,7 @@ fn overlay_labels(
     ds: &Dataset,
     repeat: usize,
     with_dataset_labels: bool,
-) -> Result<(Dataset, String)> {
+) -> Result<(Dataset, BTreeMap<String, String>)> {
     let data = session
         .state
         .repeats
@@ -710,7 +711,7 @@ fn overlay_labels(
     let prep = ds.preprocessing().clone();
     let geom = ds.geometry();
     // Read every label file first (errors name the file), then lay them over the pool.
-    let mut by_patient: std::collections::BTreeMap<usize, Vec<u8>> = Default::default();
+    let mut by_patient: BTreeMap<usize, Vec<u8>> = Default::default();
     for a in &data.annotations {
         let Some(p) = ds.patients().iter().position(|p| p.id == a.case) else {
             bail!(
@@ -742,17 +743,18 @@ fn overlay_labels(
         Vec::new()
     };
     patients.extend(&from_dataset);
-    let mut checksum = xxhash_rust::xxh3::Xxh3::new();
+    let mut checksums = BTreeMap::new();
     let labelled = ds.with_masks(&patients, |p| {
         if from_dataset.contains(&p) {
             let masks = ds.dataset_masks(p)?;
-            checksum.update(&masks);
+            let sum = xxhash_rust::xxh3::xxh3_64(&masks);
+            checksums.insert(ds.patients()[p].id.clone(), format!("{sum:016x}"));
             Ok(Some(masks))
         } else {
             Ok(by_patient.remove(&p))
         }
     })?;
-    Ok((labelled, format!("{:016x}", checksum.digest())))
+    Ok((labelled, checksums))
 }
 
 /// Writes every counted segmentation of `repeat` into `out` in the data set's own layout and

@@ -378,13 +378,21 @@ impl Session {
                 if data.train.is_empty() {
                     continue;
                 }
-                let (labelled, checksum) = annotations::labelled_dataset(self, &ds, repeat)
+                let (labelled, checksums) = annotations::labelled_dataset(self, &ds, repeat)
                     .with_context(|| format!("session {}", self.name()))?;
-                if data.dataset_labels.as_ref().is_some_and(|c| *c != checksum) {
+                let changed = data
+                    .dataset_labels
+                    .iter()
+                    .find(|&(case, sum)| checksums.get(case).is_some_and(|now| now != sum));
+                if let Some((case, _)) = changed {
+                    let file = ds
+                        .files_of(case)
+                        .and_then(|f| f.seg.clone())
+                        .unwrap_or_default();
                     bail!(
-                        "session {}: the data set's segmentations of its test cases changed since the split (checksum {checksum}, {} then); its Dice would not compare with its earlier rounds; put them back, or start a new session; nothing was written",
+                        "session {}: {}: the segmentation of test case {case} changed since the split; the Dice of later rounds would not compare with the earlier ones; put it back, or start a new session; nothing was written",
                         self.name(),
-                        data.dataset_labels.as_deref().unwrap_or_default()
+                        file.display()
                     );
                 }
                 ds = labelled;
@@ -408,6 +416,19 @@ impl Session {
         let ds = Dataset::load(&dir, &opts)
             .with_context(|| format!("session {}: data set {}", self.name(), dir.display()))?
             .0;
+        // Before anything trusts the state's indices into it.
+        let stamp = state::DatasetStamp::of(&ds);
+        match &self.state.dataset {
+            Some(s) if *s != stamp => bail!(
+                "session {}: its data set changed since the session started ({} patients / {} slices then, {} / {} now); nothing was written",
+                self.dir.display(),
+                s.patients,
+                s.slices,
+                stamp.patients,
+                stamp.slices
+            ),
+            _ => {}
+        }
         self.check_state(&ds)?;
         Ok(ds)
     }

@@ -39,6 +39,16 @@ pub struct DatasetStamp {
     pub slices: usize,
 }
 
+impl DatasetStamp {
+    pub fn of(ds: &crate::data::Dataset) -> DatasetStamp {
+        DatasetStamp {
+            fingerprint: ds.fingerprint().to_string(),
+            patients: ds.patients().len(),
+            slices: ds.num_slices(),
+        }
+    }
+}
+
 /// Per repeat: the seeded split and the order in which random samples are taken, and once the
 /// pool is encoded, how much of it the VAE's latent space holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,11 +68,11 @@ pub struct RepeatData {
     /// A session labelled by people: the segmentations imported so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<Annotation>,
-    /// A session labelled by people: xxh3 of the data set's segmentations of the test and
-    /// source cases as read at the split (their preprocessed masks). The data set's
-    /// fingerprint leaves segmentation files out, so this is what notices them change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset_labels: Option<String>,
+    /// A session labelled by people: per test and source case, xxh3 of the whole-tumour masks
+    /// its segmentation in the data set gave at the split. The data set's fingerprint leaves
+    /// segmentation files out, so this is what notices them change.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dataset_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// An annotator's segmentation of a case, as imported: the file in the session's `labels/`

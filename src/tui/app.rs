@@ -223,12 +223,20 @@ impl Dashboard {
             crate::session::config::Protocol::Rounds => c.experiment.rounds,
             crate::session::config::Protocol::Budgets => 1,
         });
-        let k = self
+        let evaluated = self
             .results
             .iter()
             .rev()
             .find(|r| r.arm.is_strategy())
-            .map_or(0, |r| r.round);
+            .map(|r| r.round);
+        // Evaluation off: the picks say how far the rounds have come.
+        let picked = || {
+            self.picks
+                .last()
+                .filter(|_| self.evaluation_off)
+                .map(|(rec, _)| rec.round)
+        };
+        let k = evaluated.or_else(picked).unwrap_or(0);
         match rounds {
             Some(r) => format!("round {k} of {r}"),
             None => String::new(),

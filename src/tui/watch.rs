@@ -68,7 +68,8 @@ fn follow_thread(
     });
     // The data set names the picks and draws the previews; without it (not reachable from
     // this machine) the curves and statistics still follow.
-    let ds = match session.load_dataset(None, cache_root) {
+    // Names only: the labels are not needed.
+    let ds = match session.load_cases(None, cache_root) {
         Ok(ds) => Some(ds),
         Err(e) => {
             let _ = out.send(Message::Event(crate::session::events::Event::Error {

@@ -325,17 +325,21 @@ pub fn start_preview_worker(
         let (dir, cache_root) = (dir.clone(), cache_root.clone());
         // The data set with the session's labels: reloaded when the settings or (labelled by
         // people) the counted segmentations change.
-        let mut ctx: Option<(SessionConfig, usize, Dataset)> = None;
+        let mut ctx: Option<(SessionConfig, Vec<String>, Dataset)> = None;
         let mut net: Option<LoadedNet> = None;
         move |latest_image: Option<PreviewRequest>, latest_latents: Option<usize>| {
             // Reopen the session for each batch of jobs: the runner keeps writing its state.
             let session = Session::open(&dir)?;
-            let labels: usize = session
+            // Checksums: a replaced segmentation keeps the count.
+            let labels: Vec<String> = session
                 .state
                 .repeats
                 .iter()
-                .map(|d| d.annotations.len() + d.test.len())
-                .sum();
+                .flat_map(|d| {
+                    let test = std::iter::once(d.test.len().to_string());
+                    test.chain(d.annotations.iter().map(|a| a.checksum.clone()))
+                })
+                .collect();
             if ctx
                 .as_ref()
                 .map(|(config, n, _)| *config != session.config || *n != labels)

@@ -420,6 +420,10 @@ impl Report {
         write_atomic(&long, &cases::csv(&self.cases)?)?;
         let json = out.join("results.json");
         write_atomic(&json, &serde_json::to_vec_pretty(self)?)?;
+        if self.rows.is_empty() {
+            // Evaluation off: no curve to draw.
+            return Ok(vec![csv, long, json, md]);
+        }
         let png = out.join("dice_vs_budget.png");
         let svg = out.join("dice_vs_budget.svg");
         self.write_plots(cfg, &png, &svg)?;

@@ -112,9 +112,9 @@ impl Runner {
     /// Right after the split: reads the data set's segmentations of the test (and source)
     /// cases, the only ones a session labelled by people reads.
     pub(super) fn apply_test_labels(&mut self, repeat: usize) -> Result<()> {
-        let (ds, checksum) = annotations::labelled_dataset(&self.session, &self.ds, repeat)?;
+        let (ds, checksums) = annotations::labelled_dataset(&self.session, &self.ds, repeat)?;
         self.replace_dataset(ds);
-        self.session.state.repeats[repeat].dataset_labels = Some(checksum);
+        self.session.state.repeats[repeat].dataset_labels = checksums;
         Ok(())
     }
 

@@ -161,23 +161,9 @@ impl Runner {
             }
         }
         let load_started = std::time::Instant::now();
+        // Refuses a data set that changed since the session started.
         let ds = session.load_dataset(progress, cache_root)?;
-        let stamp = DatasetStamp {
-            fingerprint: ds.fingerprint().to_string(),
-            patients: ds.patients().len(),
-            slices: ds.num_slices(),
-        };
-        match &session.state.dataset {
-            Some(s) if *s != stamp => bail!(
-                "session {}: its data set changed since the session started ({} patients / {} slices then, {} / {} now); nothing was written",
-                session.dir.display(),
-                s.patients,
-                s.slices,
-                stamp.patients,
-                stamp.slices
-            ),
-            _ => {}
-        }
+        let stamp = DatasetStamp::of(&ds);
         session
             .config
             .check_slice_size(ds.size())

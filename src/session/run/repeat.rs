@@ -91,6 +91,16 @@ impl Runner {
                 if t.is_empty() || s.is_empty() {
                     bail!("transfer scenario: source site '{}' has {} patients and target site '{}' has {}; the data set's sites are {}", e.source_site, s.len(), e.target_site, t.len(), sites());
                 }
+                if self.human_labels() {
+                    let missing: Vec<&str> = s
+                        .iter()
+                        .filter(|&&p| !self.ds.has_segmentation(p))
+                        .map(|&p| self.ds.patients()[p].id.as_str())
+                        .collect();
+                    if !missing.is_empty() {
+                        bail!("transfer scenario: pre-training on source site '{}' needs its segmentations, and {} of its {} cases have none ({}); give them one, or use the scratch scenario", e.source_site, missing.len(), s.len(), missing.join(", "));
+                    }
+                }
                 (t, s)
             }
         };
@@ -124,7 +134,7 @@ impl Runner {
             test_cases,
             manifold: None,
             annotations: Vec::new(),
-            dataset_labels: None,
+            dataset_labels: Default::default(),
         };
         self.session
             .state

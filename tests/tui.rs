@@ -1021,7 +1021,7 @@ fn evaluation_off_is_said_where_the_dice_curves_would_be() {
     let wide = render(&app, 160, 48);
     for want in [
         "Evaluation off",
-        "no test case has a segmentation to measure Dice against",
+        "no labelled test case to measure Dice against",
         "repeat 1: 40 cases in the pool, no labelled test case: evaluation off",
     ] {
         assert!(wide.contains(want), "{want}:\n{wide}");

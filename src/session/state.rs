@@ -201,6 +201,14 @@ impl Default for SessionState {
 }
 
 impl SessionState {
+    /// A repeat was split without test cases (labelled by people, none labelled, or a test
+    /// fraction of 0): nothing is evaluated.
+    pub fn evaluation_off(&self) -> bool {
+        self.repeats
+            .iter()
+            .any(|d| !d.train.is_empty() && d.test.is_empty())
+    }
+
     /// Records how far `repeat` is, and the totals over all repeats.
     pub fn set_progress(&mut self, repeat: usize, progress: RepeatProgress) {
         if self.progress.len() <= repeat {

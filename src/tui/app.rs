@@ -315,6 +315,7 @@ impl Dashboard {
         views: Vec<Vec<PickView>>,
     ) {
         self.steps_done = state.done;
+        self.evaluation_off = state.evaluation_off();
         self.results = state.results.clone();
         self.picks = state.picks.into_iter().zip(views).collect();
         self.config = Some(config);
@@ -324,10 +325,6 @@ impl Dashboard {
             .enumerate()
             .filter_map(|(r, d)| Some((r, d.manifold.clone()?)))
             .collect();
-        self.evaluation_off = state
-            .repeats
-            .iter()
-            .any(|d| !d.train.is_empty() && d.test.is_empty());
         self.refresh_report();
         if !state.repeats.is_empty() && state.done > 2 {
             self.want_latents = Some(self.picks.last().map(|(r, _)| r.repeat).unwrap_or(0));

@@ -449,7 +449,7 @@ fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             Line::raw(""),
             Line::styled("Evaluation off", Style::default().fg(t.accent)),
             Line::styled(
-                "no test case has a segmentation to measure Dice against",
+                "no labelled test case to measure Dice against",
                 Style::default().fg(t.dim),
             ),
         ])

@@ -283,10 +283,7 @@ impl Report {
             .collect();
         report.cases = cases::rows(state);
         report.annotation_effort = AnnotationEffort::of(state);
-        report.evaluation_off = state
-            .repeats
-            .iter()
-            .any(|d| !d.train.is_empty() && d.test.is_empty());
+        report.evaluation_off = state.evaluation_off();
         report
     }
 

@@ -95,7 +95,7 @@ impl Report {
         budgets.dedup();
         if self.evaluation_off && self.summary.is_empty() {
             let mut s = String::from(
-                "evaluation off: no test case has a segmentation in the data set, so no Dice is measured\n",
+                "evaluation off: no labelled test case (none of the data set's cases has a segmentation, or experiment.test_fraction = 0), so no Dice is measured\n",
             );
             s += &self.effort_markdown();
             return s;

@@ -7,7 +7,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{loading_bar, stderr_is_terminal};
-use suggestive::data::{parse_modalities, Dataset, LoadOptions, Modality, Preprocessing, Summary};
+use suggestive::data::{
+    parse_modalities, Dataset, LoadOptions, Modality, Preprocessing, Segmentations, Summary,
+};
 use suggestive::phantom::{self, PhantomConfig, PhantomLayout};
 use suggestive::preview::{self, Protocol};
 use suggestive::{paths, torch_info};
@@ -73,6 +75,11 @@ pub struct DatasetArgs {
     /// Re-read the whole cache and check it against its checksums.
     #[arg(long)]
     pub verify: bool,
+    /// Load as a session labelled by people does: open no segmentation file, and load the
+    /// cases without one too (the Decathlon's imagesTs/, case folders of scans only). Builds
+    /// that session's cache.
+    #[arg(long)]
+    pub images_only: bool,
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -148,7 +155,11 @@ fn load_dataset(a: &DatasetArgs) -> Result<(Dataset, suggestive::data::LoadRepor
         progress: if a.json { None } else { loading_bar() },
         threads: a.threads,
         sites: a.sites.clone(),
-        segmentations: Default::default(),
+        segmentations: if a.images_only {
+            Segmentations::Ignore
+        } else {
+            Segmentations::Read
+        },
     };
     // One spelling of the folder (`data`, `./data/`, links to it): the cache's fingerprint
     // holds the input files' paths, which would otherwise differ with it and rebuild the cache

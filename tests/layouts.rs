@@ -223,6 +223,32 @@ fn a_task_without_labelled_cases_loads_for_annotation_only() {
     o.segmentations = Segmentations::Ignore;
     let (ds, _) = Dataset::load(&root, &o).unwrap();
     assert_eq!(ds.patients().len(), 2);
+
+    // `dataset --images-only` summarises it as such a session loads it.
+    let out = Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["dataset", root.to_str().unwrap(), "--images-only", "--json"])
+        .env("SUGGESTIVE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["patients"], 2);
+    assert_eq!(v["with_segmentation"], 0);
+    assert!(v["tumour"].is_null(), "{v}");
+    assert_eq!(
+        v["cache"]["status"]["state"], "hit",
+        "the cache built above"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["dataset", root.to_str().unwrap(), "--images-only"])
+        .env("SUGGESTIVE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tumour    not read (--images-only); 0 of 2 cases have a segmentation file"),
+        "{text}"
+    );
 }
 
 #[test]

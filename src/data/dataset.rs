@@ -415,7 +415,8 @@ fn cases_to_load(
             path: layout.root.clone(),
             msg: format!(
                 "no labelled cases, only {} without segmentation; cases without labels are \
-                 loaded by a session labelled by people (experiment.labels = \"human\")",
+                 loaded by a session labelled by people (experiment.labels = \"human\"), and \
+                 summarised as such by `dataset --images-only`",
                 layout.patients.len() + layout.unlabelled.len()
             ),
         }),

@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{Dataset, LayoutKind, LoadReport, Modality, Preprocessing, SkippedPatient};
+use super::{
+    Dataset, LayoutKind, LoadReport, Modality, Preprocessing, Segmentations, SkippedPatient,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TumourStats {
@@ -49,7 +51,10 @@ pub struct Summary {
     pub slice_shape: [usize; 3],
     /// Original volume shapes `XxYxZ` → patients.
     pub volume_shapes: BTreeMap<String, usize>,
-    pub tumour: TumourStats,
+    /// Loaded cases that have a segmentation file (read or not).
+    pub with_segmentation: usize,
+    /// `None`: the load read no segmentation (`dataset --images-only`).
+    pub tumour: Option<TumourStats>,
     pub preprocessing: Preprocessing,
     pub cache: CacheSummary,
     pub skipped: Vec<SkippedPatient>,
@@ -116,7 +121,10 @@ impl Summary {
             slices: ds.num_slices(),
             slice_shape: [ds.channels(), ds.size(), ds.size()],
             volume_shapes: shapes,
-            tumour: TumourStats {
+            with_segmentation: (0..patients.len())
+                .filter(|&p| ds.has_segmentation(p))
+                .count(),
+            tumour: (ds.segmentations() == Segmentations::Read).then(|| TumourStats {
                 median_ml: median,
                 mean_ml: ml.iter().sum::<f64>() / n,
                 min_ml: ml.first().copied().unwrap_or(0.0),
@@ -124,7 +132,7 @@ impl Summary {
                 slices_with_tumour: tumour_slices,
                 slices_with_tumour_fraction: tumour_slices as f64 / ds.num_slices().max(1) as f64,
                 label_fraction,
-            },
+            }),
             preprocessing: ds.preprocessing().clone(),
             cache: CacheSummary {
                 report: report.clone(),
@@ -188,21 +196,31 @@ impl Summary {
             p.drop_last,
             p.downsample
         );
-        let t = &self.tumour;
-        let _ = writeln!(
-            s,
-            "tumour    whole tumour {:.1} ml median ({:.1}–{:.1}), {:.0}% of slices contain tumour",
-            t.median_ml,
-            t.min_ml,
-            t.max_ml,
-            100.0 * t.slices_with_tumour_fraction
-        );
-        let lf: Vec<String> = t
-            .label_fraction
-            .iter()
-            .map(|(k, v)| format!("{k} {:.0}%", 100.0 * v))
-            .collect();
-        let _ = writeln!(s, "          {}", lf.join(" · "));
+        match &self.tumour {
+            Some(t) => {
+                let _ = writeln!(
+                    s,
+                    "tumour    whole tumour {:.1} ml median ({:.1}–{:.1}), {:.0}% of slices contain tumour",
+                    t.median_ml,
+                    t.min_ml,
+                    t.max_ml,
+                    100.0 * t.slices_with_tumour_fraction
+                );
+                let lf: Vec<String> = t
+                    .label_fraction
+                    .iter()
+                    .map(|(k, v)| format!("{k} {:.0}%", 100.0 * v))
+                    .collect();
+                let _ = writeln!(s, "          {}", lf.join(" · "));
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "tumour    not read (--images-only); {} of {} cases have a segmentation file",
+                    self.with_segmentation, self.patients
+                );
+            }
+        }
         let status = match &self.cache.report.status {
             super::CacheStatus::Hit => "hit".to_string(),
             super::CacheStatus::Built => "built".to_string(),

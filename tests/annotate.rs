@@ -12,11 +12,7 @@ use suggestive::phantom::PhantomLayout;
 use suggestive::session::annotations::{self, WorkItem};
 use suggestive::session::Session;
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-}
+use common::PhantomEnv as Env;
 
 impl Env {
     fn new() -> Env {
@@ -25,22 +21,7 @@ impl Env {
 
     /// Ten tiny phantom cases in `layout`.
     fn in_layout(layout: PhantomLayout) -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let data = tiny_phantom(&root.join("data"), &[("CBICA", 5), ("TCIA", 5)], layout, 4);
-        Env {
-            _tmp: tmp,
-            root,
-            data,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Command {
-        let mut c = bin();
-        c.args(args)
-            .env("SUGGESTIVE_CACHE_DIR", self.root.join("cache"))
-            .env("SUGGESTIVE_SESSIONS_DIR", self.root.join("sessions"));
-        c
+        Env::with(&[("CBICA", 5), ("TCIA", 5)], layout, 4)
     }
 
     /// A session `name` of the tiny setting with one arm, labelled as `labels` says.

@@ -4,43 +4,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use suggestive::phantom::PhantomLayout;
 use suggestive::session::Session;
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-}
+use common::PhantomEnv as Env;
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let data = tiny_phantom(
-            &root.join("data"),
-            &[("CBICA", 4), ("TCIA", 4)],
-            PhantomLayout::Brats2019,
-            6,
-        );
-        Env {
-            _tmp: tmp,
-            root,
-            data,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = bin();
-        c.args(args)
-            .env("SUGGESTIVE_CACHE_DIR", self.root.join("cache"))
-            .env("SUGGESTIVE_DATA_DIR", self.root.join("share"))
-            .env("SUGGESTIVE_SESSIONS_DIR", self.root.join("sessions"));
-        c
+        Env::with(&[("CBICA", 4), ("TCIA", 4)], PhantomLayout::Brats2019, 6)
     }
 
     /// Runs the session to its end (or to where it already is); fails the test otherwise.

@@ -201,6 +201,13 @@ fn mid_round() -> Dashboard {
     app
 }
 
+/// Each of `want` is somewhere on `screen`.
+fn assert_shows(screen: &str, want: &[&str]) {
+    for w in want {
+        assert!(screen.contains(w), "{w}:\n{screen}");
+    }
+}
+
 fn render(app: &Dashboard, w: u16, h: u16) -> String {
     let theme = Theme::default_theme(false);
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
@@ -331,16 +338,17 @@ fn comparison_view_shows_the_paired_table() {
     app.on_key(key(KeyCode::Char('c')));
     assert!(app.comparison);
     let wide = render(&app, 160, 48);
-    for want in [
-        "proposed − random, paired by repeat",
-        "3/0/0",
-        "AUBC",
-        "full data 0.800 ± 0.020 (n = 3)",
-        "repeat 1: VAE MSE 0.2100, mean image 0.5500: 62 % of the variance explained",
-        "KL per dimension 0.90 0.40 0.01 0.00 0.00 nats; 2 of 5 active",
-    ] {
-        assert!(wide.contains(want), "{want}:\n{wide}");
-    }
+    assert_shows(
+        &wide,
+        &[
+            "proposed − random, paired by repeat",
+            "3/0/0",
+            "AUBC",
+            "full data 0.800 ± 0.020 (n = 3)",
+            "repeat 1: VAE MSE 0.2100, mean image 0.5500: 62 % of the variance explained",
+            "KL per dimension 0.90 0.40 0.01 0.00 0.00 nats; 2 of 5 active",
+        ],
+    );
     insta::assert_snapshot!("comparison_160x48", wide);
     insta::assert_snapshot!("comparison_80x24", render(&app, 80, 24));
     // Tab moves to the oracle, which has no round in any repeat yet; c closes the view.
@@ -882,17 +890,18 @@ fn an_attached_dashboard_says_where_each_repeat_runs_and_runs_nothing_itself() {
     let mut app = attached();
     assert_eq!(app.run, RunState::Watching);
     let wide = render(&app, 160, 48);
-    for want in [
-        "· attached ·",
-        "Repeats (running elsewhere)",
-        " 1 finished",
-        " 2 running  slurm 1000_2 RUNNING on node07",
-        "s ago · VAE · epoch 4/10 · loss 0.2500",
-        " 3 queued   slurm 1000_3 PENDING",
-        "proposed − random at 6: +0.047",
-    ] {
-        assert!(wide.contains(want), "{want}:\n{wide}");
-    }
+    assert_shows(
+        &wide,
+        &[
+            "· attached ·",
+            "Repeats (running elsewhere)",
+            " 1 finished",
+            " 2 running  slurm 1000_2 RUNNING on node07",
+            "s ago · VAE · epoch 4/10 · loss 0.2500",
+            " 3 queued   slurm 1000_3 PENDING",
+            "proposed − random at 6: +0.047",
+        ],
+    );
     // The time since the last event moves with the clock.
     insta::with_settings!({filters => vec![(r"\d+s ago", "Ns ago")]}, {
         insta::assert_snapshot!("attached_160x48", wide);
@@ -975,17 +984,18 @@ fn the_worklist_shows_each_case_waiting_received_or_rejected() {
     }));
     assert_eq!(app.run, RunState::AwaitingLabels);
     let wide = render(&app, 160, 48);
-    for want in [
-        "waiting for annotations",
-        "Round 1: 1 of 3 annotations in",
-        " 1 received BraTS19_CBICA_P012_1",
-        " 2 rejected BraTS19_TCIA01_P003_1",
-        "   BraTS19_TCIA01_P003_1_seg.nii.gz: shape [240, 240,",
-        " 3 waiting  BraTS19_CBICA_P020_1",
-        "n look now · p stop waiting",
-    ] {
-        assert!(wide.contains(want), "{want}:\n{wide}");
-    }
+    assert_shows(
+        &wide,
+        &[
+            "waiting for annotations",
+            "Round 1: 1 of 3 annotations in",
+            " 1 received BraTS19_CBICA_P012_1",
+            " 2 rejected BraTS19_TCIA01_P003_1",
+            "   BraTS19_TCIA01_P003_1_seg.nii.gz: shape [240, 240,",
+            " 3 waiting  BraTS19_CBICA_P020_1",
+            "n look now · p stop waiting",
+        ],
+    );
     insta::assert_snapshot!("worklist_160x48", wide);
     let small = render(&app, 80, 24);
     assert!(small.contains("3 waiting"), "{small}");
@@ -1019,13 +1029,14 @@ fn evaluation_off_is_said_where_the_dice_curves_would_be() {
         test_cases: 0,
     });
     let wide = render(&app, 160, 48);
-    for want in [
-        "Evaluation off",
-        "no labelled test case to measure Dice against",
-        "repeat 1: 40 cases in the pool, no labelled test case: evaluation off",
-    ] {
-        assert!(wide.contains(want), "{want}:\n{wide}");
-    }
+    assert_shows(
+        &wide,
+        &[
+            "Evaluation off",
+            "no labelled test case to measure Dice against",
+            "repeat 1: 40 cases in the pool, no labelled test case: evaluation off",
+        ],
+    );
     assert!(render(&app, 80, 24).contains("Evaluation off"));
     app.on_event(Event::Split {
         repeat: 0,

@@ -610,12 +610,7 @@ pub fn missing<'a>(
     round: usize,
     items: &'a [WorkItem],
 ) -> Vec<&'a WorkItem> {
-    let have = session
-        .state
-        .repeats
-        .get(repeat)
-        .map(|d| d.annotations.as_slice())
-        .unwrap_or_default();
+    let have = session.state.annotations(repeat);
     items
         .iter()
         .filter(|i| !have.iter().any(|a| a.case == i.case && a.round == round))
@@ -769,12 +764,7 @@ pub fn export_labels(
     out: &Path,
 ) -> Result<Vec<PathBuf>> {
     let files = session.files();
-    let annotations = session
-        .state
-        .repeats
-        .get(repeat)
-        .map(|d| d.annotations.as_slice())
-        .unwrap_or_default();
+    let annotations = session.state.annotations(repeat);
     let mut cases: Vec<&str> = annotations.iter().map(|a| a.case.as_str()).collect();
     cases.sort_unstable();
     cases.dedup();

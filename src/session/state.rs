@@ -201,6 +201,14 @@ impl Default for SessionState {
 }
 
 impl SessionState {
+    /// The counted segmentations of `repeat` (none before its split).
+    pub fn annotations(&self, repeat: usize) -> &[Annotation] {
+        self.repeats
+            .get(repeat)
+            .map(|d| d.annotations.as_slice())
+            .unwrap_or_default()
+    }
+
     /// A repeat was split without test cases (labelled by people, none labelled, or a test
     /// fraction of 0): nothing is evaluated.
     pub fn evaluation_off(&self) -> bool {

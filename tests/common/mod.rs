@@ -215,3 +215,34 @@ pub fn assert_ok(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A temporary folder holding a tiny phantom in `data/`, and the program run with its caches,
+/// data and sessions inside it. Each test file adds its own helpers.
+pub struct PhantomEnv {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub data: PathBuf,
+}
+
+impl PhantomEnv {
+    pub fn with(sites: &[(&str, usize)], layout: PhantomLayout, seed: u64) -> PhantomEnv {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let data = tiny_phantom(&root.join("data"), sites, layout, seed);
+        PhantomEnv {
+            _tmp: tmp,
+            root,
+            data,
+        }
+    }
+
+    /// The program with `args`, its folders inside this one.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = bin();
+        c.args(args)
+            .env("SUGGESTIVE_CACHE_DIR", self.root.join("cache"))
+            .env("SUGGESTIVE_DATA_DIR", self.root.join("share"))
+            .env("SUGGESTIVE_SESSIONS_DIR", self.root.join("sessions"));
+        c
+    }
+}

@@ -307,7 +307,12 @@ impl Progress {
             Event::Evaluated { arm, round, annotated, dice_mean, dice_sd, collapsed, .. } => {
                 say!("    {arm} round {round}: {annotated} annotated, test Dice {dice_mean:.3} ± {dice_sd:.3}{}", if *collapsed { " (collapsed: predicts no tumour)" } else { "" });
             }
-            Event::Manifold { repeat, stats } => say!("    repeat {}: {}", repeat + 1, stats.line()),
+            Event::Manifold { repeat, stats, warning } => {
+                say!("    repeat {}: {}", repeat + 1, stats.line());
+                if let Some(w) = warning {
+                    say!("    repeat {}: warning: {w}", repeat + 1);
+                }
+            }
             Event::Split { repeat, pool_cases, test_cases } => say!("    {}", suggestive::session::events::split_summary(*repeat, *pool_cases, *test_cases)),
             Event::Stopped { steps_done, steps_total } => say!("stopped at a safe point: {steps_done}/{steps_total} steps done; run again to resume"),
             Event::Finished { steps_total } => say!("finished: {steps_total} steps"),

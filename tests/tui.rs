@@ -316,6 +316,7 @@ fn three_repeats() -> Dashboard {
             mean_variance: vec![0.8, 0.3, 0.005, 0.0, 0.0],
             active_dims: 2,
         },
+        warning: None,
     });
     for e in events {
         app.on_message(Message::Event(e));
@@ -356,6 +357,41 @@ fn comparison_view_shows_the_paired_table() {
     assert!(render(&app, 160, 48).contains("oracle − random, paired by repeat"));
     app.on_key(key(KeyCode::Char('c')));
     assert!(!app.comparison);
+}
+
+/// A latent space below vae.min_variance_explained: the legend marks the arms that pick in it,
+/// the log and the comparison view carry the warning.
+#[test]
+fn a_weak_latent_space_is_flagged_next_to_the_arms_that_use_it() {
+    let mut app = three_repeats();
+    let stats = suggestive::engine::manifold::ManifoldStats {
+        slices: 2580,
+        recon_mse: 0.50,
+        mean_image_mse: 0.55,
+        variance_explained: 1.0 - 0.50 / 0.55,
+        kl_per_dim: vec![0.01; 5],
+        mean_variance: vec![0.001; 5],
+        active_dims: 0,
+    };
+    let warning = app.config.as_ref().unwrap().weak_manifold(&stats);
+    assert!(warning.is_some(), "9 % is below the default bar");
+    app.on_message(Message::Event(Event::Manifold {
+        repeat: 1,
+        stats,
+        warning,
+    }));
+    let text = render(&app, 160, 48);
+    assert_shows(
+        &text,
+        &[
+            "proposed (weak latent space)",
+            "repeat 2: warning: the latent space reproduces 9 % of the pool's variance (below 25 %): proposed picks carry",
+        ],
+    );
+    assert!(!text.contains("random (weak"), "{text}");
+    app.on_key(key(KeyCode::Char('c')));
+    assert!(render(&app, 160, 48)
+        .contains("repeat 2: warning: the latent space reproduces 9 % of the pool's variance"));
 }
 
 #[test]

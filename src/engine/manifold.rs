@@ -64,6 +64,38 @@ impl ManifoldStats {
     }
 }
 
+/// Below this share of the pool's variance, by default, the latent space is called too weak to
+/// pick in (`vae.min_variance_explained`).
+pub const DEFAULT_MIN_VARIANCE_EXPLAINED: f64 = 0.25;
+
+impl ManifoldStats {
+    /// The warning for `arms`, the strategies that pick in the latent space, when it reproduces
+    /// less than `threshold` of the pool's variance (or its statistics are not numbers):
+    /// `the latent space reproduces 9 % of the pool's variance (below 25 %): proposed and
+    /// coreset picks carry little information`. `None` when it clears the bar or no arm depends
+    /// on it.
+    pub fn weak_for(&self, threshold: f64, arms: &[&str]) -> Option<String> {
+        let ve = self.variance_explained;
+        if arms.is_empty() || ve >= threshold {
+            return None;
+        }
+        let share = if ve.is_finite() {
+            format!("{:.0} %", 100.0 * ve)
+        } else {
+            "no measurable share".into()
+        };
+        let arms = match arms {
+            [one] => format!("{one} picks carry"),
+            [init @ .., last] => format!("{} and {last} picks carry", init.join(", ")),
+            [] => unreachable!(),
+        };
+        Some(format!(
+            "the latent space reproduces {share} of the pool's variance (below {:.0} %): {arms} little information",
+            100.0 * threshold
+        ))
+    }
+}
+
 /// The encoder means of `slices` (`(N, latent)` on the CPU, as `select::encode_slices`), and
 /// the manifold's statistics over them.
 pub fn encode_and_diagnose(
@@ -151,6 +183,40 @@ pub fn encode_and_diagnose(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(variance_explained: f64) -> ManifoldStats {
+        ManifoldStats {
+            slices: 10,
+            recon_mse: 0.5,
+            mean_image_mse: 0.5,
+            variance_explained,
+            kl_per_dim: vec![0.1],
+            mean_variance: vec![0.1],
+            active_dims: 1,
+        }
+    }
+
+    #[test]
+    fn a_weak_latent_space_is_named_for_the_arms_that_pick_in_it() {
+        let weak = stats(0.09);
+        assert_eq!(
+            weak.weak_for(0.25, &["proposed", "coreset"]).as_deref(),
+            Some("the latent space reproduces 9 % of the pool's variance (below 25 %): proposed and coreset picks carry little information")
+        );
+        assert_eq!(
+            weak.weak_for(0.25, &["proposed"]).as_deref(),
+            Some("the latent space reproduces 9 % of the pool's variance (below 25 %): proposed picks carry little information")
+        );
+        assert_eq!(weak.weak_for(0.25, &[]), None, "no arm depends on it");
+        assert_eq!(stats(0.25).weak_for(0.25, &["proposed"]), None);
+        assert_eq!(stats(0.6).weak_for(0.5, &["coreset"]), None);
+        let diverged = stats(f64::NAN).weak_for(0.25, &["proposed"]).unwrap();
+        assert!(diverged.contains("no measurable share"), "{diverged}");
+        assert!(stats(-0.08)
+            .weak_for(0.25, &["proposed"])
+            .unwrap()
+            .contains("reproduces -8 %"));
+    }
 
     /// A diverged VAE's statistics (NaN) are written as null and read back as NaN.
     #[test]

@@ -11,6 +11,7 @@ pub mod host_memory;
 pub mod manifold;
 pub mod mixed;
 pub mod nets;
+pub mod replay;
 pub mod select;
 pub mod surface;
 pub mod train;

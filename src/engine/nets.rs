@@ -207,6 +207,33 @@ impl Default for VaeConfig {
     }
 }
 
+/// PyTorch's default initialisation of a layer with `fan_in` inputs per output: weights and
+/// biases uniform in ±1/√fan_in (torch.nn's `kaiming_uniform_(a = √5)` and its bias rule).
+/// The VAE uses it for every layer. tch's default (Kaiming uniform with the ReLU gain, ±√6/√fan_in,
+/// and zero biases) is 2.45 times larger: the VAE, a residual network without normalisation,
+/// then blows up in its first steps and its decoder settles on a near-constant image
+/// (docs/method.md has the measurements).
+pub fn torch_default_init(fan_in: i64) -> (nn::Init, nn::Init) {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    let uniform = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    (uniform, uniform)
+}
+
+/// A VAE convolution from `in_channels` with a `k`×`k` kernel, initialised as PyTorch does.
+fn conv_config(in_channels: i64, k: i64, stride: i64, padding: i64) -> nn::ConvConfig {
+    let (ws_init, bs_init) = torch_default_init(in_channels * k * k);
+    nn::ConvConfig {
+        stride,
+        padding,
+        ws_init,
+        bs_init,
+        ..Default::default()
+    }
+}
+
 /// x + conv(relu(conv(relu(x)))): the residual block of the VAE.
 #[derive(Debug)]
 struct ResBlock {
@@ -216,10 +243,7 @@ struct ResBlock {
 
 impl ResBlock {
     fn new(p: nn::Path, c: i64) -> Self {
-        let cfg = nn::ConvConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let cfg = conv_config(c, 3, 1, 1);
         ResBlock {
             c1: nn::conv2d(&p / "c1", c, c, 3, cfg),
             c2: nn::conv2d(&p / "c2", c, c, 3, cfg),
@@ -243,19 +267,15 @@ pub struct Vae {
 }
 
 impl Vae {
-    /// `size` must be divisible by 2^levels.
+    /// `size` must be divisible by 2^levels. Every layer starts from PyTorch's default
+    /// initialisation ([`torch_default_init`]).
     pub fn new(p: &nn::Path, in_channels: i64, size: i64, cfg: &VaeConfig) -> Vae {
         let w = |l: usize| cfg.base << l;
-        let down = nn::ConvConfig {
-            stride: 2,
-            padding: 1,
-            ..Default::default()
-        };
         let enc = (0..cfg.levels)
             .map(|l| {
                 let i = if l == 0 { in_channels } else { w(l - 1) };
                 (
-                    nn::conv2d(p / format!("enc{l}"), i, w(l), 4, down),
+                    nn::conv2d(p / format!("enc{l}"), i, w(l), 4, conv_config(i, 4, 2, 1)),
                     ResBlock::new(p / format!("encres{l}"), w(l)),
                 )
             })
@@ -263,36 +283,46 @@ impl Vae {
         let side = size >> cfg.levels;
         let c = w(cfg.levels - 1);
         let flat = c * side * side;
-        let up = nn::ConvTransposeConfig {
-            stride: 2,
-            padding: 1,
-            ..Default::default()
-        };
         let dec = (0..cfg.levels)
             .rev()
             .map(|l| {
                 let o = if l == 0 { cfg.base } else { w(l - 1) };
+                // PyTorch takes a transposed convolution's fan-in from its output channels
+                // (the weight is in × out × k × k and fan-in is read from dimension 1).
+                let (bound, bias) = torch_default_init(o * 16);
+                let up = nn::ConvTransposeConfig {
+                    stride: 2,
+                    padding: 1,
+                    ws_init: bound,
+                    bs_init: bias,
+                    ..Default::default()
+                };
                 (
                     ResBlock::new(p / format!("decres{l}"), w(l)),
                     nn::conv_transpose2d(p / format!("dec{l}"), w(l), o, 4, up),
                 )
             })
             .collect();
+        let linear = |fan_in: i64| {
+            let (ws_init, bs_init) = torch_default_init(fan_in);
+            nn::LinearConfig {
+                ws_init,
+                bs_init: Some(bs_init),
+                bias: true,
+            }
+        };
         Vae {
             enc,
-            mu: nn::linear(p / "mu", flat, cfg.latent, Default::default()),
-            logvar: nn::linear(p / "logvar", flat, cfg.latent, Default::default()),
-            dec_in: nn::linear(p / "dec_in", cfg.latent, flat, Default::default()),
+            mu: nn::linear(p / "mu", flat, cfg.latent, linear(flat)),
+            logvar: nn::linear(p / "logvar", flat, cfg.latent, linear(flat)),
+            dec_in: nn::linear(p / "dec_in", cfg.latent, flat, linear(cfg.latent)),
             dec,
             out: nn::conv2d(
                 p / "out",
                 cfg.base,
                 in_channels,
                 3,
-                nn::ConvConfig {
-                    padding: 1,
-                    ..Default::default()
-                },
+                conv_config(cfg.base, 3, 1, 1),
             ),
             bottleneck: (c, side),
         }

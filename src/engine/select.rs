@@ -66,24 +66,28 @@ pub fn pick_random(unlabelled: &[usize], k: usize, rng: &mut ChaCha8Rng) -> Vec<
     pool.into_iter().take(k).map(Pick::plain).collect()
 }
 
-/// The `k` samples with the lowest score (the current model's Dice), ties by index.
-pub fn pick_oracle(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
-    pick_ranked(scores, k, |a, b| a.total_cmp(b))
+/// The `k` samples with the lowest score (the current model's Dice), ties in a seeded order.
+pub fn pick_oracle(scores: &[(usize, f64)], k: usize, rng: &mut ChaCha8Rng) -> Vec<Pick> {
+    pick_ranked(scores, k, rng, |a, b| a.total_cmp(b))
 }
 
-/// The `k` samples with the highest score (uncertainty), ties by index.
-pub fn pick_highest(scores: &[(usize, f64)], k: usize) -> Vec<Pick> {
-    pick_ranked(scores, k, |a, b| b.total_cmp(a))
+/// The `k` samples with the highest score (uncertainty), ties in a seeded order.
+pub fn pick_highest(scores: &[(usize, f64)], k: usize, rng: &mut ChaCha8Rng) -> Vec<Pick> {
+    pick_ranked(scores, k, rng, |a, b| b.total_cmp(a))
 }
 
-/// The first `k` samples in `order` of their scores, ties by index; each pick keeps its score.
+/// The first `k` samples in `order` of their scores; each pick keeps its score. Ties fall in
+/// an order shuffled with `rng`, not by index: image-wise many slices tie (a Dice of 0 on every
+/// missed tumour), and by index the picks would crowd into the first patients.
 fn pick_ranked(
     scores: &[(usize, f64)],
     k: usize,
+    rng: &mut ChaCha8Rng,
     order: impl Fn(&f64, &f64) -> std::cmp::Ordering,
 ) -> Vec<Pick> {
     let mut s = scores.to_vec();
-    s.sort_by(|a, b| order(&a.1, &b.1).then(a.0.cmp(&b.0)));
+    s.shuffle(rng);
+    s.sort_by(|a, b| order(&a.1, &b.1)); // stable: ties keep the shuffled order
     s.into_iter()
         .take(k)
         .map(|(i, v)| Pick {
@@ -349,17 +353,44 @@ fn direction_batch(
 mod tests {
     use super::*;
 
+    use rand::SeedableRng;
+
+    fn rng(seed: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(seed)
+    }
+
     #[test]
     fn oracle_takes_the_lowest_scores() {
-        let p = pick_oracle(&[(0, 0.9), (1, 0.1), (2, 0.5), (3, 0.1)], 3);
-        let got: Vec<usize> = p.iter().map(|p| p.sample).collect();
+        let p = pick_oracle(&[(0, 0.9), (1, 0.1), (2, 0.5), (3, 0.1)], 3, &mut rng(0));
+        let mut got: Vec<usize> = p.iter().map(|p| p.sample).collect();
+        assert_eq!(got[2], 2);
+        got[..2].sort();
         assert_eq!(got, [1, 3, 2]);
     }
 
     #[test]
     fn entropy_takes_the_highest_scores() {
-        let p = pick_highest(&[(0, 0.2), (1, 0.6), (2, 0.1), (3, 0.6)], 3);
-        let got: Vec<(usize, Option<f64>)> = p.iter().map(|p| (p.sample, p.score)).collect();
+        let p = pick_highest(&[(0, 0.2), (1, 0.6), (2, 0.1), (3, 0.6)], 3, &mut rng(0));
+        let mut got: Vec<(usize, Option<f64>)> = p.iter().map(|p| (p.sample, p.score)).collect();
+        got[..2].sort_by_key(|g| g.0);
         assert_eq!(got, [(1, Some(0.6)), (3, Some(0.6)), (0, Some(0.2))]);
+    }
+
+    /// Ties are broken in the seeded order, not by index: among 100 tied samples the picks
+    /// spread over the whole range, the same for one seed and different for another.
+    #[test]
+    fn ties_fall_in_a_seeded_order_not_by_index() {
+        let scores: Vec<(usize, f64)> = (0..100).map(|i| (i, 0.0)).collect();
+        let picks = |seed| -> Vec<usize> {
+            pick_oracle(&scores, 10, &mut rng(seed))
+                .iter()
+                .map(|p| p.sample)
+                .collect()
+        };
+        let a = picks(1);
+        assert_ne!(a, (0..10).collect::<Vec<_>>(), "not the first ten by index");
+        assert!(a.iter().any(|&s| s >= 50), "{a:?}");
+        assert_eq!(a, picks(1));
+        assert_ne!(a, picks(2));
     }
 }

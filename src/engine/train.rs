@@ -177,21 +177,16 @@ pub fn train_vae(
     on_checkpoint: &mut OnCheckpoint,
 ) -> Result<usize> {
     let (ds, feed, seed) = (schedule.ds, schedule.feed, schedule.seed);
-    // The reparameterisation noise comes from its own seeded stream per epoch (not libtorch's
-    // global generator, which anything else in the process, such as the TUI's preview thread
-    // building a network, would advance): a resumed run draws what an uninterrupted one would,
-    // on any device.
-    let noise = std::cell::RefCell::new(epoch_rng(seed ^ NOISE_KEY, schedule.epochs.start));
-    let mut start_epoch = |epoch: usize| *noise.borrow_mut() = epoch_rng(seed ^ NOISE_KEY, epoch);
     let latent = net.latent() as usize;
+    let noise = std::cell::RefCell::new(VaeNoise::new(seed, schedule.epochs.start, latent));
+    let mut start_epoch = |epoch: usize| *noise.borrow_mut() = VaeNoise::new(seed, epoch, latent);
     // A batch a resumed epoch already did drew its noise: draw it again, so the next batch
     // gets what it got in an uninterrupted run.
     let mut skip = |chunk: &[usize]| {
-        standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
+        let _ = noise.borrow_mut().draw(chunk.len());
     };
     let mut loss_of = |chunk: &[usize]| {
-        let eps = standard_normal(&mut noise.borrow_mut(), chunk.len() * latent);
-        let eps = Tensor::from_slice(&eps).view([chunk.len() as i64, latent as i64]);
+        let eps = noise.borrow_mut().draw(chunk.len());
         net.loss(
             &feed.images(ds, chunk),
             kl_weight,
@@ -204,6 +199,31 @@ pub fn train_vae(
         loss_of: &mut loss_of,
     };
     run_epochs(opt, schedule, on_checkpoint, steps)
+}
+
+/// The VAE's reparameterisation noise for one epoch. It comes from its own seeded stream per
+/// epoch (not libtorch's global generator, which anything else in the process, such as the
+/// TUI's preview thread building a network, would advance): a resumed run draws what an
+/// uninterrupted one would, on any device, and a replay (engine::replay) draws the same.
+pub struct VaeNoise {
+    rng: ChaCha8Rng,
+    latent: usize,
+}
+
+impl VaeNoise {
+    /// The noise of `epoch` for a schedule seeded with `seed`.
+    pub fn new(seed: u64, epoch: usize, latent: usize) -> VaeNoise {
+        VaeNoise {
+            rng: epoch_rng(seed ^ NOISE_KEY, epoch),
+            latent,
+        }
+    }
+
+    /// The next batch's noise: `batch` × latent draws of N(0, 1), on the CPU.
+    pub fn draw(&mut self, batch: usize) -> Tensor {
+        let eps = standard_normal(&mut self.rng, batch * self.latent);
+        Tensor::from_slice(&eps).view([batch as i64, self.latent as i64])
+    }
 }
 
 /// `n` draws of N(0, 1) (Box–Muller), as float32.

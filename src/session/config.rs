@@ -122,6 +122,11 @@ impl Arm {
         }
     }
 
+    /// Whether the arm picks in the VAE's latent space (and so is only as good as it is).
+    pub fn uses_latent_space(self) -> bool {
+        matches!(self, Arm::Proposed | Arm::Coreset)
+    }
+
     /// Whether the arm picks samples round by round (every arm but the `full` reference).
     pub fn is_strategy(self) -> bool {
         self != Arm::Full
@@ -257,6 +262,15 @@ pub struct VaeTrain {
     pub epochs: usize,
     pub kl_weight: f64,
     pub batch_size: usize,
+    /// Below this share of the pool's variance explained, `run`, the dashboard and the report
+    /// warn that the arms picking in the latent space (proposed, coreset) carry little
+    /// information.
+    #[serde(default = "default_min_variance_explained")]
+    pub min_variance_explained: f64,
+}
+
+fn default_min_variance_explained() -> f64 {
+    crate::engine::manifold::DEFAULT_MIN_VARIANCE_EXPLAINED
 }
 
 impl VaeTrain {
@@ -313,6 +327,19 @@ impl SessionConfig {
             }
         }
         Ok(())
+    }
+
+    /// The warning that a repeat's latent space, with these statistics, is too weak for the
+    /// session's arms that pick in it (see `ManifoldStats::weak_for`).
+    pub fn weak_manifold(&self, stats: &crate::engine::manifold::ManifoldStats) -> Option<String> {
+        let arms: Vec<&str> = self
+            .experiment
+            .arms
+            .iter()
+            .filter(|a| a.uses_latent_space())
+            .map(|a| a.name())
+            .collect();
+        stats.weak_for(self.vae.min_variance_explained, &arms)
     }
 
     /// The settings (`section.key`) whose values differ from `other`'s.
@@ -433,6 +460,10 @@ impl SessionConfig {
         if !(self.vae.kl_weight.is_finite() && self.vae.kl_weight >= 0.0) {
             bail!("vae.kl_weight = {} must be 0 or more", self.vae.kl_weight);
         }
+        let bar = self.vae.min_variance_explained;
+        if !(0.0..=1.0).contains(&bar) {
+            bail!("vae.min_variance_explained = {bar} must be a share between 0 and 1");
+        }
         for (i, arm) in e.arms.iter().enumerate() {
             if e.arms[..i].contains(arm) {
                 bail!(
@@ -501,6 +532,10 @@ mod tests {
             ("vae.lr=0.0", "vae.lr = 0 must be a positive number"),
             ("selection.alpha=-1.0", "selection.alpha = -1 must be"),
             ("vae.kl_weight=inf", "vae.kl_weight = inf"),
+            (
+                "vae.min_variance_explained=25.0",
+                "vae.min_variance_explained = 25 must be a share",
+            ),
             ("unet.depth=40", "at most 12"),
             (
                 "experiment.arms=[\"random\",\"proposed\",\"random\"]",

@@ -149,6 +149,10 @@ pub enum Event {
     Manifold {
         repeat: usize,
         stats: crate::engine::manifold::ManifoldStats,
+        /// Set when the latent space is too weak for the arms that pick in it
+        /// (`SessionConfig::weak_manifold`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
     },
     /// Labelled by people: a segmentation offered for round `round` was counted or refused.
     Annotation {

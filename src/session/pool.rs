@@ -64,6 +64,13 @@ impl<'a> Pool<'a> {
         }
     }
 
+    /// Whether a sample shows any brain (an image-wise slice may lie wholly outside it).
+    pub fn has_brain(&self, sample: usize) -> bool {
+        self.sample_slices(&[sample])
+            .iter()
+            .any(|&s| !self.ds.is_blank(s))
+    }
+
     /// Whether a sample contains tumour.
     pub fn has_tumour(&self, sample: usize) -> bool {
         self.sample_slices(&[sample])

@@ -207,6 +207,18 @@ impl Dashboard {
             .unwrap_or_default()
     }
 
+    /// Per repeat with a latent space too weak for the arms that pick in it, the warning
+    /// (`SessionConfig::weak_manifold`).
+    pub fn weak_manifolds(&self) -> Vec<(usize, String)> {
+        let Some(cfg) = &self.config else {
+            return Vec::new();
+        };
+        self.manifold
+            .iter()
+            .filter_map(|(&r, m)| Some((r, cfg.weak_manifold(m)?)))
+            .collect()
+    }
+
     pub fn selected_arm(&self) -> Option<Arm> {
         self.arms().get(self.arm_index).copied()
     }
@@ -364,7 +376,7 @@ impl Dashboard {
             self.log(error, line);
         }
         match e {
-            Event::Manifold { repeat, stats } => {
+            Event::Manifold { repeat, stats, .. } => {
                 self.manifold.insert(repeat, stats);
             }
             Event::Split { test_cases, .. } => self.evaluation_off = test_cases == 0,
@@ -803,9 +815,16 @@ impl Dashboard {
 /// The log line an event makes (and whether it tells of an error), if any.
 fn event_line(e: &Event) -> Option<(bool, String)> {
     Some(match e {
-        Event::Manifold { repeat, stats } => {
-            (false, format!("repeat {}: {}", repeat + 1, stats.line()))
-        }
+        Event::Manifold {
+            repeat,
+            stats,
+            warning: None,
+        } => (false, format!("repeat {}: {}", repeat + 1, stats.line())),
+        Event::Manifold {
+            repeat,
+            warning: Some(w),
+            ..
+        } => (true, format!("repeat {}: warning: {w}", repeat + 1)),
         Event::Split {
             repeat,
             pool_cases,

@@ -143,6 +143,12 @@ fn lines(app: &Dashboard, t: &Theme, arm: Arm) -> Vec<Line<'static>> {
             dim,
         )));
     }
+    for (repeat, warning) in app.weak_manifolds() {
+        out.push(Line::from(Span::styled(
+            format!("repeat {}: warning: {warning}", repeat + 1),
+            Style::default().fg(t.error),
+        )));
+    }
     out
 }
 

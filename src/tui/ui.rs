@@ -482,15 +482,25 @@ fn dice_chart(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
             }
         }
     }
+    // An arm that picks in a latent space too weak for it says so in the legend.
+    let weak = !app.weak_manifolds().is_empty();
+    let names: Vec<String> = series
+        .iter()
+        .map(|(arm, _, _)| match weak && arm.uses_latent_space() {
+            true => format!("{} (weak latent space)", arm.name()),
+            false => arm.name().to_string(),
+        })
+        .collect();
     let datasets: Vec<Dataset> = series
         .iter()
-        .map(|(arm, pts, main)| {
+        .zip(&names)
+        .map(|((arm, pts, main), name)| {
             let d = Dataset::default()
                 .data(pts)
                 .graph_type(GraphType::Line)
                 .style(Style::default().fg(t.arm(*arm)));
             if *main {
-                d.name(arm.name()).marker(Marker::Braille)
+                d.name(name.as_str()).marker(Marker::Braille)
             } else {
                 d.marker(Marker::Dot)
             }

@@ -161,6 +161,8 @@ pub struct RepeatManifold {
     pub repeat: usize,
     #[serde(flatten)]
     pub stats: ManifoldStats,
+    /// Set when the latent space is too weak for the arms that pick in it.
+    pub warning: Option<String>,
 }
 
 /// proposed − random at one budget, paired by repeat (same split, initial set and VAE).
@@ -278,7 +280,12 @@ impl Report {
             .enumerate()
             .filter_map(|(repeat, d)| {
                 let stats = d.manifold.clone()?;
-                Some(RepeatManifold { repeat, stats })
+                let warning = cfg.weak_manifold(&stats);
+                Some(RepeatManifold {
+                    repeat,
+                    stats,
+                    warning,
+                })
             })
             .collect();
         report.cases = cases::rows(state);

@@ -100,9 +100,18 @@ impl Report {
             s += &self.effort_markdown();
             return s;
         }
+        let weak: Vec<(usize, &str)> = self
+            .manifold
+            .iter()
+            .filter_map(|m| Some((m.repeat, m.warning.as_deref()?)))
+            .collect();
         let mut s = format!("| annotated {} |", self.unit);
         for a in &arms {
-            let _ = write!(s, " {a} |");
+            match weak.is_empty() || !a.uses_latent_space() {
+                true => write!(s, " {a} |"),
+                false => write!(s, " {a} (weak latent space) |"),
+            }
+            .expect("writes to a string");
         }
         s += "\n|---|";
         s += &"---|".repeat(arms.len());
@@ -122,6 +131,12 @@ impl Report {
                 }
             }
             s += "\n";
+        }
+        if !weak.is_empty() {
+            s += "\n";
+        }
+        for (repeat, warning) in &weak {
+            let _ = writeln!(s, "**Warning**, repeat {}: {warning}.  ", repeat + 1);
         }
         s += &self.full_data_markdown();
         s += &self.comparisons_markdown(&budgets);

@@ -43,7 +43,15 @@ impl Runner {
         let (z, stats) =
             manifold::encode_and_diagnose(&vae, &self.ds, &slices, &self.feed, EVAL_BATCH);
         self.session.state.repeats[repeat].manifold = Some(stats.clone());
-        self.emit(Event::Manifold { repeat, stats }, sink);
+        let warning = self.cfg().weak_manifold(&stats);
+        self.emit(
+            Event::Manifold {
+                repeat,
+                stats,
+                warning,
+            },
+            sink,
+        );
         let path = self.files.latents(repeat);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         write_atomic_with(&path, |tmp| {
@@ -70,7 +78,15 @@ impl Runner {
         let k = stages(&cfg)[stage].rounds[round - 1];
         let labelled = self.labelled(repeat, stage, Some(arm), round - 1);
         let taken: HashSet<usize> = labelled.iter().copied().collect();
-        let pool = self.pool(repeat).len();
+        // A slice without brain is never a candidate (nor, below, a source of proposed): its
+        // input gradient is zero and every such slice sits at the same point of the latent
+        // space, so it would only ever "fall back" to another one at distance 0.
+        let unlabelled: Vec<usize> = {
+            let pool = self.pool(repeat);
+            (0..pool.len())
+                .filter(|s| !taken.contains(s) && pool.has_brain(*s))
+                .collect()
+        };
         let image = cfg.experiment.granularity == Granularity::Image;
         let key = Step::Select {
             repeat,
@@ -82,14 +98,12 @@ impl Runner {
         let mut directions = None;
         let picks: Vec<Pick> = match arm {
             Arm::Random => {
-                let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "random"));
                 pick_random(&unlabelled, k, &mut rng)
             }
             Arm::Oracle => {
                 let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
-                let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
                 let scores: Vec<(usize, f64)> = if image {
                     // Per-slice Dice is degenerate without tumour (one false positive scores 0),
                     // so the oracle ranks the slices that contain tumour.
@@ -109,11 +123,12 @@ impl Runner {
                     let d = eval::patient_dice(&net, &self.ds, &patients, &self.feed, EVAL_BATCH);
                     unlabelled.iter().copied().zip(d).collect()
                 };
-                pick_oracle(&scores, k)
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "ties"));
+                pick_oracle(&scores, k, &mut rng)
             }
             Arm::Entropy => {
                 let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
-                let unlabelled: Vec<usize> = (0..pool).filter(|s| !taken.contains(s)).collect();
                 // One pass over all unlabelled slices; a sample's entropy is its mean over the
                 // brain pixels of its slices (a patient's slices pooled).
                 let groups: Vec<Vec<usize>> = unlabelled
@@ -135,14 +150,16 @@ impl Runner {
                         (s, if n > 0.0 { h / n } else { 0.0 })
                     })
                     .collect();
-                pick_highest(&scores, k)
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "ties"));
+                pick_highest(&scores, k, &mut rng)
             }
             Arm::Coreset => {
                 let latents = self.sample_latents(repeat)?;
                 let centres: Vec<Vec<f64>> = labelled.iter().map(|&s| latents[s].clone()).collect();
-                let candidates: Vec<(usize, Vec<f64>)> = (0..pool)
-                    .filter(|s| !taken.contains(s))
-                    .map(|s| (s, latents[s].clone()))
+                let candidates: Vec<(usize, Vec<f64>)> = unlabelled
+                    .iter()
+                    .map(|&s| (s, latents[s].clone()))
                     .collect();
                 pick_coreset(&centres, &candidates, k)
             }
@@ -156,7 +173,15 @@ impl Runner {
                 vs64.copy(&vs)?;
                 vs64.double();
                 let latents = self.sample_latents(repeat)?;
-                let samples: Vec<Vec<usize>> = labelled
+                let sources: Vec<usize> = {
+                    let pool = self.pool(repeat);
+                    labelled
+                        .iter()
+                        .copied()
+                        .filter(|&s| pool.has_brain(s))
+                        .collect()
+                };
+                let samples: Vec<Vec<usize>> = sources
                     .iter()
                     .map(|&s| self.sample_slices(repeat, &[s]))
                     .collect();
@@ -172,7 +197,7 @@ impl Runner {
                 let gradients =
                     gradient_directions(&nets, &self.ds, &self.feed, &samples, step, EVAL_BATCH)?;
                 let mut steps: Vec<(usize, GradientStep)> =
-                    labelled.iter().copied().zip(gradients).collect();
+                    sources.iter().copied().zip(gradients).collect();
                 // The hardest labelled samples lead: highest loss first.
                 steps.sort_by(|a, b| b.1.loss.total_cmp(&a.1.loss).then(a.0.cmp(&b.0)));
                 let sources: Vec<Source> = steps
@@ -183,9 +208,9 @@ impl Runner {
                         direction: g.direction.clone(),
                     })
                     .collect();
-                let candidates: Vec<(usize, Vec<f64>)> = (0..pool)
-                    .filter(|s| !taken.contains(s))
-                    .map(|s| (s, latents[s].clone()))
+                let candidates: Vec<(usize, Vec<f64>)> = unlabelled
+                    .iter()
+                    .map(|&s| (s, latents[s].clone()))
                     .collect();
                 let mut methods = BTreeMap::new();
                 for (_, g) in &steps {

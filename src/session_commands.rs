@@ -288,7 +288,11 @@ impl Progress {
                 }
                 say!("[{}/{total}] {description}", index + 1);
             }
-            Event::EpochDone { epoch, epochs, loss, .. } => {
+            Event::EpochDone { epoch, epochs, loss, validation, .. } => {
+                // The VAE's validation: the share of its held-out slices' variance explained.
+                let validation = validation.map_or(String::new(), |v| {
+                    format!(", validation {:.0} % of the variance explained", 100.0 * v.variance_explained)
+                });
                 if self.terminal {
                     let b = self.bar.get_or_insert_with(|| {
                         let b = ProgressBar::new(*epochs as u64);
@@ -296,9 +300,9 @@ impl Progress {
                         b
                     });
                     b.set_position(*epoch as u64);
-                    b.set_message(format!("loss {loss:.4}"));
+                    b.set_message(format!("loss {loss:.4}{validation}"));
                 } else {
-                    say!("    epoch {epoch}/{epochs} loss {loss:.4}");
+                    say!("    epoch {epoch}/{epochs} loss {loss:.4}{validation}");
                 }
             }
             Event::PicksMade { arm, round, picks, fallbacks, tumour_picks, .. } => {

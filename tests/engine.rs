@@ -9,12 +9,14 @@ use common::*;
 use suggestive::data::Dataset;
 use suggestive::engine::batch::{self, Feed};
 use suggestive::engine::eval;
+use suggestive::engine::manifold::{best_epoch, plateaued};
 use suggestive::engine::nets::{dice_loss, UNet, UNetConfig, Vae, VaeConfig};
 use suggestive::engine::select::{
     gradient_direction, gradient_directions, DirectionNets, StepSettings,
 };
 use suggestive::phantom::{PhantomConfig, PhantomLayout};
 use suggestive::session::config::{Arm, DirectionMethod, Granularity, Scenario};
+use suggestive::session::run::Runner;
 use suggestive::session::Session;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -635,4 +637,44 @@ fn blank_slices_are_scored_with_the_prediction_on_a_zero_image() {
             ds.is_blank(s)
         );
     }
+}
+
+/// The VAE is measured after every epoch on pool patients held out of its training, stops once
+/// `patience` epochs bring no lower validation error, and keeps its best epoch: the kept
+/// weights give the validation error recorded for that epoch.
+#[test]
+fn the_vae_stops_on_a_plateau_and_keeps_its_best_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let max = 12;
+    let s = run_to_end(
+        tmp.path(),
+        &[
+            "vae.epochs=12",
+            "vae.validation=0.2",
+            "vae.patience=1",
+            "vae.lr=0.05",
+        ],
+    );
+    let curve = &s.state.repeats[0].vae_epochs;
+    assert!(!curve.is_empty() && curve.len() < max, "{curve:?}");
+    for (i, e) in curve.iter().enumerate() {
+        assert_eq!(e.epoch, i + 1);
+    }
+    assert!(plateaued(curve, 1), "stopped without a plateau: {curve:?}");
+    assert!(!plateaued(&curve[..curve.len() - 1], 1), "stopped late");
+    let best = best_epoch(curve).expect("a finite validation error");
+    let recorded = curve[best - 1].validation_mse;
+    let runner = Runner::open(
+        Session::open(&s.dir).unwrap(),
+        None,
+        &tmp.path().join("cache"),
+        None,
+    )
+    .unwrap();
+    let kept = runner.measure_vae(0).unwrap();
+    assert!(
+        (kept.recon_mse - recorded).abs() <= 1e-6 * recorded,
+        "kept {} against epoch {best}'s {recorded}",
+        kept.recon_mse
+    );
 }

@@ -174,6 +174,7 @@ fn mid_round() -> Dashboard {
             epochs: 10,
             loss: 0.6261,
             checkpoint_s: 0.01,
+            validation: None,
         },
     ];
     for e in events {
@@ -907,6 +908,7 @@ fn attached() -> Dashboard {
                         epochs: 10,
                         loss: 0.25,
                         checkpoint_s: 0.0,
+                        validation: None,
                     },
                     4.0,
                 ),

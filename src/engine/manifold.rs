@@ -64,6 +64,41 @@ impl ManifoldStats {
     }
 }
 
+/// One epoch of the VAE's training, measured on its validation slices (pool slices held out of
+/// its training): the training loss, and the reconstruction error from the encoder mean with
+/// the share of the validation slices' variance it explains.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct VaeEpoch {
+    /// 1-based.
+    pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub validation_mse: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub variance_explained: f64,
+}
+
+/// The epoch (1-based) with the lowest validation error so far; the first of equals, and none
+/// while no error is a number.
+pub fn best_epoch(curve: &[VaeEpoch]) -> Option<usize> {
+    curve
+        .iter()
+        .filter(|e| e.validation_mse.is_finite())
+        .min_by(|a, b| a.validation_mse.total_cmp(&b.validation_mse))
+        .map(|e| e.epoch)
+}
+
+/// Whether training has plateaued: `patience` epochs (at least one) have passed since the best
+/// one without a lower validation error. A curve whose errors are all NaN (a VAE that
+/// diverged) plateaus after `patience` epochs too.
+pub fn plateaued(curve: &[VaeEpoch], patience: usize) -> bool {
+    let Some(last) = curve.last() else {
+        return false;
+    };
+    patience > 0 && last.epoch >= best_epoch(curve).unwrap_or(0) + patience
+}
+
 /// Below this share of the pool's variance, by default, the latent space is called too weak to
 /// pick in (`vae.min_variance_explained`).
 pub const DEFAULT_MIN_VARIANCE_EXPLAINED: f64 = 0.25;
@@ -183,6 +218,43 @@ pub fn encode_and_diagnose(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn curve(errors: &[f64]) -> Vec<VaeEpoch> {
+        errors
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| VaeEpoch {
+                epoch: i + 1,
+                loss: e,
+                validation_mse: e,
+                variance_explained: 1.0 - e,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn training_stops_after_patience_epochs_without_a_better_validation_error() {
+        assert_eq!(best_epoch(&curve(&[])), None);
+        assert!(!plateaued(&curve(&[]), 3));
+        let c = curve(&[0.5, 0.4, 0.45, 0.41]);
+        assert_eq!(best_epoch(&c), Some(2));
+        assert!(!plateaued(&c, 3), "two epochs since the best");
+        assert!(plateaued(&c, 2));
+        assert!(!plateaued(&c, 0), "patience 0: never");
+        let c = curve(&[0.5, 0.4, 0.45, 0.41, 0.39]);
+        assert_eq!(best_epoch(&c), Some(5));
+        assert!(!plateaued(&c, 1));
+        // Equal is not better: the first of equals stays the best.
+        assert_eq!(best_epoch(&curve(&[0.4, 0.4])), Some(1));
+        assert!(plateaued(&curve(&[0.4, 0.4]), 1));
+        // A diverged VAE (NaN) stops too, after `patience` epochs.
+        let nan = curve(&[f64::NAN, f64::NAN]);
+        assert_eq!(best_epoch(&nan), None);
+        assert!(plateaued(&nan, 2) && !plateaued(&nan, 3));
+        let text = serde_json::to_string(&nan).unwrap();
+        let back: Vec<VaeEpoch> = serde_json::from_str(&text).unwrap();
+        assert!(back[0].validation_mse.is_nan());
+    }
 
     fn stats(variance_explained: f64) -> ManifoldStats {
         ManifoldStats {

@@ -262,6 +262,16 @@ pub struct VaeTrain {
     pub epochs: usize,
     pub kl_weight: f64,
     pub batch_size: usize,
+    /// Share of the pool's patients held out of the VAE's training (seeded per repeat, at least
+    /// one when above 0): after every epoch the VAE is measured on their slices, and the epoch
+    /// with the lowest validation error is the one kept. 0 (sessions written before it
+    /// existed): every pool slice is trained on and the last epoch is kept.
+    #[serde(default)]
+    pub validation: f64,
+    /// With validation: stop once this many epochs have passed without a lower validation
+    /// error (`epochs` is then the most it trains). 0: train all `epochs`.
+    #[serde(default)]
+    pub patience: usize,
     /// Below this share of the pool's variance explained, `run`, the dashboard and the report
     /// warn that the arms picking in the latent space (proposed, coreset) carry little
     /// information.
@@ -460,6 +470,18 @@ impl SessionConfig {
         if !(self.vae.kl_weight.is_finite() && self.vae.kl_weight >= 0.0) {
             bail!("vae.kl_weight = {} must be 0 or more", self.vae.kl_weight);
         }
+        if !(0.0..0.5).contains(&self.vae.validation) {
+            bail!(
+                "vae.validation = {} must be a share of the pool from 0 to below 0.5",
+                self.vae.validation
+            );
+        }
+        if self.vae.patience > 0 && self.vae.validation == 0.0 {
+            bail!(
+                "vae.patience = {} needs validation slices: set vae.validation (e.g. 0.1)",
+                self.vae.patience
+            );
+        }
         let bar = self.vae.min_variance_explained;
         if !(0.0..=1.0).contains(&bar) {
             bail!("vae.min_variance_explained = {bar} must be a share between 0 and 1");
@@ -532,6 +554,11 @@ mod tests {
             ("vae.lr=0.0", "vae.lr = 0 must be a positive number"),
             ("selection.alpha=-1.0", "selection.alpha = -1 must be"),
             ("vae.kl_weight=inf", "vae.kl_weight = inf"),
+            ("vae.validation=0.7", "vae.validation = 0.7 must be a share"),
+            (
+                "vae.validation=0.0",
+                "vae.patience = 4 needs validation slices",
+            ),
             (
                 "vae.min_variance_explained=25.0",
                 "vae.min_variance_explained = 25 must be a share",

@@ -110,6 +110,9 @@ pub enum Event {
         /// Seconds this epoch's checkpoint took to write (weights, optimiser state, state.json).
         #[serde(default)]
         checkpoint_s: f64,
+        /// The VAE with validation slices: the epoch measured on them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        validation: Option<crate::engine::manifold::VaeEpoch>,
     },
     /// A step finished: its wall time, and the part spent evaluating (Init and Train steps);
     /// its epochs' checkpoint writes are in their `EpochDone`s.

@@ -245,16 +245,28 @@ impl SessionFiles {
             .then(|| (name("partial"), name("adam")))
     }
 
-    /// Removes every partial checkpoint of a step (it is done, or starts over).
-    pub fn remove_partials(&self, step: &Step) {
-        self.remove_partials_except(step, None);
+    /// The weights of the VAE after epoch `epoch` (1-based), kept while it is the best one by
+    /// validation error. The epoch is in the name for the reason `partial` gives.
+    pub fn best(&self, step: &Step, epoch: usize) -> PathBuf {
+        self.checkpoints_of(step)
+            .join(format!("{}.best-e{epoch}{WEIGHTS}", step.key()))
     }
 
-    /// Removes every partial checkpoint of a step but the pair `keep` (weights, moments): once
-    /// state.json records a point, the files of every other point are stale.
-    pub fn remove_partials_except(&self, step: &Step, keep: Option<&(PathBuf, PathBuf)>) {
+    /// Removes every partial checkpoint of a step, its best epoch's included (it is done, or
+    /// starts over).
+    pub fn remove_partials(&self, step: &Step) {
+        self.remove_partials_except(step, &[]);
+    }
+
+    /// Removes every partial checkpoint (weights, moments, best epoch) of a step but the files
+    /// `keep`: once state.json records a point, the files of every other point are stale.
+    pub fn remove_partials_except(&self, step: &Step, keep: &[&Path]) {
         let key = step.key();
-        let prefixes = [format!("{key}.partial"), format!("{key}.adam")];
+        let prefixes = [
+            format!("{key}.partial"),
+            format!("{key}.adam"),
+            format!("{key}.best"),
+        ];
         let Ok(entries) = fs::read_dir(self.checkpoints_of(step)) else {
             return;
         };
@@ -262,7 +274,7 @@ impl SessionFiles {
             let name = e.file_name();
             let name = name.to_string_lossy();
             let path = e.path();
-            let kept = keep.is_some_and(|(w, m)| path == *w || path == *m);
+            let kept = keep.contains(&path.as_path());
             if !kept
                 && prefixes
                     .iter()

@@ -306,6 +306,7 @@ mod tests {
             epochs: 4,
             loss: 0.5,
             checkpoint_s: 0.0,
+            validation: None,
         }
     }
 

@@ -65,6 +65,10 @@ pub struct RepeatData {
     pub test_cases: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifold: Option<ManifoldStats>,
+    /// The VAE's training, epoch by epoch, measured on its validation slices (with
+    /// `vae.validation` > 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vae_epochs: Vec<crate::engine::manifold::VaeEpoch>,
     /// A session labelled by people: the segmentations imported so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<Annotation>,

@@ -58,6 +58,8 @@ pub struct StepProgress {
     pub epoch: usize,
     pub epochs: usize,
     pub loss: Option<f64>,
+    /// The VAE's epochs measured on its validation slices so far (its learning curve).
+    pub validation: Vec<crate::engine::manifold::VaeEpoch>,
     pub started: Instant,
 }
 
@@ -406,6 +408,7 @@ impl Dashboard {
                     epoch: 0,
                     epochs: 0,
                     loss: None,
+                    validation: Vec::new(),
                     started: Instant::now(),
                 });
             }
@@ -413,12 +416,14 @@ impl Dashboard {
                 epoch,
                 epochs,
                 loss,
+                validation,
                 ..
             } => {
                 if let Some(s) = self.step.as_mut() {
                     s.epoch = epoch;
                     s.epochs = epochs;
                     s.loss = Some(loss);
+                    s.validation.extend(validation);
                 }
             }
             Event::PicksMade {

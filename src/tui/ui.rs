@@ -337,6 +337,32 @@ fn worklist_panel(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
 }
 
+/// The VAE's learning curve so far: the share of its validation slices' variance explained per
+/// epoch as a bar of block characters (the last 24 epochs, scaled 0 to 100 %), the latest
+/// share and the best epoch: `▁▃▅▆▇ 45 % · best epoch 5`.
+pub fn validation_line(curve: &[crate::engine::manifold::VaeEpoch]) -> Option<String> {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let last = curve.last()?;
+    let bars: String = curve[curve.len().saturating_sub(24)..]
+        .iter()
+        .map(|e| {
+            let v = e.variance_explained;
+            let level = if v.is_finite() {
+                v.clamp(0.0, 1.0) * 7.0
+            } else {
+                0.0
+            };
+            BARS[level.round() as usize]
+        })
+        .collect();
+    let best = crate::engine::manifold::best_epoch(curve)
+        .map_or(String::new(), |b| format!(" · best epoch {b}"));
+    Some(format!(
+        "{bars} {:.0} %{best}",
+        100.0 * last.variance_explained
+    ))
+}
+
 fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
     if app.watching {
         return repeats_panel(f, area, app, t);
@@ -376,6 +402,12 @@ fn progress(f: &mut Frame, area: Rect, app: &Dashboard, t: &Theme) {
                     Style::default().fg(t.text),
                 ),
             ]));
+            if let Some(line) = validation_line(&s.validation) {
+                lines.push(Line::from(vec![
+                    Span::styled("valid ", Style::default().fg(t.dim)),
+                    Span::styled(line, Style::default().fg(t.text)),
+                ]));
+            }
             lines.push(Line::from(Span::styled(
                 s.description.clone(),
                 Style::default().fg(t.dim),

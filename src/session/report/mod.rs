@@ -155,6 +155,17 @@ impl AnnotationEffort {
     }
 }
 
+/// One repeat's VAE training, epoch by epoch on its validation slices.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VaeTraining {
+    pub repeat: usize,
+    /// The epoch kept (the lowest validation error).
+    pub best_epoch: Option<usize>,
+    /// Whether it stopped on a plateau before `vae.epochs`.
+    pub stopped_early: bool,
+    pub epochs: Vec<crate::engine::manifold::VaeEpoch>,
+}
+
 /// One repeat's manifold statistics (see `engine::manifold`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RepeatManifold {
@@ -258,6 +269,9 @@ pub struct Report {
     pub fallback_rates: Vec<FallbackRate>,
     /// Per repeat: how much of the pool the VAE's latent space holds.
     pub manifold: Vec<RepeatManifold>,
+    /// Per repeat: the VAE's training measured on its validation slices.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vae_training: Vec<VaeTraining>,
     /// Labelled by people: the annotators' corrections per round.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub annotation_effort: Vec<AnnotationEffort>,
@@ -286,6 +300,18 @@ impl Report {
                     stats,
                     warning,
                 })
+            })
+            .collect();
+        report.vae_training = state
+            .repeats
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.vae_epochs.is_empty())
+            .map(|(repeat, d)| VaeTraining {
+                repeat,
+                best_epoch: crate::engine::manifold::best_epoch(&d.vae_epochs),
+                stopped_early: d.vae_epochs.len() < cfg.vae.epochs,
+                epochs: d.vae_epochs.clone(),
             })
             .collect();
         report.cases = cases::rows(state);
@@ -384,6 +410,7 @@ impl Report {
             budget_to_full: reference::budget_to_full(&rows, arms, protocol, DEFAULT_DELTA),
             fallback_rates: Vec::new(),
             manifold: Vec::new(),
+            vae_training: Vec::new(),
             annotation_effort: Vec::new(),
             evaluation_off: false,
             cases: Vec::new(),

@@ -142,6 +142,7 @@ impl Report {
         s += &self.comparisons_markdown(&budgets);
         s += &self.fallbacks_markdown();
         s += &self.manifold_markdown();
+        s += &self.vae_training_markdown();
         s += &self.effort_markdown();
         s
     }
@@ -225,6 +226,48 @@ impl Report {
                 f.picks,
                 f.fallbacks,
                 100.0 * f.rate
+            );
+        }
+        s
+    }
+
+    /// Per repeat: the VAE's training on its validation slices, and the epoch kept.
+    fn vae_training_markdown(&self) -> String {
+        if self.vae_training.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from(
+            "\nthe VAE's training, measured after each epoch on pool patients held out of it \
+             (vae.validation); the epoch with the lowest validation error is kept\n\n\
+             | repeat | epochs | stopped | kept epoch | validation MSE | variance explained | variance explained per epoch |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for v in &self.vae_training {
+            let kept = v
+                .best_epoch
+                .and_then(|b| v.epochs.iter().find(|e| e.epoch == b));
+            let curve: Vec<String> = v
+                .epochs
+                .iter()
+                .map(|e| format!("{:.0}", 100.0 * e.variance_explained))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} % |",
+                v.repeat + 1,
+                v.epochs.len(),
+                if v.stopped_early {
+                    "on a plateau"
+                } else {
+                    "at vae.epochs"
+                },
+                kept.map_or("–".into(), |e| e.epoch.to_string()),
+                kept.map_or("–".into(), |e| format!("{:.4}", e.validation_mse)),
+                kept.map_or("–".into(), |e| format!(
+                    "{:.0} %",
+                    100.0 * e.variance_explained
+                )),
+                curve.join(", ")
             );
         }
         s

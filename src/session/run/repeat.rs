@@ -33,6 +33,36 @@ impl Runner {
         self.pool(repeat).slices().to_vec()
     }
 
+    /// The VAE's training and validation slices of `repeat`, each in pool order: a seeded
+    /// `vae.validation` share of the pool's patients (at least one when above 0, never all)
+    /// is held out of its training.
+    pub(super) fn vae_slices(&self, repeat: usize) -> (Vec<usize>, Vec<usize>) {
+        let cfg = self.cfg();
+        let pool = &self.session.state.repeats[repeat].train;
+        let share = cfg.vae.validation;
+        let n = pool.len();
+        let held = if share > 0.0 && n >= 2 {
+            ((share * n as f64).round() as usize).clamp(1, n - 1)
+        } else {
+            0
+        };
+        let mut order: Vec<usize> = pool.clone();
+        let key = Step::Vae { repeat }.key();
+        let seed = seed_for(cfg.experiment.seed, &key, "validation");
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let held: std::collections::HashSet<usize> = order[..held].iter().copied().collect();
+        let (mut train, mut validation) = (Vec::new(), Vec::new());
+        for &p in pool {
+            let slices = self.ds.patients()[p].slice_range();
+            if held.contains(&p) {
+                validation.extend(slices);
+            } else {
+                train.extend(slices);
+            }
+        }
+        (train, validation)
+    }
+
     pub(super) fn sample_slices(&self, repeat: usize, samples: &[usize]) -> Vec<usize> {
         self.pool(repeat).sample_slices(samples)
     }
@@ -133,6 +163,7 @@ impl Runner {
             order: Vec::new(),
             test_cases,
             manifold: None,
+            vae_epochs: Vec::new(),
             annotations: Vec::new(),
             dataset_labels: Default::default(),
         };

@@ -11,8 +11,11 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use tch::nn::VarStore;
 
-use super::{emit_to, Runner, StepContext};
+use super::{emit_to, Runner, StepContext, EVAL_BATCH};
 use crate::engine::adam::{Adam, LossScale};
+use crate::engine::manifold::{
+    best_epoch, encode_and_diagnose, plateaued, ManifoldStats, VaeEpoch,
+};
 use crate::engine::nets::{fold_batch_norm, save_weights, seeded, use_channels_last, UNet, Vae};
 use crate::engine::train::{self, Checkpoint, Schedule};
 use crate::session::config::{Arm, Precision, Scenario};
@@ -76,6 +79,14 @@ impl Runner {
         Ok((vs, net))
     }
 
+    /// The kept VAE of `repeat` measured on its validation slices (`vae.validation`): what the
+    /// curve in state.json records for the kept epoch.
+    pub fn measure_vae(&self, repeat: usize) -> Result<ManifoldStats> {
+        let (_vs, vae) = self.load_vae(repeat)?;
+        let validation = self.vae_slices(repeat).1;
+        Ok(encode_and_diagnose(&vae, &self.ds, &validation, &self.feed, EVAL_BATCH).1)
+    }
+
     /// The UNet as evaluation, the oracle and the gradient step use it: batch norm folded into
     /// the convolutions (nets::fold_batch_norm) when it has batch norm.
     fn for_eval(&self, vs: VarStore, net: UNet) -> (VarStore, UNet) {
@@ -95,7 +106,7 @@ impl Runner {
     fn training_data(&self, step: Step) -> (Vec<usize>, usize, Option<Step>) {
         let cfg = self.cfg();
         match step {
-            Step::Vae { repeat } => (self.pool_slices(repeat), cfg.vae.epochs, None),
+            Step::Vae { repeat } => (self.vae_slices(repeat).0, cfg.vae.epochs, None),
             Step::Pretrain { repeat } => {
                 let source = &self.session.state.repeats[repeat].source;
                 let slices = self.patient_slices(source);
@@ -159,6 +170,23 @@ impl Runner {
         }
         let progress = self.session.state.progress_of(step.repeat());
         let start = progress.partial_epochs;
+        // The VAE is measured after every epoch on slices it does not train on, and stops on
+        // a plateau of their error (vae.validation, vae.patience).
+        let validation = match step {
+            Step::Vae { repeat } => self.vae_slices(repeat).1,
+            _ => Vec::new(),
+        };
+        let patience = if vae { cfg.vae.patience } else { 0 };
+        let mut end = epochs;
+        if let Step::Vae { repeat } = step {
+            let curve = &mut self.session.state.repeats[repeat].vae_epochs;
+            if !progress.in_step() {
+                curve.clear(); // a step that starts over
+            }
+            if plateaued(curve, patience) {
+                end = start; // a kill came after the plateau was recorded: nothing to train
+            }
+        }
         if progress.in_step() {
             let batches = progress.mid_epoch.map_or(0, |m| m.batches);
             restore_partial(&self.files, &step, &mut vs, &mut opt, (start, batches))?;
@@ -180,7 +208,7 @@ impl Runner {
             feed,
             slices: &slices,
             batch_size,
-            epochs: start..epochs,
+            epochs: start..end,
             resume: progress.mid_epoch,
             seed: seed_for(seed, &key, "shuffle"),
             stop: Some(&cx.control.stop),
@@ -193,16 +221,43 @@ impl Runner {
             step,
             epochs,
             persist: *persist,
+            patience,
+            plateau: end < epochs,
         };
-        let mut after = |point: Checkpoint, opt: &Adam| ck.save(cx, opt, point);
+        let ds: &crate::data::Dataset = ds;
+        let mut after = |point: Checkpoint, opt: &Adam| {
+            let measured = match (point, &net) {
+                (Checkpoint::EpochEnd { .. }, Net::Vae(v)) if !validation.is_empty() => {
+                    Some(encode_and_diagnose(v, ds, &validation, feed, EVAL_BATCH).1)
+                }
+                _ => None,
+            };
+            ck.save(cx, opt, point, measured)
+        };
         let reached = match &net {
             Net::Unet(n) => train::train_unet(n, &mut opt, &schedule, mixed, &mut after)?,
             Net::Vae(n) => train::train_vae(n, &mut opt, &schedule, kl_weight, &mut after)?,
         };
-        if reached < epochs {
+        if reached < epochs && !ck.plateau {
             return Ok(None);
         }
-        save_var_store(&vs, &self.files.checkpoint(&step))?;
+        let final_path = self.files.checkpoint(&step);
+        let best = match step {
+            Step::Vae { repeat } => best_epoch(&self.session.state.repeats[repeat].vae_epochs),
+            _ => None,
+        };
+        match best {
+            // The epoch with the lowest validation error is the VAE kept.
+            Some(epoch) => {
+                let best = self.files.best(&step, epoch);
+                write_atomic_with(&final_path, |tmp| {
+                    std::fs::copy(&best, tmp)
+                        .map(|_| ())
+                        .with_context(|| format!("cannot copy {}", best.display()))
+                })?
+            }
+            None => save_var_store(&vs, &final_path)?,
+        }
         Ok(Some(match net {
             Net::Unet(n) => Trained::Unet(Box::new(self.for_eval(vs, n).1)),
             Net::Vae(_) => Trained::Saved,
@@ -253,14 +308,20 @@ struct EpochCheckpoint<'a> {
     epochs: usize,
     /// False in a lane (lanes.rs): the point is not recorded in state.json.
     persist: bool,
+    /// The VAE stops once this many epochs pass without a lower validation error (0: never).
+    patience: usize,
+    /// Set when the VAE's training stopped on a plateau: the step is complete.
+    plateau: bool,
 }
 
 impl EpochCheckpoint<'_> {
+    /// `measured`: at an epoch's end of the VAE, its statistics on the validation slices.
     fn save(
         &mut self,
         cx: &mut StepContext,
         opt: &Adam,
         point: Checkpoint,
+        measured: Option<ManifoldStats>,
     ) -> Result<ControlFlow<()>> {
         let writing = std::time::Instant::now();
         let (epochs, mid_epoch) = match point {
@@ -273,6 +334,32 @@ impl EpochCheckpoint<'_> {
         save_var_store(self.vs, &files.0)?;
         write_atomic_with(&files.1, |tmp| opt.save(tmp))?;
         let repeat = self.step.repeat();
+        // The VAE's validation curve goes into state.json with the point, and the best epoch's
+        // weights are on disk before it names them.
+        let mut validation = None;
+        if let (Checkpoint::EpochEnd { epoch, mean_loss }, Some(m)) = (point, &measured) {
+            let curve = &mut self.session.state.repeats[repeat].vae_epochs;
+            curve.truncate(epoch);
+            let entry = VaeEpoch {
+                epoch: epoch + 1,
+                loss: mean_loss,
+                validation_mse: m.recon_mse,
+                variance_explained: m.variance_explained,
+            };
+            curve.push(entry);
+            validation = Some(entry);
+            if best_epoch(curve) == Some(epoch + 1) {
+                save_var_store(self.vs, &self.files.best(&self.step, epoch + 1))?;
+            }
+        }
+        let curve = self
+            .session
+            .state
+            .repeats
+            .get(repeat)
+            .map_or(&[][..], |d| &d.vae_epochs[..]);
+        let best = best_epoch(curve).map(|e| self.files.best(&self.step, e));
+        let plateau = plateaued(curve, self.patience);
         let done = self.session.state.progress_of(repeat).done;
         let progress = RepeatProgress {
             done,
@@ -283,7 +370,9 @@ impl EpochCheckpoint<'_> {
         if self.persist {
             self.session.save_repeat(repeat)?;
         }
-        self.files.remove_partials_except(&self.step, Some(&files));
+        let mut keep = vec![files.0.as_path(), files.1.as_path()];
+        keep.extend(best.as_deref());
+        self.files.remove_partials_except(&self.step, &keep);
         let Checkpoint::EpochEnd { epoch, mean_loss } = point else {
             return Ok(ControlFlow::Break(()));
         };
@@ -305,8 +394,13 @@ impl EpochCheckpoint<'_> {
                 epochs: self.epochs,
                 loss: mean_loss,
                 checkpoint_s: writing.elapsed().as_secs_f64(),
+                validation,
             },
         );
+        if plateau {
+            self.plateau = true;
+            return Ok(ControlFlow::Break(()));
+        }
         Ok(if cx.control.stop.load(Ordering::Relaxed) {
             ControlFlow::Break(())
         } else {

@@ -175,6 +175,7 @@ fn main() -> anyhow::Result<()> {
         degrees: CONE_DEGREES,
         fallback: ConeFallback::Nearest,
         rng: &mut rng,
+        near: None,
     };
     let picks = pick_proposed(&sources, &candidates, labelled.len(), cone);
     let cone_s = t.elapsed().as_secs_f64();

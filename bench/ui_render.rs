@@ -137,6 +137,7 @@ fn main() {
             epochs: 30,
             loss: 1.0 / (frame + 1) as f64,
             checkpoint_s: 0.0,
+            validation: None,
         });
         let t = Instant::now();
         term.draw(|f| ui::draw(f, &app, &theme, &mut img)).unwrap();

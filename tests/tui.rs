@@ -1105,6 +1105,7 @@ fn evaluation_off_is_said_where_the_dice_curves_would_be() {
             fallbacks: 0,
             tumour_picks: None,
             directions: None,
+            context_picks: None,
         });
     }
     let mut app = Dashboard::new("scans".into());

@@ -213,6 +213,8 @@ pub struct ConeSettings<'a> {
     pub fallback: ConeFallback,
     /// Draws the `random` fallback's picks.
     pub rng: &'a mut ChaCha8Rng,
+    /// What a pick rules out for the rest of the round (its context slices).
+    pub near: super::select::Near<'a>,
 }
 
 /// `k` distinct picks: the sources take turns (in the given order, cycling when k exceeds
@@ -231,6 +233,17 @@ pub fn pick_proposed(
     };
     let flat = Candidates::new(candidates);
     let mut taken = vec![false; flat.ids.len()];
+    let position: std::collections::HashMap<usize, usize> =
+        flat.ids.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    // Taken, or avoided by the spacing rule while other candidates are left (select::Spacing).
+    let mut closed = taken.clone();
+    if let Some(rule) = settings.near {
+        for s in &rule.seen {
+            if let Some(&i) = position.get(s) {
+                closed[i] = true;
+            }
+        }
+    }
     let mut picks = Vec::new();
     if sources.is_empty() {
         return picks;
@@ -239,10 +252,23 @@ pub fn pick_proposed(
         if picks.len() >= k {
             break;
         }
-        let Some((c, pos)) = flat.search(&s.z, &s.direction, &cone, &taken, &mut fallback) else {
+        let found = match flat.search(&s.z, &s.direction, &cone, &closed, &mut fallback) {
+            Some(found) => Some(found),
+            None => flat.search(&s.z, &s.direction, &cone, &taken, &mut fallback),
+        };
+        let Some((c, pos)) = found else {
             break; // no candidates left
         };
         taken[pos] = true;
+        closed[pos] = true;
+        for n in settings
+            .near
+            .map_or_else(Vec::new, |rule| (rule.near)(c.sample))
+        {
+            if let Some(&i) = position.get(&n) {
+                closed[i] = true;
+            }
+        }
         picks.push(Pick {
             sample: c.sample,
             source: Some(s.sample),
@@ -313,6 +339,7 @@ mod tests {
             degrees,
             fallback,
             rng,
+            near: None,
         }
     }
 
@@ -345,6 +372,7 @@ mod tests {
                 degrees: 10.0,
                 fallback: ConeFallback::Random,
                 rng: &mut rng,
+                near: None,
             };
             let p = pick_proposed(std::slice::from_ref(&src), &c, 1, s)[0].clone();
             assert!(p.fallback);

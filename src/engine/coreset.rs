@@ -11,7 +11,13 @@ pub fn pick_coreset(
     labelled: &[Vec<f64>],
     candidates: &[(usize, Vec<f64>)],
     k: usize,
+    near: super::select::Near,
 ) -> Vec<Pick> {
+    let position: std::collections::HashMap<usize, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| (*s, i))
+        .collect();
     let squared =
         |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum() };
     // Each candidate's squared distance to its nearest centre (infinite with no centre yet).
@@ -25,15 +31,25 @@ pub fn pick_coreset(
         })
         .collect();
     let mut taken = vec![false; candidates.len()];
+    // Samples the spacing rule avoids while others are left (select::Spacing).
+    let mut avoided = vec![false; candidates.len()];
+    if let Some(rule) = near {
+        for s in &rule.seen {
+            if let Some(&i) = position.get(s) {
+                avoided[i] = true;
+            }
+        }
+    }
     let mut picks = Vec::with_capacity(k);
     while picks.len() < k {
-        let best = (0..candidates.len())
-            .filter(|&i| !taken[i])
-            .max_by(|&a, &b| {
+        let farthest = |open: &dyn Fn(usize) -> bool| {
+            (0..candidates.len()).filter(|&i| open(i)).max_by(|&a, &b| {
                 nearest[a]
                     .total_cmp(&nearest[b])
                     .then(candidates[b].0.cmp(&candidates[a].0))
-            });
+            })
+        };
+        let best = farthest(&|i| !taken[i] && !avoided[i]).or_else(|| farthest(&|i| !taken[i]));
         let Some(best) = best else { break };
         taken[best] = true;
         let (sample, centre) = &candidates[best];
@@ -45,6 +61,12 @@ pub fn pick_coreset(
             fallback: false,
             score: None,
         });
+        // A pick's neighbours are avoided after it (they are its context).
+        for n in near.map_or_else(Vec::new, |rule| (rule.near)(*sample)) {
+            if let Some(&i) = position.get(&n) {
+                avoided[i] = true;
+            }
+        }
         for (i, (_, z)) in candidates.iter().enumerate() {
             if !taken[i] {
                 nearest[i] = nearest[i].min(squared(z, centre));
@@ -66,14 +88,14 @@ mod tests {
             .enumerate()
             .map(|(i, &x)| (i, vec![x]))
             .collect();
-        let p = pick_coreset(&[vec![0.0]], &cands, 3);
+        let p = pick_coreset(&[vec![0.0]], &cands, 3, None);
         let got: Vec<(usize, f64)> = p.iter().map(|p| (p.sample, p.distance.unwrap())).collect();
         // 10 first (10 from 0), then 6 (4 from 10), then 2 (2 from 0; 1 and 9 are 1 from a
         // centre).
         assert_eq!(got, [(2, 10.0), (3, 4.0), (1, 2.0)]);
         // Ties go to the lower index; more picks than candidates stop at the candidates.
         let twins = vec![(5, vec![1.0]), (4, vec![-1.0])];
-        let p = pick_coreset(&[vec![0.0]], &twins, 9);
+        let p = pick_coreset(&[vec![0.0]], &twins, 9, None);
         let got: Vec<usize> = p.iter().map(|p| p.sample).collect();
         assert_eq!(got, [4, 5]);
     }

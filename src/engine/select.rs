@@ -2,6 +2,8 @@
 //! does worst on, an upper-bound reference; entropy), and the gradient step in image space whose
 //! latent direction the cone search (cone.rs) follows.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -64,6 +66,40 @@ pub fn pick_random(unlabelled: &[usize], k: usize, rng: &mut ChaCha8Rng) -> Vec<
     let mut pool = unlabelled.to_vec();
     pool.shuffle(rng);
     pool.into_iter().take(k).map(Pick::plain).collect()
+}
+
+/// Image-wise, what a round avoids picking: the samples `seen` already (the neighbours of the
+/// labelled slices, shown as their context), and the neighbours (`near`) of each pick made.
+/// Avoided, not forbidden: when only such samples are left, they are taken in order.
+pub struct Spacing<'a> {
+    pub near: &'a dyn Fn(usize) -> Vec<usize>,
+    pub seen: HashSet<usize>,
+}
+
+/// The spacing rule of a round, if any.
+pub type Near<'a> = Option<&'a Spacing<'a>>;
+
+/// The first `k` of `ranked`, skipping the samples `near` rules out while others are left.
+pub fn spaced(ranked: Vec<Pick>, k: usize, near: Near) -> Vec<Pick> {
+    let Some(rule) = near else {
+        return ranked.into_iter().take(k).collect();
+    };
+    let mut blocked = rule.seen.clone();
+    let (mut out, mut skipped) = (Vec::with_capacity(k), Vec::new());
+    for p in ranked {
+        if out.len() == k {
+            break;
+        }
+        if blocked.contains(&p.sample) {
+            skipped.push(p);
+            continue;
+        }
+        blocked.extend((rule.near)(p.sample));
+        out.push(p);
+    }
+    let missing = k.saturating_sub(out.len());
+    out.extend(skipped.into_iter().take(missing));
+    out
 }
 
 /// The `k` samples with the lowest score (the current model's Dice), ties in a seeded order.
@@ -374,6 +410,27 @@ mod tests {
         let mut got: Vec<(usize, Option<f64>)> = p.iter().map(|p| (p.sample, p.score)).collect();
         got[..2].sort_by_key(|g| g.0);
         assert_eq!(got, [(1, Some(0.6)), (3, Some(0.6)), (0, Some(0.2))]);
+    }
+
+    #[test]
+    fn spaced_picks_skip_the_neighbours_of_earlier_ones() {
+        let ranked: Vec<Pick> = [5, 6, 9, 4, 7, 20].into_iter().map(Pick::plain).collect();
+        let near = |s: usize| vec![s - 1, s + 1];
+        let rule = Spacing {
+            near: &near,
+            seen: HashSet::from([20]),
+        };
+        let picked = |k| -> Vec<usize> {
+            spaced(ranked.clone(), k, Some(&rule))
+                .iter()
+                .map(|p| p.sample)
+                .collect()
+        };
+        assert_eq!(picked(3), [5, 9, 7], "6 and 4 neighbour 5; 20 was seen");
+        // Only avoided samples left: they are taken in their order.
+        assert_eq!(picked(5), [5, 9, 7, 6, 4]);
+        let plain: Vec<usize> = spaced(ranked, 3, None).iter().map(|p| p.sample).collect();
+        assert_eq!(plain, [5, 6, 9]);
     }
 
     /// Ties are broken in the seeded order, not by index: among 100 tied samples the picks

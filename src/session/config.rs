@@ -304,6 +304,11 @@ pub struct SelectionConfig {
     /// What `proposed` takes when a cone holds no candidate.
     #[serde(default)]
     pub fallback: ConeFallback,
+    /// Image-wise: a slice next to one already labelled (seen as its context) is no candidate,
+    /// and a pick's neighbours are not picked in the same round. False in sessions written
+    /// before it existed.
+    #[serde(default)]
+    pub avoid_context: bool,
 }
 
 pub use crate::engine::cone::ConeFallback;

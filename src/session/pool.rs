@@ -163,6 +163,23 @@ impl<'a> Pool<'a> {
             .collect()
     }
 
+    /// Image-wise: the samples (pool positions) of a slice's neighbours in its patient, the
+    /// context an annotator sees with it. Patient-wise: none.
+    pub fn neighbours(&self, sample: usize) -> Vec<usize> {
+        if self.granularity == Granularity::Patient {
+            return Vec::new();
+        }
+        let patient = self.ds.patient_index(self.slices[sample]);
+        [sample.wrapping_sub(1), sample + 1]
+            .into_iter()
+            .filter(|&n| {
+                self.slices
+                    .get(n)
+                    .is_some_and(|&s| self.ds.patient_index(s) == patient)
+            })
+            .collect()
+    }
+
     /// Slices an annotator looks at: image-wise each slice with its two neighbours (same
     /// patient), patient-wise every slice of each patient.
     pub fn viewed(&self, samples: &[usize]) -> usize {

@@ -137,6 +137,10 @@ pub struct PickRecord {
     pub tumour_picks: Option<usize>,
     #[serde(default)]
     pub directions: Option<DirectionSummary>,
+    /// Image-wise: picks next to a slice labelled before them or to another pick of the round
+    /// (near-copies, already seen as context). `None` in sessions written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_picks: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

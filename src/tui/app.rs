@@ -444,6 +444,7 @@ impl Dashboard {
                     fallbacks,
                     tumour_picks,
                     directions: None,
+                    context_picks: None,
                 };
                 self.picks.push((rec, picks));
                 // Latents exist once picks are made; refresh the scatter and the preview.

@@ -204,6 +204,8 @@ pub struct SelectionSummary {
     /// The median over rounds of each round's median relative step ‖αg‖/‖x‖.
     pub median_rel_dx: Option<f64>,
     pub zero_directions: usize,
+    /// Image-wise: picks next to a slice labelled before them or to another pick of their round.
+    pub context_picks: Option<usize>,
 }
 
 impl SelectionSummary {
@@ -239,6 +241,7 @@ impl SelectionSummary {
                     direction_methods: methods,
                     median_rel_dx: rel.get(rel.len() / 2).copied(),
                     zero_directions: zero,
+                    context_picks: mine.iter().map(|r| r.context_picks).sum(),
                 }
             })
             .collect()

@@ -37,6 +37,9 @@ impl Report {
                     .map_or(String::new(), |n| format!("{n} with tumour, ")),
                 a.fallbacks
             );
+            if let Some(n) = a.context_picks {
+                let _ = write!(s, ", {n} next to a slice already labelled or picked");
+            }
             if let Some(rel) = a.median_rel_dx {
                 let methods: Vec<String> = a
                     .direction_methods

@@ -15,8 +15,8 @@ use crate::engine::cone::{pick_proposed, ConeSettings, Source};
 use crate::engine::coreset::pick_coreset;
 use crate::engine::nets::UNet;
 use crate::engine::select::{
-    gradient_directions, pick_highest, pick_oracle, pick_random, DirectionNets, GradientStep, Pick,
-    StepSettings,
+    gradient_directions, pick_highest, pick_oracle, pick_random, spaced, DirectionNets,
+    GradientStep, Near, Pick, Spacing, StepSettings,
 };
 use crate::engine::{eval, manifold, surface};
 use crate::session::config::{Arm, Granularity};
@@ -81,12 +81,25 @@ impl Runner {
         // A slice without brain is never a candidate (nor, below, a source of proposed): its
         // input gradient is zero and every such slice sits at the same point of the latent
         // space, so it would only ever "fall back" to another one at distance 0.
+        // Image-wise with selection.avoid_context: the neighbours of labelled slices were seen
+        // as their context, and a pick's neighbours are not picked in the same round.
+        let avoid = cfg.experiment.granularity == Granularity::Image && cfg.selection.avoid_context;
         let unlabelled: Vec<usize> = {
             let pool = self.pool(repeat);
             (0..pool.len())
                 .filter(|s| !taken.contains(s) && pool.has_brain(*s))
                 .collect()
         };
+        let pool_view = self.pool(repeat);
+        let neighbours = |s: usize| pool_view.neighbours(s);
+        let spacing = Spacing {
+            near: &neighbours,
+            seen: labelled
+                .iter()
+                .flat_map(|&s| pool_view.neighbours(s))
+                .collect(),
+        };
+        let near: Near = avoid.then_some(&spacing);
         let image = cfg.experiment.granularity == Granularity::Image;
         let key = Step::Select {
             repeat,
@@ -100,7 +113,11 @@ impl Runner {
             Arm::Random => {
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "random"));
-                pick_random(&unlabelled, k, &mut rng)
+                spaced(
+                    pick_random(&unlabelled, unlabelled.len(), &mut rng),
+                    k,
+                    near,
+                )
             }
             Arm::Oracle => {
                 let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
@@ -125,7 +142,7 @@ impl Runner {
                 };
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "ties"));
-                pick_oracle(&scores, k, &mut rng)
+                spaced(pick_oracle(&scores, scores.len(), &mut rng), k, near)
             }
             Arm::Entropy => {
                 let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
@@ -152,7 +169,7 @@ impl Runner {
                     .collect();
                 let mut rng =
                     ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "ties"));
-                pick_highest(&scores, k, &mut rng)
+                spaced(pick_highest(&scores, scores.len(), &mut rng), k, near)
             }
             Arm::Coreset => {
                 let latents = self.sample_latents(repeat)?;
@@ -161,7 +178,7 @@ impl Runner {
                     .iter()
                     .map(|&s| (s, latents[s].clone()))
                     .collect();
-                pick_coreset(&centres, &candidates, k)
+                pick_coreset(&centres, &candidates, k, near)
             }
             Arm::Full => unreachable!("the full reference picks nothing"),
             Arm::Proposed => {
@@ -232,6 +249,7 @@ impl Runner {
                     degrees: cfg.selection.cone_degrees,
                     fallback: cfg.selection.fallback,
                     rng: &mut rng,
+                    near,
                 };
                 pick_proposed(&sources, &candidates, k, cone)
             }
@@ -247,6 +265,18 @@ impl Runner {
         let tumour_picks = (!self.human_labels())
             .then(|| picks.iter().filter(|p| pool.has_tumour(p.sample)).count());
         let fallbacks = picks.iter().filter(|p| p.fallback).count();
+        let context_picks = image.then(|| {
+            let mut seen: HashSet<usize> =
+                labelled.iter().flat_map(|&s| pool.neighbours(s)).collect();
+            picks
+                .iter()
+                .filter(|p| {
+                    let near = seen.contains(&p.sample);
+                    seen.extend(pool.neighbours(p.sample));
+                    near
+                })
+                .count()
+        });
         let views = picks.iter().map(|p| pool.pick_view(p)).collect();
         self.session.state.picks.push(PickRecord {
             repeat,
@@ -257,6 +287,7 @@ impl Runner {
             fallbacks,
             tumour_picks,
             directions,
+            context_picks,
         });
         self.emit(
             Event::PicksMade {

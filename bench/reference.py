@@ -80,13 +80,13 @@ def decode(p, z, levels, shape):
     return F.conv2d(F.relu(h), p["out.weight"], p["out.bias"], padding=1)
 
 
-def vae_loss(p, x, levels, shape, eps):
+def vae_loss(p, x, levels, shape, eps, kl_weight=1.0):
     mu, logvar = encode(p, x, levels)
     z = mu + torch.exp(0.5 * logvar) * eps
     recon = decode(p, z, levels, shape)
     mse = F.mse_loss(recon, x)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1).mean()
-    return mse + kl / (x[0].numel())
+    return mse + kl_weight * kl / (x[0].numel())
 
 
 def timed(dev, batch, steps, windows, f):

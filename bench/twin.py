@@ -71,7 +71,7 @@ def replay(d):
         if vae:
             eps = eps_all[eps_at:eps_at + n * latent].view(n, latent)
             eps_at += n * latent
-            loss = vae_loss(p, xb, levels, shape, eps)
+            loss = vae_loss(p, xb, levels, shape, eps, spec["kl_weight"])
         else:
             loss = dice_loss(unet(p, xb, depth, True), y[idx])
         loss.backward()

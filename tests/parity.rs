@@ -107,6 +107,11 @@ fn the_vae_learns_as_its_pytorch_twin_does() {
     let ours = record(&ds, &vae_spec(Start::AsBuilt, train, held_out), &dir).unwrap();
     let cmp = twin(&dir);
     eprintln!("VAE parity: {cmp}");
+    assert_eq!(
+        num(&cmp, &["steps"]) as usize,
+        ours.losses.len(),
+        "the twin ran every step"
+    );
     let first = num(&cmp, &["max_rel_first_10_steps"]);
     assert!(first < 1e-4, "the first steps' losses differ by {first:e}");
     let epoch = num(&cmp, &["max_rel_epoch_mean"]);
@@ -210,7 +215,7 @@ fn a_replay_trains_as_sessions_do() {
         Ok(ControlFlow::Continue(()))
     };
     train_vae(&net, &mut opt, &schedule, 1.0, &mut on_checkpoint).unwrap();
-    assert_eq!(means.len(), 2);
+    assert_eq!((means.len(), replayed.epoch_losses.len()), (2, 2));
     for (a, b) in means.iter().zip(&replayed.epoch_losses) {
         assert!((a - b).abs() <= 1e-9 * b.abs(), "training {a}, replay {b}");
     }

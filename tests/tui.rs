@@ -395,6 +395,57 @@ fn a_weak_latent_space_is_flagged_next_to_the_arms_that_use_it() {
         .contains("repeat 2: warning: the latent space reproduces 9 % of the pool's variance"));
 }
 
+/// While the VAE trains, the progress panel draws its validation curve, the latest share and
+/// the best epoch; a VAE resumed after a stop draws the epochs its state recorded before.
+#[test]
+fn the_vae_learning_curve_is_drawn_while_it_trains_and_after_a_resume() {
+    use suggestive::engine::manifold::VaeEpoch;
+    let epoch = |epoch, variance_explained| VaeEpoch {
+        epoch,
+        loss: 0.1,
+        validation_mse: 1.0 - variance_explained,
+        variance_explained,
+    };
+    let mut state = SessionState::default();
+    state.repeats.push(suggestive::session::state::RepeatData {
+        vae_epochs: vec![epoch(1, 0.10), epoch(2, 0.30)],
+        ..Default::default()
+    });
+    let mut app = Dashboard::new("demo".into());
+    app.on_message(Message::Loaded {
+        config: Box::new(suggestive::session::preset("demo").unwrap()),
+        state: Box::new(state),
+        views: Vec::new(),
+        device: "CPU".into(),
+        steps_total: 32,
+    });
+    app.run = RunState::Running;
+    app.on_message(Message::Event(Event::StepStarted {
+        index: 1,
+        total: 32,
+        phase: Phase::Vae,
+        arm: None,
+        description: "repeat 1: VAE".into(),
+    }));
+    for (n, ve) in [(3, 0.45), (4, 0.40)] {
+        app.on_message(Message::Event(Event::EpochDone {
+            index: 1,
+            phase: Phase::Vae,
+            arm: None,
+            epoch: n,
+            epochs: 30,
+            loss: 0.08,
+            checkpoint_s: 0.0,
+            validation: Some(epoch(n, ve)),
+        }));
+    }
+    // 10 %, 30 %, 45 %, 40 % on a 0–100 % scale of eight blocks: ▂ ▃ ▄ ▄.
+    assert_shows(
+        &render(&app, 160, 48),
+        &["epoch 4/30", "valid ▂▃▄▄ 40 % · best epoch 3"],
+    );
+}
+
 #[test]
 fn worker_errors_are_shown_not_crashed_on() {
     let mut app = mid_round();

@@ -55,7 +55,12 @@ fn cone_search(
     let flat = Candidates::new(candidates);
     let taken: Vec<bool> = flat.ids.iter().map(|i| taken.contains(i)).collect();
     let cone = Cone::new(degrees);
-    flat.search(z, d, &cone, &taken, &mut Fallback::Nearest)
+    let avoided = vec![false; taken.len()];
+    let marks = Marks {
+        taken: &taken,
+        avoided: &avoided,
+    };
+    flat.search(z, d, &cone, marks, &mut Fallback::Nearest)
         .map(|(c, _)| c)
 }
 
@@ -89,6 +94,13 @@ enum Fallback<'a> {
     Random(&'a mut ChaCha8Rng),
 }
 
+/// Per candidate position: picked already, or avoided by the spacing rule (select::Spacing).
+#[derive(Clone, Copy)]
+struct Marks<'a> {
+    taken: &'a [bool],
+    avoided: &'a [bool],
+}
+
 /// Candidate latents in one flat row-major array: the search over tens of thousands of them
 /// runs without allocating and reads memory in order.
 struct Candidates {
@@ -110,33 +122,39 @@ impl Candidates {
         }
     }
 
-    /// [`cone_search`] over the candidates whose position is not marked in `taken`, with
-    /// `fallback` for an empty cone; also returns the pick's position.
+    /// [`cone_search`] over the candidates not `taken`, with `fallback` for an empty cone;
+    /// also returns the pick's position. A candidate marked `avoided` is taken only where no
+    /// other one would be: in the cone, in the fallback, and in the random draw alike.
     fn search(
         &self,
         z: &[f64],
         d: &[f64],
         cone: &Cone,
-        taken: &[bool],
+        marks: Marks,
         fallback: &mut Fallback,
     ) -> Option<(ConePick, usize)> {
+        let Marks { taken, avoided } = marks;
         let dn = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-        // (squared distance to z', sample id, position) of the best in the cone and overall;
-        // for `widen`, the best of the narrowest widened cone that holds one.
-        type Best = Option<(f64, usize, usize)>;
+        // (avoided, squared distance to z', sample id, position) of the best in the cone and
+        // overall; for `widen`, the best of the narrowest widened cone that holds one.
+        type Best = Option<(bool, f64, usize, usize)>;
         let mut best_in: Best = None;
         let mut best_any: Best = None;
-        let mut best_widened: Option<(u32, f64, usize, usize)> = None;
-        let better = |b: &Best, dd: f64, id: usize| {
-            b.is_none_or(|(bd, bid, _)| dd < bd || (dd == bd && id < bid))
+        let mut best_widened: Option<(bool, u32, f64, usize, usize)> = None;
+        let better = |b: &Best, av: bool, dd: f64, id: usize| {
+            b.is_none_or(|(bav, bd, bid, _)| {
+                (!av && bav) || (av == bav && (dd < bd || (dd == bd && id < bid)))
+            })
         };
         let widen = matches!(fallback, Fallback::Widen);
-        let mut free = 0;
+        let (mut free, mut open) = (0, 0);
         for (pos, zj) in self.z.chunks_exact(self.dim.max(1)).enumerate() {
             if taken[pos] {
                 continue;
             }
             free += 1;
+            let av = avoided[pos];
+            open += usize::from(!av);
             let (mut vv, mut vd, mut dd) = (0.0, 0.0, 0.0);
             for k in 0..self.dim {
                 let v = zj[k] - z[k];
@@ -148,29 +166,36 @@ impl Candidates {
             let id = self.ids[pos];
             let defined = dn > 0.0 && vv > 0.0;
             let cos = if defined { vd / (vv.sqrt() * dn) } else { -1.0 };
-            if defined && cos >= cone.cos && better(&best_in, dd, id) {
-                best_in = Some((dd, id, pos));
+            if defined && cos >= cone.cos && better(&best_in, av, dd, id) {
+                best_in = Some((av, dd, id, pos));
             }
-            if better(&best_any, dd, id) {
-                best_any = Some((dd, id, pos));
+            if better(&best_any, av, dd, id) {
+                best_any = Some((av, dd, id, pos));
             }
             if widen && best_in.is_none() && defined {
                 let w = cone.widening(cos);
-                if best_widened.is_none_or(|(bw, bd, bid, _)| (w, dd, id) < (bw, bd, bid)) {
-                    best_widened = Some((w, dd, id, pos));
+                if best_widened
+                    .is_none_or(|(bav, bw, bd, bid, _)| (av, w, dd, id) < (bav, bw, bd, bid))
+                {
+                    best_widened = Some((av, w, dd, id, pos));
                 }
             }
         }
-        let chosen = match (best_in, &mut *fallback) {
+        let plain = |b: Best| b.map(|(_, dd, id, pos)| (dd, id, pos));
+        let chosen = match (plain(best_in), &mut *fallback) {
             (Some(b), _) => Some((false, b)),
-            (None, Fallback::Nearest) => best_any.map(|b| (true, b)),
+            (None, Fallback::Nearest) => plain(best_any).map(|b| (true, b)),
             (None, Fallback::Widen) => best_widened
-                .map(|(_, dd, id, pos)| (dd, id, pos))
-                .or(best_any)
+                .map(|(_, _, dd, id, pos)| (dd, id, pos))
+                .or(plain(best_any))
                 .map(|b| (true, b)),
             (None, Fallback::Random(rng)) if free > 0 => {
-                let nth = rng.random_range(0..free);
-                let pos = (0..taken.len()).filter(|&p| !taken[p]).nth(nth)?;
+                // Among the candidates not avoided while there are any.
+                let pool = if open > 0 { open } else { free };
+                let nth = rng.random_range(0..pool);
+                let pos = (0..taken.len())
+                    .filter(|&p| !taken[p] && (open == 0 || !avoided[p]))
+                    .nth(nth)?;
                 let zj = &self.z[pos * self.dim..(pos + 1) * self.dim];
                 let dd = zj
                     .iter()
@@ -235,12 +260,12 @@ pub fn pick_proposed(
     let mut taken = vec![false; flat.ids.len()];
     let position: std::collections::HashMap<usize, usize> =
         flat.ids.iter().enumerate().map(|(i, &s)| (s, i)).collect();
-    // Taken, or avoided by the spacing rule while other candidates are left (select::Spacing).
-    let mut closed = taken.clone();
+    // Avoided by the spacing rule while other candidates are left (select::Spacing).
+    let mut avoided = vec![false; flat.ids.len()];
     if let Some(rule) = settings.near {
         for s in &rule.seen {
             if let Some(&i) = position.get(s) {
-                closed[i] = true;
+                avoided[i] = true;
             }
         }
     }
@@ -252,21 +277,21 @@ pub fn pick_proposed(
         if picks.len() >= k {
             break;
         }
-        let found = match flat.search(&s.z, &s.direction, &cone, &closed, &mut fallback) {
-            Some(found) => Some(found),
-            None => flat.search(&s.z, &s.direction, &cone, &taken, &mut fallback),
+        let marks = Marks {
+            taken: &taken,
+            avoided: &avoided,
         };
+        let found = flat.search(&s.z, &s.direction, &cone, marks, &mut fallback);
         let Some((c, pos)) = found else {
             break; // no candidates left
         };
         taken[pos] = true;
-        closed[pos] = true;
         for n in settings
             .near
             .map_or_else(Vec::new, |rule| (rule.near)(c.sample))
         {
             if let Some(&i) = position.get(&n) {
-                closed[i] = true;
+                avoided[i] = true;
             }
         }
         picks.push(Pick {
@@ -283,6 +308,7 @@ pub fn pick_proposed(
 
 #[cfg(test)]
 mod tests {
+    use super::super::select;
     use super::*;
 
     fn cands(v: &[(usize, [f64; 2])]) -> Vec<(usize, Vec<f64>)> {
@@ -306,6 +332,47 @@ mod tests {
         // A zero direction has no cone at all.
         let r = cone_search(&[0.0, 0.0], &[0.0, 0.0], &c, 60.0, &HashSet::new()).unwrap();
         assert_eq!((r.sample, r.fallback, r.angle_deg), (1, true, None));
+    }
+
+    /// The spacing rule prefers a candidate it does not avoid, in the cone first; an avoided
+    /// one in the cone still beats a fallback outside it (no fallback is counted), and a
+    /// pick's neighbours are avoided for the picks after it.
+    #[test]
+    fn avoided_candidates_come_after_the_others_but_before_a_fallback() {
+        let src = |s| Source {
+            sample: s,
+            z: vec![0.0, 0.0],
+            direction: vec![1.0, 0.0],
+        };
+        // 1 and 2 in the cone (1 nearer to z'), 3 outside it.
+        let c = cands(&[(1, [1.0, 0.1]), (2, [2.0, 0.2]), (3, [0.0, -1.0])]);
+        let near = |s: usize| vec![s + 1];
+        let pick = |seen: &[usize], k| {
+            let rule = select::Spacing {
+                near: &near,
+                seen: seen.iter().copied().collect(),
+            };
+            let mut s = settings(30.0, ConeFallback::Nearest);
+            s.near = Some(&rule);
+            pick_proposed(&[src(100)], &c, k, s)
+                .iter()
+                .map(|p| (p.sample, p.fallback))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(&[], 1), [(1, false)]);
+        assert_eq!(
+            pick(&[1], 1),
+            [(2, false)],
+            "1 was seen: 2, also in the cone"
+        );
+        assert_eq!(
+            pick(&[1, 2], 1),
+            [(1, false)],
+            "only avoided ones in the cone"
+        );
+        // After 1, its neighbour 2 is avoided: the cone holds no other, so 2 comes next but is
+        // still no fallback; then 3, outside the cone, is one.
+        assert_eq!(pick(&[], 3), [(1, false), (2, false), (3, true)]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn plateaued(curve: &[VaeEpoch], patience: usize) -> bool {
     let Some(last) = curve.last() else {
         return false;
     };
-    patience > 0 && last.epoch >= best_epoch(curve).unwrap_or(0) + patience
+    patience > 0 && last.epoch >= best_epoch(curve).unwrap_or(0).saturating_add(patience)
 }
 
 /// Below this share of the pool's variance, by default, the latent space is called too weak to

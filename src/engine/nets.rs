@@ -210,7 +210,7 @@ impl Default for VaeConfig {
 /// PyTorch's default initialisation of a layer with `fan_in` inputs per output: weights and
 /// biases uniform in ±1/√fan_in (torch.nn's `kaiming_uniform_(a = √5)` and its bias rule).
 /// The VAE uses it for every layer. tch's default (Kaiming uniform with the ReLU gain, ±√6/√fan_in,
-/// and zero biases) is 2.45 times larger: the VAE, a residual network without normalisation,
+/// zero convolution biases) is 2.45 times larger: the VAE, a residual network without normalisation,
 /// then blows up in its first steps and its decoder settles on a near-constant image
 /// (docs/method.md has the measurements).
 pub fn torch_default_init(fan_in: i64) -> (nn::Init, nn::Init) {

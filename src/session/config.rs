@@ -304,9 +304,9 @@ pub struct SelectionConfig {
     /// What `proposed` takes when a cone holds no candidate.
     #[serde(default)]
     pub fallback: ConeFallback,
-    /// Image-wise: a slice next to one already labelled (seen as its context) is no candidate,
-    /// and a pick's neighbours are not picked in the same round. False in sessions written
-    /// before it existed.
+    /// Image-wise: a slice next to one already labelled (seen as its context), or next to
+    /// another pick of the round, is picked only when no other candidate is left. False in
+    /// sessions written before it existed.
     #[serde(default)]
     pub avoid_context: bool,
 }

@@ -113,6 +113,9 @@ pub struct Dashboard {
     pub report: Report,
     /// Per repeat: the VAE's latent space over the pool, once encoded.
     pub manifold: BTreeMap<usize, ManifoldStats>,
+    /// The validation curve of a VAE whose training was interrupted, as the session's state
+    /// holds it: the start of the curve its resumed step draws.
+    vae_resumed: Vec<crate::engine::manifold::VaeEpoch>,
     pub help: bool,
     /// The comparison view (`c`): the selected arm against random, paired by repeat.
     pub comparison: bool,
@@ -175,6 +178,7 @@ impl Dashboard {
             log: VecDeque::new(),
             report: Report::default(),
             manifold: BTreeMap::new(),
+            vae_resumed: Vec::new(),
             help: false,
             comparison: false,
             tab: Tab::Overview,
@@ -339,6 +343,13 @@ impl Dashboard {
             .enumerate()
             .filter_map(|(r, d)| Some((r, d.manifold.clone()?)))
             .collect();
+        // A repeat whose VAE has epochs but no latents yet was stopped while it trained.
+        self.vae_resumed = state
+            .repeats
+            .iter()
+            .find(|d| d.manifold.is_none() && !d.vae_epochs.is_empty())
+            .map(|d| d.vae_epochs.clone())
+            .unwrap_or_default();
         self.refresh_report();
         if !state.repeats.is_empty() && state.done > 2 {
             self.want_latents = Some(self.picks.last().map(|(r, _)| r.repeat).unwrap_or(0));
@@ -400,6 +411,10 @@ impl Dashboard {
                 ..
             } => {
                 self.steps_done = index;
+                let validation = match phase {
+                    Phase::Vae => std::mem::take(&mut self.vae_resumed),
+                    _ => Vec::new(),
+                };
                 self.step = Some(StepProgress {
                     index,
                     phase,
@@ -408,7 +423,7 @@ impl Dashboard {
                     epoch: 0,
                     epochs: 0,
                     loss: None,
-                    validation: Vec::new(),
+                    validation,
                     started: Instant::now(),
                 });
             }

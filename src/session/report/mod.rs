@@ -313,7 +313,7 @@ impl Report {
             .map(|(repeat, d)| VaeTraining {
                 repeat,
                 best_epoch: crate::engine::manifold::best_epoch(&d.vae_epochs),
-                stopped_early: d.vae_epochs.len() < cfg.vae.epochs,
+                stopped_early: crate::engine::manifold::plateaued(&d.vae_epochs, cfg.vae.patience),
                 epochs: d.vae_epochs.clone(),
             })
             .collect();

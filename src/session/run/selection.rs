@@ -192,11 +192,18 @@ impl Runner {
                 let latents = self.sample_latents(repeat)?;
                 let sources: Vec<usize> = {
                     let pool = self.pool(repeat);
-                    labelled
+                    let brain: Vec<usize> = labelled
                         .iter()
                         .copied()
                         .filter(|&s| pool.has_brain(s))
-                        .collect()
+                        .collect();
+                    // With no labelled slice inside the brain, every source falls back (zero
+                    // directions, counted) rather than the round picking nothing.
+                    if brain.is_empty() {
+                        labelled.clone()
+                    } else {
+                        brain
+                    }
                 };
                 let samples: Vec<Vec<usize>> = sources
                     .iter()

@@ -8,7 +8,7 @@
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tch::nn::VarStore;
 
 use super::{emit_to, Runner, StepContext, EVAL_BATCH};
@@ -183,6 +183,16 @@ impl Runner {
             if !progress.in_step() {
                 curve.clear(); // a step that starts over
             }
+            // The curve is committed with each epoch's point: one entry per epoch done.
+            let fits = curve.iter().enumerate().all(|(i, e)| e.epoch == i + 1)
+                && (validation.is_empty() || curve.len() == start);
+            if !fits {
+                bail!(
+                    "repeat {}: the VAE's validation curve in state.json ({} epochs) does not fit its checkpoint ({start} epochs); was the session changed by hand?",
+                    repeat + 1,
+                    curve.len()
+                );
+            }
             if plateaued(curve, patience) {
                 end = start; // a kill came after the plateau was recorded: nothing to train
             }
@@ -352,12 +362,15 @@ impl EpochCheckpoint<'_> {
                 save_var_store(self.vs, &self.files.best(&self.step, epoch + 1))?;
             }
         }
-        let curve = self
-            .session
-            .state
-            .repeats
-            .get(repeat)
-            .map_or(&[][..], |d| &d.vae_epochs[..]);
+        let curve = match self.step {
+            Step::Vae { .. } => self
+                .session
+                .state
+                .repeats
+                .get(repeat)
+                .map_or(&[][..], |d| &d.vae_epochs[..]),
+            _ => &[],
+        };
         let best = best_epoch(curve).map(|e| self.files.best(&self.step, e));
         let plateau = plateaued(curve, self.patience);
         let done = self.session.state.progress_of(repeat).done;

@@ -161,8 +161,9 @@ pub struct VaeTraining {
     pub repeat: usize,
     /// The epoch kept (the lowest validation error).
     pub best_epoch: Option<usize>,
-    /// Whether it stopped on a plateau before `vae.epochs`.
-    pub stopped_early: bool,
+    /// How its training ended: `plateau` (`vae.patience` epochs without a lower validation
+    /// error), `epochs` (it trained `vae.epochs`), or `training` (not ended yet).
+    pub ended: &'static str,
     pub epochs: Vec<crate::engine::manifold::VaeEpoch>,
 }
 
@@ -313,7 +314,13 @@ impl Report {
             .map(|(repeat, d)| VaeTraining {
                 repeat,
                 best_epoch: crate::engine::manifold::best_epoch(&d.vae_epochs),
-                stopped_early: crate::engine::manifold::plateaued(&d.vae_epochs, cfg.vae.patience),
+                ended: if crate::engine::manifold::plateaued(&d.vae_epochs, cfg.vae.patience) {
+                    "plateau"
+                } else if d.vae_epochs.len() >= cfg.vae.epochs {
+                    "epochs"
+                } else {
+                    "training"
+                },
                 epochs: d.vae_epochs.clone(),
             })
             .collect();

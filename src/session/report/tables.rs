@@ -259,10 +259,10 @@ impl Report {
                 "| {} | {} | {} | {} | {} | {} | {} % |",
                 v.repeat + 1,
                 v.epochs.len(),
-                if v.stopped_early {
-                    "on a plateau"
-                } else {
-                    "at vae.epochs"
+                match v.ended {
+                    "plateau" => "on a plateau",
+                    "epochs" => "at vae.epochs",
+                    _ => "still training",
                 },
                 kept.map_or("–".into(), |e| e.epoch.to_string()),
                 kept.map_or("–".into(), |e| format!("{:.4}", e.validation_mse)),

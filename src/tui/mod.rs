@@ -9,6 +9,7 @@ pub mod app;
 pub mod browser;
 mod compare;
 pub mod latent;
+pub mod progress;
 pub mod stderr_log;
 pub mod theme;
 pub mod ui;

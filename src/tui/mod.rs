@@ -8,6 +8,7 @@
 pub mod app;
 pub mod browser;
 mod compare;
+mod keys;
 pub mod latent;
 pub mod progress;
 pub mod stderr_log;

@@ -142,6 +142,7 @@ fn main() -> anyhow::Result<()> {
     };
     let step = StepSettings {
         alpha: ALPHA,
+        dice_smoothing: 1.0,
         method: DirectionMethod::Auto,
     };
     let steps = gradient_directions(&nets, &ds, &feed, &samples, step, BATCH)?;

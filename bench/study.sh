@@ -11,6 +11,10 @@
 #   study-random   random, proposed (fallback random)
 #   study-image    image-wise: random, proposed, oracle, entropy, coreset; 40 initial slices and
 #                  2 rounds of 40 (only when named in STUDY_SESSIONS)
+#   study-image-adjacent  study-image with selection.avoid_context off: how often picks land
+#                  next to a slice already labelled or picked (only when named)
+#   study-image-unsmoothed  study-image's random and proposed, the direction from the paper's
+#                  Dice loss without the +1 (selection.dice_smoothing = 0; only when named)
 # STUDY_SESSIONS names the sessions to run (default: the first three), e.g.
 #   STUDY_SESSIONS="study-nearest study-image" bench/study.sh 11
 # Repeats are run in turn across the sessions (repeat 1 of each, then repeat 2, ...), so the
@@ -44,6 +48,12 @@ exec ./with-torch bash -c '
       study-random) create study-random random "[\"random\", \"proposed\"]" ;;
       study-image) create study-image nearest "$all" --set "experiment.granularity=\"image\"" \
         --set experiment.initial=40 --set experiment.per_round=40 ;;
+      study-image-adjacent) create study-image-adjacent nearest "$all" \
+        --set "experiment.granularity=\"image\"" --set experiment.initial=40 \
+        --set experiment.per_round=40 --set selection.avoid_context=false ;;
+      study-image-unsmoothed) create study-image-unsmoothed nearest "[\"random\", \"proposed\"]" \
+        --set "experiment.granularity=\"image\"" --set experiment.initial=40 \
+        --set experiment.per_round=40 --set selection.dice_smoothing=0.0 ;;
       *) echo "study.sh: unknown session $s" >&2; exit 2 ;;
     esac
   done

@@ -446,7 +446,12 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
         vae64: &vae64,
     };
     let dir = |alpha: f64, method: DirectionMethod| {
-        gradient_direction(&nets, &ds, &cpu, &slices, StepSettings { alpha, method }).unwrap()
+        let step = StepSettings {
+            alpha,
+            dice_smoothing: 1.0,
+            method,
+        };
+        gradient_direction(&nets, &ds, &cpu, &slices, step).unwrap()
     };
 
     // α = 1e-4 on z-scored images is below float32 resolution: auto takes float64 and says so.
@@ -483,6 +488,52 @@ fn the_latent_direction_is_resolved_and_stable_when_the_step_is_halved() {
     );
 }
 
+/// The paper's unsmoothed Dice loss gives a tumour-free slice no gradient (its sample falls back,
+/// counted as a zero gradient); the +1 of the training loss gives it one. On a slice with tumour
+/// the two losses point the same way.
+#[test]
+fn the_unsmoothed_dice_loss_has_no_gradient_without_tumour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(tmp.path());
+    let (_stores, unet, vae, vae64) = tiny_nets(4);
+    let cpu = Feed::host(Device::Cpu);
+    let nets = DirectionNets {
+        unet: &unet,
+        vae: &vae,
+        vae64: &vae64,
+    };
+    let p = &ds.patients()[0];
+    let brain_without_tumour = p
+        .slice_range()
+        .find(|&s| {
+            ds.mask(s).iter().all(|&m| m == 0) && ds.image(s).iter().any(|v| v.to_f32() != 0.0)
+        })
+        .expect("a brain slice without tumour");
+    let with_tumour = tumour_slices(&ds)[0];
+    let step = |s: usize, dice_smoothing: f64| {
+        let settings = StepSettings {
+            alpha: 1e-4,
+            dice_smoothing,
+            method: DirectionMethod::Auto,
+        };
+        gradient_direction(&nets, &ds, &cpu, &[s], settings).unwrap()
+    };
+    let (paper, smoothed) = (
+        step(brain_without_tumour, 0.0),
+        step(brain_without_tumour, 1.0),
+    );
+    assert_eq!((paper.rel_dx, paper.dz_norm), (0.0, 0.0), "{paper:?}");
+    assert!((paper.loss - 1.0).abs() < 1e-9, "loss {}", paper.loss);
+    assert!(
+        smoothed.rel_dx > 0.0 && smoothed.dz_norm > 0.0,
+        "{smoothed:?}"
+    );
+    let (paper, smoothed) = (step(with_tumour, 0.0), step(with_tumour, 1.0));
+    assert!(paper.dz_norm > 0.0);
+    let c = cosine(&paper.direction, &smoothed.direction);
+    assert!(c > 0.9, "with tumour the losses disagree: cosine {c}");
+}
+
 #[test]
 fn batched_gradient_directions_equal_one_sample_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();
@@ -499,11 +550,12 @@ fn batched_gradient_directions_equal_one_sample_at_a_time() {
         vec![all[3]],
         vec![all[4], t[t.len() - 1]],
     ];
-    for (alpha, method) in [
-        (1e-4, DirectionMethod::Float64),
-        (1e-4, DirectionMethod::CentralDifference),
-        (1e5, DirectionMethod::Float32), // a step float32 resolves
-        (1e-4, DirectionMethod::Auto),
+    for (alpha, method, dice_smoothing) in [
+        (1e-4, DirectionMethod::Float64, 1.0),
+        (1e-4, DirectionMethod::CentralDifference, 1.0),
+        (1e5, DirectionMethod::Float32, 1.0), // a step float32 resolves
+        (1e-4, DirectionMethod::Auto, 1.0),
+        (1e-4, DirectionMethod::Auto, 0.0), // the paper's loss: no gradient without tumour
     ] {
         // Batches of up to 4 slices: [s0, s1(3 slices)], [s2, s3] ...
         let nets = DirectionNets {
@@ -511,7 +563,11 @@ fn batched_gradient_directions_equal_one_sample_at_a_time() {
             vae: &vae,
             vae64: &vae64,
         };
-        let step = StepSettings { alpha, method };
+        let step = StepSettings {
+            alpha,
+            dice_smoothing,
+            method,
+        };
         let batched = gradient_directions(&nets, &ds, &cpu, &samples, step, 4).unwrap();
         assert_eq!(batched.len(), samples.len());
         for (s, b) in samples.iter().zip(&batched) {

@@ -176,15 +176,26 @@ impl UNet {
     }
 }
 
-/// Soft Dice loss `1 − 2Σpy / (Σp + Σy)` over the whole batch, on sigmoid probabilities.
-/// (The paper writes −Dice; the gradient is the same.) ε keeps empty batches finite.
+/// Soft Dice loss `1 − (2Σpy + 1) / (Σp + Σy + 1)` over the whole batch, on sigmoid
+/// probabilities: the training loss. (The paper writes −Dice; the gradient is the same.) The
+/// +1 keeps empty batches finite.
 pub fn dice_loss(logits: &Tensor, target: &Tensor) -> Tensor {
+    dice_loss_smoothed(logits, target, 1.0)
+}
+
+/// [`dice_loss`] with `smoothing` in place of the +1. With 0 it is the paper's loss
+/// `1 − 2Σpy / (Σp + Σy)`, constant (gradient exactly zero) where the target is empty; a
+/// floor on the denominator keeps an all-zero prediction of an empty target at a loss of 1.
+pub fn dice_loss_smoothed(logits: &Tensor, target: &Tensor, smoothing: f64) -> Tensor {
     let p = logits.sigmoid();
     let kind = logits.kind(); // float64 stays float64 (the gradient-step tests rely on it)
     let inter = (&p * target).sum(kind);
     let denom = p.sum(kind) + target.sum(kind);
-    1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+    1.0 - (2.0 * inter + smoothing) / (denom + smoothing).clamp_min(DICE_FLOOR)
 }
+
+/// The smallest denominator of [`dice_loss_smoothed`].
+pub const DICE_FLOOR: f64 = 1e-12;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::batch::{to_device_async, Feed};
-use super::nets::{dice_loss, UNet, Vae};
+use super::nets::{dice_loss_smoothed, UNet, Vae, DICE_FLOOR};
 use crate::data::Dataset;
 
 /// How `z' − z` is computed (see docs/method.md, "Numerical care"); a session setting.
@@ -158,10 +158,13 @@ pub struct DirectionNets<'a> {
     pub vae64: &'a Vae,
 }
 
-/// How far the images move (`x' = x + alpha ∂L/∂x`) and how `z' − z` is computed.
+/// How far the images move (`x' = x + alpha ∂L/∂x`), the smoothing term of the Dice loss L
+/// (1 as in training; 0 is the paper's loss, which has no gradient on a tumour-free sample),
+/// and how `z' − z` is computed.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSettings {
     pub alpha: f64,
+    pub dice_smoothing: f64,
     pub method: DirectionMethod,
 }
 
@@ -229,12 +232,17 @@ pub fn encode_slices(
     Tensor::cat(&parts, 0).to_device(Device::Cpu)
 }
 
-/// Each sample's own Dice loss (as [`dice_loss`] over its slices), summed: one scalar whose
+/// Each sample's own Dice loss (as [`dice_loss_smoothed`] over its slices), summed: one scalar whose
 /// gradient w.r.t. each slice is its sample's gradient; and the losses themselves, detached,
 /// still on the device (read later: reading them here would make the host wait for the forward
 /// pass before it could queue the backward one). Equal-size samples (image granularity) take
 /// one vectorised pass.
-fn summed_sample_losses(logits: &Tensor, y: &Tensor, ranges: &[(i64, i64)]) -> (Tensor, Tensor) {
+fn summed_sample_losses(
+    logits: &Tensor,
+    y: &Tensor,
+    ranges: &[(i64, i64)],
+    smoothing: f64,
+) -> (Tensor, Tensor) {
     let equal = ranges.iter().all(|r| r.1 == ranges[0].1);
     let losses = if equal {
         let n = ranges.len() as i64;
@@ -243,11 +251,13 @@ fn summed_sample_losses(logits: &Tensor, y: &Tensor, ranges: &[(i64, i64)]) -> (
         let kind = logits.kind();
         let inter = (&p * &t).sum_dim_intlist(1, false, kind);
         let denom = p.sum_dim_intlist(1, false, kind) + t.sum_dim_intlist(1, false, kind);
-        1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+        1.0 - (2.0 * inter + smoothing) / (denom + smoothing).clamp_min(DICE_FLOOR)
     } else {
         let each: Vec<Tensor> = ranges
             .iter()
-            .map(|&(a, len)| dice_loss(&logits.narrow(0, a, len), &y.narrow(0, a, len)))
+            .map(|&(a, len)| {
+                dice_loss_smoothed(&logits.narrow(0, a, len), &y.narrow(0, a, len), smoothing)
+            })
             .collect();
         Tensor::stack(&each, 0)
     };
@@ -284,7 +294,11 @@ fn direction_batch(
     step: StepSettings,
 ) -> Result<Vec<GradientStep>> {
     let DirectionNets { unet, vae, vae64 } = *nets;
-    let StepSettings { alpha, method } = step;
+    let StepSettings {
+        alpha,
+        dice_smoothing,
+        method,
+    } = step;
     let slices = group.concat();
     let mut ranges = Vec::with_capacity(group.len());
     let mut at = 0i64;
@@ -295,7 +309,7 @@ fn direction_batch(
     let (x, y) = feed.batch(ds, &slices);
     let x = x.set_requires_grad(true);
     let logits = unet.forward_t(&x, false);
-    let (total, losses) = summed_sample_losses(&logits, &y, &ranges);
+    let (total, losses) = summed_sample_losses(&logits, &y, &ranges, dice_smoothing);
     let grads = Tensor::run_backward(&[&total], &[&x], false, false);
     let x = x.detach();
     // Only brain pixels move: background gradients of empty slices would dominate otherwise.

@@ -309,6 +309,15 @@ pub struct SelectionConfig {
     /// sessions written before it existed.
     #[serde(default)]
     pub avoid_context: bool,
+    /// The smoothing term of the Dice loss whose gradient moves the images: 1 (the training
+    /// loss's), or 0 (the paper's, with no gradient on a tumour-free sample). 1 in sessions
+    /// written before it existed.
+    #[serde(default = "one")]
+    pub dice_smoothing: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 pub use crate::engine::cone::ConeFallback;
@@ -472,6 +481,12 @@ impl SessionConfig {
                 bail!("{key} = {v} must be a positive number");
             }
         }
+        if !(self.selection.dice_smoothing.is_finite() && self.selection.dice_smoothing >= 0.0) {
+            bail!(
+                "selection.dice_smoothing = {} must be 0 or more",
+                self.selection.dice_smoothing
+            );
+        }
         if !(self.vae.kl_weight.is_finite() && self.vae.kl_weight >= 0.0) {
             bail!("vae.kl_weight = {} must be 0 or more", self.vae.kl_weight);
         }
@@ -559,6 +574,10 @@ mod tests {
             ("vae.lr=0.0", "vae.lr = 0 must be a positive number"),
             ("selection.alpha=-1.0", "selection.alpha = -1 must be"),
             ("vae.kl_weight=inf", "vae.kl_weight = inf"),
+            (
+                "selection.dice_smoothing=-1.0",
+                "selection.dice_smoothing = -1 must be 0 or more",
+            ),
             ("vae.validation=0.7", "vae.validation = 0.7 must be a share"),
             (
                 "vae.validation=0.0",

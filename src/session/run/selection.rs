@@ -216,6 +216,7 @@ impl Runner {
                 };
                 let step = StepSettings {
                     alpha: cfg.selection.alpha,
+                    dice_smoothing: cfg.selection.dice_smoothing,
                     method: cfg.selection.direction,
                 };
                 let gradients =

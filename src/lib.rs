@@ -10,6 +10,7 @@
 //! - [`torch_info`]: what libtorch this binary runs on.
 //! - [`staged_dir`]: folders built beside their place and moved there whole.
 //! - [`stats`]: paired statistics for comparing strategies over repeats.
+//! - [`untrusted`]: other people's text on its way into file names, scripts and the terminal.
 
 /// `Display` for enums shown to users: the name they are written with in files (serde's).
 macro_rules! display_as_serde {
@@ -35,3 +36,4 @@ pub mod staged_dir;
 pub mod stats;
 pub mod torch_info;
 pub mod tui;
+pub mod untrusted;

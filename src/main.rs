@@ -111,7 +111,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors name files and values from other people: no control character of theirs
+            // reaches the terminal (the message's own line breaks stay).
+            let text = format!("{e:#}");
+            let lines: Vec<_> = text.lines().map(suggestive::untrusted::escaped).collect();
+            eprintln!("error: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }

@@ -803,3 +803,118 @@ fn people_labels_take_one_strategy_and_the_rounds_protocol() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not labelled by people"));
 }
+
+/// A data set whose folder name holds quotes, `$( )`, backticks and a newline: every line of
+/// each round's `open.sh`, the commented 3D Slicer lines uncommented, runs the viewers with the
+/// exact paths and runs nothing else. A `;` (the worklist's separator) is refused by name.
+#[test]
+fn open_sh_passes_hostile_paths_as_words_and_runs_nothing_else() {
+    let env = Env::new();
+    let hostile = env
+        .root
+        .join("data 'q' \"d\" '$(touch MARK)' $(touch MARK) `touch MARK`\ntouch MARK");
+    std::fs::rename(&env.data, &hostile).unwrap();
+    let name = "hostile-paths";
+    let labels = "experiment.labels=\"human\"";
+    let cfg = tiny_session_config(&hostile, &["experiment.arms=[\"proposed\"]", labels]);
+    Session::create(&env.root.join("sessions").join(name), cfg).unwrap();
+    // Fake viewers that write their arguments, NUL-separated.
+    let bin = env.root.join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for viewer in ["itksnap", "Slicer"] {
+        let path = bin.join(viewer);
+        let script = format!("#!/bin/sh\nprintf '%s\\0' \"$@\" >> \"$ARGS_DIR/{viewer}\"\n");
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let inspect = &mut |round: usize, items: &[WorkItem], _: &str, package: &Path| {
+        let script = std::fs::read_to_string(package.join("open.sh")).unwrap();
+        let uncommented = script.replace("\n# Slicer ", "\nSlicer ");
+        let work = env.root.join(format!("open-{round}"));
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("open.sh"), &uncommented).unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let out = std::process::Command::new("sh")
+            .arg("open.sh")
+            .current_dir(&work)
+            .env("PATH", path)
+            .env("ARGS_DIR", &work)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !work.join("MARK").exists(),
+            "open.sh ran a command from a path"
+        );
+        let args = |viewer: &str| -> Vec<String> {
+            let bytes = std::fs::read(work.join(viewer)).unwrap();
+            let text = String::from_utf8(bytes).unwrap();
+            text.split_terminator('\0').map(String::from).collect()
+        };
+        let (itksnap, slicer) = (args("itksnap"), args("Slicer"));
+        let firsts: Vec<String> = items
+            .iter()
+            .map(|i| i.image_paths()[0].display().to_string())
+            .collect();
+        let given: Vec<&String> = itksnap
+            .iter()
+            .zip(itksnap.iter().skip(1))
+            .filter(|(flag, _)| *flag == "-g")
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(given.len(), items.len());
+        for (g, want) in given.iter().zip(&firsts) {
+            assert_eq!(*g, want);
+            assert!(
+                want.contains("$(touch MARK) `touch MARK`\ntouch MARK/"),
+                "{want}"
+            );
+        }
+        // Slicer's argument is Python code: run it with a stand-in for slicer.util.
+        assert_eq!(slicer.len(), 2 * items.len());
+        for (pair, want) in slicer.chunks(2).zip(&firsts) {
+            assert_eq!(pair[0], "--python-code");
+            let program = format!(
+                "import sys, types\nout = []\nslicer = types.SimpleNamespace(util=types.SimpleNamespace(loadVolume=out.append, loadSegmentation=out.append))\n{}\nsys.stdout.write('\\0'.join(out))",
+                pair[1]
+            );
+            let Ok(py) = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(&program)
+                .output()
+            else {
+                continue; // no python3: the shell side was checked
+            };
+            assert!(
+                py.status.success(),
+                "{}",
+                String::from_utf8_lossy(&py.stderr)
+            );
+            let loaded = String::from_utf8(py.stdout).unwrap();
+            assert_eq!(loaded.split('\0').next().unwrap(), want);
+            assert_eq!(loaded.split('\0').count(), if round > 0 { 2 } else { 1 });
+        }
+    };
+    let truth_of = |case: &str| patient_file(&hostile, case, "seg");
+    let (rounds, _) = play(&env, name, &truth_of, inspect);
+    assert_eq!(rounds, 3);
+    assert!(!env.root.join("MARK").exists());
+
+    let with_separator = env.root.join("data;x");
+    std::fs::rename(&hostile, &with_separator).unwrap();
+    let cfg = tiny_session_config(&with_separator, &["experiment.arms=[\"proposed\"]", labels]);
+    Session::create(&env.root.join("sessions").join("separator"), cfg).unwrap();
+    let (code, out) = env.run("separator");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("data;x/") && out.contains("separates a case's image files with ';'"),
+        "{out}"
+    );
+    let package = env.root.join("sessions/separator/annotate/round-00");
+    assert!(!package.join("worklist.csv").exists() && !package.join("open.sh").exists());
+}

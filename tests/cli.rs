@@ -367,3 +367,47 @@ fn info_reports_a_working_libtorch() {
     }
     assert_eq!(v["dataset_cache"], tmp.path().to_str().unwrap());
 }
+
+/// Session names and case IDs become file names, script words and terminal text: a control
+/// character or a path separator in one is refused where it enters, by value, escaped.
+#[test]
+fn names_from_other_people_are_checked_where_they_enter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_suggestive"))
+        .args(["new", "study\nrm -rf ~", "--preset", "demo"])
+        .env("SUGGESTIVE_CACHE_DIR", tmp.path())
+        .env("SUGGESTIVE_SESSIONS_DIR", tmp.path().join("sessions"))
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &["session name \"study\\nrm -rf ~\" holds a control character"],
+    );
+    let sessions = tmp.path().join("sessions");
+    assert!(!sessions.exists() || std::fs::read_dir(&sessions).unwrap().next().is_none());
+
+    // A case whose folder and files carry a terminal escape sequence in its ID.
+    let root = tiny_phantom(
+        &tmp.path().join("ph"),
+        &[("CBICA", 2), ("TCIA", 1)],
+        PhantomLayout::Brats2019,
+        1,
+    );
+    let id = "BraTS19_CBICA_P002_1";
+    let hostile = format!("{id}\u{1b}[2J");
+    let dir = patient_file(&root, id, "flair")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        std::fs::rename(dir.join(&name), dir.join(name.replace(id, &hostile))).unwrap();
+    }
+    std::fs::rename(&dir, dir.with_file_name(&hostile)).unwrap();
+    let out = run(&["dataset", root.to_str().unwrap()], tmp.path());
+    assert_one_line_error(
+        &out,
+        &["case ID \"BraTS19_CBICA_P002_1\\u{1b}[2J\" holds a control character"],
+    );
+    assert!(!text(&out.stderr).contains('\u{1b}'));
+}

@@ -394,3 +394,53 @@ fn the_time_limit_warning_stops_the_run_and_requeues_the_task() {
         }
     }
 }
+
+/// A value that would end an `#SBATCH` line (and start a shell command) is refused by name
+/// before anything is written or submitted; a session name with a space becomes one quoted
+/// word of the job name, and the log path's `%` is refused.
+#[test]
+fn slurm_values_are_quoted_or_refused_and_never_become_commands() {
+    let c = Cluster::new();
+    for (flag, value) in [
+        ("--partition", "gpu\ntouch MARK"),
+        ("--account", "lab\rtouch MARK"),
+        ("--time", "1:00:00\u{1b}]0;x"),
+        ("--sbatch-arg", "--qos=high\ntouch MARK"),
+        ("--partition", "gpu\"x"),
+    ] {
+        let out = c
+            .cmd(&["slurm", "grid", flag, value])
+            .current_dir(&c.root)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value:?}: {err}");
+        assert!(err.contains("#SBATCH"), "{err}");
+        assert!(!err.contains('\u{1b}') && !err.contains('\r'), "{err:?}");
+        assert!(!c.state("job-1000.args").exists(), "submitted");
+        assert!(
+            !c.session.join("slurm").join("run.sbatch").exists(),
+            "written"
+        );
+    }
+    assert!(!c.root.join("MARK").exists());
+
+    let spaced = c.root.join("sessions").join("my grid");
+    std::fs::rename(&c.session, &spaced).unwrap();
+    let out = c.ok(&["slurm", "my grid", "--dry-run"]);
+    assert!(
+        out.contains("#SBATCH \"--job-name=suggestive-my grid\""),
+        "{out}"
+    );
+    assert!(out.contains("#SBATCH \"--output="), "{out}");
+
+    let percent = c.root.join("sessions").join("grid%j");
+    std::fs::rename(&spaced, &percent).unwrap();
+    let out = c.cmd(&["slurm", "grid%j", "--dry-run"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("grid%j") && err.contains("reads a % in a log path"),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::files::write_atomic;
 use crate::session::Session;
+use crate::untrusted::{sbatch_word, shell_quote};
 
 /// What the jobs ask Slurm for (each `None`: the cluster's default).
 #[derive(Debug, Clone, Default)]
@@ -237,6 +238,13 @@ pub fn scripts(session: &Session, repeats: &[usize], opts: &JobOptions) -> Resul
     }
     let log = files.slurm_log(None);
     let repeat_log = log.with_file_name("repeat-%a.out");
+    // Slurm reads `%` in --output as a pattern (ours is %a, the task).
+    if dir.display().to_string().contains('%') {
+        bail!(
+            "{}: Slurm reads a % in a log path as a pattern; move the session to a folder without one",
+            crate::untrusted::escaped(&dir.display().to_string())
+        );
+    }
     let mut run_lines = vec![
         format!("--job-name=suggestive-{name}"),
         format!("--array={array}"),
@@ -257,19 +265,27 @@ pub fn scripts(session: &Session, repeats: &[usize], opts: &JobOptions) -> Resul
     if let Some(p) = &opts.partition {
         report_lines.push(format!("--partition={p}"));
     }
-    let fill = |job: &str, lines: &[String], command: String| {
-        let sbatch: Vec<String> = lines.iter().map(|l| format!("#SBATCH {l}")).collect();
+    let fill = |job: &str, lines: &[String], command: String| -> Result<String> {
+        // Every argument is one word of sbatch's own parser, or refused (a newline would end
+        // the comment and start a shell command).
+        let sbatch = lines
+            .iter()
+            .map(|l| {
+                Ok(format!(
+                    "#SBATCH {}",
+                    sbatch_word("an #SBATCH argument", l)?
+                ))
+            })
+            .collect::<Result<Vec<String>, String>>()
+            .map_err(anyhow::Error::msg)?;
         script::fill(
             &template,
             &origin,
             &[
                 ("SBATCH", sbatch.join("\n")),
                 ("COMMAND", command),
-                ("SESSION", script::shell_quote(&dir.display().to_string())),
-                (
-                    "SUGGESTIVE",
-                    script::shell_quote(&binary.display().to_string()),
-                ),
+                ("SESSION", shell_quote(&dir.display().to_string())),
+                ("SUGGESTIVE", shell_quote(&binary.display().to_string())),
                 ("JOB", job.to_string()),
             ],
         )

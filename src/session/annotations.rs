@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::files::{shell_quote, write_atomic, SessionFiles};
+use super::files::{write_atomic, SessionFiles};
 use super::state::{Annotation, Effort};
 use super::Session;
 use crate::data::{read_affine, read_dims, read_seg, Dataset, PatientFiles};
+use crate::untrusted::{escaped, python_string, shell_quote};
 
 pub const WORKLIST: &str = "worklist.csv";
 pub const INBOX: &str = "inbox";
@@ -126,6 +127,8 @@ pub fn write_package(
             .with_context(|| format!("cannot create {}", kept.display()))?;
         write_labels_like(&kept.join(&item.prediction), &case, &p.labels)?;
     }
+    // Every value below comes from the data set or its paths: quoted as one shell word on code
+    // lines, escaped on comment lines (a newline there would start a line of code).
     let mut script = String::from(
         "#!/bin/sh\n# Opens each case of this round with the model's prediction to correct, in the order\n# to annotate. Save the segmentation into inbox/ under the name the worklist gives.\n",
     );
@@ -149,21 +152,20 @@ pub fn write_package(
         script += &format!(
             "\n# {} {}: {}\n{line}\n",
             item.order,
-            item.case,
-            describe(item)
+            escaped(&item.case),
+            escaped(&describe(item))
         );
-        let slicer_seg = seg
-            .map(|s| {
-                format!(
-                    "; slicer.util.loadSegmentation({:?})",
-                    s.display().to_string()
-                )
-            })
-            .unwrap_or_default();
-        script += &format!(
-            "# Slicer --python-code 'slicer.util.loadVolume({:?}){slicer_seg}'\n",
-            first.display().to_string()
+        let mut python = format!(
+            "slicer.util.loadVolume({})",
+            python_string(&first.display().to_string())
         );
+        if let Some(s) = &seg {
+            python += &format!(
+                "; slicer.util.loadSegmentation({})",
+                python_string(&s.display().to_string())
+            );
+        }
+        script += &format!("# Slicer --python-code {}\n", shell_quote(&python));
     }
     write_atomic(&dir.join(OPEN_SCRIPT), script.as_bytes())?;
     let mut out = csv::Writer::from_writer(Vec::new());

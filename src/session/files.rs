@@ -334,11 +334,6 @@ impl SessionFiles {
     }
 }
 
-/// `text` as one shell word (for the scripts written beside a session's files).
-pub fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
 /// Writes `bytes` to `path` atomically: into a temporary file beside it, synced, then renamed
 /// over it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

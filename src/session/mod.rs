@@ -198,6 +198,8 @@ impl Session {
     /// Creates a new session folder; an existing one is never overwritten.
     pub fn create(dir: &Path, config: SessionConfig) -> Result<Session> {
         config.validate()?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        crate::untrusted::check_name("session name", &name).map_err(anyhow::Error::msg)?;
         if dir.exists() {
             bail!(
                 "{} already exists; choose another name or delete it",

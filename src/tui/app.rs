@@ -198,8 +198,11 @@ impl Dashboard {
         }
     }
 
+    /// Adds a line to the log panel, its control characters escaped (lines name files and
+    /// values from other people).
     pub fn log(&mut self, error: bool, line: impl Into<String>) {
-        self.log.push_back((error, line.into()));
+        let line = crate::untrusted::escaped(&line.into()).into_owned();
+        self.log.push_back((error, line));
         while self.log.len() > LOG_LINES {
             self.log.pop_front();
         }

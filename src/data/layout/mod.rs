@@ -246,6 +246,12 @@ pub fn discover(root: &Path) -> Result<DatasetLayout, DataError> {
     layout.unlabelled.sort_by(|a, b| a.id.cmp(&b.id));
     let mut ids = HashMap::new();
     for p in layout.patients.iter().chain(&layout.unlabelled) {
+        // IDs name cache entries and files, and go into work packages' scripts and onto the
+        // terminal.
+        crate::untrusted::check_name("case ID", &p.id).map_err(|msg| DataError::Folder {
+            path: p.dir.clone(),
+            msg,
+        })?;
         if let Some(first) = ids.insert(p.id.clone(), p.dir.clone()) {
             return Err(DataError::Folder {
                 path: root.to_path_buf(),

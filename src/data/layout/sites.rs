@@ -37,9 +37,14 @@ pub(super) fn read_sites(path: &Path) -> Result<BTreeMap<String, String>, DataEr
         }
         if case.is_empty() || site.is_empty() {
             return Err(err(format!(
-                "line {line}: an empty case ID or site ('{case}', '{site}')"
+                "line {line}: an empty case ID or site ('{}', '{}')",
+                crate::untrusted::escaped(case),
+                crate::untrusted::escaped(site)
             )));
         }
+        // Sites name the transfer scenario's groups on the terminal and in reports.
+        crate::untrusted::check_name("site", site)
+            .map_err(|msg| err(format!("line {line}: {msg}")))?;
         if let Some(before) = sites.insert(case.to_string(), site.to_string()) {
             if before != site {
                 return Err(err(format!(

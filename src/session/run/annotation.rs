@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{Runner, EVAL_BATCH};
 use crate::data::labels_to_original;
@@ -185,6 +185,12 @@ impl Runner {
                 .map(|f| f.path.display().to_string())
                 .collect();
             images.dedup();
+            if let Some(bad) = images.iter().find(|p| p.contains(';')) {
+                bail!(
+                    "{}: the worklist separates a case's image files with ';', and this path holds one: rename it",
+                    crate::untrusted::escaped(bad)
+                );
+            }
             let view = pick.as_ref().map(|p| pool.pick_view(p));
             let source = pick
                 .as_ref()

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 
-use crate::data::{find_case, read_channels, read_labels, read_volume, Modality, Volume};
+use crate::data::{find_case, read_channels, read_labels, read_volume, Expect, Modality, Volume};
 
 /// A volume to preview and its segmentation, when one was found.
 pub struct PreviewSource {
@@ -31,7 +31,7 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
                 case.id
             )
         })?;
-        let mut channels = read_channels(&case.id, &file.path)?;
+        let mut channels = read_channels(&case.id, &file.path, Expect::ANY)?;
         let Some(at) = Some(file.channel.unwrap_or(0)).filter(|&c| c < channels.len()) else {
             bail!(
                 "{}: has {} channels, no channel {} ({modality})",
@@ -96,7 +96,7 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
     } else {
         bail!("{}: no such file or folder", target.display());
     };
-    let image = read_volume(&id, &image_path)?;
+    let image = read_volume(&id, &image_path, Expect::ANY)?;
     let labels = seg_path
         .map(|p| outline_labels(&id, &p, &image))
         .transpose()?;
@@ -115,7 +115,7 @@ pub fn load(target: &Path, modality: Modality) -> Result<PreviewSource> {
 /// A segmentation's labels, of the image's shape. Any layout's labels: the outline is of the
 /// whole tumour (non-zero).
 fn outline_labels(id: &str, path: &Path, image: &Volume) -> Result<Vec<u8>> {
-    let (seg, labels) = read_labels(id, path)?;
+    let (seg, labels) = read_labels(id, path, Expect::dims(image.dims))?;
     if seg.dims != image.dims {
         bail!(
             "{}: shape {:?} differs from the image's {:?}",

@@ -650,3 +650,75 @@ fn files_whose_names_are_not_utf8_are_read() {
     let (ds, _) = Dataset::load(&root, &opts(&tmp.path().join("cache"))).unwrap();
     assert_eq!(ds.patients().len(), 3);
 }
+
+#[test]
+fn data_after_the_volume_is_refused_without_inflating_it() {
+    // 256 MiB of zeros inside the gzip, after a valid volume (a few hundred kB compressed):
+    // refused at the first byte past the voxels.
+    assert_bad_patient(
+        |root| {
+            edit_nifti_bytes(&patient_file(root, P2, "flair"), |raw| {
+                raw.resize(raw.len() + (256 << 20), 0)
+            })
+        },
+        Some("flair.nii.gz"),
+        "data after the",
+    );
+    // An uncompressed file longer than its header says (here a sparse 1 GiB), from its size.
+    assert_bad_patient(
+        |root| {
+            let gz = patient_file(root, P2, "t1");
+            let mut raw = Vec::new();
+            use std::io::Read;
+            flate2::read::GzDecoder::new(&fs::read(&gz).unwrap()[..])
+                .read_to_end(&mut raw)
+                .unwrap();
+            let nii = gz.with_extension(""); // .nii.gz → .nii
+            fs::write(&nii, &raw).unwrap();
+            fs::remove_file(&gz).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&nii)
+                .unwrap()
+                .set_len(1 << 30)
+                .unwrap();
+        },
+        Some("t1.nii"),
+        "data after the volume is refused",
+    );
+}
+
+#[test]
+fn a_named_pipe_in_place_of_a_file_is_refused_by_type() {
+    assert_bad_patient(
+        |root| {
+            let f = patient_file(root, P2, "t2");
+            fs::remove_file(&f).unwrap();
+            let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: mkfifo reads a NUL-terminated path we own.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        },
+        Some("t2.nii.gz"),
+        "a named pipe (FIFO), not a NIfTI file: refused",
+    );
+}
+
+#[test]
+fn a_transform_that_is_not_finite_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = three_patients(tmp.path());
+    let f = patient_file(&root, P2, "seg");
+    suggestive::data::read_affine(P2, &f).unwrap();
+    // sform_code (i16) at 254, srow_x (4 × f32) at 280.
+    edit_nifti_bytes(&f, |raw| {
+        put_i16(raw, 254, 1);
+        raw[280..284].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    let e = suggestive::data::read_affine(P2, &f)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(P2) && e.contains("seg.nii.gz") && e.contains("not finite"),
+        "{e}"
+    );
+}

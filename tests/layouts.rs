@@ -350,7 +350,7 @@ fn bad_input_in_the_new_layouts_is_refused_by_name() {
     // A 4D image of 3 channels where dataset.json lists 4.
     let root = fresh("channels", PhantomLayout::Msd);
     let image = root.join("imagesTr/BRATS_002.nii.gz");
-    let v = suggestive::data::read_channels("t", &image).unwrap();
+    let v = suggestive::data::read_channels("t", &image, suggestive::data::Expect::ANY).unwrap();
     let data: Vec<f32> = v[..3].iter().flat_map(|c| c.data.clone()).collect();
     write_volume(&image, &[64, 64, 24, 3], data);
     assert_refused(
@@ -503,7 +503,7 @@ fn a_session_on_the_decathlon_layout_exports_files_and_original_slices() {
             .collect();
         assert!(context_z.iter().all(|&c| c.abs_diff(z) == 1), "{row:?}");
         // The annotator's slice z of the label file is the slice the session picked.
-        let (vol, labels) = read_labels(case, &label).unwrap();
+        let (vol, labels) = read_labels(case, &label, suggestive::data::Expect::ANY).unwrap();
         let plane = vol.dims[0] * vol.dims[1];
         let in_file: Vec<u8> = labels[z * plane..(z + 1) * plane]
             .iter()

@@ -16,7 +16,7 @@ use super::cache::{
 };
 use super::layout::{discover, DatasetLayout, ImageFile, PatientFiles};
 use super::preprocess::preprocess;
-use super::volume::{read_channels, read_dims, read_seg, Volume};
+use super::volume::{read_channels, read_dims, read_seg, Expect, Volume};
 use super::{DataError, Preprocessing};
 
 /// Told after each patient a cache build has decoded: (patients done, patients in all). Called
@@ -729,7 +729,7 @@ fn read_case_labels(p: &PatientFiles, dims: [usize; 3]) -> Result<Vec<u8>, DataE
             p.missing_message(None),
         ));
     };
-    let (seg, labels) = read_seg(&p.id, path, p.kind)?;
+    let (seg, labels) = read_seg(&p.id, path, p.kind, Expect::dims(dims))?;
     if seg.dims != dims {
         return Err(DataError::file(
             &p.id,
@@ -759,7 +759,10 @@ fn load_patient(
         let at = match decoded.iter().position(|(path, _)| *path == file.path) {
             Some(at) => at,
             None => {
-                decoded.push((&file.path, read_channels(&p.id, &file.path)?));
+                decoded.push((
+                    &file.path,
+                    read_channels(&p.id, &file.path, Expect::dims(plan.dims))?,
+                ));
                 decoded.len() - 1
             }
         };

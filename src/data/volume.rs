@@ -62,10 +62,95 @@ fn voxel_bytes(t: NiftiType) -> Option<usize> {
 /// whose header claims more voxel bytes than this times its size is lying about its size.
 const MAX_INFLATE_RATIO: usize = 1032;
 
+/// The most voxels (all channels) any read takes from one file: 2^27, a 512×512×512 volume, 3.7
+/// times a Decathlon case's four channels of 240×240×155. A header that asks for more is
+/// refused before anything is allocated.
+pub const MAX_VOXELS: usize = 1 << 27;
+
+/// The most bytes of header extensions (between the 348-byte header and the voxels) a read
+/// skips.
+const MAX_EXTENSION_BYTES: u64 = 16 << 20;
+
+/// What a read expects of a file, checked against its header before anything is allocated or
+/// inflated from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The (x, y, z) shape, when another file has set it (the case's images, for its
+    /// segmentation; the planned shape, for a data set's files).
+    pub dims: Option<[usize; 3]>,
+}
+
+impl Expect {
+    /// Any shape within [`MAX_VOXELS`].
+    pub const ANY: Expect = Expect { dims: None };
+
+    /// The (x, y, z) shape `dims`.
+    pub fn dims(dims: [usize; 3]) -> Expect {
+        Expect { dims: Some(dims) }
+    }
+}
+
+/// An open NIfTI file: its header read, the reader at the first byte after it.
+struct Opened {
+    header: NiftiHeader,
+    /// The file's size on disk.
+    len: u64,
+    gz: bool,
+    reader: Box<dyn Read>,
+}
+
+/// Opens `path` and reads its header. Only a regular file is opened for reading: a FIFO or a
+/// device is refused by its type, checked on the open file (opened without blocking, so a FIFO
+/// cannot hang the open).
+fn open_nifti(path: &Path) -> Result<Opened, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| describe(e.into());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        let kind = meta.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a named pipe (FIFO)"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!("{what}, not a NIfTI file: refused"));
+    }
+    let gz = is_gz(path);
+    let buffered = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut reader: Box<dyn Read> = if gz {
+        // Several gzip members one after the other are one valid file (as gzip -d reads it).
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let header = NiftiHeader::from_reader(&mut reader).map_err(describe)?;
+    Ok(Opened {
+        header,
+        len: meta.len(),
+        gz,
+        reader,
+    })
+}
+
 /// Checks what a header says before anything is allocated from it: its voxel type and
-/// `bitpix` must agree, and the voxel bytes its dimensions declare must fit in a file of
-/// `file_len` bytes (a damaged header could ask for terabytes). Returns that byte count.
-fn check_header(h: &NiftiHeader, file_len: usize, gz: bool) -> Result<usize, String> {
+/// `bitpix` agree; its shape is a volume (of channels), the one `expect`ed, of at most
+/// [`MAX_VOXELS`]; and the file's size fits it: a `.nii` holds exactly the header, its
+/// extensions and the voxels, and a `.nii.gz` is neither smaller than deflate allows (a
+/// damaged header could ask for terabytes) nor larger than any gzip of those bytes. Returns
+/// the voxels' byte count.
+fn check_header(h: &NiftiHeader, file_len: u64, gz: bool, expect: Expect) -> Result<usize, String> {
     let kind = h
         .data_type()
         .map_err(|e| format!("cannot read NIfTI: {e}"))?;
@@ -77,56 +162,110 @@ fn check_header(h: &NiftiHeader, file_len: usize, gz: bool) -> Result<usize, Str
             8 * size
         ));
     }
-    let dim = h.dim().map_err(describe)?;
-    let n = dim
+    let dim: Vec<usize> = h
+        .dim()
+        .map_err(describe)?
         .iter()
-        .try_fold(size, |n, &d| n.checked_mul(d as usize))
-        .unwrap_or(usize::MAX);
-    let room = if gz {
-        file_len.saturating_mul(MAX_INFLATE_RATIO)
-    } else {
-        file_len.saturating_sub((h.vox_offset as usize).max(348))
-    };
-    if n <= room {
-        Ok(n)
-    } else if gz {
-        Err(format!(
-            "damaged header: dimensions {dim:?} need {n} bytes of voxels, more than {file_len} \
-             compressed bytes can hold"
-        ))
-    } else {
-        Err(describe(NiftiError::Io(ErrorKind::UnexpectedEof.into())))
+        .map(|&d| d as usize)
+        .collect();
+    let (dims, channels) = spatial_dims(&dim)?;
+    if let Some(want) = expect.dims {
+        if dims != want {
+            return Err(format!("shape {dims:?}, but {want:?} is expected"));
+        }
     }
+    let voxels = dims
+        .iter()
+        .try_fold(channels, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_VOXELS)
+        .ok_or_else(|| {
+            format!(
+                "damaged header: dimensions {dim:?} ask for more than {MAX_VOXELS} voxels, the most a file may hold"
+            )
+        })?;
+    let n = voxels * size;
+    let extensions = (h.vox_offset as u64).saturating_sub(348);
+    if extensions > MAX_EXTENSION_BYTES {
+        return Err(format!(
+            "damaged header: vox_offset {} puts the voxels {extensions} bytes after the header (at most {MAX_EXTENSION_BYTES})",
+            h.vox_offset
+        ));
+    }
+    let whole = 348 + extensions + n as u64;
+    if gz {
+        if (file_len as u128) * (MAX_INFLATE_RATIO as u128) < n as u128 {
+            return Err(format!(
+                "damaged header: dimensions {dim:?} need {n} bytes of voxels, more than {file_len} \
+                 compressed bytes can hold"
+            ));
+        }
+        // Stored deflate blocks add 5 bytes per 64 KiB; gzip's own header and trailer, a few.
+        let most = whole + whole / 1000 + (64 << 10);
+        if file_len > most {
+            return Err(format!(
+                "{file_len} bytes, more than any gzip of the {whole} bytes its header describes ({most}): data after the volume is refused"
+            ));
+        }
+    } else if file_len < whole {
+        return Err(describe(NiftiError::Io(ErrorKind::UnexpectedEof.into())));
+    } else if file_len > whole {
+        return Err(format!(
+            "{file_len} bytes, but its header describes {whole}: data after the volume is refused"
+        ));
+    }
+    Ok(n)
 }
 
 fn is_gz(path: &Path) -> bool {
     path.to_string_lossy().ends_with(".gz")
 }
 
-/// Decodes a NIfTI-1 file in one pass: the whole file is read at once, the header parsed by the
-/// nifti crate and checked (`check_header`), and the voxels inflated straight into one buffer
-/// (no intermediate copies; the gzip CRC is still checked by reading to the end of the stream).
-fn decode(path: &Path) -> Result<(NiftiHeader, Vec<u8>), String> {
+/// Decodes a NIfTI-1 file in one pass: the header read and checked against `expect` and the
+/// file's size (`check_header`), the voxels inflated straight into one buffer, and nothing may
+/// follow them (reading to the end of the stream also checks the gzip CRC).
+fn decode(path: &Path, expect: Expect) -> Result<(NiftiHeader, Vec<u8>), String> {
     let io = |e: std::io::Error| describe(e.into());
-    let bytes = std::fs::read(path).map_err(io)?;
-    let gz = is_gz(path);
-    let read = |mut r: &mut dyn Read| -> Result<(NiftiHeader, Vec<u8>), String> {
-        let header = NiftiHeader::from_reader(&mut r).map_err(describe)?;
-        let n = check_header(&header, bytes.len(), gz)?;
-        // Extensions, if any, sit between the 348-byte header and the voxels.
-        let skip = (header.vox_offset as u64).saturating_sub(348);
-        std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink()).map_err(io)?;
-        let mut raw = vec![0u8; n];
-        r.read_exact(&mut raw).map_err(io)?;
-        std::io::copy(&mut r, &mut std::io::sink()).map_err(io)?;
-        Ok((header, raw))
-    };
-    if gz {
-        // Several gzip members one after the other are one valid file (as gzip -d reads it).
-        read(&mut flate2::read::MultiGzDecoder::new(&bytes[..]))
-    } else {
-        read(&mut &bytes[..])
+    let Opened {
+        header,
+        len,
+        gz,
+        mut reader,
+    } = open_nifti(path)?;
+    let n = check_header(&header, len, gz, expect)?;
+    // Extensions, if any, sit between the 348-byte header and the voxels.
+    let skip = (header.vox_offset as u64).saturating_sub(348);
+    std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink()).map_err(io)?;
+    // A plain file's size proves its voxels are there; a gzip's does not (a header may promise
+    // far more than the stream holds), so its buffer grows with what it inflates to.
+    let first = if gz { n.min(len as usize * 16) } else { n };
+    let raw = read_voxels(&mut reader, n, first)?;
+    let mut after = [0u8; 1];
+    match reader.read(&mut after) {
+        Ok(0) => Ok((header, raw)),
+        Ok(_) => Err(format!(
+            "data after the {n} bytes of voxels its header describes: refused"
+        )),
+        Err(e) => Err(io(e)),
     }
+}
+
+/// Reads exactly `n` bytes into a buffer that starts at `first` bytes and doubles as it fills
+/// (at most `n`): a stream that ends early has cost only what it held. An allocation that fails
+/// is an error, not an abort.
+fn read_voxels(reader: &mut dyn Read, n: usize, first: usize) -> Result<Vec<u8>, String> {
+    let mut raw: Vec<u8> = Vec::new();
+    let mut size = first.clamp(1, n.max(1));
+    while raw.len() < n {
+        let start = raw.len();
+        raw.try_reserve_exact(size - start)
+            .map_err(|_| format!("cannot allocate {size} bytes for the volume"))?;
+        raw.resize(size, 0);
+        reader
+            .read_exact(&mut raw[start..])
+            .map_err(|e| describe(e.into()))?;
+        size = (size * 2).min(n);
+    }
+    Ok(raw)
 }
 
 /// Converts raw voxels of any NIfTI scalar type to f32, applying scl_slope / scl_inter.
@@ -180,10 +319,10 @@ fn spatial_dims(dim: &[usize]) -> Result<([usize; 3], usize), String> {
 
 /// Reads a volume as f32 (scl_slope / scl_inter applied): one `Volume` per channel, so one for a
 /// 3D file and one per entry of the fourth dimension for a 4D file. `patient` names the case in
-/// errors.
-pub fn read_channels(patient: &str, path: &Path) -> Result<Vec<Volume>, DataError> {
+/// errors; `expect` is checked before the voxels are read.
+pub fn read_channels(patient: &str, path: &Path, expect: Expect) -> Result<Vec<Volume>, DataError> {
     let err = |msg: String| DataError::file(patient, path, msg);
-    let (header, raw) = decode(path).map_err(err)?;
+    let (header, raw) = decode(path, expect).map_err(err)?;
     let dim: Vec<usize> = header
         .dim()
         .map_err(|e| err(describe(e)))?
@@ -238,8 +377,8 @@ pub fn read_channels(patient: &str, path: &Path) -> Result<Vec<Volume>, DataErro
 }
 
 /// Reads a 3D volume as f32 (scl_slope / scl_inter applied). `patient` names the case in errors.
-pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
-    let mut volumes = read_channels(patient, path)?;
+pub fn read_volume(patient: &str, path: &Path, expect: Expect) -> Result<Volume, DataError> {
+    let mut volumes = read_channels(patient, path, expect)?;
     if volumes.len() != 1 {
         return Err(DataError::file(
             patient,
@@ -252,8 +391,12 @@ pub fn read_volume(patient: &str, path: &Path) -> Result<Volume, DataError> {
 
 /// Reads a label volume as whole numbers from 0 to 255 (float files may carry rounding noise).
 /// The returned volume's `data` is emptied: the labels are the payload.
-pub fn read_labels(patient: &str, path: &Path) -> Result<(Volume, Vec<u8>), DataError> {
-    let mut vol = read_volume(patient, path)?;
+pub fn read_labels(
+    patient: &str,
+    path: &Path,
+    expect: Expect,
+) -> Result<(Volume, Vec<u8>), DataError> {
+    let mut vol = read_volume(patient, path, expect)?;
     let mut labels = Vec::with_capacity(vol.data.len());
     for (i, &v) in vol.data.iter().enumerate() {
         let l = v.round();
@@ -278,8 +421,9 @@ pub fn read_seg(
     patient: &str,
     path: &Path,
     kind: LayoutKind,
+    expect: Expect,
 ) -> Result<(Volume, Vec<u8>), DataError> {
-    let (vol, mut labels) = read_labels(patient, path)?;
+    let (vol, mut labels) = read_labels(patient, path, expect)?;
     let mut table = [None; 256];
     for (l, slot) in table.iter_mut().enumerate() {
         *slot = kind.canonical_label(l as u8);
@@ -310,11 +454,18 @@ pub type Affine = [[f64; 4]; 3];
 
 /// The voxel-to-world transform of a NIfTI file from its header: the sform when set, else the
 /// qform (its quaternion, offsets and qfac), else the voxel sizes alone (NIfTI's three methods,
-/// in the order the standard prefers them).
+/// in the order the standard prefers them). A transform with a value that is not finite is
+/// refused.
 pub fn read_affine(patient: &str, path: &Path) -> Result<Affine, DataError> {
-    let h =
-        NiftiHeader::from_file(path).map_err(|e| DataError::file(patient, path, describe(e)))?;
-    Ok(header_affine(&h))
+    let err = |msg: String| DataError::file(patient, path, msg);
+    let o = open_nifti(path).map_err(err)?;
+    let affine = header_affine(&o.header);
+    if affine.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(err(format!(
+            "damaged header: its voxel-to-world transform holds a value that is not finite ({affine:?})"
+        )));
+    }
+    Ok(affine)
 }
 
 fn header_affine(h: &NiftiHeader) -> Affine {
@@ -362,13 +513,12 @@ fn header_affine(h: &NiftiHeader) -> Affine {
 /// no volume decode).
 pub fn read_dims(patient: &str, path: &Path) -> Result<([usize; 3], [f32; 3], usize), DataError> {
     let err = |msg: String| DataError::file(patient, path, msg);
-    let h = nifti::NiftiHeader::from_file(path).map_err(|e| err(describe(e)))?;
     // The same checks as a decode, so that a damaged header is refused before the data set's
     // geometry is planned from it.
-    let len = std::fs::metadata(path)
-        .map_err(|e| err(describe(e.into())))?
-        .len();
-    check_header(&h, len as usize, is_gz(path)).map_err(err)?;
+    let Opened {
+        header: h, len, gz, ..
+    } = open_nifti(path).map_err(err)?;
+    check_header(&h, len, gz, Expect::ANY).map_err(err)?;
     let n = h.dim[0] as usize;
     let dim: Vec<usize> = h.dim[1..=n.clamp(1, 7)]
         .iter()

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{write_atomic, SessionFiles};
 use super::state::{Annotation, Effort};
 use super::Session;
-use crate::data::{read_affine, read_dims, read_seg, Dataset, PatientFiles};
+use crate::data::{read_affine, read_dims, read_seg, Dataset, Expect, PatientFiles};
 use crate::untrusted::{escaped, python_string, shell_quote};
 
 pub const WORKLIST: &str = "worklist.csv";
@@ -252,18 +252,21 @@ pub struct Checked {
 /// Image-wise only the requested slices are taken; labels elsewhere are dropped, with a
 /// warning. `Err` says why it is refused.
 pub fn check(case: &PatientFiles, item: &WorkItem, file: &Path) -> Result<Checked, String> {
-    let (seg, mut labels) = read_seg(&case.id, file, case.kind).map_err(|e| e.to_string())?;
+    // The shapes are compared from the headers, before the file's voxels are read.
     let reference = reference_image(case).map_err(|e| e.to_string())?;
     let (dims, _, _) = read_dims(&case.id, &reference).map_err(|e| e.to_string())?;
-    if seg.dims != dims {
+    let (seg_dims, _, _) = read_dims(&case.id, file).map_err(|e| e.to_string())?;
+    if seg_dims != dims {
         return Err(format!(
             "{}: shape {:?}, but the image {} is {:?}",
             file.display(),
-            seg.dims,
+            seg_dims,
             reference.display(),
             dims
         ));
     }
+    let (_, mut labels) =
+        read_seg(&case.id, file, case.kind, Expect::dims(dims)).map_err(|e| e.to_string())?;
     let (a, b) = (
         read_affine(&case.id, file).map_err(|e| e.to_string())?,
         read_affine(&case.id, &reference).map_err(|e| e.to_string())?,
@@ -511,7 +514,8 @@ fn effort(
         return None;
     }
     let path = package.join(KEPT_PREDICTIONS).join(&item.prediction);
-    let (vol, predicted) = crate::data::read_labels(&case.id, &path).ok()?;
+    let (vol, predicted) =
+        crate::data::read_labels(&case.id, &path, Expect::dims(checked.dims)).ok()?;
     if vol.dims != checked.dims {
         return None;
     }
@@ -719,7 +723,8 @@ fn overlay_labels(
         };
         let case = case_files(ds, &a.case)?;
         let path = files.labels_dir().join(&a.file);
-        let (seg, labels) = read_seg(&a.case, &path, case.kind)?;
+        let (dims, _, _) = read_dims(&a.case, &reference_image(&case)?)?;
+        let (seg, labels) = read_seg(&a.case, &path, case.kind, Expect::dims(dims))?;
         let masks = crate::data::preprocess_labels(&prep, geom, seg.dims, &labels);
         let wanted = &a.slices;
         let plane = ds.size() * ds.size();
@@ -773,10 +778,11 @@ pub fn export_labels(
     let mut written = Vec::new();
     for case_id in cases {
         let case = case_files(ds, case_id)?;
+        let (dims, _, _) = read_dims(case_id, &reference_image(&case)?)?;
         let mut merged: Option<Vec<u8>> = None;
         for a in annotations.iter().filter(|a| a.case == case_id) {
             let path = files.labels_dir().join(&a.file);
-            let (vol, labels) = crate::data::read_labels(case_id, &path)?;
+            let (vol, labels) = crate::data::read_labels(case_id, &path, Expect::dims(dims))?;
             let wanted = &a.slices;
             let plane = vol.dims[0] * vol.dims[1];
             let m = merged.get_or_insert_with(|| vec![0u8; labels.len()]);

@@ -65,7 +65,7 @@ pub fn patient_file(root: &Path, patient: &str, suffix: &str) -> PathBuf {
 
 /// Reads a volume back as f32 `[z][y][x]`.
 pub fn read(path: &Path) -> (Vec<f32>, [usize; 3]) {
-    let v = read_volume("test", path).expect("read");
+    let v = read_volume("test", path, suggestive::data::Expect::ANY).expect("read");
     (v.data, v.dims)
 }
 

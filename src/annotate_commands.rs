@@ -45,7 +45,8 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
         );
     };
     for f in &a.files {
-        if !f.is_file() {
+        // Anything else there (a folder, a named pipe) is refused by the read, by its type.
+        if !f.exists() {
             bail!("{}: no such file; nothing was imported", f.display());
         }
     }
@@ -55,17 +56,34 @@ pub fn cmd_import(a: ImportArgs) -> Result<()> {
         Err(_) if files.repeat_holder(repeat).is_some() => {
             // A run holds the session (one that waits for this round, with --wait): the files
             // go into the inbox, and it checks and counts them itself.
+            let holder = files.repeat_holder(repeat).unwrap_or(0);
             if a.replace {
                 bail!(
-                    "a run holds session {} (pid {}); it takes the inbox's files, but not as replacements: stop it, then import --replace",
+                    "a run holds session {} (pid {holder}); it takes the inbox's files, but not as replacements: stop it, then import --replace",
                     session.name(),
-                    files.repeat_holder(repeat).unwrap_or(0)
+                );
+            }
+            // Only a run that waits for this round takes its inbox: once the round is
+            // complete, the run is training for the next one, and a file left now would never
+            // be counted.
+            let items = annotations::worklist(&files, round)?.unwrap_or_default();
+            if annotations::missing(&session, repeat, round, &items).is_empty() {
+                bail!(
+                    "round {round} of session {} has all its annotations, and a run (pid {holder}) is training for the next round: its work package comes when the run gets there; nothing was imported",
+                    session.name()
                 );
             }
             let inbox = files.inbox(round);
             for f in &a.files {
                 let name = f.file_name().unwrap_or_default();
-                write_atomic(&inbox.join(name), &std::fs::read(f)?)?;
+                let Some(item) = annotations::item_for(&items, f) else {
+                    bail!(
+                        "{}: not a case of round {round}'s worklist (name a file CASE_seg.nii.gz); nothing was imported",
+                        f.display()
+                    );
+                };
+                let bytes = suggestive::data::read_file_bytes(&item.case, f, Default::default())?;
+                write_atomic(&inbox.join(name), &bytes)?;
                 println!(
                     "{}: a run holds the session; copied into {} for it to take",
                     f.display(),

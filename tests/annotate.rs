@@ -283,6 +283,48 @@ fn bad_segmentations_are_refused_and_change_nothing() {
     std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
     let stranger = bad.join("NOBODY_seg.nii.gz");
     std::fs::copy(env.truth(a), &stranger).unwrap();
+    // Hostile files: a header that claims 1024³ voxels, 64 MiB of zeros after the voxels inside
+    // the gzip, a sparse .nii of 1 GiB, and a named pipe.
+    let raw_truth = {
+        use std::io::Read;
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&whole[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        raw
+    };
+    let gzip = |raw: &[u8], path: &Path| {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(raw).unwrap();
+        std::fs::write(path, gz.finish().unwrap()).unwrap();
+    };
+    let claims_a_gigavoxel = bad.join("giga").join(format!("{a}_seg.nii.gz"));
+    std::fs::create_dir_all(claims_a_gigavoxel.parent().unwrap()).unwrap();
+    let mut raw = raw_truth.clone();
+    for d in 1..=3 {
+        raw[40 + 2 * d..42 + 2 * d].copy_from_slice(&1024i16.to_le_bytes());
+    }
+    gzip(&raw, &claims_a_gigavoxel);
+    let data_after = bad.join("after").join(format!("{a}_seg.nii.gz"));
+    std::fs::create_dir_all(data_after.parent().unwrap()).unwrap();
+    let mut raw = raw_truth.clone();
+    raw.resize(raw.len() + (64 << 20), 0);
+    gzip(&raw, &data_after);
+    let sparse = bad.join("sparse").join(format!("{a}_seg.nii"));
+    std::fs::create_dir_all(sparse.parent().unwrap()).unwrap();
+    std::fs::write(&sparse, &raw_truth).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&sparse)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let fifo = bad.join("pipe").join(format!("{a}_seg.nii.gz"));
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let before = snapshot(&dir);
     for (file, why) in [
         (&wrong_shape, "shape"),
@@ -290,6 +332,10 @@ fn bad_segmentations_are_refused_and_change_nothing() {
         (&unknown_label, "segmentation label 7"),
         (&truncated, "truncated"),
         (&stranger, "not a case of round 0's worklist"),
+        (&claims_a_gigavoxel, "ask for more than"),
+        (&data_after, "data after the"),
+        (&sparse, "more than a NIfTI file of shape"),
+        (&fifo, "a named pipe (FIFO), not a NIfTI file: refused"),
     ] {
         let (code, out) = import(&[file], &[]);
         assert_eq!(code, Some(1), "{out}");
@@ -350,6 +396,23 @@ fn bad_segmentations_are_refused_and_change_nothing() {
     .unwrap();
     assert!(note.contains("segmentation label 7"), "{note}");
     assert!(out.contains("round 0: 1 of 2 annotations in"), "{out}");
+    // A second refused file of the same name is kept beside the first, with its own note.
+    std::fs::copy(
+        &claims_a_gigavoxel,
+        package.join("inbox").join(format!("{b}_seg.nii.gz")),
+    )
+    .unwrap();
+    let (code, out) = env.run("people");
+    assert_eq!(code, Some(3), "{out}");
+    let rejected = package.join("rejected");
+    let second =
+        std::fs::read_to_string(rejected.join(format!("{b}_seg.2.nii.gz.why.txt"))).unwrap();
+    assert!(second.contains("ask for more than"), "{second}");
+    assert_eq!(
+        std::fs::read(rejected.join(format!("{b}_seg.nii.gz"))).unwrap(),
+        std::fs::read(&unknown_label).unwrap(),
+        "the first refused file was replaced"
+    );
 }
 
 /// The counted copies in labels/ (hidden files are a killed import's leftovers).
@@ -917,4 +980,56 @@ fn open_sh_passes_hostile_paths_as_words_and_runs_nothing_else() {
     );
     let package = env.root.join("sessions/separator/annotate/round-00");
     assert!(!package.join("worklist.csv").exists() && !package.join("open.sh").exists());
+}
+
+/// `import` while a run holds the session: the file goes into the inbox only when the round
+/// still waits for annotations; once it has them all, the run is training for the next round
+/// and would never take it, so the import is refused and nothing is written.
+#[test]
+fn an_import_a_running_round_cannot_take_is_refused() {
+    let env = Env::new();
+    let dir = env.session("people", "human");
+    assert_eq!(env.run("people").0, Some(3));
+    let items = worklist(&dir, 0);
+    let truth = |i: usize| env.truth(&items[i].case);
+    let import = |file: &Path| {
+        let out = env
+            .cmd(&["import", "people", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, out) = import(&truth(0));
+    assert_eq!(code, Some(0), "{out}");
+    let inbox = dir.join("annotate/round-00/inbox");
+    {
+        // A run that waits for round 0 holds the session: the file is left for it.
+        let session = Session::open(&dir).unwrap();
+        let _lock = session.files().lock_repeat(0).unwrap();
+        let (code, out) = import(&truth(1));
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("for it to take"), "{out}");
+        assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 1);
+    }
+    std::fs::remove_dir_all(&inbox).unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+    let (code, out) = import(&truth(1));
+    assert_eq!(code, Some(0), "{out}");
+    // Round 0 is complete: a run that holds the session now trains for round 1.
+    let session = Session::open(&dir).unwrap();
+    let _lock = session.files().lock_repeat(0).unwrap();
+    let before = snapshot(&dir);
+    let (code, out) = import(&truth(1));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("round 0 of session people has all its annotations")
+            && out.contains("nothing was imported"),
+        "{out}"
+    );
+    assert!(
+        snapshot(&dir) == before,
+        "a refused import changed the session"
+    );
 }

@@ -99,11 +99,10 @@ struct Opened {
     reader: Box<dyn Read>,
 }
 
-/// Opens `path` and reads its header. Only a regular file is opened for reading: a FIFO or a
-/// device is refused by its type, checked on the open file (opened without blocking, so a FIFO
-/// cannot hang the open).
-fn open_nifti(path: &Path) -> Result<Opened, String> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Opens `path` for reading if it is a regular file: a FIFO or a device is refused by its type,
+/// checked on the open file (opened without blocking, so a FIFO cannot hang the open).
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64), String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let io = |e: std::io::Error| describe(e.into());
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -113,7 +112,6 @@ fn open_nifti(path: &Path) -> Result<Opened, String> {
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         let kind = meta.file_type();
-        use std::os::unix::fs::FileTypeExt;
         let what = if kind.is_fifo() {
             "a named pipe (FIFO)"
         } else if kind.is_char_device() || kind.is_block_device() {
@@ -127,6 +125,50 @@ fn open_nifti(path: &Path) -> Result<Opened, String> {
         };
         return Err(format!("{what}, not a NIfTI file: refused"));
     }
+    Ok((file, meta.len()))
+}
+
+/// The most bytes a NIfTI file of `expect`'s shape can take on disk: any voxel type (at most 8
+/// bytes), the most extensions, and a gzip's overhead.
+fn most_file_bytes(expect: Expect) -> u64 {
+    let voxels = expect
+        .dims
+        .map_or(MAX_VOXELS, |d| d.iter().product::<usize>().min(MAX_VOXELS))
+        as u64;
+    let whole = 348 + MAX_EXTENSION_BYTES + 8 * voxels;
+    whole + whole / 1000 + (64 << 10)
+}
+
+/// A NIfTI file's bytes as they are on disk, for a copy that is checked and kept: only a
+/// regular file, and no more bytes than a file of `expect`'s shape can take (its size is
+/// checked before reading, and the read stops there), so a file offered as a segmentation
+/// cannot make the reader hold more than a small multiple of its image's voxels.
+pub fn read_file_bytes(patient: &str, path: &Path, expect: Expect) -> Result<Vec<u8>, DataError> {
+    let err = |msg: String| DataError::file(patient, path, msg);
+    let (file, len) = open_regular(path).map_err(err)?;
+    let most = most_file_bytes(expect);
+    let too_big = |n: u64| {
+        err(format!(
+            "{n} bytes, more than a NIfTI file of shape {:?} can take ({most})",
+            expect.dims.unwrap_or_default()
+        ))
+    };
+    if len > most {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::new();
+    file.take(most + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(describe(e.into())))?;
+    if bytes.len() as u64 > most {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` (a regular file only, [`open_regular`]) and reads its header.
+fn open_nifti(path: &Path) -> Result<Opened, String> {
+    let (file, len) = open_regular(path)?;
     let gz = is_gz(path);
     let buffered = std::io::BufReader::with_capacity(1 << 16, file);
     let mut reader: Box<dyn Read> = if gz {
@@ -138,7 +180,7 @@ fn open_nifti(path: &Path) -> Result<Opened, String> {
     let header = NiftiHeader::from_reader(&mut reader).map_err(describe)?;
     Ok(Opened {
         header,
-        len: meta.len(),
+        len,
         gz,
         reader,
     })

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::files::{write_atomic, SessionFiles};
 use super::state::{Annotation, Effort};
 use super::Session;
-use crate::data::{read_affine, read_dims, read_seg, Dataset, Expect, PatientFiles};
+use crate::data::{
+    read_affine, read_dims, read_file_bytes, read_seg, Dataset, Expect, PatientFiles,
+};
 use crate::untrusted::{escaped, python_string, shell_quote};
 
 pub const WORKLIST: &str = "worklist.csv";
@@ -381,10 +383,14 @@ pub fn import(
         Err(e) => return Ok(Verdict::Refused(format!("{}: {e:#}", file.display()))),
     };
     // Read once: the bytes checked are the bytes kept (a file still being copied cannot pass
-    // the checks in one state and be stored in another).
-    let bytes = match std::fs::read(file) {
+    // the checks in one state and be stored in another). No more are read than a file of the
+    // image's shape can hold, and only from a regular file.
+    let image_dims = reference_image(&case).and_then(|r| Ok(read_dims(&case.id, &r)?.0));
+    let bytes = match image_dims
+        .and_then(|dims| Ok(read_file_bytes(&case.id, file, Expect::dims(dims))?))
+    {
         Ok(b) => b,
-        Err(e) => return Ok(Verdict::Refused(format!("{}: {e}", file.display()))),
+        Err(e) => return Ok(Verdict::Refused(format!("{e:#}"))),
     };
     let checksum = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
     let data = session
@@ -661,19 +667,50 @@ pub fn take_inbox(
             Verdict::Refused(why) => {
                 let rejected = package.join(REJECTED);
                 std::fs::create_dir_all(&rejected)?;
-                let name = file.file_name().expect("a file").to_os_string();
-                let to = rejected.join(&name);
-                std::fs::rename(&file, &to).with_context(|| {
-                    format!("cannot move {} to {}", file.display(), to.display())
-                })?;
-                let mut note = name.to_string_lossy().into_owned();
-                note += ".why.txt";
+                let to = move_without_replacing(&file, &rejected)?;
+                let mut note = to.file_name().unwrap_or_default().to_os_string();
+                note.push(".why.txt");
                 write_atomic(&rejected.join(note), format!("{why}\n").as_bytes())?;
             }
         }
         out.push((file, verdict));
     }
     Ok(out)
+}
+
+/// Moves `file` into `dir` under its own name, or with `.2`, `.3`, … before its NIfTI
+/// extension when that is taken (`P1_seg.2.nii.gz`): nothing in `dir` is ever replaced (a hard
+/// link refuses an existing name, then the original goes). Returns where it went.
+fn move_without_replacing(file: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let (stem, ext) = [".nii.gz", ".nii"]
+        .iter()
+        .find_map(|e| name.strip_suffix(e).map(|s| (s.to_string(), *e)))
+        .unwrap_or((name.clone(), ""));
+    for k in 1.. {
+        let to = if k == 1 {
+            dir.join(&name)
+        } else {
+            dir.join(format!("{stem}.{k}{ext}"))
+        };
+        match std::fs::hard_link(file, &to) {
+            Ok(()) => {
+                std::fs::remove_file(file)
+                    .with_context(|| format!("cannot remove {}", file.display()))?;
+                return Ok(to);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot move {} to {}", file.display(), to.display()))
+            }
+        }
+    }
+    unreachable!("a free name is found")
 }
 
 /// The pool's masks as the annotators gave them: for each pool patient of `repeat`, the

@@ -722,3 +722,25 @@ fn a_transform_that_is_not_finite_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn files_of_one_case_in_different_spaces_are_refused() {
+    // sform_code (i16) at 254, srow_x (4 × f32) at 280: t1 shifted by 5 mm in x.
+    assert_bad_patient(
+        |root| {
+            let f = patient_file(root, P2, "flair");
+            let affine = suggestive::data::read_affine(P2, &f).unwrap();
+            edit_nifti_bytes(&patient_file(root, P2, "t1"), |raw| {
+                put_i16(raw, 254, 1);
+                for (row, at) in affine.iter().zip([280, 296, 312]) {
+                    for (k, v) in row.iter().enumerate() {
+                        let v = *v as f32 + if at == 280 && k == 3 { 5.0 } else { 0.0 };
+                        raw[at + 4 * k..at + 4 * k + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            })
+        },
+        Some("t1.nii.gz"),
+        "the case's files are not in one space",
+    );
+}

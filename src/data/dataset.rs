@@ -16,7 +16,10 @@ use super::cache::{
 };
 use super::layout::{discover, DatasetLayout, ImageFile, PatientFiles};
 use super::preprocess::preprocess;
-use super::volume::{read_channels, read_dims, read_seg, Expect, Volume};
+use super::volume::{
+    affine_difference, read_channels, read_dims, read_recorded_affine, read_seg, Affine, Expect,
+    Volume, AFFINE_TOLERANCE,
+};
 use super::{DataError, Preprocessing};
 
 /// Told after each patient a cache build has decoded: (patients done, patients in all). Called
@@ -509,6 +512,8 @@ fn plan_patient<'a>(
     segs: Segmentations,
 ) -> Result<Planned<'a>, DataError> {
     let mut first: Option<([usize; 3], [f32; 3], &Path)> = None;
+    // The first transform a file of the case records, with that file.
+    let mut placed: Option<(Affine, &Path)> = None;
     let images = prep.modalities.iter().map(|&m| {
         (
             Some(m),
@@ -526,6 +531,23 @@ fn plan_patient<'a>(
             ));
         };
         let (dims, vox, channels) = read_dims(&p.id, path)?;
+        if let Some(affine) = read_recorded_affine(&p.id, path)? {
+            match placed {
+                None => placed = Some((affine, path)),
+                Some((a, other)) if affine_difference(&a, &affine) > AFFINE_TOLERANCE => {
+                    return Err(DataError::file(
+                        &p.id,
+                        path,
+                        format!(
+                            "its voxel-to-world transform differs from {}'s by up to {:.4} mm (more than {AFFINE_TOLERANCE}): the case's files are not in one space",
+                            other.file_name().unwrap_or_default().to_string_lossy(),
+                            affine_difference(&a, &affine)
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         match (channel, &p.channels) {
             (Some(_), Some(listed)) if channels != listed.len() => {
                 return Err(DataError::file(

@@ -20,6 +20,6 @@ pub use modality::{parse_modalities, Modality};
 pub use preprocess::{labels_to_original, preprocess_labels, Geometry, Preprocessing};
 pub use summary::Summary;
 pub use volume::{
-    read_affine, read_channels, read_dims, read_file_bytes, read_labels, read_seg, read_volume,
-    Affine, Expect, Volume, MAX_VOXELS,
+    affine_difference, read_affine, read_channels, read_dims, read_file_bytes, read_labels,
+    read_seg, read_volume, Affine, Expect, Volume, AFFINE_TOLERANCE, MAX_VOXELS,
 };

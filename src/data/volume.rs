@@ -491,6 +491,10 @@ pub fn read_seg(
     Ok((vol, labels))
 }
 
+/// How far two files' voxel-to-world transforms may be apart and still be one space (mm, per
+/// entry): float32 rounding, far below any voxel.
+pub const AFFINE_TOLERANCE: f64 = 1e-3;
+
 /// Voxel (i, j, k) to world (x, y, z) in mm, as rows `[a, b, c, offset]`.
 pub type Affine = [[f64; 4]; 3];
 
@@ -508,6 +512,26 @@ pub fn read_affine(patient: &str, path: &Path) -> Result<Affine, DataError> {
         )));
     }
     Ok(affine)
+}
+
+/// The voxel-to-world transform a file records (its sform or qform), `None` when it records
+/// neither (its voxel sizes alone place it). Not finite: refused, as by [`read_affine`].
+pub fn read_recorded_affine(patient: &str, path: &Path) -> Result<Option<Affine>, DataError> {
+    let err = |msg: String| DataError::file(patient, path, msg);
+    let h = open_nifti(path).map_err(err)?.header;
+    if h.sform_code <= 0 && h.qform_code <= 0 {
+        return Ok(None);
+    }
+    read_affine(patient, path).map(Some)
+}
+
+/// The largest difference between two transforms' entries (mm).
+pub fn affine_difference(a: &Affine, b: &Affine) -> f64 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn header_affine(h: &NiftiHeader) -> Affine {

@@ -12,7 +12,8 @@ use super::files::{write_atomic, SessionFiles};
 use super::state::{Annotation, Effort};
 use super::Session;
 use crate::data::{
-    read_affine, read_dims, read_file_bytes, read_seg, Dataset, Expect, PatientFiles,
+    affine_difference, read_affine, read_dims, read_file_bytes, read_seg, Dataset, Expect,
+    PatientFiles,
 };
 use crate::untrusted::{escaped, python_string, shell_quote};
 
@@ -20,8 +21,7 @@ pub const WORKLIST: &str = "worklist.csv";
 pub const INBOX: &str = "inbox";
 pub const REJECTED: &str = "rejected";
 pub const OPEN_SCRIPT: &str = "open.sh";
-/// How far a segmentation's voxel-to-world transform may be from its image's (mm, per entry).
-pub const AFFINE_TOLERANCE: f64 = 1e-3;
+pub use crate::data::AFFINE_TOLERANCE;
 
 /// One case of a round's worklist (a row of `worklist.csv`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,12 +273,7 @@ pub fn check(case: &PatientFiles, item: &WorkItem, file: &Path) -> Result<Checke
         read_affine(&case.id, file).map_err(|e| e.to_string())?,
         read_affine(&case.id, &reference).map_err(|e| e.to_string())?,
     );
-    let off = a
-        .iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
+    let off = affine_difference(&a, &b);
     if off > AFFINE_TOLERANCE {
         return Err(format!(
             "{}: its voxel-to-world transform differs from the image's ({}) by up to {off:.4} (more than {AFFINE_TOLERANCE}); it was saved in another space",

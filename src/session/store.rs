@@ -181,13 +181,33 @@ pub struct EventLog {
     file: File,
 }
 
+/// Whether `file` is not empty and its last byte is not a newline.
+fn ends_mid_line(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
 impl EventLog {
+    /// Opens the log at `path` for appending. A last line cut short (a write that a full disk
+    /// or a kill ended early) is closed with a newline first, so the next event starts on a
+    /// line of its own and readers skip only the damaged one.
     pub fn open(path: &Path) -> Result<EventLog> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        if ends_mid_line(&mut file).with_context(|| format!("cannot read {}", path.display()))? {
+            file.write_all(b"\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         Ok(EventLog { file })
     }
 
@@ -198,5 +218,32 @@ impl EventLog {
         // One write per line: a killed run loses at most the line being written.
         self.file.write_all(line.as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::events::{Event, LoggedEvent};
+
+    #[test]
+    fn an_event_after_a_cut_line_starts_a_line_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("events.jsonl");
+        let done = Event::Finished { steps_total: 4 };
+        let mut log = EventLog::open(&path).unwrap();
+        log.append(&done).unwrap();
+        drop(log);
+        // A write cut short by a full disk or a kill.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"event":"step_st"#).unwrap();
+        drop(file);
+        EventLog::open(&path).unwrap().append(&done).unwrap();
+        let events = LoggedEvent::read_all(&path);
+        assert_eq!(events.len(), 2, "{}", fs::read_to_string(&path).unwrap());
+        assert!(events.iter().all(|e| e.event == done));
+        // A log that ends a line adds no empty one.
+        EventLog::open(&path).unwrap();
+        assert!(!fs::read_to_string(&path).unwrap().contains("\n\n"));
     }
 }

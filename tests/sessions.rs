@@ -429,6 +429,11 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     state["data"]["test"][0] = 77.into();
     std::fs::write(&repeat_state, state.to_string()).unwrap();
     assert_run_and_export_refused(&env, &dir, "patient 77, of a data set of 8");
+    // In the pool: its slices are listed before the other indices are checked.
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["data"]["train"][0] = 77.into();
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
+    assert_run_and_export_refused(&env, &dir, "patient 77, of a data set of 8");
     std::fs::write(&repeat_state, &good).unwrap();
 
     // A latents file of the wrong shape is an error that names it, not an index panic.

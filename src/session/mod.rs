@@ -480,13 +480,7 @@ impl Session {
             }
         }
         let patients = ds.patients().len();
-        // Samples in each repeat's pool (patients, or their slices), for the index checks below.
-        let granularity = self.config.experiment.granularity;
-        let pool_len: Vec<usize> = st
-            .repeats
-            .iter()
-            .map(|rd| pool::Pool::new(ds, rd, granularity).len())
-            .collect();
+        // The patients first: the pools below are built from them.
         for (r, rd) in st.repeats.iter().enumerate() {
             if let Some(&p) = [&rd.train, &rd.test, &rd.source]
                 .into_iter()
@@ -498,6 +492,15 @@ impl Session {
                     format!("repeat {}: patient {p}, of a data set of {patients}", r + 1),
                 ));
             }
+        }
+        // Samples in each repeat's pool (patients, or their slices), for the index checks below.
+        let granularity = self.config.experiment.granularity;
+        let pool_len: Vec<usize> = st
+            .repeats
+            .iter()
+            .map(|rd| pool::Pool::new(ds, rd, granularity).len())
+            .collect();
+        for (r, rd) in st.repeats.iter().enumerate() {
             let pool = pool_len[r];
             if let Some(&o) = rd.order.iter().find(|&&o| o >= pool) {
                 return Err(damaged(

@@ -905,11 +905,7 @@ fn open_sh_passes_hostile_paths_as_words_and_runs_nothing_else() {
             .env("ARGS_DIR", &work)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         assert!(
             !work.join("MARK").exists(),
             "open.sh ran a command from a path"

@@ -10,6 +10,8 @@ pub mod events;
 pub mod export;
 pub mod files;
 pub mod follow;
+pub mod inbox;
+pub mod labels;
 pub mod plan;
 pub mod pool;
 pub mod report;

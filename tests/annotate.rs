@@ -1029,3 +1029,148 @@ fn an_import_a_running_round_cannot_take_is_refused() {
         "a refused import changed the session"
     );
 }
+
+/// Writes `items` as round `round`'s worklist, as an editor would.
+fn write_worklist(dir: &Path, round: usize, items: &[WorkItem]) {
+    let path = dir.join(format!("annotate/round-{round:02}/worklist.csv"));
+    let mut w = csv::Writer::from_path(path).unwrap();
+    for item in items {
+        w.serialize(item).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+#[test]
+fn what_counts_comes_from_the_recorded_picks_not_the_worklist() {
+    let env = Env::new();
+    let dir = env.session("people", "human");
+    assert_eq!(env.run("people").0, Some(3));
+    let import = |name: &str, file: &Path| {
+        let out = env
+            .cmd(&["import", name, file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    // A test case written into the worklist in place of a picked one: its segmentation would
+    // train the model on the data it is tested on.
+    let items = worklist(&dir, 0);
+    let test_case = state(&dir)["data"]["test_cases"][0][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut edited = items.clone();
+    edited[1].case = test_case.clone();
+    edited[1].segmentation = format!("{test_case}_seg.nii.gz");
+    write_worklist(&dir, 0, &edited);
+    let before = snapshot(&dir);
+    let (code, out) = import("people", &env.truth(&test_case));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "case {test_case} is in {}",
+            dir.join("annotate/round-00/worklist.csv").display()
+        )) && out.contains("not among round 0's recorded picks"),
+        "{out}"
+    );
+    assert!(
+        snapshot(&dir) == before,
+        "a refused import changed the session"
+    );
+    // The run refuses it from the inbox the same way, into rejected/.
+    let inbox = dir.join("annotate/round-00/inbox");
+    std::fs::copy(
+        env.truth(&test_case),
+        inbox.join(format!("{test_case}_seg.nii.gz")),
+    )
+    .unwrap();
+    let (code, out) = env.run("people");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("not among round 0's recorded picks"), "{out}");
+    assert!(
+        state(&dir)["data"]["annotations"].is_null(),
+        "nothing counted"
+    );
+    write_worklist(&dir, 0, &items);
+
+    // Image-wise, the slices a segmentation counts on are the picked ones, whatever the
+    // worklist says.
+    let image = env.session_with("slices", "human", &["experiment.granularity=\"image\""]);
+    assert_eq!(env.run("slices").0, Some(3));
+    let items = worklist(&image, 0);
+    let mut edited = items.clone();
+    let picked = edited[0].slice_list();
+    let other = (0..).find(|z| !picked.contains(z)).unwrap();
+    edited[0].slices = format!("{} {other}", edited[0].slices);
+    write_worklist(&image, 0, &edited);
+    let before = snapshot(&image);
+    let (code, out) = import("slices", &env.truth(&items[0].case));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("asks for slices {}", edited[0].slices))
+            && out.contains("the worklist was edited"),
+        "{out}"
+    );
+    assert!(
+        snapshot(&image) == before,
+        "a refused import changed the session"
+    );
+    write_worklist(&image, 0, &items);
+    let (code, out) = import("slices", &env.truth(&items[0].case));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn an_import_onto_a_full_disk_names_the_file_and_counts_nothing() {
+    // A small file system over labels/, already full, in a mount namespace of its own (no
+    // privileges needed where user namespaces are allowed).
+    let probe = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: this system allows no user namespaces (unshare --user --mount)");
+        return;
+    }
+    let env = Env::new();
+    let dir = env.session("people", "human");
+    assert_eq!(env.run("people").0, Some(3));
+    let case = worklist(&dir, 0)[0].case.clone();
+    let labels = dir.join("labels");
+    std::fs::create_dir_all(&labels).unwrap();
+    let before = snapshot(&dir);
+    let import = env.cmd(&["import", "people", env.truth(&case).to_str().unwrap()]);
+    let mut full = std::process::Command::new("unshare");
+    full.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(
+            r#"mount -t tmpfs -o size=8k tmpfs "$1" || exit 90
+               dd if=/dev/zero of="$1/filler" bs=1k count=64 2>/dev/null
+               shift; exec "$@""#,
+        )
+        .arg("sh")
+        .arg(&labels)
+        .arg(import.get_program())
+        .args(import.get_args());
+    for (k, v) in import.get_envs() {
+        if let Some(v) = v {
+            full.env(k, v);
+        }
+    }
+    let out = full.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: cannot store its copy in {}; nothing was counted",
+            env.truth(&case).display(),
+            labels.display()
+        )) && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        snapshot(&dir) == before,
+        "a failed import changed the session"
+    );
+}

@@ -378,6 +378,21 @@ fn assert_run_and_export_refused(env: &Env, dir: &Path, phrase: &str) {
     assert_refused_by(env, dir, &[vec!["run", d], export], phrase);
 }
 
+/// `run`, `export`, `status` and `report` refuse the session with `phrase`: what needs no
+/// data set is checked by every command that reads a session.
+fn assert_every_reader_refused(env: &Env, dir: &Path, phrase: &str) {
+    let (d, csv) = (dir.to_str().unwrap(), env.root.join("picks.csv"));
+    let export = vec!["export", d, "--out", csv.to_str().unwrap()];
+    let commands = [
+        vec!["run", d],
+        export,
+        vec!["status", d],
+        vec!["status", d, "--json"],
+        vec!["report", d],
+    ];
+    assert_refused_by(env, dir, &commands, phrase);
+}
+
 #[test]
 fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     let env = Env::new();
@@ -404,11 +419,14 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
         ),
         ("unet", "epochs_per_round", 3.into()),
     ]);
-    assert_run_and_export_refused(
+    assert_every_reader_refused(
         &env,
         &dir,
         "changed since the session started (experiment.arms, unet.epochs_per_round)",
     );
+    // The report's header would name another seed than the results were made with.
+    edited(&[("experiment", "seed", 99.into())]);
+    assert_every_reader_refused(&env, &dir, "(experiment.seed)");
     // The device may change between runs.
     edited(&[("experiment", "device", "auto".into())]);
     env.run_ok(&dir);
@@ -424,7 +442,33 @@ fn a_started_session_refuses_edited_settings_and_a_state_that_does_not_fit() {
     let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
     state["done"] = 999.into();
     std::fs::write(&repeat_state, state.to_string()).unwrap();
-    assert_run_and_export_refused(&env, &dir, "999 steps done");
+    assert_every_reader_refused(&env, &dir, "999 steps done");
+    // Results no metric can give, or given twice, are refused rather than averaged in.
+    for (field, value, phrase) in [
+        ("dice_mean", 5.0, "Dice 5 in the result of repeat 1"),
+        ("dice_mean", -3.0, "Dice -3 in the result"),
+        ("dice_mean", 1e308, "Dice 100000000"),
+        ("dice_sd", -1.0, "Dice SD -1"),
+    ] {
+        let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+        state["results"][1][field] = value.into();
+        std::fs::write(&repeat_state, state.to_string()).unwrap();
+        assert_every_reader_refused(&env, &dir, phrase);
+    }
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["results"][0]["dice"][0] = 1.5.into();
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
+    assert_every_reader_refused(&env, &dir, "Dice 1.5 in the result");
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let row = state["results"][1].clone();
+    state["results"].as_array_mut().unwrap().push(row);
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
+    assert_every_reader_refused(&env, &dir, "twice");
+    // A record filed under another repeat than its file's.
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    state["results"][1]["repeat"] = 1.into();
+    std::fs::write(&repeat_state, state.to_string()).unwrap();
+    assert_every_reader_refused(&env, &dir, "a record of repeat 2 in the file of repeat 1");
     let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
     state["data"]["test"][0] = 77.into();
     std::fs::write(&repeat_state, state.to_string()).unwrap();

@@ -374,5 +374,24 @@ pub fn check(opts: &JobOptions) -> Result<()> {
     if opts.gpus_per_task == Some(0) {
         bail!("--gpus-per-task 0: leave it out for CPU tasks");
     }
+    // Before anything else, so that a value no #SBATCH line can take is refused whether or
+    // not there is something to submit.
+    let words = [
+        ("--partition", &opts.partition),
+        ("--account", &opts.account),
+        ("--time", &opts.time),
+        ("--mem", &opts.mem),
+    ];
+    let given = words
+        .into_iter()
+        .filter_map(|(flag, v)| Some((flag, v.as_deref()?)))
+        .chain(
+            opts.sbatch_args
+                .iter()
+                .map(|v| ("--sbatch-arg", v.as_str())),
+        );
+    for (flag, value) in given {
+        sbatch_word(&format!("{flag}, an #SBATCH argument,"), value).map_err(anyhow::Error::msg)?;
+    }
     Ok(())
 }

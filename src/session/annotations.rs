@@ -7,13 +7,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::config::Granularity;
 use super::files::{write_atomic, SessionFiles};
+use super::plan::stages;
+use super::pool::Pool;
 use super::state::{Annotation, Effort};
 use super::Session;
 use crate::data::{
     affine_difference, read_affine, read_dims, read_file_bytes, read_seg, Dataset, Expect,
     PatientFiles,
 };
+use crate::engine::select::Pick;
 use crate::untrusted::{escaped, python_string, shell_quote};
 
 pub const WORKLIST: &str = "worklist.csv";
@@ -94,6 +98,78 @@ pub fn latest_round(files: &SessionFiles) -> Option<usize> {
         })
         .filter(|&r| files.package(r).join(WORKLIST).exists())
         .max()
+}
+
+/// A case that a round asks for, as the repeat's state records it.
+pub struct RecordedCase {
+    /// Index into the data set's patients.
+    pub patient: usize,
+    /// Image-wise: the slices asked for (z of the original volume, ascending); empty: the
+    /// whole case.
+    pub slices: Vec<usize>,
+    /// What picked it (round 0: nothing, the initial set is the seeded order's prefix).
+    pub pick: Option<Pick>,
+}
+
+/// The cases round `round` of `repeat` asks for, in the order picked: round 0 the initial set
+/// (the prefix of the seeded order), later rounds the picks of the session's arm. This, not
+/// the worklist file, is what decides which segmentations may be counted.
+pub fn recorded_cases(
+    session: &Session,
+    ds: &Dataset,
+    repeat: usize,
+    round: usize,
+) -> Result<Vec<RecordedCase>> {
+    let cfg = &session.config;
+    let data = session
+        .state
+        .repeats
+        .get(repeat)
+        .filter(|d| !d.train.is_empty())
+        .with_context(|| format!("repeat {} has no split yet", repeat + 1))?;
+    let (arm, stage) = (cfg.experiment.arms[0], 0);
+    let (samples, picks): (Vec<usize>, Vec<Option<Pick>>) = if round == 0 {
+        let initial = stages(cfg)[stage].initial.min(data.order.len());
+        (data.order[..initial].to_vec(), vec![None; initial])
+    } else {
+        let rec = session
+            .state
+            .picks
+            .iter()
+            .find(|r| r.repeat == repeat && r.stage == stage && r.arm == arm && r.round == round)
+            .with_context(|| format!("round {round} has no picks yet"))?;
+        (
+            rec.picks.iter().map(|p| p.sample).collect(),
+            rec.picks.iter().cloned().map(Some).collect(),
+        )
+    };
+    let pool = Pool::new(ds, data, cfg.experiment.granularity);
+    let drop_first = ds.preprocessing().drop_first;
+    let mut cases: Vec<RecordedCase> = Vec::new();
+    for (sample, pick) in samples.into_iter().zip(picks) {
+        let slices = pool.sample_slices(&[sample]);
+        let patient = ds.patient_index(slices[0]);
+        let zs: Vec<usize> = match cfg.experiment.granularity {
+            Granularity::Patient => Vec::new(),
+            Granularity::Image => {
+                let first = ds.patients()[patient].first_slice;
+                slices.iter().map(|s| drop_first + s - first).collect()
+            }
+        };
+        match cases.iter_mut().find(|c| c.patient == patient) {
+            Some(c) => c.slices.extend(zs),
+            None => cases.push(RecordedCase {
+                patient,
+                slices: zs,
+                pick,
+            }),
+        }
+    }
+    for c in &mut cases {
+        c.slices.sort_unstable();
+        c.slices.dedup();
+    }
+    Ok(cases)
 }
 
 /// A prediction to put in a package: the case and its labels (0/1) in the geometry of the
@@ -372,6 +448,33 @@ pub fn import(
             cases.join(", ")
         )));
     };
+    // The worklist is a file anyone can edit: the repeat's state says what this round asks
+    // for, and an item that is not that (another case, or other slices) is not counted.
+    let asked = recorded_cases(session, ds, repeat, round)?;
+    let recorded = asked
+        .iter()
+        .find(|c| ds.patients()[c.patient].id == item.case);
+    match recorded {
+        None => {
+            return Ok(Verdict::Refused(format!(
+                "{}: case {} is in {} but not among round {round}'s recorded picks; the worklist was edited, and only the picks are counted",
+                file.display(),
+                escaped(&item.case),
+                files.package(round).join(WORKLIST).display()
+            )))
+        }
+        Some(c) if c.slices != item.slice_list() => {
+            return Ok(Verdict::Refused(format!(
+                "{}: {} asks for slices {} of case {}, but round {round} picked {}; the worklist was edited, and only the picks are counted",
+                file.display(),
+                files.package(round).join(WORKLIST).display(),
+                escaped(&item.slices),
+                escaped(&item.case),
+                c.slices.iter().map(|z| z.to_string()).collect::<Vec<_>>().join(" ")
+            )))
+        }
+        Some(_) => {}
+    }
     let case = match case_files(ds, &item.case) {
         Ok(c) => c,
         Err(e) => return Ok(Verdict::Refused(format!("{}: {e:#}", file.display()))),
@@ -420,30 +523,58 @@ pub fn import(
         ""
     };
     let dir = files.labels_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let staged = tempfile::Builder::new()
-        .prefix(".importing.")
-        .suffix(&format!(".nii{gz}"))
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    std::fs::write(staged.path(), &bytes)
-        .with_context(|| format!("cannot write {}", staged.path().display()))?;
-    let checked = match check(&case, item, staged.path()) {
-        Ok(c) => c,
-        // The checks name the file offered, not the staged copy.
-        Err(why) => {
-            let staged_name = staged.path().display().to_string();
-            return Ok(Verdict::Refused(
-                why.replace(&staged_name, &file.display().to_string()),
-            ));
+    // A full disk or a folder that cannot be written: the error names the file offered and
+    // where its copy was to go; the staged copy is removed, and nothing is counted.
+    let not_stored = || {
+        format!(
+            "{}: cannot store its copy in {}; nothing was counted",
+            file.display(),
+            dir.display()
+        )
+    };
+    // A refusal or a failure leaves the session as it was found: `labels/` too, when this
+    // import made it.
+    let made_dir = !dir.exists();
+    let staged_and_checked = (|| -> Result<Result<_, String>> {
+        std::fs::create_dir_all(&dir).with_context(not_stored)?;
+        let staged = tempfile::Builder::new()
+            .prefix(".importing.")
+            .suffix(&format!(".nii{gz}"))
+            .tempfile_in(&dir)
+            .with_context(not_stored)?;
+        std::fs::write(staged.path(), &bytes).with_context(not_stored)?;
+        Ok(match check(&case, item, staged.path()) {
+            Ok(checked) => Ok((staged, checked)),
+            // The checks name the file offered, not the staged copy.
+            Err(why) => {
+                let staged_name = staged.path().display().to_string();
+                Err(why.replace(&staged_name, &file.display().to_string()))
+            }
+        })
+    })();
+    // Empty by then: the staged copy is removed when it is dropped.
+    let remove_made_dir = || {
+        if made_dir {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    };
+    let (staged, checked) = match staged_and_checked {
+        Ok(Ok(passed)) => passed,
+        Ok(Err(why)) => {
+            remove_made_dir();
+            return Ok(Verdict::Refused(why));
+        }
+        Err(e) => {
+            remove_made_dir();
+            return Err(e);
         }
     };
     let effort = effort(&files.package(round), item, &case, &checked);
     let name = format!("{}.round-{round:02}.{}.nii{gz}", item.case, &checksum[..16]);
-    std::fs::File::open(staged.path()).and_then(|f| f.sync_all())?;
-    staged
-        .persist(dir.join(&name))
-        .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
+    std::fs::File::open(staged.path())
+        .and_then(|f| f.sync_all())
+        .with_context(not_stored)?;
+    staged.persist(dir.join(&name)).with_context(not_stored)?;
     #[cfg(debug_assertions)]
     test_pause();
     let annotation = Annotation {

@@ -338,7 +338,8 @@ impl SessionFiles {
 /// over it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
-        fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))
+        // Named by the file it replaces: the temporary name means nothing to a reader.
+        fs::write(tmp, bytes).with_context(|| format!("cannot write {}", path.display()))
     })
 }
 
@@ -367,7 +368,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     // By path: the writer may have replaced the file rather than written into it.
     File::open(tmp.path())
         .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", tmp.path().display()))?;
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("cannot replace {}", path.display()))?;
     if let Ok(d) = File::open(dir) {

@@ -278,7 +278,21 @@ impl Session {
                 for r in 0..config.experiment.repeats {
                     let path = files.repeat_state(r);
                     match read_repeat_state(&path)? {
-                        Some(rs) => state.add_repeat(r, rs),
+                        Some(rs) => {
+                            let stray = rs.picks.iter().map(|p| p.repeat);
+                            if let Some(other) = stray
+                                .chain(rs.results.iter().map(|x| x.repeat))
+                                .find(|&q| q != r)
+                            {
+                                bail!(
+                                    "{}: does not fit the session (a record of repeat {} in the file of repeat {}); nothing was changed",
+                                    path.display(),
+                                    other + 1,
+                                    r + 1
+                                );
+                            }
+                            state.add_repeat(r, rs)
+                        }
                         None => state.set_progress(r, RepeatProgress::default()),
                     }
                 }
@@ -289,12 +303,14 @@ impl Session {
                 bail!("{}: state format version {version} is not supported (this suggestive reads {FLAT_FORMAT_VERSION} and {STATE_FORMAT_VERSION}); nothing was changed", state_path.display());
             }
         };
-        Ok(Session {
+        let session = Session {
             dir: dir.to_path_buf(),
             config,
             state,
             layout,
-        })
+        };
+        session.check_recorded()?;
+        Ok(session)
     }
 
     pub fn name(&self) -> String {
@@ -441,46 +457,10 @@ impl Session {
     /// points at something), so that a hand-edited or damaged file is refused with a message
     /// instead of making the run, the export or the interface fail half-way.
     pub fn check_state(&self, ds: &Dataset) -> Result<()> {
+        self.check_recorded()?;
         let st = &self.state;
-        if let Some(started) = &st.config {
-            // The device may change between runs (a session started on the CPU can go on on a
-            // GPU). The data set's path is left to the data set's own check (Runner::open: its
-            // fingerprint, which holds its files' paths, sizes and times, and says what
-            // changed in counts). Everything else shapes the plan or the numbers.
-            let mut changed = started.changed_keys(&self.config);
-            changed.retain(|k| k != "experiment.device" && k != "dataset.path");
-            if !changed.is_empty() {
-                bail!(
-                    "{}: changed since the session started ({}); a started session keeps its settings (create a new session for others, or put the old values back); nothing was written",
-                    self.files().config().display(),
-                    changed.join(", ")
-                );
-            }
-        }
-        // Names the state file that holds the repeat (format 1: the session's one file).
         let files = self.files();
-        let damaged = |repeat: usize, what: String| {
-            anyhow::anyhow!(
-                "{}: does not fit the session ({what}); nothing was changed",
-                files.repeat_state(repeat).display()
-            )
-        };
-        let per = self.steps_per_repeat();
-        for r in 0..self.config.experiment.repeats {
-            let done = st.progress_of(r).done;
-            if done > per {
-                return Err(damaged(
-                    r,
-                    format!("{done} steps done, but a repeat has {per}"),
-                ));
-            }
-            if done > 0 && st.repeats.get(r).is_none_or(|d| d.train.is_empty()) {
-                return Err(damaged(
-                    r,
-                    format!("{done} steps done, but no split recorded"),
-                ));
-            }
-        }
+        let damaged = |repeat: usize, what: String| damaged_state(&files, repeat, what);
         let patients = ds.patients().len();
         // The patients first: the pools below are built from them.
         for (r, rd) in st.repeats.iter().enumerate() {
@@ -540,12 +520,109 @@ impl Session {
                 ));
             }
         }
-        if let Some(r) = st.results.iter().find(|r| r.repeat >= st.repeats.len()) {
+        Ok(())
+    }
+
+    /// The checks that need no data set, made by every command that opens a session (`status`
+    /// and `report` included): the settings are those the session started with, the progress
+    /// fits the plan, and every result row is of a repeat with a split, recorded once, with
+    /// values a metric can take. A session that fails them is refused by name, not shown.
+    fn check_recorded(&self) -> Result<()> {
+        let st = &self.state;
+        if let Some(started) = &st.config {
+            // The device may change between runs (a session started on the CPU can go on on a
+            // GPU). The data set's path is left to the data set's own check (Runner::open: its
+            // fingerprint, which holds its files' paths, sizes and times, and says what
+            // changed in counts). Everything else shapes the plan or the numbers.
+            let mut changed = started.changed_keys(&self.config);
+            changed.retain(|k| k != "experiment.device" && k != "dataset.path");
+            if !changed.is_empty() {
+                bail!(
+                    "{}: changed since the session started ({}); a started session keeps its settings (create a new session for others, or put the old values back); nothing was written",
+                    self.files().config().display(),
+                    changed.join(", ")
+                );
+            }
+        }
+        let files = self.files();
+        let damaged = |repeat: usize, what: String| damaged_state(&files, repeat, what);
+        let per = self.steps_per_repeat();
+        for r in 0..self.config.experiment.repeats {
+            let done = st.progress_of(r).done;
+            if done > per {
+                return Err(damaged(
+                    r,
+                    format!("{done} steps done, but a repeat has {per}"),
+                ));
+            }
+            if done > 0 && st.repeats.get(r).is_none_or(|d| d.train.is_empty()) {
+                return Err(damaged(
+                    r,
+                    format!("{done} steps done, but no split recorded"),
+                ));
+            }
+        }
+        if let Some(rec) = st
+            .picks
+            .iter()
+            .find(|p| p.repeat >= self.config.experiment.repeats)
+        {
             return Err(damaged(
-                r.repeat,
-                format!("a result of repeat {}, which has no split", r.repeat + 1),
+                rec.repeat,
+                format!(
+                    "picks of repeat {}, of {}",
+                    rec.repeat + 1,
+                    self.config.experiment.repeats
+                ),
             ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &st.results {
+            let at = format!(
+                "repeat {}, stage {}, {} round {}",
+                r.repeat + 1,
+                r.stage + 1,
+                r.arm,
+                r.round
+            );
+            if r.repeat >= st.repeats.len() || st.repeats[r.repeat].train.is_empty() {
+                return Err(damaged(
+                    r.repeat,
+                    format!("a result of repeat {}, which has no split", r.repeat + 1),
+                ));
+            }
+            if !seen.insert((r.repeat, r.stage, r.arm, r.round)) {
+                return Err(damaged(r.repeat, format!("the result of {at} twice")));
+            }
+            let unit = |x: f64| (0.0..=1.0).contains(&x);
+            let bad = [("Dice", r.dice_mean), ("slice Dice", r.slice_dice_mean)]
+                .into_iter()
+                .chain(r.dice.iter().map(|&d| ("Dice", d)))
+                .find(|&(_, x)| !unit(x))
+                .map(|(what, x)| format!("{what} {x}"))
+                .or_else(|| {
+                    (!(r.dice_sd.is_finite() && r.dice_sd >= 0.0))
+                        .then(|| format!("Dice SD {}", r.dice_sd))
+                })
+                .or_else(|| {
+                    r.hd95
+                        .iter()
+                        .flatten()
+                        .find(|h| !(h.is_finite() && **h >= 0.0))
+                        .map(|h| format!("HD95 {h}"))
+                });
+            if let Some(value) = bad {
+                return Err(damaged(r.repeat, format!("{value} in the result of {at}")));
+            }
         }
         Ok(())
     }
+}
+
+/// A state file that does not fit its session, named (format 1: the session's one file).
+fn damaged_state(files: &SessionFiles, repeat: usize, what: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: does not fit the session ({what}); nothing was changed",
+        files.repeat_state(repeat).display()
+    )
 }

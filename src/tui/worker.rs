@@ -350,6 +350,8 @@ pub fn start_preview_worker(
                 net = None;
             }
             let (_, _, ds) = ctx.as_ref().expect("set above");
+            // The state was read again: its indices are checked again before any pool is built.
+            session.check_state(ds)?;
             let mut replies = Vec::new();
             if let Some(repeat) = latest_latents {
                 let initial = crate::session::plan::stages(&session.config)

@@ -5,15 +5,15 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::{Runner, EVAL_BATCH};
 use crate::data::labels_to_original;
 use crate::engine::eval;
-use crate::session::annotations::{self, Prediction, Verdict, WorkItem};
-use crate::session::config::{Granularity, Labels};
+use crate::session::annotations::{self, Prediction, RecordedCase, Verdict, WorkItem};
+use crate::session::config::Labels;
 use crate::session::events::Event;
-use crate::session::plan::{previous_model, stages, Step};
+use crate::session::plan::{previous_model, Step};
 
 /// Whether a step may go on, or waits for annotations.
 pub(super) enum Labelled {
@@ -131,53 +131,20 @@ impl Runner {
         if annotations::worklist(&self.files, round)?.is_some() {
             return Ok(());
         }
-        let cfg = self.cfg().clone();
-        let arm = cfg.experiment.arms[0];
-        let stage = 0;
-        let (samples, picks): (Vec<usize>, Vec<Option<crate::engine::select::Pick>>) = if round == 0
-        {
-            let initial = stages(&cfg)[stage].initial;
-            let order = &self.session.state.repeats[repeat].order;
-            (order[..initial].to_vec(), vec![None; initial])
-        } else {
-            let rec = self
-                .session
-                .state
-                .picks
-                .iter()
-                .find(|r| {
-                    r.repeat == repeat && r.stage == stage && r.arm == arm && r.round == round
-                })
-                .with_context(|| format!("round {round} has no picks yet"))?;
-            (
-                rec.picks.iter().map(|p| p.sample).collect(),
-                rec.picks.iter().cloned().map(Some).collect(),
-            )
-        };
-        // Cases in the order picked, each with its requested slices (image-wise).
+        let arm = self.cfg().experiment.arms[0];
+        let cases = annotations::recorded_cases(&self.session, &self.ds, repeat, round)?;
         let pool = self.pool(repeat);
-        let drop_first = self.ds.preprocessing().drop_first;
-        let mut cases: Vec<(usize, Vec<usize>, Option<crate::engine::select::Pick>)> = Vec::new();
-        for (sample, pick) in samples.iter().zip(picks) {
-            let slices = pool.sample_slices(&[*sample]);
-            let patient = self.ds.patient_index(slices[0]);
-            let zs: Vec<usize> = match cfg.experiment.granularity {
-                Granularity::Patient => Vec::new(),
-                Granularity::Image => {
-                    let first = self.ds.patients()[patient].first_slice;
-                    slices.iter().map(|s| drop_first + s - first).collect()
-                }
-            };
-            match cases.iter_mut().find(|(p, _, _)| *p == patient) {
-                Some(c) => c.1.extend(zs),
-                None => cases.push((patient, zs, pick)),
-            }
-        }
         let mut items = Vec::new();
-        for (order, (patient, mut zs, pick)) in cases.iter().cloned().enumerate() {
-            zs.sort_unstable();
-            zs.dedup();
-            let info = &self.ds.patients()[patient];
+        for (
+            order,
+            RecordedCase {
+                patient,
+                slices: zs,
+                pick,
+            },
+        ) in cases.iter().enumerate()
+        {
+            let info = &self.ds.patients()[*patient];
             let files = annotations::case_files(&self.ds, &info.id)?;
             let mut images: Vec<String> = files
                 .images
@@ -225,8 +192,8 @@ impl Runner {
         }
         let mut predictions = Vec::new();
         if round > 0 {
-            let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
-            let patients: Vec<usize> = cases.iter().map(|c| c.0).collect();
+            let (_vs, net) = self.load_unet(&previous_model(repeat, 0, arm, round))?;
+            let patients: Vec<usize> = cases.iter().map(|c| c.patient).collect();
             let prep = self.ds.preprocessing().clone();
             let geom = self.ds.geometry();
             eval::patient_predictions(

@@ -18,6 +18,7 @@ use suggestive::session::follow::{Activity, Follower};
 use suggestive::session::report::Report;
 use suggestive::session::Session;
 use suggestive::tui::app::Dashboard;
+use suggestive::tui::watch::Followed;
 
 const DIMS: [usize; 3] = [6, 5, 4];
 
@@ -238,16 +239,21 @@ fn read_session_every_way(session_dir: &Path, cache: &Path) {
     for log in [session_dir.join("repeats/01/events.jsonl")] {
         let _ = LoggedEvent::read_all(&log);
     }
-    // As the dashboard takes them: attached to a run elsewhere, and running the session.
+    // As the dashboard takes them when it follows a run elsewhere (a run of its own gives it
+    // events from memory, not from the file).
     if let Ok((mut follower, _)) = Follower::open(session_dir) {
         if let Ok(changes) = follower.poll() {
             let mut activity = Activity::default();
-            let mut dashboard = Dashboard::new("fuzz".into());
-            for (_, e) in changes.events {
-                activity.apply(&e);
-                dashboard.on_event(e.event);
+            for (_, e) in &changes.events {
+                activity.apply(e);
             }
             let _ = activity.describe();
+            let mut dashboard = Dashboard::new("fuzz".into());
+            dashboard.on_followed(Followed {
+                state: None,
+                events: changes.events,
+                placements: None,
+            });
         }
     }
     let Ok(session) = Session::open(session_dir) else {

@@ -368,12 +368,17 @@ impl SessionConfig {
 
     /// The settings (`section.key`) whose values differ from `other`'s.
     pub fn changed_keys(&self, other: &SessionConfig) -> Vec<String> {
+        // Through JSON, not TOML: a recorded copy read from a damaged state file may hold
+        // numbers TOML cannot (above i64::MAX).
         fn flat(cfg: &SessionConfig) -> std::collections::BTreeMap<String, String> {
-            let table: toml::Table = toml::from_str(&cfg.to_toml()).expect("config re-reads");
+            let table = match serde_json::to_value(cfg) {
+                Ok(serde_json::Value::Object(t)) => t,
+                _ => Default::default(),
+            };
             let mut out = std::collections::BTreeMap::new();
             for (section, v) in table {
                 match v {
-                    toml::Value::Table(t) => {
+                    serde_json::Value::Object(t) => {
                         for (k, v) in t {
                             out.insert(format!("{section}.{k}"), v.to_string());
                         }

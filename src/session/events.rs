@@ -61,7 +61,8 @@ pub fn split_summary(repeat: usize, pool_cases: usize, test_cases: usize) -> Str
     };
     format!(
         "repeat {}: {pool_cases} cases in the pool, {test}",
-        repeat + 1
+        // Saturating: the line may come from a damaged log.
+        repeat.saturating_add(1)
     )
 }
 

@@ -92,7 +92,9 @@ impl SessionFiles {
 
     /// The folder of `repeat`'s files (format 2).
     fn repeat_dir(&self, repeat: usize) -> PathBuf {
-        self.dir.join(REPEATS).join(format!("{:02}", repeat + 1))
+        self.dir
+            .join(REPEATS)
+            .join(format!("{:02}", repeat.saturating_add(1)))
     }
 
     /// Where a repeat's files go: its folder, or (format 1) the session folder.

@@ -113,6 +113,7 @@ pub struct Changes {
 /// Reads a session's files as other processes write them.
 pub struct Follower {
     dir: PathBuf,
+    repeats: usize,
     steps_per_repeat: usize,
     /// The state files (the session's, then each repeat's) as last read.
     states: Vec<(PathBuf, Option<Stamp>)>,
@@ -144,6 +145,7 @@ impl Follower {
         }
         let follower = Follower {
             dir: dir.to_path_buf(),
+            repeats,
             steps_per_repeat: session.steps_per_repeat().max(1),
             states: states.into_iter().map(|p| (p.clone(), stamp(&p))).collect(),
             logs,
@@ -170,8 +172,12 @@ impl Follower {
         }
         for log in &mut self.logs {
             for e in log.read_new() {
-                let repeat = repeat_of(&e.event, self.steps_per_repeat).unwrap_or(log.repeat);
-                changes.events.push((repeat, e));
+                // An event about a repeat the session does not have is a damaged line, and is
+                // skipped like one.
+                match repeat_of(&e.event, self.steps_per_repeat) {
+                    Some(r) if r >= self.repeats => {}
+                    r => changes.events.push((r.unwrap_or(log.repeat), e)),
+                }
             }
         }
         Ok(changes)

@@ -18,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod state;
 pub mod store;
+pub mod strategy;
 
 use std::path::{Path, PathBuf};
 
@@ -287,7 +288,7 @@ impl Session {
                                 bail!(
                                     "{}: does not fit the session (a record of repeat {} in the file of repeat {}); nothing was changed",
                                     path.display(),
-                                    other + 1,
+                                    other.saturating_add(1),
                                     r + 1
                                 );
                             }
@@ -562,33 +563,75 @@ impl Session {
                 ));
             }
         }
-        if let Some(rec) = st
-            .picks
-            .iter()
-            .find(|p| p.repeat >= self.config.experiment.repeats)
-        {
-            return Err(damaged(
-                rec.repeat,
-                format!(
-                    "picks of repeat {}, of {}",
-                    rec.repeat + 1,
-                    self.config.experiment.repeats
-                ),
-            ));
+        // Where a record says it belongs must be a place in the plan: a repeat, one of the
+        // session's arms, a stage and a round of that stage (0: before the first pick).
+        let stages = plan::stages(&self.config);
+        let place = |repeat: usize, stage: usize, arm: config::Arm, round: usize| {
+            let at = format!(
+                "repeat {}, stage {}, {arm} round {round}",
+                repeat.saturating_add(1),
+                stage.saturating_add(1)
+            );
+            let fits = repeat < self.config.experiment.repeats
+                && self.config.experiment.arms.contains(&arm)
+                && stages.get(stage).is_some_and(|s| round <= s.rounds.len());
+            (at, fits)
+        };
+        // Samples labelled after `round` rounds of a stage (the initial set, then each round's).
+        let labelled_after = |stage: usize, round: usize| {
+            let s = &stages[stage];
+            s.rounds[..round]
+                .iter()
+                .fold(s.initial, |n, k| n.saturating_add(*k))
+        };
+        for rec in &st.picks {
+            let (at, fits) = place(rec.repeat, rec.stage, rec.arm, rec.round);
+            if !fits || rec.round == 0 {
+                return Err(damaged(
+                    rec.repeat,
+                    format!("picks of {at}, not in the plan"),
+                ));
+            }
+            // Counts of picks are counts of these picks; directions, of the labelled samples.
+            let n = rec.picks.len();
+            let sources = labelled_after(rec.stage, rec.round - 1);
+            let directions = rec.directions.as_ref().map_or((0, 0), |d| {
+                let made = d.methods.values().fold(0usize, |a, b| a.saturating_add(*b));
+                (made, d.zero_directions)
+            });
+            let counts_fit = n <= stages[rec.stage].rounds[rec.round - 1]
+                && rec.fallbacks <= n
+                && rec.tumour_picks.is_none_or(|t| t <= n)
+                && rec.context_picks.is_none_or(|c| c <= n)
+                && directions.0 <= sources
+                && directions.1 <= directions.0;
+            if !counts_fit {
+                return Err(damaged(
+                    rec.repeat,
+                    format!("picks of {at} with counts that do not fit its {n} picks"),
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in &st.results {
-            let at = format!(
-                "repeat {}, stage {}, {} round {}",
-                r.repeat + 1,
-                r.stage + 1,
-                r.arm,
-                r.round
-            );
-            if r.repeat >= st.repeats.len() || st.repeats[r.repeat].train.is_empty() {
+            let (at, fits) = place(r.repeat, r.stage, r.arm, r.round);
+            if !fits {
+                return Err(damaged(
+                    r.repeat,
+                    format!("a result of {at}, not in the plan"),
+                ));
+            }
+            if st.repeats.get(r.repeat).is_none_or(|d| d.train.is_empty()) {
                 return Err(damaged(
                     r.repeat,
                     format!("a result of repeat {}, which has no split", r.repeat + 1),
+                ));
+            }
+            // The full reference trains on the whole pool, whose size needs the data set.
+            if r.arm != config::Arm::Full && r.annotated > labelled_after(r.stage, r.round) {
+                return Err(damaged(
+                    r.repeat,
+                    format!("a result of {at} with {} annotated", r.annotated),
                 ));
             }
             if !seen.insert((r.repeat, r.stage, r.arm, r.round)) {

@@ -231,8 +231,13 @@ impl SessionState {
             self.progress.resize(repeat + 1, RepeatProgress::default());
         }
         self.progress[repeat] = progress;
-        self.done = self.progress.iter().map(|p| p.done).sum();
-        self.partial_epochs = self.progress.iter().map(|p| p.partial_epochs).sum();
+        // Saturating: a damaged file's counts are refused by the checks, not by an overflow.
+        self.done = self
+            .progress
+            .iter()
+            .fold(0, |n, p| n.saturating_add(p.done));
+        self.partial_epochs =
+            (self.progress.iter()).fold(0, |n, p| n.saturating_add(p.partial_epochs));
     }
 
     pub fn progress_of(&self, repeat: usize) -> RepeatProgress {

@@ -634,12 +634,12 @@ fn event_line(e: &Event) -> Option<(bool, String)> {
             repeat,
             stats,
             warning: None,
-        } => (false, format!("repeat {}: {}", repeat + 1, stats.line())),
+        } => (false, format!("repeat {}: {}", repeat.saturating_add(1), stats.line())),
         Event::Manifold {
             repeat,
             warning: Some(w),
             ..
-        } => (true, format!("repeat {}: warning: {w}", repeat + 1)),
+        } => (true, format!("repeat {}: warning: {w}", repeat.saturating_add(1))),
         Event::Split {
             repeat,
             pool_cases,

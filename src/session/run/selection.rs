@@ -1,29 +1,26 @@
 //! The steps around training: the pool's latents (with the VAE's manifold statistics), the
-//! picks of a round (random, oracle, entropy, coreset, the gradient-guided cone search), and the
-//! evaluation on the test set (Dice and HD95 per case).
+//! picks of a round (the context its strategy picks from, built once, and the record of what
+//! it picked; the strategies themselves are in `session::strategy`), and the evaluation on the
+//! test set (Dice and HD95 per case).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::{bail, Context, Result};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::Tensor;
 
 use super::{Runner, EVAL_BATCH};
-use crate::engine::cone::{pick_proposed, ConeSettings, Source};
-use crate::engine::coreset::pick_coreset;
-use crate::engine::nets::UNet;
-use crate::engine::select::{
-    gradient_directions, pick_highest, pick_oracle, pick_random, spaced, DirectionNets,
-    GradientStep, Near, Pick, Spacing, StepSettings,
-};
+use crate::data::Dataset;
+use crate::engine::batch::Feed;
+use crate::engine::nets::{UNet, Vae};
+use crate::engine::select::{Near, Spacing};
 use crate::engine::{eval, manifold, surface};
 use crate::session::config::{Arm, Granularity};
 use crate::session::events::Event;
 use crate::session::files::write_atomic_with;
-use crate::session::plan::{previous_model, seed_for, stages, Step};
-use crate::session::state::{DirectionSummary, PickRecord, ResultRow};
+use crate::session::plan::{previous_model, stages, Step};
+use crate::session::state::{PickRecord, ResultRow};
+use crate::session::strategy::{strategy, Models, PickContext, Picked};
 
 /// Which model's test Dice is recorded: a repeat's stage, after `round` rounds (0: the shared
 /// initial model), for `arms`.
@@ -108,160 +105,26 @@ impl Runner {
             round,
         }
         .key();
-        let mut directions = None;
-        let picks: Vec<Pick> = match arm {
-            Arm::Random => {
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "random"));
-                spaced(
-                    pick_random(&unlabelled, unlabelled.len(), &mut rng),
-                    k,
-                    near,
-                )
-            }
-            Arm::Oracle => {
-                let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
-                let scores: Vec<(usize, f64)> = if image {
-                    // Per-slice Dice is degenerate without tumour (one false positive scores 0),
-                    // so the oracle ranks the slices that contain tumour.
-                    let slices = self.sample_slices(repeat, &unlabelled);
-                    let ov = eval::slice_overlaps(&net, &self.ds, &slices, &self.feed, EVAL_BATCH);
-                    unlabelled
-                        .iter()
-                        .zip(ov)
-                        .filter(|(_, o)| o.truth > 0)
-                        .map(|(&s, o)| (s, o.dice()))
-                        .collect()
-                } else {
-                    let patients: Vec<usize> = unlabelled
-                        .iter()
-                        .map(|&s| self.session.state.repeats[repeat].train[s])
-                        .collect();
-                    let d = eval::patient_dice(&net, &self.ds, &patients, &self.feed, EVAL_BATCH);
-                    unlabelled.iter().copied().zip(d).collect()
-                };
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "ties"));
-                spaced(pick_oracle(&scores, scores.len(), &mut rng), k, near)
-            }
-            Arm::Entropy => {
-                let (_vs, net) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
-                // One pass over all unlabelled slices; a sample's entropy is its mean over the
-                // brain pixels of its slices (a patient's slices pooled).
-                let groups: Vec<Vec<usize>> = unlabelled
-                    .iter()
-                    .map(|&s| self.sample_slices(repeat, &[s]))
-                    .collect();
-                let slices: Vec<usize> = groups.concat();
-                let per_slice =
-                    eval::slice_entropies(&net, &self.ds, &slices, &self.feed, EVAL_BATCH);
-                let mut at = 0;
-                let scores: Vec<(usize, f64)> = unlabelled
-                    .iter()
-                    .zip(&groups)
-                    .map(|(&s, g)| {
-                        let (h, n) = per_slice[at..at + g.len()]
-                            .iter()
-                            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-                        at += g.len();
-                        (s, if n > 0.0 { h / n } else { 0.0 })
-                    })
-                    .collect();
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "ties"));
-                spaced(pick_highest(&scores, scores.len(), &mut rng), k, near)
-            }
-            Arm::Coreset => {
-                let latents = self.sample_latents(repeat)?;
-                let centres: Vec<Vec<f64>> = labelled.iter().map(|&s| latents[s].clone()).collect();
-                let candidates: Vec<(usize, Vec<f64>)> = unlabelled
-                    .iter()
-                    .map(|&s| (s, latents[s].clone()))
-                    .collect();
-                pick_coreset(&centres, &candidates, k, near)
-            }
-            Arm::Full => unreachable!("the full reference picks nothing"),
-            Arm::Proposed => {
-                let (_u, unet) = self.load_unet(&previous_model(repeat, stage, arm, round))?;
-                let (vs, vae) = self.load_vae(repeat)?;
-                // The float64 copy of the encoder for steps below float32 resolution.
-                let mut vs64 = VarStore::new(self.device);
-                let vae64 = self.new_vae(&vs64);
-                vs64.copy(&vs)?;
-                vs64.double();
-                let latents = self.sample_latents(repeat)?;
-                let sources: Vec<usize> = {
-                    let pool = self.pool(repeat);
-                    let brain: Vec<usize> = labelled
-                        .iter()
-                        .copied()
-                        .filter(|&s| pool.has_brain(s))
-                        .collect();
-                    // With no labelled slice inside the brain, every source falls back (zero
-                    // directions, counted) rather than the round picking nothing.
-                    if brain.is_empty() {
-                        labelled.clone()
-                    } else {
-                        brain
-                    }
-                };
-                let samples: Vec<Vec<usize>> = sources
-                    .iter()
-                    .map(|&s| self.sample_slices(repeat, &[s]))
-                    .collect();
-                let nets = DirectionNets {
-                    unet: &unet,
-                    vae: &vae,
-                    vae64: &vae64,
-                };
-                let step = StepSettings {
-                    alpha: cfg.selection.alpha,
-                    dice_smoothing: cfg.selection.dice_smoothing,
-                    method: cfg.selection.direction,
-                };
-                let gradients =
-                    gradient_directions(&nets, &self.ds, &self.feed, &samples, step, EVAL_BATCH)?;
-                let mut steps: Vec<(usize, GradientStep)> =
-                    sources.iter().copied().zip(gradients).collect();
-                // The hardest labelled samples lead: highest loss first.
-                steps.sort_by(|a, b| b.1.loss.total_cmp(&a.1.loss).then(a.0.cmp(&b.0)));
-                let sources: Vec<Source> = steps
-                    .iter()
-                    .map(|(s, g)| Source {
-                        sample: *s,
-                        z: latents[*s].clone(),
-                        direction: g.direction.clone(),
-                    })
-                    .collect();
-                let candidates: Vec<(usize, Vec<f64>)> = unlabelled
-                    .iter()
-                    .map(|&s| (s, latents[s].clone()))
-                    .collect();
-                let mut methods = BTreeMap::new();
-                for (_, g) in &steps {
-                    *methods.entry(g.method.to_string()).or_insert(0) += 1;
-                }
-                let median = |mut v: Vec<f64>| {
-                    v.sort_by(f64::total_cmp);
-                    v.get(v.len() / 2).copied().unwrap_or(0.0)
-                };
-                directions = Some(DirectionSummary {
-                    methods,
-                    median_rel_dx: median(steps.iter().map(|(_, g)| g.rel_dx).collect()),
-                    median_dz: median(steps.iter().map(|(_, g)| g.dz_norm).collect()),
-                    zero_directions: steps.iter().filter(|(_, g)| g.dz_norm == 0.0).count(),
-                });
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(seed_for(cfg.experiment.seed, &key, "fallback"));
-                let cone = ConeSettings {
-                    degrees: cfg.selection.cone_degrees,
-                    fallback: cfg.selection.fallback,
-                    rng: &mut rng,
-                    near,
-                };
-                pick_proposed(&sources, &candidates, k, cone)
-            }
+        let strategy = strategy(arm.name())
+            .with_context(|| format!("{arm} is a reference, not a strategy: it picks nothing"))?;
+        let models = RunnerModels {
+            runner: self,
+            repeat,
+            previous: previous_model(repeat, stage, arm, round),
         };
+        let cx = PickContext {
+            k,
+            labelled: &labelled,
+            unlabelled: &unlabelled,
+            near,
+            image,
+            selection: &cfg.selection,
+            batch: EVAL_BATCH,
+            models: &models,
+            seed: cfg.experiment.seed,
+            key: &key,
+        };
+        let Picked { picks, directions } = strategy.pick(&cx)?;
         if picks.len() < k {
             bail!(
                 "{arm} found only {} of {k} picks in round {round} (pool exhausted)",
@@ -391,5 +254,52 @@ impl Runner {
             self.emit(ev, sink);
         }
         Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+/// The run's models, latents and data of one round, for its strategy.
+struct RunnerModels<'r> {
+    runner: &'r Runner,
+    repeat: usize,
+    /// The model the arm trained in the previous round.
+    previous: Step,
+}
+
+impl Models for RunnerModels<'_> {
+    fn previous_unet(&self) -> Result<(VarStore, UNet)> {
+        self.runner.load_unet(&self.previous)
+    }
+
+    fn vae_and_f64_copy(&self) -> Result<((VarStore, Vae), (VarStore, Vae))> {
+        let (vs, vae) = self.runner.load_vae(self.repeat)?;
+        let mut vs64 = VarStore::new(self.runner.device);
+        let vae64 = self.runner.new_vae(&vs64);
+        vs64.copy(&vs)?;
+        vs64.double();
+        Ok(((vs, vae), (vs64, vae64)))
+    }
+
+    fn latents(&self) -> Result<Vec<Vec<f64>>> {
+        self.runner.sample_latents(self.repeat)
+    }
+
+    fn sample_slices(&self, samples: &[usize]) -> Vec<usize> {
+        self.runner.sample_slices(self.repeat, samples)
+    }
+
+    fn has_brain(&self, sample: usize) -> bool {
+        self.runner.pool(self.repeat).has_brain(sample)
+    }
+
+    fn patient(&self, sample: usize) -> usize {
+        self.runner.session.state.repeats[self.repeat].train[sample]
+    }
+
+    fn dataset(&self) -> &Dataset {
+        &self.runner.ds
+    }
+
+    fn feed(&self) -> &Feed {
+        &self.runner.feed
     }
 }

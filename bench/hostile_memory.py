@@ -12,14 +12,17 @@ is measured side by side with the same command on a valid file (6 patients by de
 ratio = reference / hostile: 1 means the hostile file cost what a valid one does."""
 
 import argparse
-import gzip
 import os
 import shutil
-import struct
 import subprocess
+import sys
 import tempfile
 
 from results import cpu_device, record
+
+# The hostile files are made as the test suite's corpus makes them.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "hostile"))
+from corpus import claims_a_gigavoxel, read_raw, write_gz  # noqa: E402
 
 
 def run_measured(cmd, env, expect_code):
@@ -32,28 +35,6 @@ def run_measured(cmd, env, expect_code):
         text = out.read().decode(errors="replace")
     assert p.returncode == expect_code, f"{cmd}: exit {p.returncode}, expected {expect_code}:\n{text}"
     return usage.ru_maxrss * 1024, text
-
-
-def raw_nifti(path):
-    with open(path, "rb") as fh:
-        data = fh.read()
-    return gzip.decompress(data) if path.endswith(".gz") else data
-
-
-def claims_a_gigavoxel(raw):
-    """The header's dim[1..3] set to 1024 (the voxels left as they are)."""
-    raw = bytearray(raw)
-    for d in (1, 2, 3):
-        struct.pack_into("<h", raw, 40 + 2 * d, 1024)
-    return bytes(raw)
-
-
-def write_gz(path, raw, zeros_after=0):
-    with gzip.open(path, "wb", compresslevel=1) as fh:
-        fh.write(raw)
-        block = bytes(1 << 24)
-        for _ in range(zeros_after >> 24):
-            fh.write(block)
 
 
 def main():
@@ -82,7 +63,7 @@ def main():
     with open(worklist) as fh:
         case = fh.read().splitlines()[1].split(",")[1]
     truth = next(os.path.join(d, f) for d, _, fs in os.walk(data) for f in fs if f == f"{case}_seg.nii.gz")
-    raw = raw_nifti(truth)
+    raw = read_raw(truth)
     hostile = f"{work}/hostile"
     files = {}
     for name, write in [
@@ -123,7 +104,7 @@ def main():
     target = os.path.join(os.path.dirname(source).replace(data, bad_data), new_id)
     os.makedirs(target)
     for f in os.listdir(source):
-        write_gz(os.path.join(target, f.replace(old_id, new_id)), claims_a_gigavoxel(raw_nifti(os.path.join(source, f))))
+        write_gz(os.path.join(target, f.replace(old_id, new_id)), claims_a_gigavoxel(read_raw(os.path.join(source, f))))
     with_bad, text = run_measured([binary, "dataset", bad_data, "--skip-bad", "--cache-dir", f"{work}/cache-bad"], env, 0)
     assert new_id in text, f"the hostile case {new_id} is not listed as bad:\n{text}"
     results.append({"name": f"peak RSS of dataset --skip-bad: one more case of five files claiming 1024^3 voxels "

@@ -236,9 +236,7 @@ fn apply(doc: &mut serde_json::Value, n: usize, edit: &Edit) {
 
 /// Everything that reads a session, on the session in `dir`: each may refuse, none may panic.
 fn read_session_every_way(session_dir: &Path, cache: &Path) {
-    for log in [session_dir.join("repeats/01/events.jsonl")] {
-        let _ = LoggedEvent::read_all(&log);
-    }
+    let _ = LoggedEvent::read_all(&session_dir.join("repeats/01/events.jsonl"));
     // As the dashboard takes them when it follows a run elsewhere (a run of its own gives it
     // events from memory, not from the file).
     if let Ok((mut follower, _)) = Follower::open(session_dir) {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Modality, Preprocessing};
 use crate::engine::nets::{Norm, UNetConfig, VaeConfig};
+use crate::session::strategy::{self, Strategy};
 
 /// Bumped when the meaning of session files changes; other versions are refused, not guessed at.
 pub const SESSION_FORMAT_VERSION: u32 = 1;
@@ -122,14 +123,19 @@ impl Arm {
         }
     }
 
+    /// The arm's strategy (none for the `full` reference).
+    pub fn strategy(self) -> Option<&'static dyn Strategy> {
+        strategy::strategy(self.name())
+    }
+
     /// Whether the arm picks in the VAE's latent space (and so is only as good as it is).
     pub fn uses_latent_space(self) -> bool {
-        matches!(self, Arm::Proposed | Arm::Coreset)
+        self.strategy().is_some_and(|s| s.uses_latent_space())
     }
 
     /// Whether the arm picks samples round by round (every arm but the `full` reference).
     pub fn is_strategy(self) -> bool {
-        self != Arm::Full
+        self.strategy().is_some()
     }
 }
 
@@ -405,7 +411,10 @@ impl SessionConfig {
     pub fn validate(&self) -> Result<()> {
         let e = &self.experiment;
         if e.strategies().is_empty() {
-            bail!("experiment.arms names no strategy (full is a reference; add random, proposed, oracle, entropy or coreset)");
+            bail!(
+                "experiment.arms names no strategy (full is a reference; add {})",
+                strategy::names_where(|_| true)
+            );
         }
         if e.repeats == 0 {
             bail!("experiment.repeats must be at least 1");
@@ -415,9 +424,13 @@ impl SessionConfig {
             if e.protocol != Protocol::Rounds {
                 bail!("experiment.labels = \"human\" needs the rounds protocol (the budgets protocol starts again from scratch at each budget, which only a simulation can afford)");
             }
-            if e.arms.len() != 1 || e.arms[0] == Arm::Oracle || e.arms[0] == Arm::Full {
+            let runs_unlabelled =
+                |a: Arm| a.strategy().is_some_and(|s| !s.needs_unlabelled_truth());
+            if e.arms.len() != 1 || !runs_unlabelled(e.arms[0]) {
                 bail!(
-                    "experiment.labels = \"human\" takes one strategy, random, proposed, entropy or coreset (oracle needs the labels it is waiting for); experiment.arms is [{}]",
+                    "experiment.labels = \"human\" takes one strategy, {} ({} needs the labels it is waiting for); experiment.arms is [{}]",
+                    strategy::names_where(|s| !s.needs_unlabelled_truth()),
+                    strategy::names_where(|s| s.needs_unlabelled_truth()),
                     arms.join(", ")
                 );
             }

@@ -416,11 +416,7 @@ impl Runner {
             Step::Pretrain { .. } => (Phase::Pretraining, None),
             Step::Init { .. } => (Phase::Training, None),
             Step::Select { arm, .. } => (
-                if arm == Arm::Proposed {
-                    Phase::Gradient
-                } else {
-                    Phase::Search
-                },
+                arm.strategy().map_or(Phase::Search, |s| s.phase()),
                 Some(arm),
             ),
             Step::Train { arm, .. } => (Phase::Training, Some(arm)),

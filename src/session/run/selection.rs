@@ -20,7 +20,7 @@ use crate::session::events::Event;
 use crate::session::files::write_atomic_with;
 use crate::session::plan::{previous_model, stages, Step};
 use crate::session::state::{PickRecord, ResultRow};
-use crate::session::strategy::{strategy, Models, PickContext, Picked};
+use crate::session::strategy::{Models, PickContext, Picked};
 
 /// Which model's test Dice is recorded: a repeat's stage, after `round` rounds (0: the shared
 /// initial model), for `arms`.
@@ -105,7 +105,8 @@ impl Runner {
             round,
         }
         .key();
-        let strategy = strategy(arm.name())
+        let strategy = arm
+            .strategy()
             .with_context(|| format!("{arm} is a reference, not a strategy: it picks nothing"))?;
         let models = RunnerModels {
             runner: self,

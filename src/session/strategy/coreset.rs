@@ -12,6 +12,10 @@ impl Strategy for Coreset {
         "coreset"
     }
 
+    fn uses_latent_space(&self) -> bool {
+        true
+    }
+
     fn pick(&self, cx: &PickContext) -> Result<Picked> {
         let latents = cx.models.latents()?;
         let centres: Vec<Vec<f64>> = cx.labelled.iter().map(|&s| latents[s].clone()).collect();

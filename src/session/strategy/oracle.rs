@@ -14,6 +14,10 @@ impl Strategy for Oracle {
         "oracle"
     }
 
+    fn needs_unlabelled_truth(&self) -> bool {
+        true
+    }
+
     fn pick(&self, cx: &PickContext) -> Result<Picked> {
         let m = cx.models;
         let (_vs, net) = m.previous_unet()?;

@@ -10,6 +10,7 @@ use anyhow::Result;
 use super::{PickContext, Picked, Strategy};
 use crate::engine::cone::{pick_proposed, ConeSettings, Source};
 use crate::engine::select::{gradient_directions, DirectionNets, GradientStep, StepSettings};
+use crate::session::events::Phase;
 use crate::session::state::DirectionSummary;
 
 pub struct Proposed;
@@ -17,6 +18,14 @@ pub struct Proposed;
 impl Strategy for Proposed {
     fn name(&self) -> &'static str {
         "proposed"
+    }
+
+    fn uses_latent_space(&self) -> bool {
+        true
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Gradient
     }
 
     fn pick(&self, cx: &PickContext) -> Result<Picked> {

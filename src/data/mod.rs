@@ -1,6 +1,7 @@
 //! The data layer: discovery of BraTS and Decathlon folders, NIfTI reading with validation, preprocessing,
 //! and the memory-mapped cache that later loads read instead of the NIfTI files.
 
+mod build;
 mod cache;
 mod dataset;
 mod error;

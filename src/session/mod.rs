@@ -15,6 +15,7 @@ pub mod labels;
 pub mod plan;
 pub mod pool;
 pub mod report;
+pub mod round_cases;
 pub mod run;
 pub mod state;
 pub mod store;
